@@ -1,0 +1,161 @@
+"""Shared pieces of the experiment configs (big_vision style).
+
+Each experiment is one file in `configs/` with `get_config(arg)`. The file starts from `base_config()`, sets its
+method's keys, and applies a preset named by `arg` (`--config configs/barlow.py:paper`). Command-line overrides
+(`--config.optim.lr_weights=0.1`) are applied by ml_collections on top. Configs are locked: a key that does not
+exist is an error, never a silently ignored typo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+
+def base_config() -> ConfigDict:
+    """Keys every pretraining config has; methods add their own under `method_kwargs`."""
+    c = ConfigDict()
+    c.method = ""  # registry name, e.g. "barlow_twins"
+    c.seed = 0
+
+    c.model = ConfigDict()
+    c.model.arch = "resnet18"
+    c.model.width = 64  # base channels; 64 is torchvision's ResNet, tests use 8
+    c.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16"; parameters stay float32
+
+    c.method_kwargs = ConfigDict()  # heads and loss weights of the method
+
+    c.data = ConfigDict()
+    c.data.source = "synthetic"  # embedded generated fetal-US videos
+    c.data.image_size = 64  # network input size (views are cropped and resized to it)
+    c.data.frame_skip = 5  # keep every 5th frame, as the paper
+    c.data.max_gap = 0  # 0: both views from one frame; k > 0: second frame up to k kept frames away
+    c.data.num_videos = 48
+    c.data.frames_per_video = 64  # kept frames per video (after frame skip)
+    c.data.stored_size = 64  # size the frames are rendered / stored at
+    c.data.seed = 0  # of the generated data; the training seed is `seed`
+    c.data.prefetch = 2
+
+    c.augment = ConfigDict()
+    c.augment.view1 = ConfigDict()
+    c.augment.view2 = ConfigDict()
+
+    c.optim = ConfigDict()
+    c.optim.name = "lars"
+    c.optim.lr_weights = 0.2  # base learning rate, multiplied by batch_size / 256
+    c.optim.lr_biases = 0.0048
+    c.optim.weight_decay = 1e-6
+    c.optim.momentum = 0.9
+    c.optim.trust_coefficient = 0.001
+    c.optim.warmup_epochs = 10.0
+    c.optim.end_lr_factor = 0.001  # cosine decays to this fraction of the peak
+
+    c.batch_size = 128  # global batch over all devices and hosts
+    c.num_epochs = 100
+    c.num_steps = -1  # > 0 overrides num_epochs
+
+    c.log_every_steps = 10
+    c.checkpoint_every_steps = 200
+    c.keep_checkpoints = 3
+    c.progress_bar = True
+
+    c.eval = ConfigDict()
+    c.eval.every_steps = -1  # <= 0: only at the end
+    c.eval.knn_k = 20
+    c.eval.num_patients = 30  # labelled patients of the embedded set (split 60/20/20 by patient)
+    c.eval.frames_per_patient = 30
+    c.eval.batch_size = 256
+    c.eval.probe_max_iter = 2000
+    c.eval.compare_random_init = True
+    return c
+
+
+def apply_preset(config: ConfigDict, arg: str | None, presets: Mapping[str, Callable[[ConfigDict], None]]) -> ConfigDict:
+    """Applies the preset named `arg` (empty or None: the default) and locks the config.
+
+    `arg` may also carry overrides after the preset, big_vision style: `paper,batch_size=1024`.
+    """
+    arg = (arg or "").strip()
+    name, _, rest = arg.partition(",")
+    name = name.strip() or "default"
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r} for method {config.method!r}; choose one of {sorted(presets)}")
+    presets[name](config)
+    config.preset = name
+    config.lock()
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"config argument {item!r} is not key=value")
+        set_by_path(config, key.strip(), _parse_value(value.strip()))
+    return config
+
+
+def _parse_value(text: str):
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def unknown_key_message(config: ConfigDict, path: str) -> str | None:
+    """None when `a.b.c` exists in `config`; otherwise a message naming the key and the valid keys where it failed."""
+    node = config
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, ConfigDict) or part not in node:
+            where = ".".join(parts[:i]) or "the top level"
+            valid = sorted(node.keys()) if isinstance(node, ConfigDict) else []
+            return f"unknown config key {path!r}: {where} has no key {part!r}; valid keys there: {valid}"
+        node = node[part]
+    return None
+
+
+def set_by_path(config: ConfigDict, path: str, value) -> None:
+    """Sets `a.b.c` in a (locked) config; an unknown key raises KeyError with `unknown_key_message`."""
+    message = unknown_key_message(config, path)
+    if message:
+        raise KeyError(message)
+    *parents, leaf = path.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    if isinstance(value, (list, tuple)):
+        with node.ignore_type():
+            node[leaf] = value
+    else:
+        node[leaf] = value
+
+
+def unknown_override_keys(config: ConfigDict, argv: Sequence[str], flag_name: str = "config") -> list[str]:
+    """Messages for the `--config.X=...` overrides in argv whose key X does not exist in `config`."""
+    prefix = f"--{flag_name}."
+    messages = []
+    for arg in argv:
+        if arg.startswith(prefix):
+            message = unknown_key_message(config, arg[len(prefix) :].split("=", 1)[0])
+            if message:
+                messages.append(message)
+    return messages
+
+
+def load_config(path_and_arg: str) -> ConfigDict:
+    """Loads `path.py[:arg]` the way `--config` does: imports the file and calls its `get_config(arg)`."""
+    import importlib.util
+    import pathlib
+
+    path, _, arg = path_and_arg.partition(":")
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"config file {path!r} not found")
+    spec = importlib.util.spec_from_file_location(f"_fetalssl_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise AttributeError(f"config file {path!r} has no get_config(arg) function")
+    return module.get_config(arg or None)

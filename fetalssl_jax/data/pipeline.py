@@ -1,0 +1,138 @@
+"""Input pipeline from frames in host memory to sharded uint8 device batches.
+
+The batch for step s is a pure function of (seed, s): resuming at any step reproduces the same data order, so
+nothing about the iterator needs to be checkpointed. Every process builds only its own slice of the global
+batch; `jax.make_array_from_process_local_data` joins the slices into one global array sharded over the mesh.
+Floats are made on the device (augmentations run inside the compiled step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+
+import jax
+import numpy as np
+
+from fetalssl_jax.data.synthetic import Video
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameDataset:
+    """All kept frames of a set of videos, with where each frame came from."""
+
+    frames: np.ndarray  # uint8 [N, H, W, C]
+    video_index: np.ndarray  # int32 [N]
+    video_start: np.ndarray  # int64 [num_videos]: index in `frames` of each video's first frame
+    video_length: np.ndarray  # int64 [num_videos]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @classmethod
+    def from_videos(cls, videos: Sequence[Video]) -> FrameDataset:
+        """Concatenates videos of uint8 frames [T, H, W] or [T, H, W, C]."""
+        if not videos:
+            raise ValueError("no videos to train on")
+        shapes = {v.frames.shape[1:3] for v in videos}
+        if len(shapes) != 1:
+            raise ValueError(f"videos have differing frame sizes {sorted(shapes)}; resize them to one size first")
+        frames = [v.frames if v.frames.ndim == 4 else v.frames[..., None] for v in videos]
+        lengths = np.array([len(f) for f in frames], np.int64)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        index = np.repeat(np.arange(len(frames), dtype=np.int32), lengths)
+        return cls(np.concatenate(frames).astype(np.uint8), index, starts, lengths)
+
+
+class BatchSampler:
+    """Deterministic epoch-shuffled batches of frames (or temporal pairs) for one process."""
+
+    def __init__(
+        self,
+        dataset: FrameDataset,
+        global_batch: int,
+        seed: int,
+        frames_per_example: int = 1,
+        max_gap: int = 0,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        if global_batch % process_count:
+            raise ValueError(f"batch_size {global_batch} is not divisible by the {process_count} processes")
+        if len(dataset) < global_batch:
+            raise ValueError(f"the dataset has {len(dataset)} frames, fewer than one batch of {global_batch}")
+        self.dataset = dataset
+        self.global_batch = global_batch
+        self.local_batch = global_batch // process_count
+        self.seed = seed
+        self.frames_per_example = frames_per_example
+        self.max_gap = max_gap
+        self.process_index = process_index
+        self.steps_per_epoch = len(dataset) // global_batch
+
+    def indices(self, step: int) -> np.ndarray:
+        """Frame indices [local_batch, frames_per_example] of this process for `step`."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+        first = order[position * self.global_batch : (position + 1) * self.global_batch]
+        columns = [first]
+        if self.frames_per_example > 1:
+            # Temporal positive: another frame of the same video at most max_gap kept frames away.
+            rng = np.random.default_rng([self.seed, epoch, position, 1])
+            video = self.dataset.video_index[first]
+            start, length = self.dataset.video_start[video], self.dataset.video_length[video]
+            offset = rng.integers(-self.max_gap, self.max_gap + 1, size=first.shape)
+            columns.append(np.clip(first + offset, start, start + length - 1))
+        both = np.stack(columns, axis=1)
+        lo = self.process_index * self.local_batch
+        return both[lo : lo + self.local_batch]
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """{'frames': uint8 [local_batch, V, H, W, C]} for `step`."""
+        return {"frames": self.dataset.frames[self.indices(step)]}
+
+
+def device_batches(
+    sampler: BatchSampler, start_step: int, sharding: jax.sharding.Sharding, prefetch: int = 2
+) -> Iterator[dict[str, jax.Array]]:
+    """Global device arrays for steps start_step, start_step + 1, ...; a thread keeps `prefetch` batches ready."""
+
+    def to_device(step: int) -> dict[str, jax.Array]:
+        return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in sampler.batch(step).items()}
+
+    if prefetch <= 0:
+        step = start_step
+        while True:
+            yield to_device(step)
+            step += 1
+
+    buffer: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def producer() -> None:
+        step = start_step
+        try:
+            while not stop.is_set():
+                item = to_device(step)
+                while not stop.is_set():
+                    try:
+                        buffer.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                step += 1
+        except BaseException as e:  # surfaced in the consumer, never swallowed
+            buffer.put(e)
+
+    thread = threading.Thread(target=producer, daemon=True, name="device-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()

@@ -1,0 +1,78 @@
+"""Command line: `python -m fetalssl_jax.main --config configs/barlow.py[:preset] [--config.key=value ...]`.
+
+The config file decides everything (big_vision style); `--workdir` is where checkpoints, metrics, TensorBoard
+logs, the exported backbone and the evaluation land. Running the same command again resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file: path.py[:preset].", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: workdirs/<method>[-<preset>]).")
+
+
+class UsageError(Exception):
+    """A mistake in the command line or config that the user must fix."""
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """Parses flags, turning ml_collections' bare KeyError/AttributeError on a typo into a message naming the key."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError, flags.Error) as error:
+        config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+        if config_path is None and "--config" in argv:
+            config_path = argv[argv.index("--config") + 1]
+        messages = []
+        if config_path:
+            from fetalssl_jax.config_lib import load_config, unknown_override_keys
+
+            messages = unknown_override_keys(load_config(config_path), argv)
+        raise UsageError("; ".join(messages) or str(error)) from None
+
+
+def default_workdir(config) -> str:
+    """workdirs/<method>, with the preset's name when it is not the default."""
+    preset = config.get("preset", "default")
+    return os.path.join("workdirs", config.method + ("" if preset == "default" else f"-{preset}"))
+
+
+def main(argv: list[str]) -> int:
+    """Runs one pretraining experiment; returns the process exit status."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        _parse_flags(argv)
+        if _CONFIG.value is None:
+            raise UsageError("--config is required, e.g. --config configs/barlow.py")
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    from fetalssl_jax.train.checkpoint import CheckpointMismatchError
+    from fetalssl_jax.train.loop import NonFiniteLossError, train
+
+    config = _CONFIG.value
+    workdir = _WORKDIR.value or default_workdir(config)
+    try:
+        result = train(config, workdir)
+    except (CheckpointMismatchError, NonFiniteLossError, ValueError, KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    print(f"{result.status} at step {result.step}; workdir: {os.path.abspath(workdir)}")
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main(sys.argv))
+
+
+if __name__ == "__main__":
+    run()

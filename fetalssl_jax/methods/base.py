@@ -1,0 +1,137 @@
+"""The interface every pretraining method implements, and the registry that finds it by name.
+
+A method owns what differs between SSL objectives: its model (backbone + heads), how it makes views from the
+uint8 frames on the device, its loss, and any extra state (EMA target, queue). The train loop, sharding,
+optimiser, checkpointing and evaluation are shared. Adding a method is one new module that subclasses `Method`
+and is decorated with `@register`, plus one config in `configs/`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from fetalssl_jax.models.resnet import create_resnet
+
+PyTree = Any
+Metrics = dict[str, jax.Array]
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: makes a method available as `config.method = cls.name`."""
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__} has no `name`")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"method name {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registered_methods() -> list[str]:
+    """Names of all registered methods."""
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> type[Method]:
+    """The method class registered under `name`; a clear error lists the known ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown method {name!r} (config.method); registered methods: {registered_methods()}") from None
+
+
+class Method(abc.ABC):
+    """Base class of a pretraining method.
+
+    The variables of `build_model()` must hold the backbone under the collection key `backbone`, so that
+    evaluation and export find it the same way for every method.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+        self.kwargs = config.method_kwargs
+        self.dtype = jnp.dtype(config.model.dtype)
+
+    # ---- model -------------------------------------------------------------------------------------------------
+    def build_backbone(self) -> nn.Module:
+        """The ResNet named by `config.model`."""
+        return create_resnet(self.config.model.arch, width=self.config.model.width, dtype=self.config.model.dtype)
+
+    @abc.abstractmethod
+    def build_model(self) -> nn.Module:
+        """The trainable module; its submodule `backbone` is the ResNet that downstream tasks reuse."""
+
+    def init_variables(self, rng: jax.Array, inputs: PyTree) -> dict[str, PyTree]:
+        """Initial `params` and `batch_stats` from example inputs (the output of `make_inputs`)."""
+        return dict(self.build_model().init(rng, inputs, train=True))
+
+    def init_extra_state(self, variables: dict[str, PyTree]) -> PyTree:
+        """State beside the parameters that is not trained by gradients (EMA target, queue). Default: none."""
+        del variables
+        return {}
+
+    # ---- data --------------------------------------------------------------------------------------------------
+    @property
+    def frames_per_example(self) -> int:
+        """Source frames per training example: 1 (views of one frame) or 2 (temporal pair)."""
+        return 2 if self.config.data.max_gap > 0 else 1
+
+    @abc.abstractmethod
+    def make_inputs(self, rng: jax.Array, frames: jax.Array) -> PyTree:
+        """Views made on the device from uint8 frames [B, V, H, W, C] (V = `frames_per_example`)."""
+
+    # ---- loss --------------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def loss_fn(
+        self,
+        params: PyTree,
+        model_state: PyTree,
+        extra: PyTree,
+        inputs: PyTree,
+        rng: jax.Array,
+        step: jax.Array,
+    ) -> tuple[jax.Array, tuple[PyTree, PyTree, Metrics]]:
+        """Loss on the *global* batch; returns (loss, (new model_state, new extra, metrics)).
+
+        Called inside one jit over a device mesh with the batch sharded: reductions over the batch axis (BN
+        statistics, cross-correlations, negatives) are global, as if on one device.
+        """
+
+    def after_update(self, extra: PyTree, params: PyTree, step: jax.Array) -> PyTree:
+        """Updates the extra state after the optimiser step (e.g. the EMA target). Default: unchanged."""
+        del params, step
+        return extra
+
+    # ---- bookkeeping ---------------------------------------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint of this method must match to be resumed (method and architecture)."""
+        return {
+            "method": self.name,
+            "arch": self.config.model.arch,
+            "width": int(self.config.model.width),
+            "method_kwargs": self.kwargs.to_dict(),
+        }
+
+
+def apply_model(
+    model: nn.Module, params: PyTree, model_state: PyTree, *args: Any, train: bool = True, **kwargs: Any
+) -> tuple[Any, PyTree]:
+    """Applies a module with BatchNorm; returns (output, updated model_state) (model_state unchanged in eval)."""
+    variables = {"params": params, **model_state}
+    if train and model_state:
+        out, updates = model.apply(variables, *args, train=True, mutable=list(model_state), **kwargs)
+        return out, dict(updates)
+    return model.apply(variables, *args, train=train, **kwargs), model_state
+
+
+LossFn = Callable[..., jax.Array]

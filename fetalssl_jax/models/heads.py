@@ -1,0 +1,34 @@
+"""Projection heads shared by the joint-embedding methods."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class MLPHead(nn.Module):
+    """Linear -> BN -> ReLU for every hidden size, then a final Linear (no BN, no ReLU).
+
+    Barlow Twins and VICReg use `use_bias=False` and sizes (8192, 8192, 8192); SimCLR (512, 128); BYOL (1024, 256).
+    BatchNorm momentum 0.9 and epsilon 1e-5 as PyTorch's defaults.
+    """
+
+    sizes: Sequence[int]
+    use_bias: bool = False
+    use_bn: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
+        for i, size in enumerate(self.sizes[:-1]):
+            x = nn.Dense(size, use_bias=self.use_bias, dtype=self.dtype, name=f"linear{i}")(x)
+            if self.use_bn:
+                x = nn.BatchNorm(
+                    use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=f"bn{i}"
+                )(x)
+            x = nn.relu(x)
+        x = nn.Dense(self.sizes[-1], use_bias=self.use_bias, dtype=self.dtype, name=f"linear{len(self.sizes) - 1}")(x)
+        return x.astype(jnp.float32)

@@ -1,0 +1,98 @@
+"""What a run reports while it trains: a progress bar, metrics.jsonl and TensorBoard scalars."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from collections.abc import Mapping
+
+import tqdm
+
+
+def _tensorflow():
+    """TensorFlow only writes summaries here: hide accelerators from it so it never takes memory JAX needs."""
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")
+    return tf
+
+
+class Monitor:
+    """Writes per-step metrics (process 0 only) and shows step, loss, learning rate and images/s."""
+
+    def __init__(
+        self,
+        workdir: pathlib.Path,
+        start_step: int,
+        total_steps: int,
+        batch_size: int,
+        log_every: int,
+        enabled: bool = True,
+        progress_bar: bool = True,
+    ):
+        self.enabled = enabled
+        self.batch_size = batch_size
+        self.log_every = max(1, log_every)
+        self.metrics_file = workdir / "metrics.jsonl"
+        self._writer = None
+        self._tb_dir = workdir / "tensorboard"
+        self._last_time = None
+        self._images_per_s = 0.0
+        if enabled:
+            self._truncate(start_step)
+        self.bar = tqdm.tqdm(
+            total=total_steps, initial=start_step, disable=not (enabled and progress_bar), unit="step", dynamic_ncols=True
+        )
+
+    def _truncate(self, start_step: int) -> None:
+        """Drops lines of steps >= start_step (written after the checkpoint we resume from)."""
+        if not self.metrics_file.exists():
+            return
+        kept = [line for line in self.metrics_file.read_text().splitlines() if line and json.loads(line)["step"] < start_step]
+        tmp = self.metrics_file.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self.metrics_file)
+
+    @property
+    def writer(self):
+        if self._writer is None:
+            self._writer = _tensorflow().summary.create_file_writer(str(self._tb_dir))
+        return self._writer
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        """TensorBoard scalars at `step`."""
+        if not self.enabled:
+            return
+        tf = _tensorflow()
+        with self.writer.as_default(step=step):
+            for name, value in values.items():
+                tf.summary.scalar(name, value)
+
+    def step(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Records the metrics of the (0-based) step `step`, just completed."""
+        now = time.perf_counter()
+        if self._last_time is not None:
+            rate = self.batch_size / max(now - self._last_time, 1e-9)
+            self._images_per_s = rate if self._images_per_s == 0 else 0.9 * self._images_per_s + 0.1 * rate
+        self._last_time = now
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        with self.metrics_file.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.bar.update(1)
+        if step % self.log_every == 0:
+            self.bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record.get('lr', 0.0):.3g}", img_s=f"{self._images_per_s:.1f}")
+            self.scalars(step, {f"train/{k}": v for k, v in record.items() if k != "step"} | {"train/images_per_s": self._images_per_s})
+
+    def close(self) -> None:
+        self.bar.close()
+        if self._writer is not None:
+            self._writer.flush()
+
+
+def read_metrics(workdir: str | pathlib.Path) -> list[dict[str, float]]:
+    """The per-step records of metrics.jsonl, in step order."""
+    path = pathlib.Path(workdir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line]

@@ -1,0 +1,76 @@
+"""Optimisers and learning-rate schedules, built from optax parts.
+
+LARS follows the Barlow Twins reference exactly: g + wd * p, scaled by the trust ratio eta * |p| / |g + wd * p|,
+then momentum, then the learning rate. Parameters with ndim <= 1 (biases, BatchNorm scales and offsets) form a
+second group with their own learning rate and no weight decay and no trust-ratio adaptation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import ml_collections
+import optax
+
+Schedule = Callable[[jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+    """The optax transformation and its learning-rate schedules, by parameter group, for logging."""
+
+    tx: optax.GradientTransformation
+    schedules: dict[str, Schedule]
+
+
+def param_groups(params) -> dict:
+    """'biases' for parameters with ndim <= 1 (biases and norm parameters), 'weights' for the rest."""
+    return jax.tree.map(lambda p: "biases" if p.ndim <= 1 else "weights", params)
+
+
+def warmup_cosine(peak: float, total_steps: int, warmup_steps: int, end_factor: float) -> Schedule:
+    """Linear warm-up from 0 to `peak`, then cosine down to `peak * end_factor` at `total_steps`."""
+    total_steps = max(int(total_steps), 1)
+    warmup_steps = min(max(int(warmup_steps), 0), total_steps - 1)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=peak, warmup_steps=warmup_steps, decay_steps=total_steps, end_value=peak * end_factor
+    )
+
+
+def lars_group(schedule: Schedule, weight_decay: float, momentum: float, trust_coefficient: float, adapt: bool):
+    """One LARS parameter group (reference order: decay, trust ratio, momentum, learning rate)."""
+    parts = []
+    if adapt:
+        parts += [optax.add_decayed_weights(weight_decay), optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient)]
+    parts += [optax.trace(decay=momentum), optax.scale_by_learning_rate(schedule)]
+    return optax.chain(*parts)
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, batch_size: int, steps_per_epoch: int, total_steps: int) -> Optimizer:
+    """The optimiser named by `optim.name` ('lars', 'sgd' or 'adamw'), learning rates scaled by batch/256."""
+    warmup = round(optim.warmup_epochs * steps_per_epoch)
+    scale = batch_size / 256.0
+    if optim.name == "lars":
+        weights = warmup_cosine(optim.lr_weights * scale, total_steps, warmup, optim.end_lr_factor)
+        biases = warmup_cosine(optim.lr_biases * scale, total_steps, warmup, optim.end_lr_factor)
+        tx = optax.multi_transform(
+            {
+                "weights": lars_group(weights, optim.weight_decay, optim.momentum, optim.trust_coefficient, True),
+                "biases": lars_group(biases, optim.weight_decay, optim.momentum, optim.trust_coefficient, False),
+            },
+            param_groups,
+        )
+        return Optimizer(tx, {"lr": weights, "lr_biases": biases})
+    schedule = warmup_cosine(optim.lr_weights * scale, total_steps, warmup, optim.end_lr_factor)
+    if optim.name == "sgd":
+        tx = optax.chain(
+            optax.add_decayed_weights(optim.weight_decay),
+            optax.sgd(schedule, momentum=optim.momentum),
+        )
+    elif optim.name == "adamw":
+        tx = optax.adamw(schedule, weight_decay=optim.weight_decay)
+    else:
+        raise ValueError(f"unknown optimiser {optim.name!r} (config.optim.name); choose 'lars', 'sgd' or 'adamw'")
+    return Optimizer(tx, {"lr": schedule})

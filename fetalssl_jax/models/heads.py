@@ -30,5 +30,7 @@ class MLPHead(nn.Module):
                     use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=f"bn{i}"
                 )(x)
             x = nn.relu(x)
-        x = nn.Dense(self.sizes[-1], use_bias=self.use_bias, dtype=self.dtype, name=f"linear{len(self.sizes) - 1}")(x)
+        x = nn.Dense(
+            self.sizes[-1], use_bias=self.use_bias, dtype=self.dtype, name=f"linear{len(self.sizes) - 1}"
+        )(x)
         return x.astype(jnp.float32)

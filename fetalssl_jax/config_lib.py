@@ -61,6 +61,8 @@ def base_config() -> ConfigDict:
     c.checkpoint_every_steps = 200
     c.keep_checkpoints = 3
     c.progress_bar = True
+    # XLA's persistent compilation cache: a second run of the same config starts without recompiling. "" disables.
+    c.compilation_cache_dir = "~/.cache/fetalssl_jax/xla"
 
     c.eval = ConfigDict()
     c.eval.every_steps = -1  # <= 0: only at the end
@@ -73,7 +75,9 @@ def base_config() -> ConfigDict:
     return c
 
 
-def apply_preset(config: ConfigDict, arg: str | None, presets: Mapping[str, Callable[[ConfigDict], None]]) -> ConfigDict:
+def apply_preset(
+    config: ConfigDict, arg: str | None, presets: Mapping[str, Callable[[ConfigDict], None]]
+) -> ConfigDict:
     """Applies the preset named `arg` (empty or None: the default) and locks the config.
 
     `arg` may also carry overrides after the preset, big_vision style: `paper,batch_size=1024`.
@@ -82,7 +86,9 @@ def apply_preset(config: ConfigDict, arg: str | None, presets: Mapping[str, Call
     name, _, rest = arg.partition(",")
     name = name.strip() or "default"
     if name not in presets:
-        raise ValueError(f"unknown preset {name!r} for method {config.method!r}; choose one of {sorted(presets)}")
+        raise ValueError(
+            f"unknown preset {name!r} for method {config.method!r}; choose one of {sorted(presets)}"
+        )
     presets[name](config)
     config.preset = name
     config.lock()

@@ -7,6 +7,7 @@ training). Features are the pooled backbone outputs in eval mode (BatchNorm runn
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,18 +25,24 @@ from fetalssl_jax.data.augment import preprocess_eval
 KNN_TEMPERATURE = 0.07  # neighbour weight exp(cosine / T), as InstDisc / DINO / solo-learn's kNN monitor
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _features(
+    backbone: nn.Module, image_size: int, variables: Mapping[str, Any], images: jax.Array
+) -> jax.Array:
+    return backbone.apply(variables, preprocess_eval(images, image_size), train=False)
+
+
 def extract_features(
-    backbone: nn.Module, variables: Mapping[str, Any], images: np.ndarray, image_size: int, batch_size: int = 256
+    backbone: nn.Module,
+    variables: Mapping[str, Any],
+    images: np.ndarray,
+    image_size: int,
+    batch_size: int = 256,
 ) -> np.ndarray:
     """Pooled features [N, F] (float32) of uint8 images [N, H, W] or [N, H, W, C]; fixed-size batches, one compile."""
     if images.ndim == 3:
         images = images[..., None]
     variables = jax.device_get(variables)  # replicated on the mesh: every process holds a full copy
-
-    @jax.jit
-    def features(variables, batch):
-        return backbone.apply(variables, preprocess_eval(batch, image_size), train=False)
-
     out = []
     batch_size = min(batch_size, len(images))
     for start in range(0, len(images), batch_size):
@@ -43,7 +50,7 @@ def extract_features(
         n = len(batch)
         if n < batch_size:  # pad the last batch so every call has the same shape
             batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
-        out.append(np.asarray(features(variables, batch))[:n])
+        out.append(np.asarray(_features(backbone, image_size, variables, batch))[:n])
     return np.concatenate(out).astype(np.float32)
 
 

@@ -45,7 +45,9 @@ def get_method(name: str) -> type[Method]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown method {name!r} (config.method); registered methods: {registered_methods()}") from None
+        raise KeyError(
+            f"unknown method {name!r} (config.method); registered methods: {registered_methods()}"
+        ) from None
 
 
 class Method(abc.ABC):
@@ -65,7 +67,9 @@ class Method(abc.ABC):
     # ---- model -------------------------------------------------------------------------------------------------
     def build_backbone(self) -> nn.Module:
         """The ResNet named by `config.model`."""
-        return create_resnet(self.config.model.arch, width=self.config.model.width, dtype=self.config.model.dtype)
+        return create_resnet(
+            self.config.model.arch, width=self.config.model.width, dtype=self.config.model.dtype
+        )
 
     @abc.abstractmethod
     def build_model(self) -> nn.Module:

@@ -29,7 +29,11 @@ def _abstract(tree: Any) -> Any:
 
 def _differences(expected: dict, found: dict) -> list[str]:
     keys = sorted(set(expected) | set(found))
-    return [f"{k}: checkpoint has {found.get(k)!r}, config has {expected.get(k)!r}" for k in keys if expected.get(k) != found.get(k)]
+    return [
+        f"{k}: checkpoint has {found.get(k)!r}, config has {expected.get(k)!r}"
+        for k in keys
+        if expected.get(k) != found.get(k)
+    ]
 
 
 class Checkpointer:
@@ -38,7 +42,9 @@ class Checkpointer:
     def __init__(self, workdir: str | pathlib.Path, identity: dict[str, Any], keep: int = 3):
         self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
         self.identity = json.loads(json.dumps(identity))  # tuples -> lists, as they come back from JSON
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=False
+        )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
     def latest_step(self) -> int | None:
@@ -51,7 +57,9 @@ class Checkpointer:
         if step in self.manager.all_steps():
             return step
         meta = {"identity": self.identity, "step": step, **(extra_meta or {})}
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+        self.manager.save(
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        )
         self.manager.wait_until_finished()
         return step
 
@@ -73,14 +81,18 @@ class Checkpointer:
         if step is None:
             return state
         self.check_identity(step)
-        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state))))
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state)))
+        )
         return restored.state
 
     def close(self) -> None:
         self.manager.close()
 
 
-def export_backbone(directory: str | pathlib.Path, variables: dict[str, Any], description: dict[str, Any]) -> pathlib.Path:
+def export_backbone(
+    directory: str | pathlib.Path, variables: dict[str, Any], description: dict[str, Any]
+) -> pathlib.Path:
     """Writes backbone variables ({'params', 'batch_stats'}) and a JSON description for downstream use."""
     directory = pathlib.Path(directory).absolute()
     checkpointer = ocp.StandardCheckpointer()

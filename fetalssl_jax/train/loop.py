@@ -26,11 +26,19 @@ from fetalssl_jax.data.pipeline import BatchSampler, device_batches
 from fetalssl_jax.eval.frozen import FrozenEval, evaluate_backbone, format_table
 from fetalssl_jax.methods import get_method
 from fetalssl_jax.methods.base import Method
+from fetalssl_jax.models.resnet import create_resnet
 from fetalssl_jax.train.checkpoint import Checkpointer, export_backbone
 from fetalssl_jax.train.monitor import Monitor
 from fetalssl_jax.train.optim import make_optimizer
 from fetalssl_jax.train.state import TrainState
-from fetalssl_jax.train.step import batch_sharding, init_state, make_mesh, make_train_step
+from fetalssl_jax.train.step import (
+    batch_sharding,
+    enable_compilation_cache,
+    init_key,
+    init_state,
+    make_mesh,
+    make_train_step,
+)
 
 log = logging.getLogger("fetalssl_jax")
 
@@ -91,7 +99,13 @@ class Evaluator:
     def _evaluate(self, variables) -> FrozenEval:
         e = self.config.eval
         return evaluate_backbone(
-            self.backbone, variables, self.splits, self.config.data.image_size, e.knn_k, e.batch_size, e.probe_max_iter
+            self.backbone,
+            variables,
+            self.splits,
+            self.config.data.image_size,
+            e.knn_k,
+            e.batch_size,
+            e.probe_max_iter,
         )
 
     def __call__(self, state: TrainState, name: str) -> dict[str, FrozenEval]:
@@ -99,19 +113,28 @@ class Evaluator:
         if self.config.eval.compare_random_init:
             if self._random is None:
                 size = self.config.data.image_size
-                variables = self.backbone.init(jax.random.PRNGKey(self.config.seed), np.zeros((1, size, size, 3), np.float32))
+                # torchvision's default random init: with the zero-initialised last BN of every block (the SSL
+                # start), a ResNet only passes its input through the strided 1x1 shortcuts and sees a sparse
+                # grid of pixels, a degenerate baseline.
+                model = self.config.model
+                backbone = create_resnet(model.arch, width=model.width, dtype=model.dtype, zero_init_residual=False)
+                example = np.zeros((1, size, size, 3), np.float32)
+                variables = jax.jit(backbone.init)(init_key(self.config.seed), example)
                 self._random = self._evaluate(variables)
             rows["random init"] = self._random
         return rows
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_at_step: int | None = None) -> RunResult:
+def train(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_at_step: int | None = None
+) -> RunResult:
     """Pretrains `config.method` in `workdir`, resuming from its newest checkpoint.
 
     `stop_at_step` ends the run after that step as SIGTERM would (checkpoint, then return 'preempted').
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    enable_compilation_cache(config.compilation_cache_dir)
     is_main = jax.process_index() == 0
     method = get_method(config.method)(config)
 
@@ -156,7 +179,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_a
     def record(step: int, metrics: dict[str, jax.Array]) -> None:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not (np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"])):
-            kept = f"the last good checkpoint (step {last_checkpoint}) is kept" if last_checkpoint else "no checkpoint"
+            kept = (
+                f"the last good checkpoint (step {last_checkpoint}) is kept"
+                if last_checkpoint
+                else "no checkpoint"
+            )
             raise NonFiniteLossError(
                 f"loss {values['loss']} / gradient norm {values['grad_norm']} at step {step}: training stopped; "
                 f"{kept} in {checkpointer.directory}. Lower the learning rate or use float32 compute."
@@ -206,7 +233,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_a
 
     step = int(state.step)
     if status == "preempted":
-        log.warning("stopped at step %d; checkpoint saved in %s; run again to resume", step, checkpointer.directory)
+        log.warning(
+            "stopped at step %d; checkpoint saved in %s; run again to resume", step, checkpointer.directory
+        )
         return RunResult(status, step, workdir)
 
     description = {"identity": method.identity(), "step": step, "image_size": config.data.image_size}
@@ -215,6 +244,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_a
     rows = evaluate(method.name)
     if is_main:
         table = format_table(rows)
-        print(f"\nFrozen-backbone evaluation on the labelled test split (patients unseen in training):\n{table}\n")
-        (workdir / "eval.json").write_text(json.dumps({k: dataclasses.asdict(v) for k, v in rows.items()}, indent=2))
+        print(
+            f"\nFrozen-backbone evaluation on the labelled test split (patients unseen in training):\n{table}\n"
+        )
+        (workdir / "eval.json").write_text(
+            json.dumps({k: dataclasses.asdict(v) for k, v in rows.items()}, indent=2)
+        )
     return RunResult(status, step, workdir, rows)

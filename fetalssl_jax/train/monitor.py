@@ -42,14 +42,22 @@ class Monitor:
         if enabled:
             self._truncate(start_step)
         self.bar = tqdm.tqdm(
-            total=total_steps, initial=start_step, disable=not (enabled and progress_bar), unit="step", dynamic_ncols=True
+            total=total_steps,
+            initial=start_step,
+            disable=not (enabled and progress_bar),
+            unit="step",
+            dynamic_ncols=True,
         )
 
     def _truncate(self, start_step: int) -> None:
         """Drops lines of steps >= start_step (written after the checkpoint we resume from)."""
         if not self.metrics_file.exists():
             return
-        kept = [line for line in self.metrics_file.read_text().splitlines() if line and json.loads(line)["step"] < start_step]
+        kept = [
+            line
+            for line in self.metrics_file.read_text().splitlines()
+            if line and json.loads(line)["step"] < start_step
+        ]
         tmp = self.metrics_file.with_suffix(".tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         tmp.replace(self.metrics_file)
@@ -83,8 +91,16 @@ class Monitor:
             f.write(json.dumps(record) + "\n")
         self.bar.update(1)
         if step % self.log_every == 0:
-            self.bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record.get('lr', 0.0):.3g}", img_s=f"{self._images_per_s:.1f}")
-            self.scalars(step, {f"train/{k}": v for k, v in record.items() if k != "step"} | {"train/images_per_s": self._images_per_s})
+            self.bar.set_postfix(
+                loss=f"{record['loss']:.4g}",
+                lr=f"{record.get('lr', 0.0):.3g}",
+                img_s=f"{self._images_per_s:.1f}",
+            )
+            self.scalars(
+                step,
+                {f"train/{k}": v for k, v in record.items() if k != "step"}
+                | {"train/images_per_s": self._images_per_s},
+            )
 
     def close(self) -> None:
         self.bar.close()

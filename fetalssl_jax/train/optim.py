@@ -35,20 +35,31 @@ def warmup_cosine(peak: float, total_steps: int, warmup_steps: int, end_factor: 
     total_steps = max(int(total_steps), 1)
     warmup_steps = min(max(int(warmup_steps), 0), total_steps - 1)
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=peak, warmup_steps=warmup_steps, decay_steps=total_steps, end_value=peak * end_factor
+        init_value=0.0,
+        peak_value=peak,
+        warmup_steps=warmup_steps,
+        decay_steps=total_steps,
+        end_value=peak * end_factor,
     )
 
 
-def lars_group(schedule: Schedule, weight_decay: float, momentum: float, trust_coefficient: float, adapt: bool):
+def lars_group(
+    schedule: Schedule, weight_decay: float, momentum: float, trust_coefficient: float, adapt: bool
+):
     """One LARS parameter group (reference order: decay, trust ratio, momentum, learning rate)."""
     parts = []
     if adapt:
-        parts += [optax.add_decayed_weights(weight_decay), optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient)]
+        parts += [
+            optax.add_decayed_weights(weight_decay),
+            optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient),
+        ]
     parts += [optax.trace(decay=momentum), optax.scale_by_learning_rate(schedule)]
     return optax.chain(*parts)
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, batch_size: int, steps_per_epoch: int, total_steps: int) -> Optimizer:
+def make_optimizer(
+    optim: ml_collections.ConfigDict, batch_size: int, steps_per_epoch: int, total_steps: int
+) -> Optimizer:
     """The optimiser named by `optim.name` ('lars', 'sgd' or 'adamw'), learning rates scaled by batch/256."""
     warmup = round(optim.warmup_epochs * steps_per_epoch)
     scale = batch_size / 256.0
@@ -57,8 +68,12 @@ def make_optimizer(optim: ml_collections.ConfigDict, batch_size: int, steps_per_
         biases = warmup_cosine(optim.lr_biases * scale, total_steps, warmup, optim.end_lr_factor)
         tx = optax.multi_transform(
             {
-                "weights": lars_group(weights, optim.weight_decay, optim.momentum, optim.trust_coefficient, True),
-                "biases": lars_group(biases, optim.weight_decay, optim.momentum, optim.trust_coefficient, False),
+                "weights": lars_group(
+                    weights, optim.weight_decay, optim.momentum, optim.trust_coefficient, True
+                ),
+                "biases": lars_group(
+                    biases, optim.weight_decay, optim.momentum, optim.trust_coefficient, False
+                ),
             },
             param_groups,
         )
@@ -72,5 +87,7 @@ def make_optimizer(optim: ml_collections.ConfigDict, batch_size: int, steps_per_
     elif optim.name == "adamw":
         tx = optax.adamw(schedule, weight_decay=optim.weight_decay)
     else:
-        raise ValueError(f"unknown optimiser {optim.name!r} (config.optim.name); choose 'lars', 'sgd' or 'adamw'")
+        raise ValueError(
+            f"unknown optimiser {optim.name!r} (config.optim.name); choose 'lars', 'sgd' or 'adamw'"
+        )
     return Optimizer(tx, {"lr": schedule})

@@ -7,6 +7,7 @@ batch and the gradients are averaged, exactly as a single device with the whole 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,16 @@ from fetalssl_jax.train.optim import Optimizer
 from fetalssl_jax.train.state import TrainState
 
 DATA_AXIS = "data"
+
+
+def enable_compilation_cache(directory: str) -> None:
+    """Turns on JAX's persistent compilation cache in `directory` ("" leaves it off)."""
+    if not directory:
+        return
+    path = os.path.expanduser(directory)
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
@@ -39,13 +50,20 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def init_state(method: Method, optimizer: Optimizer, seed: int, example_frames: jax.Array, mesh: Mesh) -> TrainState:
+def init_key(seed: int) -> jax.Array:
+    """Key for parameter initialisation. XLA's RngBitGenerator ('rbg') compiles a ResNet's init 5-7x faster than
+    threefry on CPU; the step's randomness (augmentations) stays threefry, whose bits do not depend on sharding."""
+    return jax.random.key(seed, impl="rbg")
+
+
+def init_state(
+    method: Method, optimizer: Optimizer, seed: int, example_frames: jax.Array, mesh: Mesh
+) -> TrainState:
     """Initial train state, compiled and placed replicated on the mesh."""
 
     def init(frames):
-        rng = jax.random.PRNGKey(seed)
-        init_rng, aug_rng, state_rng = jax.random.split(rng, 3)
-        variables = method.init_variables(init_rng, method.make_inputs(aug_rng, frames))
+        aug_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
+        variables = method.init_variables(init_key(seed), method.make_inputs(aug_rng, frames))
         params = variables.pop("params")
         return TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -79,11 +97,16 @@ def make_train_step(
         metrics = {
             **metrics,
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree_utils.tree_l2_norm(grads),
             **{name: schedule(state.step) for name, schedule in optimizer.schedules.items()},
         }
         new_state = TrainState(
-            step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state, extra=extra, rng=state.rng
+            step=state.step + 1,
+            params=params,
+            model_state=model_state,
+            opt_state=opt_state,
+            extra=extra,
+            rng=state.rng,
         )
         return new_state, metrics
 

@@ -1,0 +1,125 @@
+"""End-to-end pretraining on the embedded data: outputs, resume, pre-emption, mismatches, non-finite loss."""
+
+import json
+import re
+import os
+import signal
+import subprocess
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from conftest import tiny_config
+
+from fetalssl_jax.train.checkpoint import CheckpointMismatchError, load_backbone
+from fetalssl_jax.train.loop import NonFiniteLossError, train
+from fetalssl_jax.train.monitor import read_metrics
+
+
+def losses(workdir):
+    return [r["loss"] for r in read_metrics(workdir)]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("barlow_tiny")
+    result = train(tiny_config(), workdir)
+    return result, workdir
+
+
+def test_run_writes_everything_a_user_needs(finished_run):
+    result, workdir = finished_run
+    assert result.status == "finished" and result.step == 12  # 96 frames / batch 16 = 6 steps x 2 epochs
+    records = read_metrics(workdir)
+    assert [r["step"] for r in records] == list(range(12))
+    assert all(np.isfinite(r["loss"]) for r in records)
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())[-1] == 12
+    assert any(p.name.startswith("events.out.tfevents") for p in (workdir / "tensorboard").iterdir())
+    evaluation = json.loads((workdir / "eval.json").read_text())
+    assert set(evaluation) == {"barlow_twins (step 12)", "random init"}
+    for row in evaluation.values():
+        for metrics in row.values():
+            assert 0.0 <= metrics["macro_f1"] <= 1.0
+    variables, description = load_backbone(workdir / "backbone")
+    assert description["identity"]["arch"] == "resnet18" and description["step"] == 12
+    assert variables["params"]["conv1"]["kernel"].shape == (7, 7, 3, 8)
+
+
+def test_rerun_of_a_finished_workdir_does_not_train_again(finished_run):
+    _, workdir = finished_run
+    before = (workdir / "metrics.jsonl").read_text()
+    result = train(tiny_config(), workdir)
+    assert result.status == "finished" and result.step == 12
+    assert (workdir / "metrics.jsonl").read_text() == before
+
+
+def test_interrupted_and_resumed_run_has_the_same_losses(tmp_path):
+    config = tiny_config(num_steps=8, checkpoint_every_steps=100)
+    straight = tmp_path / "straight"
+    train(config, straight)
+    resumed = tmp_path / "resumed"
+    first = train(config, resumed, stop_at_step=3)
+    assert first.status == "preempted" and first.step == 3
+    assert len(losses(resumed)) == 3
+    second = train(config, resumed)
+    assert second.status == "finished" and second.step == 8
+    np.testing.assert_allclose(losses(resumed), losses(straight), rtol=1e-6)
+
+
+def test_workdir_of_another_architecture_is_refused(finished_run):
+    _, workdir = finished_run
+    with pytest.raises(CheckpointMismatchError, match="width: checkpoint has 8, config has 16"):
+        train(tiny_config(**{"model.width": 16}), workdir)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    config = tiny_config(**{"optim.lr_weights": 1e25, "optim.lr_biases": 1e25, "checkpoint_every_steps": 1})
+    with pytest.raises(NonFiniteLossError, match=r"at step (\d+).*last good checkpoint \(step (\d+)\)") as info:
+        train(config, tmp_path)
+    found = re.search(r"at step (\d+).*last good checkpoint \(step (\d+)\)", str(info.value))
+    bad_step, kept = int(found.group(1)), int(found.group(2))
+    assert kept == bad_step  # the state before the bad step
+    from fetalssl_jax.train.checkpoint import Checkpointer
+
+    checkpointer = Checkpointer(tmp_path, {})
+    assert checkpointer.latest_step() == kept
+    restored = checkpointer.manager.restore(kept, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    leaves = jax.tree.leaves(restored.state)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves if np.issubdtype(np.asarray(x).dtype, np.floating))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, repo, python):
+    workdir = tmp_path / "run"
+    cmd = [python, "-m", "fetalssl_jax.main", "--config", f"{repo}/configs/barlow.py:tiny", "--workdir", str(workdir),
+           "--config.num_steps=100000", "--config.checkpoint_every_steps=100000"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[0]
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "preempted at step" in out
+    steps = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+    assert len(steps) == 1 and steps[0] >= 2
+    assert len(read_metrics(workdir)) == steps[0]  # every completed step logged, nothing after the checkpoint
+
+
+def test_unknown_config_key_is_named(repo, python):
+    cmd = [python, "-m", "fetalssl_jax.main", "--config", f"{repo}/configs/barlow.py:tiny", "--config.optim.lrr=1"]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120, env=os.environ)
+    assert proc.returncode == 2
+    assert "unknown config key 'optim.lrr'" in proc.stderr and "lr_weights" in proc.stderr
+
+
+def test_unknown_preset_is_named(repo, python):
+    cmd = [python, "-m", "fetalssl_jax.main", "--config", f"{repo}/configs/barlow.py:huge"]
+    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "unknown preset 'huge'" in proc.stderr + proc.stdout

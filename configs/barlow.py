@@ -27,8 +27,9 @@ def default(c) -> None:
     c.model.width = 16
     c.method_kwargs.projector = (512, 512, 512)
     c.batch_size = 128
-    c.num_epochs = 100
-    c.optim.warmup_epochs = 5
+    c.num_epochs = 20
+    c.optim.warmup_epochs = 2
+    c.checkpoint_every_steps = 100
 
 
 def tiny(c) -> None:

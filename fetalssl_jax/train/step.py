@@ -97,7 +97,7 @@ def make_train_step(
         metrics = {
             **metrics,
             "loss": loss,
-            "grad_norm": optax.tree_utils.tree_l2_norm(grads),
+            "grad_norm": optax.tree_utils.tree_norm(grads),
             **{name: schedule(state.step) for name, schedule in optimizer.schedules.items()},
         }
         new_state = TrainState(

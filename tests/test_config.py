@@ -1,0 +1,44 @@
+"""Configs: presets, overrides, locked keys, the paper's setting."""
+
+import pytest
+from conftest import REPO
+
+from fetalssl_jax.config_lib import load_config, set_by_path, unknown_override_keys
+
+BARLOW = str(REPO / "configs" / "barlow.py")
+
+
+def test_paper_preset_is_the_papers_setting():
+    c = load_config(f"{BARLOW}:paper")
+    assert (c.model.arch, c.data.image_size, tuple(c.method_kwargs.projector)) == ("resnet50", 256, (8192,) * 3)
+    assert (c.batch_size, c.num_epochs, c.optim.name) == (2048, 1000, "lars")
+    assert (c.optim.lr_weights, c.optim.lr_biases, c.optim.weight_decay) == (0.2, 0.0048, 1e-6)
+    assert (c.optim.warmup_epochs, c.optim.end_lr_factor, c.method_kwargs.lambd) == (10, 0.001, 0.0051)
+    assert (c.augment.view1.blur_prob, c.augment.view2.blur_prob) == (1.0, 0.1)
+    assert (c.augment.view1.solarize_prob, c.augment.view2.solarize_prob) == (0.0, 0.2)
+
+
+def test_preset_with_inline_overrides():
+    c = load_config(f"{BARLOW}:tiny,batch_size=8,model.arch=resnet34")
+    assert c.batch_size == 8 and c.model.arch == "resnet34" and c.preset == "tiny"
+
+
+def test_unknown_preset_lists_the_presets():
+    with pytest.raises(ValueError, match=r"unknown preset 'huge'.*\['default', 'paper', 'tiny'\]"):
+        load_config(f"{BARLOW}:huge")
+
+
+def test_config_is_locked_and_unknown_keys_are_named():
+    c = load_config(BARLOW)
+    with pytest.raises(AttributeError):
+        c.optim.lrr = 1.0
+    with pytest.raises(KeyError, match=r"unknown config key 'optim.lrr': optim has no key 'lrr'.*lr_weights"):
+        set_by_path(c, "optim.lrr", 1.0)
+    assert unknown_override_keys(c, ["--config.batch_size=4", "--config.model.archh=x"]) == [
+        "unknown config key 'model.archh': model has no key 'archh'; valid keys there: ['arch', 'dtype', 'width']"
+    ]
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.py"):
+        load_config(str(tmp_path / "nope.py"))

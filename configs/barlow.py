@@ -24,32 +24,14 @@ def view(**overrides) -> dict:
 
 def default(c) -> None:
     """CPU demo: a narrow ResNet-18 at 64 px; a few minutes on two cores, then the evaluation table."""
-    c.model.width = 16
+    config_lib.cpu_demo_preset(c)
     c.method_kwargs.projector = (512, 512, 512)
-    c.batch_size = 128
-    c.num_epochs = 20
-    c.optim.warmup_epochs = 2
-    c.checkpoint_every_steps = 100
 
 
 def tiny(c) -> None:
     """Seconds on a CPU: for tests and smoke runs."""
-    c.model.width = 8
+    config_lib.tiny_preset(c)
     c.method_kwargs.projector = (64, 64, 64)
-    c.data.image_size = 32
-    c.data.stored_size = 32
-    c.data.num_videos = 6
-    c.data.frames_per_video = 16
-    c.batch_size = 16
-    c.num_epochs = 2
-    c.optim.warmup_epochs = 1
-    c.log_every_steps = 1
-    c.checkpoint_every_steps = 4
-    c.eval.num_patients = 10
-    c.eval.frames_per_patient = 10
-    c.eval.batch_size = 64
-    c.eval.probe_max_iter = 200
-    c.progress_bar = False
 
 
 def paper(c) -> None:

@@ -33,6 +33,8 @@ def base_config() -> ConfigDict:
     c.data.image_size = 64  # network input size (views are cropped and resized to it)
     c.data.frame_skip = 5  # keep every 5th frame, as the paper
     c.data.max_gap = 0  # 0: both views from one frame; k > 0: second frame up to k kept frames away
+    c.data.clip_length = 4  # frames per clip, for clip-based methods (reorder)
+    c.data.clip_stride = 1  # kept frames between consecutive clip frames
     c.data.num_videos = 48
     c.data.frames_per_video = 64  # kept frames per video (after frame skip)
     c.data.stored_size = 64  # size the frames are rendered / stored at
@@ -45,13 +47,17 @@ def base_config() -> ConfigDict:
 
     c.optim = ConfigDict()
     c.optim.name = "lars"
-    c.optim.lr_weights = 0.2  # base learning rate, multiplied by batch_size / 256
-    c.optim.lr_biases = 0.0048
+    c.optim.lr_weights = 0.2  # base learning rate, multiplied by batch_size / 256 if lr_batch_scaling
+    c.optim.lr_biases = 0.0048  # LARS only: biases and norm parameters
+    c.optim.lr_batch_scaling = True
     c.optim.weight_decay = 1e-6
     c.optim.momentum = 0.9
     c.optim.trust_coefficient = 0.001
     c.optim.warmup_epochs = 10.0
     c.optim.end_lr_factor = 0.001  # cosine decays to this fraction of the peak
+    c.optim.schedule = "warmup_cosine"  # or "step": x step_decay_factor every step_decay_epochs (autoencoders)
+    c.optim.step_decay_epochs = 50.0
+    c.optim.step_decay_factor = 0.5624
 
     c.batch_size = 128  # global batch over all devices and hosts
     c.num_epochs = 100
@@ -73,6 +79,35 @@ def base_config() -> ConfigDict:
     c.eval.probe_max_iter = 2000
     c.eval.compare_random_init = True
     return c
+
+
+def tiny_preset(c: ConfigDict) -> None:
+    """Seconds on a CPU, for tests and smoke runs: a one-block-per-stage ResNet of width 8 at 32 px."""
+    c.model.arch = "resnet10"
+    c.model.width = 8
+    c.data.image_size = 32
+    c.data.stored_size = 32
+    c.data.num_videos = 6
+    c.data.frames_per_video = 16
+    c.batch_size = 16
+    c.num_epochs = 2
+    c.optim.warmup_epochs = 1
+    c.log_every_steps = 1
+    c.checkpoint_every_steps = 4
+    c.eval.num_patients = 10
+    c.eval.frames_per_patient = 10
+    c.eval.batch_size = 64
+    c.eval.probe_max_iter = 200
+    c.progress_bar = False
+
+
+def cpu_demo_preset(c: ConfigDict) -> None:
+    """A few minutes on a 2-core CPU: a narrow ResNet-18 at 64 px, 20 epochs of the embedded videos."""
+    c.model.width = 16
+    c.batch_size = 128
+    c.num_epochs = 20
+    c.optim.warmup_epochs = 2
+    c.checkpoint_every_steps = 100
 
 
 def apply_preset(

@@ -15,15 +15,15 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from conftest import tiny_config  # noqa: E402
 
 from fetalssl_jax.data import sources  # noqa: E402
-from fetalssl_jax.data.pipeline import BatchSampler  # noqa: E402
 from fetalssl_jax.methods import get_method  # noqa: E402
+from fetalssl_jax.train.loop import make_sampler  # noqa: E402
 from fetalssl_jax.train.optim import make_optimizer  # noqa: E402
 from fetalssl_jax.train.step import batch_sharding, init_state, make_mesh, make_train_step  # noqa: E402
 
 
 def run(devices, config, steps=2):
     method = get_method(config.method)(config)
-    sampler = BatchSampler(sources.pretraining_frames(config), config.batch_size, config.seed)
+    sampler = make_sampler(config, method, sources.pretraining_frames(config))
     optimizer = make_optimizer(config.optim, config.batch_size, sampler.steps_per_epoch, 100)
     mesh = make_mesh(devices)
     sharding = batch_sharding(mesh)

@@ -40,7 +40,8 @@ def reference_lars_step(p, g, mu, lr, wd, momentum, eta, adapt):
 def optim_config():
     return ml_collections.ConfigDict(
         dict(name="lars", lr_weights=0.2, lr_biases=0.0048, weight_decay=1e-6, momentum=0.9,
-             trust_coefficient=0.001, warmup_epochs=2.0, end_lr_factor=0.001)
+             trust_coefficient=0.001, warmup_epochs=2.0, end_lr_factor=0.001, schedule="warmup_cosine",
+             step_decay_epochs=50.0, step_decay_factor=0.5624, lr_batch_scaling=True)
     )  # fmt: skip
 
 
@@ -93,3 +94,11 @@ def test_unknown_optimiser():
     cfg.name = "adagrad"
     with pytest.raises(ValueError, match="adagrad"):
         make_optimizer(cfg, 256, 10, 100)
+
+
+def test_step_decay_schedule_and_unscaled_adamw():
+    cfg = optim_config()
+    cfg.update(dict(name="adamw", lr_weights=1e-3, schedule="step", step_decay_epochs=2.0, lr_batch_scaling=False))
+    opt = make_optimizer(cfg, batch_size=64, steps_per_epoch=5, total_steps=100)
+    for step, want in [(0, 1e-3), (9, 1e-3), (10, 1e-3 * 0.5624), (25, 1e-3 * 0.5624**2)]:
+        assert float(opt.schedules["lr"](step)) == pytest.approx(want, rel=1e-6)

@@ -49,7 +49,7 @@ def test_process_slices_make_the_global_batch():
 
 def test_temporal_pairs_stay_in_their_video_within_max_gap():
     ds = make_dataset()
-    sampler = BatchSampler(ds, 8, seed=1, frames_per_example=2, max_gap=2)
+    sampler = BatchSampler(ds, 8, seed=1, mode="pairs", max_gap=2)
     for step in range(10):
         frames = sampler.batch(step)["frames"]
         assert frames.shape == (8, 2, 4, 4, 1)
@@ -67,3 +67,16 @@ def test_errors_name_the_problem():
     odd = Video(np.zeros((3, 5, 5), np.uint8), np.zeros(3, np.int32), "P", "V")
     with pytest.raises(ValueError, match="differing frame sizes"):
         FrameDataset.from_videos([odd, Video(np.zeros((3, 4, 4), np.uint8), np.zeros(3, np.int32), "P", "W")])
+
+
+def test_clips_are_ordered_strided_frames_of_one_video():
+    ds = make_dataset()
+    sampler = BatchSampler(ds, 8, seed=2, mode="clips", clip_length=3, clip_stride=2)
+    for step in range(8):
+        frames = sampler.batch(step)["frames"]
+        assert frames.shape == (8, 3, 4, 4, 1)
+        index = frames[:, :, 0, 0, 0].astype(int)
+        np.testing.assert_array_equal(np.diff(index, axis=1), 2)  # consecutive kept frames 2 apart, in order
+        assert np.all(frames[:, :, 0, 1, 0] == frames[:, :1, 0, 1, 0])  # one video per clip
+    with pytest.raises(ValueError, match="shorter than one clip of 4 frames with stride 2"):
+        BatchSampler(ds, 8, seed=0, mode="clips", clip_length=4, clip_stride=2)  # video 1 has 5 frames < 7

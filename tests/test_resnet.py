@@ -112,7 +112,7 @@ def test_param_count_matches_torchvision(arch):
 
 
 def test_archs_and_num_features():
-    assert RESNET_ARCHS == ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+    assert RESNET_ARCHS == ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
     assert create_resnet("resnet18").num_features == 512
     assert create_resnet("resnet34").num_features == 512
     assert create_resnet("resnet50").num_features == 2048

@@ -6,15 +6,15 @@ import numpy as np
 from conftest import tiny_config
 
 from fetalssl_jax.data import sources
-from fetalssl_jax.data.pipeline import BatchSampler
 from fetalssl_jax.methods import get_method
+from fetalssl_jax.train.loop import make_sampler
 from fetalssl_jax.train.optim import make_optimizer
 from fetalssl_jax.train.step import batch_sharding, init_state, make_mesh, make_train_step
 
 
 def one_step(config):
     method = get_method(config.method)(config)
-    sampler = BatchSampler(sources.pretraining_frames(config), config.batch_size, config.seed)
+    sampler = make_sampler(config, method, sources.pretraining_frames(config))
     optimizer = make_optimizer(config.optim, config.batch_size, sampler.steps_per_epoch, 10)
     mesh = make_mesh()
     frames = jax.make_array_from_process_local_data(batch_sharding(mesh), sampler.batch(0)["frames"])

@@ -49,45 +49,73 @@ class FrameDataset:
 
 
 class BatchSampler:
-    """Deterministic epoch-shuffled batches of frames (or temporal pairs) for one process."""
+    """Deterministic epoch-shuffled batches for one process: single frames, temporal pairs or clips.
+
+    `mode` "frames": V = 1. "pairs": V = 2, the second frame of the same video at most `max_gap` kept frames
+    away. "clips": V = `clip_length` consecutive frames `clip_stride` apart, all from one video, in order.
+    """
 
     def __init__(
         self,
         dataset: FrameDataset,
         global_batch: int,
         seed: int,
-        frames_per_example: int = 1,
+        mode: str = "frames",
         max_gap: int = 0,
+        clip_length: int = 4,
+        clip_stride: int = 1,
         process_index: int = 0,
         process_count: int = 1,
     ):
+        if mode not in ("frames", "pairs", "clips"):
+            raise ValueError(f"unknown example mode {mode!r}; choose 'frames', 'pairs' or 'clips'")
         if global_batch % process_count:
             raise ValueError(f"batch_size {global_batch} is not divisible by the {process_count} processes")
         if len(dataset) < global_batch:
             raise ValueError(f"the dataset has {len(dataset)} frames, fewer than one batch of {global_batch}")
+        if mode == "clips":
+            span = (clip_length - 1) * clip_stride + 1
+            short = np.flatnonzero(dataset.video_length < span)
+            if len(short):
+                raise ValueError(
+                    f"{len(short)} videos (the first: index {short[0]}, {dataset.video_length[short[0]]} frames) are "
+                    f"shorter than one clip of {clip_length} frames with stride {clip_stride} ({span} frames)"
+                )
         self.dataset = dataset
         self.global_batch = global_batch
         self.local_batch = global_batch // process_count
         self.seed = seed
-        self.frames_per_example = frames_per_example
+        self.mode = mode
         self.max_gap = max_gap
+        self.clip_length = clip_length
+        self.clip_stride = clip_stride
         self.process_index = process_index
         self.steps_per_epoch = len(dataset) // global_batch
+        self._order_epoch, self._order = None, None
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        if self._order_epoch != epoch:
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+            self._order_epoch = epoch
+        return self._order
 
     def indices(self, step: int) -> np.ndarray:
-        """Frame indices [local_batch, frames_per_example] of this process for `step`."""
+        """Frame indices [local_batch, V] of this process for `step`."""
         epoch, position = divmod(step, self.steps_per_epoch)
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
-        first = order[position * self.global_batch : (position + 1) * self.global_batch]
-        columns = [first]
-        if self.frames_per_example > 1:
-            # Temporal positive: another frame of the same video at most max_gap kept frames away.
+        first = self._epoch_order(epoch)[position * self.global_batch : (position + 1) * self.global_batch]
+        video = self.dataset.video_index[first]
+        start, length = self.dataset.video_start[video], self.dataset.video_length[video]
+        if self.mode == "pairs":
             rng = np.random.default_rng([self.seed, epoch, position, 1])
-            video = self.dataset.video_index[first]
-            start, length = self.dataset.video_start[video], self.dataset.video_length[video]
             offset = rng.integers(-self.max_gap, self.max_gap + 1, size=first.shape)
-            columns.append(np.clip(first + offset, start, start + length - 1))
-        both = np.stack(columns, axis=1)
+            both = np.stack([first, np.clip(first + offset, start, start + length - 1)], axis=1)
+        elif self.mode == "clips":
+            # every frame can start a clip; starts too close to the video's end are moved back to fit
+            span = (self.clip_length - 1) * self.clip_stride
+            begin = np.minimum(first, start + length - 1 - span)
+            both = begin[:, None] + self.clip_stride * np.arange(self.clip_length)[None, :]
+        else:
+            both = first[:, None]
         lo = self.process_index * self.local_batch
         return both[lo : lo + self.local_batch]
 

@@ -9,7 +9,6 @@ and is decorated with `@register`, plus one config in `configs/`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -59,8 +58,9 @@ class Method(abc.ABC):
 
     name: ClassVar[str] = ""
 
-    def __init__(self, config: ml_collections.ConfigDict):
+    def __init__(self, config: ml_collections.ConfigDict, total_steps: int = 1):
         self.config = config
+        self.total_steps = max(1, int(total_steps))  # for schedules inside the method (EMA momentum)
         self.kwargs = config.method_kwargs
         self.dtype = jnp.dtype(config.model.dtype)
 
@@ -86,13 +86,20 @@ class Method(abc.ABC):
 
     # ---- data --------------------------------------------------------------------------------------------------
     @property
+    def example_mode(self) -> str:
+        """What one training example is (see `BatchSampler`): 'frames' (views of one frame), 'pairs' (two frames
+        of a video up to `data.max_gap` apart) or 'clips' (`data.clip_length` frames). Default: pairs if
+        `data.max_gap` > 0, else single frames."""
+        return "pairs" if self.config.data.max_gap > 0 else "frames"
+
+    @property
     def frames_per_example(self) -> int:
-        """Source frames per training example: 1 (views of one frame) or 2 (temporal pair)."""
-        return 2 if self.config.data.max_gap > 0 else 1
+        """V, the number of frames of one example."""
+        return {"frames": 1, "pairs": 2, "clips": self.config.data.clip_length}[self.example_mode]
 
     @abc.abstractmethod
     def make_inputs(self, rng: jax.Array, frames: jax.Array) -> PyTree:
-        """Views made on the device from uint8 frames [B, V, H, W, C] (V = `frames_per_example`)."""
+        """Views made on the device from uint8 frames [B, V, H, W, C] (V: 1, 2 or clip_length, by `example_mode`)."""
 
     # ---- loss --------------------------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -137,5 +144,3 @@ def apply_model(
         return out, dict(updates)
     return model.apply(variables, *args, train=train, **kwargs), model_state
 
-
-LossFn = Callable[..., jax.Array]

@@ -76,6 +76,15 @@ def backbone_variables(state: TrainState) -> dict[str, Any]:
     return {"params": state.params["backbone"], "batch_stats": state.model_state["batch_stats"]["backbone"]}
 
 
+def make_sampler(config, method: Method, dataset, process_index: int = 0, process_count: int = 1) -> BatchSampler:
+    """The batch sampler of `config` for `method`'s kind of example."""
+    data = config.data
+    return BatchSampler(
+        dataset, config.batch_size, config.seed, method.example_mode, data.max_gap, data.clip_length,
+        data.clip_stride, process_index, process_count,
+    )  # fmt: skip
+
+
 def total_steps_of(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
     """`num_steps` if set, else `num_epochs` epochs."""
     return int(config.num_steps) if config.num_steps > 0 else int(config.num_epochs * steps_per_epoch)
@@ -136,19 +145,11 @@ def train(
     workdir.mkdir(parents=True, exist_ok=True)
     enable_compilation_cache(config.compilation_cache_dir)
     is_main = jax.process_index() == 0
-    method = get_method(config.method)(config)
-
+    method_cls = get_method(config.method)
     dataset = sources.pretraining_frames(config)
-    sampler = BatchSampler(
-        dataset,
-        config.batch_size,
-        config.seed,
-        method.frames_per_example,
-        config.data.max_gap,
-        jax.process_index(),
-        jax.process_count(),
-    )
+    sampler = make_sampler(config, method_cls(config), dataset, jax.process_index(), jax.process_count())
     total_steps = total_steps_of(config, sampler.steps_per_epoch)
+    method = method_cls(config, total_steps)
     optimizer = make_optimizer(config.optim, config.batch_size, sampler.steps_per_epoch, total_steps)
 
     mesh = make_mesh()

@@ -43,6 +43,22 @@ def warmup_cosine(peak: float, total_steps: int, warmup_steps: int, end_factor: 
     )
 
 
+def step_decay(peak: float, steps_per_epoch: int, every_epochs: float, factor: float) -> Schedule:
+    """`peak`, multiplied by `factor` every `every_epochs` epochs (the reference autoencoders' StepLR)."""
+    every = max(1, round(every_epochs * steps_per_epoch))
+    return optax.exponential_decay(peak, transition_steps=every, decay_rate=factor, staircase=True)
+
+
+def make_schedule(optim: ml_collections.ConfigDict, peak: float, steps_per_epoch: int, total_steps: int) -> Schedule:
+    """The learning-rate schedule named by `optim.schedule`, peaking at `peak`."""
+    if optim.schedule == "warmup_cosine":
+        warmup = round(optim.warmup_epochs * steps_per_epoch)
+        return warmup_cosine(peak, total_steps, warmup, optim.end_lr_factor)
+    if optim.schedule == "step":
+        return step_decay(peak, steps_per_epoch, optim.step_decay_epochs, optim.step_decay_factor)
+    raise ValueError(f"unknown schedule {optim.schedule!r} (config.optim.schedule); choose 'warmup_cosine' or 'step'")
+
+
 def lars_group(
     schedule: Schedule, weight_decay: float, momentum: float, trust_coefficient: float, adapt: bool
 ):
@@ -60,12 +76,14 @@ def lars_group(
 def make_optimizer(
     optim: ml_collections.ConfigDict, batch_size: int, steps_per_epoch: int, total_steps: int
 ) -> Optimizer:
-    """The optimiser named by `optim.name` ('lars', 'sgd' or 'adamw'), learning rates scaled by batch/256."""
-    warmup = round(optim.warmup_epochs * steps_per_epoch)
-    scale = batch_size / 256.0
+    """The optimiser named by `optim.name` ('lars', 'sgd' or 'adamw').
+
+    With `optim.lr_batch_scaling` the learning rates are base rates multiplied by batch/256 (the LARS methods'
+    convention); without, they are used as given (the references' AdamW and SGD settings)."""
+    scale = batch_size / 256.0 if optim.lr_batch_scaling else 1.0
     if optim.name == "lars":
-        weights = warmup_cosine(optim.lr_weights * scale, total_steps, warmup, optim.end_lr_factor)
-        biases = warmup_cosine(optim.lr_biases * scale, total_steps, warmup, optim.end_lr_factor)
+        weights = make_schedule(optim, optim.lr_weights * scale, steps_per_epoch, total_steps)
+        biases = make_schedule(optim, optim.lr_biases * scale, steps_per_epoch, total_steps)
         tx = optax.multi_transform(
             {
                 "weights": lars_group(
@@ -78,7 +96,7 @@ def make_optimizer(
             param_groups,
         )
         return Optimizer(tx, {"lr": weights, "lr_biases": biases})
-    schedule = warmup_cosine(optim.lr_weights * scale, total_steps, warmup, optim.end_lr_factor)
+    schedule = make_schedule(optim, optim.lr_weights * scale, steps_per_epoch, total_steps)
     if optim.name == "sgd":
         tx = optax.chain(
             optax.add_decayed_weights(optim.weight_decay),

@@ -8,6 +8,9 @@ exist is an error, never a silently ignored typo.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import pathlib
 from collections.abc import Callable, Mapping, Sequence
 
 import ml_collections
@@ -81,6 +84,30 @@ def base_config() -> ConfigDict:
     return c
 
 
+def view(**overrides) -> ConfigDict:
+    """One view's augmentation: the Barlow Twins reference values, with `overrides`."""
+    base = dict(
+        crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_prob=0.5, vflip_prob=0.0,
+        color_jitter_prob=0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1,
+        grayscale_prob=0.2, blur_prob=1.0, blur_sigma=(0.1, 2.0), blur_kernel_fraction=0.1, solarize_prob=0.0,
+    )  # fmt: skip
+    base.update(overrides)
+    return ConfigDict(base)
+
+
+def barlow_twins_views(c: ConfigDict) -> None:
+    """Barlow Twins / VICReg views: blur p 1.0 / 0.1, solarize p 0.0 / 0.2."""
+    c.augment.view1 = view(blur_prob=1.0, solarize_prob=0.0)
+    c.augment.view2 = view(blur_prob=0.1, solarize_prob=0.2)
+
+
+def simclr_views(c: ConfigDict) -> None:
+    """SimCLR / MoCo / BYOL views of the reference: ColorJitter(0.8, 0.8, 0.8, 0.2) p 0.8, grayscale 0.2,
+    Gaussian blur p 0.5 (kernel ~10% of the size), no solarize."""
+    for name in ("view1", "view2"):
+        c.augment[name] = view(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, blur_prob=0.5)
+
+
 def tiny_preset(c: ConfigDict) -> None:
     """Seconds on a CPU, for tests and smoke runs: a one-block-per-stage ResNet of width 8 at 32 px."""
     c.model.arch = "resnet10"
@@ -110,6 +137,21 @@ def cpu_demo_preset(c: ConfigDict) -> None:
     c.checkpoint_every_steps = 100
 
 
+def paper_preset(c: ConfigDict) -> None:
+    """The paper's common setting (GPU/TPU): ResNet-50 at 256 px in bfloat16, evaluated every 5000 steps."""
+    c.model.arch = "resnet50"
+    c.model.width = 64
+    c.model.dtype = "bfloat16"
+    c.data.image_size = 256
+    c.data.stored_size = 256
+    c.data.num_videos = 400
+    c.data.frames_per_video = 100
+    c.checkpoint_every_steps = 1000
+    c.log_every_steps = 50
+    c.eval.every_steps = 5000
+    c.eval.num_patients = 60
+
+
 def apply_preset(
     config: ConfigDict, arg: str | None, presets: Mapping[str, Callable[[ConfigDict], None]]
 ) -> ConfigDict:
@@ -121,9 +163,7 @@ def apply_preset(
     name, _, rest = arg.partition(",")
     name = name.strip() or "default"
     if name not in presets:
-        raise ValueError(
-            f"unknown preset {name!r} for method {config.method!r}; choose one of {sorted(presets)}"
-        )
+        raise ValueError(f"unknown preset {name!r} for method {config.method!r}; choose one of {sorted(presets)}")
     presets[name](config)
     config.preset = name
     config.lock()
@@ -185,18 +225,21 @@ def unknown_override_keys(config: ConfigDict, argv: Sequence[str], flag_name: st
     return messages
 
 
-def load_config(path_and_arg: str) -> ConfigDict:
-    """Loads `path.py[:arg]` the way `--config` does: imports the file and calls its `get_config(arg)`."""
-    import importlib.util
-    import pathlib
-
-    path, _, arg = path_and_arg.partition(":")
+def load_config_module(path: str | os.PathLike):
+    """Imports a config file as a module (configs are files, not an installed package)."""
     file = pathlib.Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"config file {path!r} not found")
+        raise FileNotFoundError(f"config file {str(path)!r} not found")
     spec = importlib.util.spec_from_file_location(f"_fetalssl_config_{file.stem}", file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def load_config(path_and_arg: str) -> ConfigDict:
+    """Loads `path.py[:arg]` the way `--config` does: imports the file and calls its `get_config(arg)`."""
+    path, _, arg = path_and_arg.partition(":")
+    module = load_config_module(path)
     if not hasattr(module, "get_config"):
         raise AttributeError(f"config file {path!r} has no get_config(arg) function")
     return module.get_config(arg or None)

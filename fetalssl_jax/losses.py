@@ -1,5 +1,7 @@
 """Public pure loss functions of the pretraining methods (each lives beside its method; gathered here)."""
 
 from fetalssl_jax.methods.barlow_twins import barlow_twins_loss, batch_standardize
+from fetalssl_jax.methods.simclr import nt_xent_loss
+from fetalssl_jax.methods.vicreg import vicreg_loss
 
-__all__ = ["barlow_twins_loss", "batch_standardize"]
+__all__ = ["barlow_twins_loss", "batch_standardize", "nt_xent_loss", "vicreg_loss"]

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from fetalssl_jax.data.augment import augment_batch
+from fetalssl_jax.models.heads import TwoViewEmbedder
 from fetalssl_jax.models.resnet import create_resnet
 
 PyTree = Any
@@ -44,9 +46,7 @@ def get_method(name: str) -> type[Method]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(
-            f"unknown method {name!r} (config.method); registered methods: {registered_methods()}"
-        ) from None
+        raise KeyError(f"unknown method {name!r} (config.method); registered methods: {registered_methods()}") from None
 
 
 class Method(abc.ABC):
@@ -67,9 +67,7 @@ class Method(abc.ABC):
     # ---- model -------------------------------------------------------------------------------------------------
     def build_backbone(self) -> nn.Module:
         """The ResNet named by `config.model`."""
-        return create_resnet(
-            self.config.model.arch, width=self.config.model.width, dtype=self.config.model.dtype
-        )
+        return create_resnet(self.config.model.arch, width=self.config.model.width, dtype=self.config.model.dtype)
 
     @abc.abstractmethod
     def build_model(self) -> nn.Module:
@@ -144,3 +142,32 @@ def apply_model(
         return out, dict(updates)
     return model.apply(variables, *args, train=train, **kwargs), model_state
 
+
+class TwoViewMethod(Method):
+    """A joint-embedding method: two augmented views -> shared backbone + projector -> a loss of (z1, z2).
+
+    Subclasses set `head_bias` and implement `embedding_loss`; `method_kwargs.projector` gives the head sizes and
+    `config.augment.view1` / `view2` the two views' augmentations.
+    """
+
+    head_bias: ClassVar[bool] = False
+
+    def build_model(self) -> nn.Module:
+        return TwoViewEmbedder(self.build_backbone(), tuple(self.kwargs.projector), self.head_bias, self.dtype)
+
+    def make_inputs(self, rng: jax.Array, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
+        rng1, rng2 = jax.random.split(rng)
+        size = self.config.data.image_size
+        x1 = augment_batch(rng1, frames[:, 0], self.config.augment.view1.to_dict(), size)
+        x2 = augment_batch(rng2, frames[:, -1], self.config.augment.view2.to_dict(), size)  # -1: pair's 2nd frame
+        return x1.astype(self.dtype), x2.astype(self.dtype)
+
+    @abc.abstractmethod
+    def embedding_loss(self, z1: jax.Array, z2: jax.Array) -> tuple[jax.Array, Metrics]:
+        """The loss of the two views' embeddings [N, D] of the global batch, and extra metrics to log."""
+
+    def loss_fn(self, params, model_state, extra, inputs, rng, step):
+        del rng, step
+        (z1, z2), model_state = apply_model(self.build_model(), params, model_state, inputs, train=True)
+        loss, metrics = self.embedding_loss(z1, z2)
+        return loss, (model_state, extra, metrics)

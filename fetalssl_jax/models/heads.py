@@ -30,7 +30,25 @@ class MLPHead(nn.Module):
                     use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=f"bn{i}"
                 )(x)
             x = nn.relu(x)
-        x = nn.Dense(
-            self.sizes[-1], use_bias=self.use_bias, dtype=self.dtype, name=f"linear{len(self.sizes) - 1}"
-        )(x)
+        x = nn.Dense(self.sizes[-1], use_bias=self.use_bias, dtype=self.dtype, name=f"linear{len(self.sizes) - 1}")(x)
         return x.astype(jnp.float32)
+
+
+class TwoViewEmbedder(nn.Module):
+    """Shared backbone and head applied to each view separately: per-view BatchNorm statistics, as the references
+    (Barlow Twins, VICReg, SimCLR) do."""
+
+    backbone: nn.Module
+    head_sizes: Sequence[int]
+    head_bias: bool = False
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        self.projector = MLPHead(self.head_sizes, use_bias=self.head_bias, dtype=self.dtype)
+
+    def embed(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        return self.projector(self.backbone(x, train=train), train=train)
+
+    def __call__(self, views: tuple[jnp.ndarray, jnp.ndarray], train: bool = True) -> tuple[jnp.ndarray, jnp.ndarray]:
+        x1, x2 = views
+        return self.embed(x1, train), self.embed(x2, train)

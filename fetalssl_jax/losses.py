@@ -1,7 +1,18 @@
 """Public pure loss functions of the pretraining methods (each lives beside its method; gathered here)."""
 
+from fetalssl_jax.methods.autoencoder import reconstruction_loss
 from fetalssl_jax.methods.barlow_twins import barlow_twins_loss, batch_standardize
+from fetalssl_jax.methods.byol import negative_cosine_loss
+from fetalssl_jax.methods.moco import info_nce_loss
 from fetalssl_jax.methods.simclr import nt_xent_loss
 from fetalssl_jax.methods.vicreg import vicreg_loss
 
-__all__ = ["barlow_twins_loss", "batch_standardize", "nt_xent_loss", "vicreg_loss"]
+__all__ = [
+    "barlow_twins_loss",
+    "batch_standardize",
+    "info_nce_loss",
+    "negative_cosine_loss",
+    "nt_xent_loss",
+    "reconstruction_loss",
+    "vicreg_loss",
+]

@@ -139,3 +139,14 @@ def test_vicreg_terms_vanish_where_they_should():
     # a collapsed branch costs the full variance term: relu(1 - sqrt(1e-4)) = 0.99, averaged over two branches
     collapsed = jnp.zeros((8, 3), jnp.float32)
     assert float(vicreg_loss(collapsed, collapsed, 0.0, 1.0, 0.0)) == pytest.approx(0.99, rel=1e-5)
+
+
+def test_reconstruction_loss_is_the_pixel_mean_squared_error():
+    from fetalssl_jax.losses import reconstruction_loss
+
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(size=(2, 5, 5, 3)), rng.normal(size=(2, 5, 5, 3))
+    want = sum((a.flat[i] - b.flat[i]) ** 2 for i in range(a.size)) / a.size
+    got = float(reconstruction_loss(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)))
+    assert got == pytest.approx(want, rel=1e-5)
+    assert float(reconstruction_loss(jnp.asarray(a), jnp.asarray(a))) == 0.0

@@ -1,0 +1,66 @@
+"""MoCo pretraining on fetal ultrasound frames.
+
+  python -m fetalssl_jax.main --config configs/moco.py           # CPU demo on the embedded data (minutes)
+  python -m fetalssl_jax.main --config configs/moco.py:paper     # the paper's setting (GPU/TPU)
+  python -m fetalssl_jax.main --config configs/moco.py:tiny      # seconds; what the tests run
+
+Presets: default, tiny, paper. Any key can be overridden: --config.method_kwargs.queue_size=8192.
+"""
+
+from fetalssl_jax import config_lib
+from fetalssl_jax.methods.moco import default_kwargs
+
+
+def default(c) -> None:
+    """CPU demo: a narrow ResNet-18 at 64 px, a smaller head and queue; a few minutes, then the evaluation table."""
+    config_lib.cpu_demo_preset(c)
+    c.optim.warmup_epochs = 0
+    c.method_kwargs.head = (512, 512, 128)
+    c.method_kwargs.queue_size = 1024
+
+
+def tiny(c) -> None:
+    """Seconds on a CPU: for tests and smoke runs."""
+    config_lib.tiny_preset(c)
+    c.optim.warmup_epochs = 0
+    c.method_kwargs.head = (64, 64, 32)
+    c.method_kwargs.queue_size = 64
+
+
+def paper(c) -> None:
+    """The paper's setting: ResNet-50, 256 px, head 2048-2048-128, queue 4096, SGD, batch 288 (GPU/TPU)."""
+    c.model.arch = "resnet50"
+    c.model.width = 64
+    c.model.dtype = "bfloat16"
+    c.method_kwargs.head = (2048, 2048, 128)
+    c.method_kwargs.queue_size = 4096
+    c.data.image_size = 256
+    c.data.stored_size = 256
+    c.data.num_videos = 400
+    c.data.frames_per_video = 100
+    c.batch_size = 288
+    c.num_epochs = 200
+    c.checkpoint_every_steps = 1000
+    c.log_every_steps = 50
+    c.eval.every_steps = 5000
+    c.eval.num_patients = 60
+
+
+PRESETS = {"default": default, "tiny": tiny, "paper": paper}
+
+
+def get_config(arg: str | None = None):
+    """MoCo config; `arg` names a preset (default, tiny, paper) optionally followed by ,key=value."""
+    c = config_lib.base_config()
+    c.method = "moco"
+    c.method_kwargs = config_lib.ConfigDict(default_kwargs())
+    config_lib.simclr_views(c)
+    # SGD lr 0.03 (as given, not scaled by batch/256), momentum 0.9, wd 1e-4, cosine annealing to 0, no warm-up.
+    c.optim.name = "sgd"
+    c.optim.lr_weights = 0.03
+    c.optim.lr_batch_scaling = False
+    c.optim.momentum = 0.9
+    c.optim.weight_decay = 1e-4
+    c.optim.warmup_epochs = 0.0
+    c.optim.end_lr_factor = 0.0
+    return config_lib.apply_preset(c, arg, PRESETS)

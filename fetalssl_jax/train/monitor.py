@@ -86,7 +86,7 @@ class Monitor:
         self._last_time = now
         if not self.enabled:
             return
-        record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        record = {"step": step, **{k: float(v) for k, v in metrics.items()}, "images_per_s": self._images_per_s}
         with self.metrics_file.open("a") as f:
             f.write(json.dumps(record) + "\n")
         self.bar.update(1)
@@ -98,8 +98,7 @@ class Monitor:
             )
             self.scalars(
                 step,
-                {f"train/{k}": v for k, v in record.items() if k != "step"}
-                | {"train/images_per_s": self._images_per_s},
+                {f"train/{k}": v for k, v in record.items() if k != "step"},
             )
 
     def close(self) -> None:

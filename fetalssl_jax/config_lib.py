@@ -76,8 +76,8 @@ def base_config() -> ConfigDict:
     c.eval = ConfigDict()
     c.eval.every_steps = -1  # <= 0: only at the end
     c.eval.knn_k = 20
-    c.eval.num_patients = 30  # labelled patients of the embedded set (split 60/20/20 by patient)
-    c.eval.frames_per_patient = 30
+    c.eval.num_patients = 60  # labelled patients of the embedded set (split 60/20/20 by patient)
+    c.eval.frames_per_patient = 20
     c.eval.batch_size = 256
     c.eval.probe_max_iter = 2000
     c.eval.compare_random_init = True

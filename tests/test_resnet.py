@@ -92,6 +92,9 @@ def r18():
 # torchvision's published totals minus fc (512*1000+1000 for 18/34, 2048*1000+1000 for 50+),
 # e.g. resnet18: 11,689,512 - 513,000.
 TORCHVISION_PARAMS_NO_FC = {
+    # resnet10 is not a torchvision model; counted by hand: stem 9,408 + 128; layer1 73,984; layer2 230,144;
+    # layer3 919,040; layer4 3,673,088 (two 3x3 convs, two BNs, a 1x1 downsample + BN where the width doubles)
+    "resnet10": 4_905_792,
     "resnet18": 11_176_512,
     "resnet34": 21_284_672,
     "resnet50": 23_508_032,

@@ -27,22 +27,12 @@ def tiny(c) -> None:
 
 def paper(c) -> None:
     """The paper's setting: ResNet-50, 256 px, projector / predictor 1024-256, LARS, batch 160 (GPU/TPU)."""
-    c.model.arch = "resnet50"
-    c.model.width = 64
-    c.model.dtype = "bfloat16"
+    config_lib.paper_preset(c)
     c.method_kwargs.projector = (1024, 256)
     c.method_kwargs.predictor = (1024, 256)
-    c.data.image_size = 256
-    c.data.stored_size = 256
-    c.data.num_videos = 400
-    c.data.frames_per_video = 100
     c.batch_size = 160
     c.num_epochs = 1000
     c.optim.warmup_epochs = 10
-    c.checkpoint_every_steps = 1000
-    c.log_every_steps = 50
-    c.eval.every_steps = 5000
-    c.eval.num_patients = 60
 
 
 PRESETS = {"default": default, "tiny": tiny, "paper": paper}

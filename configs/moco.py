@@ -29,21 +29,11 @@ def tiny(c) -> None:
 
 def paper(c) -> None:
     """The paper's setting: ResNet-50, 256 px, head 2048-2048-128, queue 4096, SGD, batch 288 (GPU/TPU)."""
-    c.model.arch = "resnet50"
-    c.model.width = 64
-    c.model.dtype = "bfloat16"
+    config_lib.paper_preset(c)
     c.method_kwargs.head = (2048, 2048, 128)
     c.method_kwargs.queue_size = 4096
-    c.data.image_size = 256
-    c.data.stored_size = 256
-    c.data.num_videos = 400
-    c.data.frames_per_video = 100
     c.batch_size = 288
     c.num_epochs = 200
-    c.checkpoint_every_steps = 1000
-    c.log_every_steps = 50
-    c.eval.every_steps = 5000
-    c.eval.num_patients = 60
 
 
 PRESETS = {"default": default, "tiny": tiny, "paper": paper}

@@ -52,24 +52,14 @@ def tiny(c) -> None:
 
 def paper(c) -> None:
     """Paper-like setting: ResNet-50, 256 px, clips of 4 frames 3 kept frames apart, batch 64 clips, SGD lr 0.05."""
-    c.model.arch = "resnet50"
-    c.model.width = 64
-    c.model.dtype = "bfloat16"
+    config_lib.paper_preset(c)
     c.method_kwargs.head_hidden = 512
-    c.data.image_size = 256
-    c.data.stored_size = 256
-    c.data.num_videos = 400
-    c.data.frames_per_video = 100
     c.data.clip_length = 4
     c.data.clip_stride = 3
     c.batch_size = 64
     c.num_epochs = 100
     c.optim.lr_weights = 0.05
     c.optim.warmup_epochs = 2
-    c.checkpoint_every_steps = 1000
-    c.log_every_steps = 50
-    c.eval.every_steps = 5000
-    c.eval.num_patients = 60
 
 
 PRESETS = {"default": default, "tiny": tiny, "paper": paper}

@@ -95,6 +95,14 @@ class Method(abc.ABC):
         """V, the number of frames of one example."""
         return {"frames": 1, "pairs": 2, "clips": self.config.data.clip_length}[self.example_mode]
 
+    def two_views(self, rng: jax.Array, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """`config.augment.view1` of the first frame and `view2` of the last (the same frame, or a temporal pair)."""
+        rng1, rng2 = jax.random.split(rng)
+        size = self.config.data.image_size
+        x1 = augment_batch(rng1, frames[:, 0], self.config.augment.view1.to_dict(), size)
+        x2 = augment_batch(rng2, frames[:, -1], self.config.augment.view2.to_dict(), size)
+        return x1.astype(self.dtype), x2.astype(self.dtype)
+
     @abc.abstractmethod
     def make_inputs(self, rng: jax.Array, frames: jax.Array) -> PyTree:
         """Views made on the device from uint8 frames [B, V, H, W, C] (V: 1, 2 or clip_length, by `example_mode`)."""
@@ -156,11 +164,7 @@ class TwoViewMethod(Method):
         return TwoViewEmbedder(self.build_backbone(), tuple(self.kwargs.projector), self.head_bias, self.dtype)
 
     def make_inputs(self, rng: jax.Array, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
-        rng1, rng2 = jax.random.split(rng)
-        size = self.config.data.image_size
-        x1 = augment_batch(rng1, frames[:, 0], self.config.augment.view1.to_dict(), size)
-        x2 = augment_batch(rng2, frames[:, -1], self.config.augment.view2.to_dict(), size)  # -1: pair's 2nd frame
-        return x1.astype(self.dtype), x2.astype(self.dtype)
+        return self.two_views(rng, frames)
 
     @abc.abstractmethod
     def embedding_loss(self, z1: jax.Array, z2: jax.Array) -> tuple[jax.Array, Metrics]:

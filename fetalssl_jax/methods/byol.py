@@ -24,7 +24,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fetalssl_jax.data.augment import augment_batch
 from fetalssl_jax.methods.base import Method, apply_model, register
 from fetalssl_jax.methods.ema import cosine_momentum, ema_update
 from fetalssl_jax.models.heads import MLPHead
@@ -84,11 +83,7 @@ class BYOL(Method):
         )
 
     def make_inputs(self, rng: jax.Array, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
-        rng1, rng2 = jax.random.split(rng)
-        size = self.config.data.image_size
-        x1 = augment_batch(rng1, frames[:, 0], self.config.augment.view1.to_dict(), size)
-        x2 = augment_batch(rng2, frames[:, -1], self.config.augment.view2.to_dict(), size)  # -1: pair's 2nd frame
-        return x1.astype(self.dtype), x2.astype(self.dtype)
+        return self.two_views(rng, frames)
 
     def momentum(self, step: jax.Array) -> jax.Array:
         """The EMA momentum of `step`."""

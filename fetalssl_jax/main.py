@@ -13,9 +13,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file: path.py[:preset].", lock_config=True
-)
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file: path.py[:preset].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: workdirs/<method>[-<preset>]).")
 
 
@@ -47,9 +45,7 @@ def default_workdir(config) -> str:
 
 def main(argv: list[str]) -> int:
     """Runs one pretraining experiment; returns the process exit status."""
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
-    )
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("fetalssl_jax").setLevel(logging.INFO)  # ours; orbax and absl stay at WARNING
     try:
         _parse_flags(argv)

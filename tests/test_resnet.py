@@ -259,13 +259,9 @@ def test_train_updates_batch_stats_with_momentum_0_9(stem_train):
     variables, state, _, batch_mean, batch_var = stem_train
     old = variables["batch_stats"]["bn1"]
     new = state["batch_stats"]["bn1"]
-    np.testing.assert_allclose(
-        new["mean"], 0.9 * np.asarray(old["mean"]) + 0.1 * batch_mean, rtol=1e-4, atol=1e-6
-    )
+    np.testing.assert_allclose(new["mean"], 0.9 * np.asarray(old["mean"]) + 0.1 * batch_mean, rtol=1e-4, atol=1e-6)
     # Flax uses the biased batch variance for the running average (PyTorch: unbiased).
-    np.testing.assert_allclose(
-        new["var"], 0.9 * np.asarray(old["var"]) + 0.1 * batch_var, rtol=1e-4, atol=1e-6
-    )
+    np.testing.assert_allclose(new["var"], 0.9 * np.asarray(old["var"]) + 0.1 * batch_var, rtol=1e-4, atol=1e-6)
 
 
 def test_eval_uses_running_stats_and_is_per_sample(r18):

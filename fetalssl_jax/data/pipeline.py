@@ -38,9 +38,7 @@ class FrameDataset:
             raise ValueError("no videos to train on")
         shapes = {v.frames.shape[1:3] for v in videos}
         if len(shapes) != 1:
-            raise ValueError(
-                f"videos have differing frame sizes {sorted(shapes)}; resize them to one size first"
-            )
+            raise ValueError(f"videos have differing frame sizes {sorted(shapes)}; resize them to one size first")
         frames = [v.frames if v.frames.ndim == 4 else v.frames[..., None] for v in videos]
         lengths = np.array([len(f) for f in frames], np.int64)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
@@ -130,9 +128,7 @@ def device_batches(
     """Global device arrays for steps start_step, start_step + 1, ...; a thread keeps `prefetch` batches ready."""
 
     def to_device(step: int) -> dict[str, jax.Array]:
-        return {
-            k: jax.make_array_from_process_local_data(sharding, v) for k, v in sampler.batch(step).items()
-        }
+        return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in sampler.batch(step).items()}
 
     if prefetch <= 0:
         step = start_step

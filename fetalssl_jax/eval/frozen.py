@@ -26,9 +26,7 @@ KNN_TEMPERATURE = 0.07  # neighbour weight exp(cosine / T), as InstDisc / DINO /
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _features(
-    backbone: nn.Module, image_size: int, variables: Mapping[str, Any], images: jax.Array
-) -> jax.Array:
+def _features(backbone: nn.Module, image_size: int, variables: Mapping[str, Any], images: jax.Array) -> jax.Array:
     return backbone.apply(variables, preprocess_eval(images, image_size), train=False)
 
 

@@ -42,9 +42,7 @@ class Checkpointer:
     def __init__(self, workdir: str | pathlib.Path, identity: dict[str, Any], keep: int = 3):
         self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
         self.identity = json.loads(json.dumps(identity))  # tuples -> lists, as they come back from JSON
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=False
-        )
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
     def latest_step(self) -> int | None:
@@ -81,9 +79,7 @@ class Checkpointer:
         if step is None:
             return state
         self.check_identity(step)
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state)))
-        )
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state))))
         return restored.state
 
     def close(self) -> None:

@@ -134,9 +134,7 @@ class Evaluator:
         return rows
 
 
-def train(
-    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_at_step: int | None = None
-) -> RunResult:
+def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_at_step: int | None = None) -> RunResult:
     """Pretrains `config.method` in `workdir`, resuming from its newest checkpoint.
 
     `stop_at_step` ends the run after that step as SIGTERM would (checkpoint, then return 'preempted').
@@ -180,11 +178,7 @@ def train(
     def record(step: int, metrics: dict[str, jax.Array]) -> None:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not (np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"])):
-            kept = (
-                f"the last good checkpoint (step {last_checkpoint}) is kept"
-                if last_checkpoint
-                else "no checkpoint"
-            )
+            kept = f"the last good checkpoint (step {last_checkpoint}) is kept" if last_checkpoint else "no checkpoint"
             raise NonFiniteLossError(
                 f"loss {values['loss']} / gradient norm {values['grad_norm']} at step {step}: training stopped; "
                 f"{kept} in {checkpointer.directory}. Lower the learning rate or use float32 compute."
@@ -234,9 +228,7 @@ def train(
 
     step = int(state.step)
     if status == "preempted":
-        log.warning(
-            "stopped at step %d; checkpoint saved in %s; run again to resume", step, checkpointer.directory
-        )
+        log.warning("stopped at step %d; checkpoint saved in %s; run again to resume", step, checkpointer.directory)
         return RunResult(status, step, workdir)
 
     description = {"identity": method.identity(), "step": step, "image_size": config.data.image_size}
@@ -245,10 +237,6 @@ def train(
     rows = evaluate(method.name)
     if is_main:
         table = format_table(rows)
-        print(
-            f"\nFrozen-backbone evaluation on the labelled test split (patients unseen in training):\n{table}\n"
-        )
-        (workdir / "eval.json").write_text(
-            json.dumps({k: dataclasses.asdict(v) for k, v in rows.items()}, indent=2)
-        )
+        print(f"\nFrozen-backbone evaluation on the labelled test split (patients unseen in training):\n{table}\n")
+        (workdir / "eval.json").write_text(json.dumps({k: dataclasses.asdict(v) for k, v in rows.items()}, indent=2))
     return RunResult(status, step, workdir, rows)

@@ -59,9 +59,7 @@ def make_schedule(optim: ml_collections.ConfigDict, peak: float, steps_per_epoch
     raise ValueError(f"unknown schedule {optim.schedule!r} (config.optim.schedule); choose 'warmup_cosine' or 'step'")
 
 
-def lars_group(
-    schedule: Schedule, weight_decay: float, momentum: float, trust_coefficient: float, adapt: bool
-):
+def lars_group(schedule: Schedule, weight_decay: float, momentum: float, trust_coefficient: float, adapt: bool):
     """One LARS parameter group (reference order: decay, trust ratio, momentum, learning rate)."""
     parts = []
     if adapt:
@@ -86,12 +84,8 @@ def make_optimizer(
         biases = make_schedule(optim, optim.lr_biases * scale, steps_per_epoch, total_steps)
         tx = optax.multi_transform(
             {
-                "weights": lars_group(
-                    weights, optim.weight_decay, optim.momentum, optim.trust_coefficient, True
-                ),
-                "biases": lars_group(
-                    biases, optim.weight_decay, optim.momentum, optim.trust_coefficient, False
-                ),
+                "weights": lars_group(weights, optim.weight_decay, optim.momentum, optim.trust_coefficient, True),
+                "biases": lars_group(biases, optim.weight_decay, optim.momentum, optim.trust_coefficient, False),
             },
             param_groups,
         )
@@ -105,7 +99,5 @@ def make_optimizer(
     elif optim.name == "adamw":
         tx = optax.adamw(schedule, weight_decay=optim.weight_decay)
     else:
-        raise ValueError(
-            f"unknown optimiser {optim.name!r} (config.optim.name); choose 'lars', 'sgd' or 'adamw'"
-        )
+        raise ValueError(f"unknown optimiser {optim.name!r} (config.optim.name); choose 'lars', 'sgd' or 'adamw'")
     return Optimizer(tx, {"lr": schedule})

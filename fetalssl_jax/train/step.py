@@ -56,9 +56,7 @@ def init_key(seed: int) -> jax.Array:
     return jax.random.key(seed, impl="rbg")
 
 
-def init_state(
-    method: Method, optimizer: Optimizer, seed: int, example_frames: jax.Array, mesh: Mesh
-) -> TrainState:
+def init_state(method: Method, optimizer: Optimizer, seed: int, example_frames: jax.Array, mesh: Mesh) -> TrainState:
     """Initial train state, compiled and placed replicated on the mesh."""
 
     def init(frames):

@@ -1,7 +1,9 @@
 """Command line: `python -m fetalssl_jax.main --config configs/barlow.py[:preset] [--config.key=value ...]`.
 
-The config file decides everything (big_vision style); `--workdir` is where checkpoints, metrics, TensorBoard
-logs, the exported backbone and the evaluation land. Running the same command again resumes.
+The config file decides everything (big_vision style), including what runs (`config.task`): pretraining
+(configs/barlow.py ...), a plane classifier (configs/classify.py) or the paper's grid (configs/paper_grid.py).
+`--workdir` is where checkpoints, metrics, TensorBoard logs, exported weights and results land. Running the same
+command again resumes.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def default_workdir(config) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """Runs one pretraining experiment; returns the process exit status."""
+    """Runs one experiment (pretraining, classification or grid, by `config.task`); returns the exit status."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("fetalssl_jax").setLevel(logging.INFO)  # ours; orbax and absl stay at WARNING
     try:
@@ -56,17 +58,39 @@ def main(argv: list[str]) -> int:
         return 2
 
     from fetalssl_jax.train.checkpoint import CheckpointMismatchError
-    from fetalssl_jax.train.loop import NonFiniteLossError, train
+    from fetalssl_jax.train.loop import NonFiniteLossError
 
     config = _CONFIG.value
     workdir = _WORKDIR.value or default_workdir(config)
+    task = config.get("task", "pretrain")
     try:
-        result = train(config, workdir)
-    except (CheckpointMismatchError, NonFiniteLossError, ValueError, KeyError) as error:
+        if task == "pretrain":
+            from fetalssl_jax.train.loop import train
+
+            result = train(config, workdir)
+            print(f"{result.status} at step {result.step}; workdir: {os.path.abspath(workdir)}")
+        elif task == "classify":
+            from fetalssl_jax.downstream.classify import run_classification
+
+            results = run_classification(config, workdir)
+            test = results["test"]
+            print(
+                f"test: macro-F1 {test['macro_f1']:.3f}, balanced accuracy {test['balanced_accuracy']:.3f}, "
+                f"accuracy {test['accuracy']:.3f} (best epoch {results['best_epoch']}); "
+                f"workdir: {os.path.abspath(workdir)}"
+            )
+        elif task == "grid":
+            from fetalssl_jax.downstream.grid import run_grid
+
+            run_grid(config, workdir)
+            print(f"grid finished; results.csv, results.md and the plot in {os.path.abspath(workdir)}")
+        else:
+            raise ValueError(f"config.task={task!r}; choose 'pretrain', 'classify' or 'grid'")
+    except (CheckpointMismatchError, NonFiniteLossError, FloatingPointError, FileNotFoundError, ValueError,
+            KeyError) as error:  # fmt: skip
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
         return 1
-    print(f"{result.status} at step {result.step}; workdir: {os.path.abspath(workdir)}")
     return 0
 
 

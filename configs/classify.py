@@ -1,0 +1,72 @@
+"""Standard fetal cardiac plane classification: fine-tune or linear-probe a backbone on a fraction of the labels.
+
+  python -m fetalssl_jax.main --config configs/classify.py --config.init=workdirs/barlow_twins
+  python -m fetalssl_jax.main --config configs/classify.py:default,mode=linear,label_fraction=0.1
+  python -m fetalssl_jax.main --config configs/classify.py --config.init=resnet18_imagenet.safetensors \
+      --config.model.width=64
+  python -m fetalssl_jax.main --config configs/classify.py:paper --config.init=runs/bt      # the paper's setting
+
+`init` is "random", a pretraining workdir, an exported backbone directory, or a .safetensors/.npz file with
+torchvision/timm ResNet names (e.g. ImageNet weights). Presets: default (CPU, embedded data), tiny, paper.
+"""
+
+from fetalssl_jax import config_lib
+from fetalssl_jax.data.synthetic import PLANES
+
+
+def default(c) -> None:
+    """CPU: the demo backbone (width-16 ResNet-18, 64 px) on the embedded labelled planes."""
+    c.model.width = 16
+    c.num_epochs = 30
+    c.batch_size = 64
+
+
+def tiny(c) -> None:
+    """Seconds on a CPU: for tests."""
+    c.model.arch = "resnet10"
+    c.model.width = 8
+    c.data.image_size = 32
+    c.data.stored_size = 32
+    c.eval.num_patients = 10
+    c.eval.frames_per_patient = 10
+    c.num_epochs = 2
+    c.batch_size = 16
+    c.progress_bar = False
+
+
+def paper(c) -> None:
+    """The reference: ResNet-50 at 256 px, 100 epochs, batch 128."""
+    c.model.arch = "resnet50"
+    c.model.width = 64
+    c.data.image_size = 256
+    c.data.stored_size = 256
+    c.num_epochs = 100
+    c.batch_size = 128
+
+
+PRESETS = {"default": default, "tiny": tiny, "paper": paper}
+
+
+def get_config(arg: str | None = None):
+    """Classification config; `arg` names a preset (default, tiny, paper) optionally followed by ,key=value."""
+    base = config_lib.base_config()
+    c = config_lib.ConfigDict()
+    c.task = "classify"
+    c.method = "classify"  # names the default workdir
+    c.seed = 0  # label subset, head init, dropout and augmentation
+    c.init = "random"
+    c.mode = "finetune"  # or "linear": frozen backbone (BN running statistics), only the head trains
+    c.label_fraction = 1.0  # stratified fraction of the training split (the paper: 1, .5, .25, .1, .05, .01)
+    c.classes = PLANES
+    c.model = base.model
+    c.head = config_lib.ConfigDict({"dropout": 0.5, "batch_norm": False})
+    c.data = base.data  # the labelled images: source, sizes, generator seed (image_size: the network input)
+    c.eval = base.eval  # eval.num_patients / frames_per_patient: size of the embedded labelled set
+    c.augment = config_lib.ConfigDict({"num_ops": 5, "magnitude": 5.0, "hflip_prob": 0.5, "vflip_prob": 0.5})
+    c.optim = config_lib.ConfigDict({"name": "adamw", "lr": 1e-3, "weight_decay": 1e-6})
+    c.batch_size = 128
+    c.eval_batch_size = 256
+    c.num_epochs = 100
+    c.progress_bar = True
+    c.compilation_cache_dir = base.compilation_cache_dir
+    return config_lib.apply_preset(c, arg, PRESETS)

@@ -1,0 +1,305 @@
+"""Fine-tune or linear-probe a plane classifier on a fraction of the labels; select on validation; report on test.
+
+The reference protocol: AdamW (lr 1e-3, wd 1e-6), class-weighted cross-entropy with weights from the training
+counts, RandAugment(5, 5) + horizontal and vertical flips on the device, resize only for inference, the epoch with
+the best validation balanced accuracy kept and scored on the test patients.
+
+A run writes into its workdir: ``config.json``, ``label_indices.json`` (the chosen training images),
+``metrics.jsonl`` (one line per epoch), ``classifier/`` (the selected weights + ``classifier.json``),
+``results.json`` (validation and test metrics, per-class report, confusion matrix), ``confusion_matrix.{png,json}``
+and ``predictions.csv``. ``results.json`` is written last: a workdir that has it is finished and is not rerun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import pathlib
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+
+from fetalssl_jax.data import sources
+from fetalssl_jax.data.augment import preprocess_eval
+from fetalssl_jax.data.randaugment import rand_augment_batch
+from fetalssl_jax.downstream import report
+from fetalssl_jax.downstream.backbones import resolve_backbone
+from fetalssl_jax.downstream.classifier import Classifier, weighted_cross_entropy
+from fetalssl_jax.downstream.labels import class_weights, label_subset
+from fetalssl_jax.models.resnet import create_resnet
+from fetalssl_jax.train.step import batch_sharding, enable_compilation_cache, make_mesh, replicated
+
+log = logging.getLogger("fetalssl_jax")
+
+MODES = ("finetune", "linear")
+
+
+@flax.struct.dataclass
+class ClassifierState:
+    """Everything a classifier training step changes."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """What the compiled functions depend on; equal specs share one compilation across grid cells."""
+
+    arch: str
+    width: int
+    dtype: str
+    num_classes: int
+    dropout: float
+    head_batch_norm: bool
+    mode: str
+    image_size: int
+    num_ops: int
+    magnitude: float
+    hflip_prob: float
+    vflip_prob: float
+    learning_rate: float
+    weight_decay: float
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict, num_classes: int) -> StepSpec:
+        if config.mode not in MODES:
+            raise ValueError(f"config.mode={config.mode!r}; choose one of {MODES}")
+        if config.optim.name != "adamw":
+            raise ValueError(f"config.optim.name={config.optim.name!r}: the classifier trains with 'adamw'")
+        a = config.augment
+        return cls(
+            config.model.arch, int(config.model.width), config.model.dtype, num_classes, float(config.head.dropout),
+            bool(config.head.batch_norm), config.mode, int(config.data.image_size), int(a.num_ops),
+            float(a.magnitude), float(a.hflip_prob), float(a.vflip_prob), float(config.optim.lr),
+            float(config.optim.weight_decay),
+        )  # fmt: skip
+
+    def model(self) -> Classifier:
+        backbone = create_resnet(self.arch, width=self.width, dtype=self.dtype, zero_init_residual=False)
+        return Classifier(backbone, self.num_classes, self.dropout, self.head_batch_norm)
+
+    def optimizer(self) -> optax.GradientTransformation:
+        adamw = optax.adamw(self.learning_rate, weight_decay=self.weight_decay)
+        if self.mode == "finetune":
+            return adamw
+
+        # Linear probe: the backbone is frozen (no update, no weight decay); only the head learns.
+        def labels(params):
+            return {name: jax.tree.map(lambda _, n=name: "frozen" if n == "backbone" else "train", subtree)
+                    for name, subtree in params.items()}  # fmt: skip
+
+        return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, labels)
+
+
+@functools.lru_cache(maxsize=8)
+def compiled_functions(spec: StepSpec):
+    """(model, init_state, train_step, predict) for `spec`, jitted over a mesh of all devices."""
+    model = spec.model()
+    tx = spec.optimizer()
+    mesh = make_mesh()
+    data, full = batch_sharding(mesh), replicated(mesh)
+    finetune = spec.mode == "finetune"
+
+    def init_state(params: Any, batch_stats: Any, seed: jax.Array) -> ClassifierState:
+        return ClassifierState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params), jax.random.key(seed))
+
+    def train_step(state: ClassifierState, images: jax.Array, labels: jax.Array, weights: jax.Array):
+        aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+        x = rand_augment_batch(
+            aug_rng, images, spec.num_ops, spec.magnitude, spec.image_size, spec.hflip_prob, spec.vflip_prob
+        )
+
+        def loss_of(params):
+            logits, updates = model.apply(
+                {"params": params, "batch_stats": state.batch_stats}, x, train=True, backbone_train=finetune,
+                rngs={"dropout": dropout_rng}, mutable=["batch_stats"],
+            )  # fmt: skip
+            return weighted_cross_entropy(logits, labels, weights), updates["batch_stats"]
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return ClassifierState(state.step + 1, params, batch_stats, opt_state, state.rng), loss
+
+    def predict(params: Any, batch_stats: Any, images: jax.Array) -> jax.Array:
+        x = preprocess_eval(images, spec.image_size)
+        return jax.nn.softmax(model.apply({"params": params, "batch_stats": batch_stats}, x, train=False), axis=-1)
+
+    return (
+        model,
+        jax.jit(init_state, out_shardings=full),
+        jax.jit(train_step, in_shardings=(full, data, data, full), out_shardings=(full, full), donate_argnums=0),
+        jax.jit(predict, in_shardings=(full, full, data), out_shardings=data),
+        mesh,
+    )
+
+
+def _with_channel(images: np.ndarray) -> np.ndarray:
+    return images[..., None] if images.ndim == 3 else images
+
+
+def predict_probabilities(
+    spec: StepSpec, params: Any, batch_stats: Any, images: np.ndarray, batch_size: int
+) -> np.ndarray:
+    """Class probabilities [N, C] of uint8 images, in fixed-size batches (the last one padded)."""
+    _, _, _, predict, mesh = compiled_functions(spec)
+    images = _with_channel(images)
+    batch_size = _round_up(min(batch_size, len(images)), mesh.size)
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        n = len(batch)
+        if n < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
+        out.append(np.asarray(predict(params, batch_stats, batch))[:n])
+    return np.concatenate(out)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def epoch_order(num_examples: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
+    """A permutation of the examples for `epoch`, wrapped around to whole batches (each example at least once)."""
+    order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    total = _round_up(num_examples, batch_size)
+    return np.resize(order, total)  # np.resize repeats the permutation to fill the last batch
+
+
+def save_classifier(directory: pathlib.Path, variables: dict[str, Any], description: dict[str, Any]) -> None:
+    """The selected classifier: orbax variables (atomic) + classifier.json."""
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(directory.absolute() / "variables", variables, force=True)
+    checkpointer.wait_until_finished()
+    report.write_json(directory / "classifier.json", description)
+
+
+def load_classifier(directory: str | pathlib.Path) -> tuple[Classifier, dict[str, Any], dict[str, Any], StepSpec]:
+    """(model, variables, description, spec) of a classifier saved by a classification run (its workdir or
+    its ``classifier/`` directory)."""
+    directory = pathlib.Path(directory).absolute()
+    if not (directory / "classifier.json").is_file() and (directory / "classifier" / "classifier.json").is_file():
+        directory = directory / "classifier"
+    if not (directory / "classifier.json").is_file():
+        raise FileNotFoundError(f"{directory} holds no trained classifier (classifier.json)")
+    description = json.loads((directory / "classifier.json").read_text())
+    spec = StepSpec(**description["spec"])
+    variables = ocp.StandardCheckpointer().restore(directory / "variables")
+    return spec.model(), variables, description, spec
+
+
+def run_classification(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+    """Trains one classifier as `config` says, in `workdir`; returns the results (also in results.json).
+
+    A workdir that already has results.json is finished: its results are returned without training.
+    """
+    workdir = pathlib.Path(workdir)
+    results_file = workdir / "results.json"
+    if results_file.is_file():
+        return json.loads(results_file.read_text())
+    workdir.mkdir(parents=True, exist_ok=True)
+    enable_compilation_cache(config.compilation_cache_dir)
+    started = time.time()
+
+    splits = sources.labelled_splits(config)
+    class_names = tuple(config.classes)
+    for name in ("train", "valid", "test"):
+        if name not in splits or len(splits[name].labels) == 0:
+            raise ValueError(f"the labelled data has no {name!r} split (or it is empty)")
+    train_all = splits["train"]
+    chosen = label_subset(train_all.labels, config.label_fraction, config.seed, class_names)
+    train_images, train_labels = _with_channel(train_all.images[chosen]), train_all.labels[chosen]
+    weights = class_weights(train_labels, len(class_names))
+    report.write_json(workdir / "label_indices.json", {
+        "label_fraction": config.label_fraction, "seed": config.seed, "indices": chosen.tolist(),
+        "patient_ids": [str(p) for p in train_all.patient_ids[chosen]],
+        "class_counts": np.bincount(train_labels, minlength=len(class_names)).tolist(),
+    })  # fmt: skip
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+    spec = StepSpec.from_config(config, len(class_names))
+    model, init_state, train_step, _, mesh = compiled_functions(spec)
+    init = resolve_backbone(config.init, spec.arch, spec.width, config.seed)
+    # Only the head is initialised here (the backbone's variables come from `init`).
+    head = model.init(
+        jax.random.key(config.seed), np.zeros((1, model.backbone.num_features), np.float32), train=False,
+        method=Classifier.logits_from_features,
+    )  # fmt: skip
+    params = {**head["params"], "backbone": init.variables["params"]}
+    batch_stats = {**head.get("batch_stats", {}), "backbone": init.variables["batch_stats"]}
+    state = init_state(params, batch_stats, config.seed)
+
+    batch_size = _round_up(min(config.batch_size, len(train_labels)), mesh.size)
+    steps_per_epoch = -(-len(train_labels) // batch_size)
+    device_weights = jnp.asarray(weights)
+    log.info(
+        "%s from %s (%s): %d training images (%.0f%%), %d epochs of %d steps, batch %d",
+        config.mode, init.source, init.kind, len(train_labels), 100 * config.label_fraction, config.num_epochs,
+        steps_per_epoch, batch_size,
+    )  # fmt: skip
+
+    best = {"balanced_accuracy": -1.0}
+    best_variables = None
+    metrics_file = workdir / "metrics.jsonl"
+    metrics_file.write_text("")
+    bar = tqdm.tqdm(range(config.num_epochs), unit="epoch", disable=not config.progress_bar, dynamic_ncols=True)
+    for epoch in bar:
+        order = epoch_order(len(train_labels), batch_size, config.seed, epoch)
+        losses = []
+        for s in range(steps_per_epoch):
+            idx = order[s * batch_size : (s + 1) * batch_size]
+            state, loss = train_step(state, train_images[idx], train_labels[idx], device_weights)
+            losses.append(loss)
+        train_loss = float(np.mean(jax.device_get(losses)))
+        if not np.isfinite(train_loss):
+            raise FloatingPointError(f"{workdir}: training loss became {train_loss} in epoch {epoch + 1}")
+        valid_probs = predict_probabilities(spec, state.params, state.batch_stats, splits["valid"].images,
+                                            config.eval_batch_size)  # fmt: skip
+        valid = report.summary_metrics(splits["valid"].labels, valid_probs.argmax(1))
+        with open(metrics_file, "a") as f:
+            f.write(json.dumps({"epoch": epoch + 1, "train_loss": train_loss,
+                                **{f"valid_{k}": v for k, v in valid.items()}}) + "\n")  # fmt: skip
+        bar.set_postfix(loss=f"{train_loss:.3f}", valid_bal_acc=f"{valid['balanced_accuracy']:.3f}")
+        if valid["balanced_accuracy"] > best["balanced_accuracy"]:  # ties keep the earlier epoch
+            best = {**valid, "epoch": epoch + 1}
+            best_variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    bar.close()
+
+    description = {
+        "spec": dataclasses.asdict(spec), "classes": list(class_names), "init": init.source, "init_kind": init.kind,
+        "mode": config.mode, "label_fraction": config.label_fraction, "seed": config.seed, "best_epoch": best["epoch"],
+    }  # fmt: skip
+    save_classifier(workdir / "classifier", best_variables, description)
+    test = splits["test"]
+    test_probs = predict_probabilities(
+        spec, best_variables["params"], best_variables["batch_stats"], test.images, config.eval_batch_size
+    )
+    test_report = report.full_report(test.labels, test_probs.argmax(1), class_names)
+    report.write_json(workdir / "confusion_matrix.json",
+                      {"class_names": list(class_names), "matrix": test_report["confusion_matrix"]})  # fmt: skip
+    report.plot_confusion_matrix(
+        np.asarray(test_report["confusion_matrix"]), class_names, workdir / "confusion_matrix.png",
+        f"{config.mode}, {100 * config.label_fraction:g}% labels: macro-F1 {test_report['macro_f1']:.3f}",
+    )  # fmt: skip
+    report.write_predictions(workdir / "predictions.csv", test.labels, test_probs, class_names, test.patient_ids)
+    results = {
+        "init": init.source, "init_kind": init.kind, "mode": config.mode, "label_fraction": config.label_fraction,
+        "seed": config.seed, "num_train_images": int(len(train_labels)), "best_epoch": best["epoch"],
+        "valid": best, "test": test_report, "seconds": round(time.time() - started, 1),
+    }  # fmt: skip
+    report.write_json(results_file, results)
+    return results

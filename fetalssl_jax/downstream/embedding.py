@@ -1,0 +1,103 @@
+"""t-SNE of frozen backbone features, coloured by plane: does a backbone separate the planes without labels?
+
+  python -m fetalssl_jax.downstream.embedding --config configs/classify.py --config.init=workdirs/barlow_twins
+
+writes ``tsne_<split>.png`` and ``tsne_<split>.npz`` (the 2-D points, labels and patient ids) into ``--out_dir``
+(default: the current directory). Any backbone `config.init` accepts works: random, a pretraining workdir, an
+exported backbone, a weights file.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.manifold import TSNE
+from sklearn.preprocessing import StandardScaler
+
+
+def tsne_embedding(features: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+    """2-D t-SNE (scikit-learn, PCA init) of standardised features [N, F]; perplexity capped below N."""
+    features = np.asarray(features, np.float64)
+    if len(features) < 3:
+        raise ValueError(f"t-SNE needs at least 3 points, got {len(features)}")
+    x = StandardScaler().fit_transform(features)
+    perplexity = min(perplexity, (len(x) - 1) / 3)
+    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x).astype(np.float32)
+
+
+def plot_embedding(
+    points: np.ndarray, labels: np.ndarray, class_names: Sequence[str], path: pathlib.Path, title: str = ""
+) -> None:
+    """Scatter of the 2-D points, one colour per plane."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    for c, name in enumerate(class_names):
+        mask = labels == c
+        if np.any(mask):
+            ax.scatter(points[mask, 0], points[mask, 1], s=10, alpha=0.8, label=f"{name} ({mask.sum()})")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=8, markerscale=2)
+    ax.set_title(title or "t-SNE of frozen features")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def embed_backbone(config, out_dir: str | pathlib.Path, split: str = "test") -> pathlib.Path:
+    """Features of `config.init`'s backbone on a labelled split -> t-SNE plot and points; returns the PNG path."""
+    from fetalssl_jax.data import sources
+    from fetalssl_jax.downstream.backbones import resolve_backbone
+    from fetalssl_jax.eval.frozen import extract_features
+    from fetalssl_jax.models.resnet import create_resnet
+
+    splits = sources.labelled_splits(config)
+    if split not in splits:
+        raise ValueError(f"no split {split!r} in the labelled data; choose one of {sorted(splits)}")
+    data = splits[split]
+    init = resolve_backbone(config.init, config.model.arch, int(config.model.width), config.seed)
+    backbone = create_resnet(config.model.arch, width=config.model.width, dtype=config.model.dtype)
+    features = extract_features(backbone, init.variables, data.images, config.data.image_size, config.eval_batch_size)
+    points = tsne_embedding(features, config.seed)
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(out_dir / f"tsne_{split}.npz", points=points, labels=data.labels, patient_ids=data.patient_ids.astype(str))
+    path = out_dir / f"tsne_{split}.png"
+    name = "random init" if init.kind == "random" else pathlib.Path(init.source).name
+    plot_embedding(points, data.labels, tuple(config.classes), path, f"t-SNE of {name} features ({split} split)")
+    return path
+
+
+def main(argv: Sequence[str]) -> int:
+    """Command line (absl flags, a classification config for the backbone and the labelled data)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    config_flag = config_flags.DEFINE_config_file("config", None, "configs/classify.py[:preset]", lock_config=True)
+    out_flag = flags.DEFINE_string("out_dir", ".", "where tsne_<split>.png/.npz go")
+    split_flag = flags.DEFINE_string("split", "test", "labelled split to embed")
+    flags.FLAGS(argv)
+    if config_flag.value is None:
+        print("error: --config is required, e.g. --config configs/classify.py --config.init=workdirs/barlow_twins",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        path = embed_backbone(config_flag.value, out_flag.value, split_flag.value)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

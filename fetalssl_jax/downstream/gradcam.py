@@ -1,0 +1,177 @@
+"""Grad-CAM (Selvaraju et al. 2017) for a trained plane classifier: where does it look?
+
+The activation of a ResNet stage (the output of its last block; layer4 by default, as the paper) is read and
+perturbed through a Flax method interceptor, so no model code changes for it: the gradient of the class score
+with respect to that activation, averaged over space, weights its channels; the ReLU of the weighted sum is the
+map, upsampled to the image and scaled to [0, 1] per image.
+
+  python -m fetalssl_jax.downstream.gradcam --workdir workdirs/classify --num_images 16 [--stage 3]
+
+writes ``gradcam.png`` (test images with the map over them, true and predicted plane in the titles) into the
+classifier's workdir.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fetalssl_jax.downstream.classifier import Classifier
+
+
+def _stage_output_name(model: Classifier, stage: int) -> str:
+    sizes = tuple(model.backbone.stage_sizes)
+    if not 1 <= stage <= len(sizes):
+        raise ValueError(f"stage must be 1..{len(sizes)} (layer1..layer{len(sizes)}), got {stage}")
+    return f"layer{stage}_{sizes[stage - 1] - 1}"
+
+
+def grad_cam(
+    model: Classifier,
+    variables: dict[str, Any],
+    images: jax.Array,
+    stage: int = 4,
+    target: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """Grad-CAM maps [B, H, W] in [0, 1] and logits [B, C] of normalised images [B, H, W, 3].
+
+    `target` [B] picks the explained class per image; default: the predicted class.
+    """
+    block = _stage_output_name(model, stage)
+
+    def forward(delta: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+        captured = {}
+
+        def interceptor(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            module = context.module
+            in_backbone = getattr(module.parent, "name", None) == "backbone"
+            if context.method_name == "__call__" and module.name == block and in_backbone:
+                captured["activation"] = out
+                if delta is not None:
+                    out = out + delta.astype(out.dtype)
+            return out
+
+        with nn.intercept_methods(interceptor):
+            logits = model.apply(variables, images, train=False)
+        if "activation" not in captured:
+            raise RuntimeError(f"Grad-CAM found no backbone block {block!r} in the classifier")
+        return logits, captured["activation"]
+
+    _, activation_shape = jax.eval_shape(lambda: forward(None))
+    delta0 = jnp.zeros(activation_shape.shape, jnp.float32)
+
+    def score(delta):
+        logits, activation = forward(delta)
+        chosen = jnp.argmax(logits, axis=-1) if target is None else target
+        return jnp.sum(jnp.take_along_axis(logits, chosen[:, None], axis=-1)), (logits, activation)
+
+    gradient, (logits, activation) = jax.grad(score, has_aux=True)(delta0)
+    weights = jnp.mean(gradient, axis=(1, 2))  # [B, K]: channel importance
+    cam = jax.nn.relu(jnp.einsum("bhwk,bk->bhw", activation.astype(jnp.float32), weights))
+    b, h, w = images.shape[:3]
+    cam = jax.image.resize(cam, (b, h, w), method="bilinear")
+    cam = cam / jnp.maximum(jnp.max(cam, axis=(1, 2), keepdims=True), 1e-12)
+    return cam, logits
+
+
+def overlay_grid(
+    images: np.ndarray,
+    cams: np.ndarray,
+    labels: Sequence[int],
+    predictions: Sequence[int],
+    class_names: Sequence[str],
+    path: pathlib.Path,
+    columns: int = 4,
+    alpha: float = 0.45,
+) -> None:
+    """A PNG grid: each image in gray with its map in 'jet' over it; titles 'true / predicted' (red if wrong)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    columns = min(columns, n)
+    rows = -(-n // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 3.0 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i in range(n):
+        ax = axes.ravel()[i]
+        ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
+        ax.imshow(cams[i], cmap="jet", alpha=alpha, vmin=0.0, vmax=1.0)
+        ok = labels[i] == predictions[i]
+        ax.set_title(f"{class_names[labels[i]]} / {class_names[predictions[i]]}", fontsize=8,
+                     color="black" if ok else "red")  # fmt: skip
+    fig.suptitle("Grad-CAM: true / predicted plane")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def gradcam_for_run(workdir: str | pathlib.Path, num_images: int = 16, stage: int = 4, out: str | None = None,
+                    seed: int = 0) -> pathlib.Path:  # fmt: skip
+    """Grad-CAM overlays of `num_images` test images (a class-balanced random pick) of a classification run."""
+    import ml_collections
+
+    from fetalssl_jax.data import sources
+    from fetalssl_jax.data.augment import preprocess_eval
+    from fetalssl_jax.downstream.classify import load_classifier
+
+    workdir = pathlib.Path(workdir)
+    model, variables, description, spec = load_classifier(workdir)
+    config_file = workdir / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} not found: pass the workdir of a classification run")
+    config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
+    test = sources.labelled_splits(config)["test"]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(test.labels))
+    # Round-robin over classes so every plane shows up in the grid.
+    by_class = [order[test.labels[order] == c] for c in range(len(description["classes"]))]
+    pick = [int(idx[k]) for k in range(max(map(len, by_class))) for idx in by_class if k < len(idx)][:num_images]
+    raw = test.images[pick]
+    raw = raw[..., None] if raw.ndim == 3 else raw
+    x = preprocess_eval(jnp.asarray(raw), spec.image_size)
+    cams, logits = jax.jit(lambda v, x: grad_cam(model, v, x, stage))(variables, x)
+    shown = np.asarray(jax.image.resize(jnp.asarray(raw[..., 0], jnp.float32), (len(pick), spec.image_size,
+                                                                                spec.image_size), "cubic"))  # fmt: skip
+    path = pathlib.Path(out) if out else workdir / "gradcam.png"
+    overlay_grid(np.clip(shown, 0, 255), np.asarray(cams), test.labels[pick], np.asarray(logits).argmax(1),
+                 description["classes"], path)  # fmt: skip
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: writes the Grad-CAM grid of a classification run."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", required=True, help="a classification run's workdir")
+    parser.add_argument("--num_images", type=int, default=16)
+    parser.add_argument("--stage", type=int, default=4, help="ResNet stage whose output is explained (1-4)")
+    parser.add_argument("--out", default=None, help="PNG path (default: <workdir>/gradcam.png)")
+    parser.add_argument("--seed", type=int, default=0, help="which test images are picked")
+    args = parser.parse_args(argv)
+    try:
+        path = gradcam_for_run(args.workdir, args.num_images, args.stage, args.out, args.seed)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Downstream plane classification: label subsets, loss, fine-tune vs linear probe, outputs, Grad-CAM, t-SNE,
+the experiment grid and the PyTorch export."""
+
+import csv
+import json
+import subprocess
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score, f1_score
+
+from fetalssl_jax.config_lib import load_config
+from fetalssl_jax.downstream.backbones import resolve_backbone
+from fetalssl_jax.downstream.classifier import Classifier, weighted_cross_entropy
+from fetalssl_jax.downstream.classify import load_classifier, run_classification
+from fetalssl_jax.downstream.labels import class_weights, label_subset
+from fetalssl_jax.models.resnet import create_resnet
+
+CLASSES = ("a", "b", "c", "d", "e")
+
+
+def classify_config(repo, arg=""):
+    return load_config(f"{repo / 'configs' / 'classify.py'}:tiny{',' + arg if arg else ''}")
+
+
+# ---- label subsets and the loss ----------------------------------------------------------------------------------
+def test_label_subset_is_stratified_seeded_and_complete():
+    labels = np.repeat(np.arange(5), [100, 50, 30, 12, 8])  # imbalanced, 200 images
+    subset = label_subset(labels, 0.25, seed=0, class_names=CLASSES)
+    assert len(subset) == 50 and len(np.unique(subset)) == 50
+    counts = np.bincount(labels[subset], minlength=5)
+    np.testing.assert_allclose(counts, 0.25 * np.array([100, 50, 30, 12, 8]), atol=1)  # proportional per class
+    np.testing.assert_array_equal(subset, label_subset(labels, 0.25, seed=0, class_names=CLASSES))
+    assert not np.array_equal(subset, label_subset(labels, 0.25, seed=1, class_names=CLASSES))
+    np.testing.assert_array_equal(label_subset(labels, 1.0, 0, CLASSES), np.arange(200))
+    small = label_subset(labels, 0.1, seed=3, class_names=CLASSES)  # 20 images: every class still present
+    assert set(labels[small]) == set(range(5))
+
+
+def test_label_subset_refuses_to_drop_a_class():
+    labels = np.repeat(np.arange(5), [100, 50, 30, 12, 8])
+    with pytest.raises(ValueError, match="fewer than the 5 classes"):
+        label_subset(labels, 0.01, seed=0, class_names=CLASSES)  # 2 images
+    with pytest.raises(ValueError, match=r"5% subset \(10 images\) leaves class\(es\) \['e'\]"):
+        label_subset(labels, 0.05, seed=0, class_names=CLASSES)  # 8 x 5% = 0.4 images of class e
+    with pytest.raises(ValueError, match=r"no sample of class\(es\) \['e'\]"):
+        label_subset(labels[labels < 4], 0.5, seed=0, class_names=CLASSES)
+    with pytest.raises(ValueError, match="in \\(0, 1\\]"):
+        label_subset(labels, 0.0, seed=0, class_names=CLASSES)
+
+
+def test_class_weights_and_weighted_cross_entropy_match_hand_computation():
+    np.testing.assert_allclose(class_weights(np.array([0, 0, 0, 1, 2, 2]), 3), [2.0, 6.0, 3.0])
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((6, 3)).astype(np.float32)
+    labels = np.array([0, 2, 1, 1, 0, 2])
+    weights = np.array([0.5, 2.0, 1.5], np.float32)
+    # PyTorch CrossEntropyLoss(weight=w), reduction 'mean', written out
+    log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    expected = sum(-weights[y] * log_softmax[i, y] for i, y in enumerate(labels)) / sum(weights[y] for y in labels)
+    got = weighted_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weights))
+    np.testing.assert_allclose(float(got), expected, rtol=1e-6)
+
+
+# ---- one classification run --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def finetune_run(repo, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("finetune")
+    return workdir, run_classification(classify_config(repo, "num_epochs=3"), workdir)
+
+
+@pytest.fixture(scope="module")
+def linear_run(repo, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("linear")
+    return workdir, run_classification(classify_config(repo, "mode=linear,head.batch_norm=True"), workdir)
+
+
+def test_run_outputs_agree_with_each_other(finetune_run):
+    workdir, results = finetune_run
+    with open(workdir / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    names = list(results["test"]["class_names"])
+    true = np.array([names.index(r["label"]) for r in rows])
+    pred = np.array([names.index(r["prediction"]) for r in rows])
+    probs = np.array([[float(r[f"p_{n}"]) for n in names] for r in rows])
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(probs.argmax(1), pred)
+    assert results["test"]["macro_f1"] == pytest.approx(f1_score(true, pred, average="macro", zero_division=0))
+    assert results["test"]["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(true, pred))
+    matrix = np.array(json.loads((workdir / "confusion_matrix.json").read_text())["matrix"])
+    assert matrix.sum() == len(rows) and np.trace(matrix) == np.sum(true == pred)
+    assert (workdir / "confusion_matrix.png").stat().st_size > 1000
+    epochs = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert len(epochs) == 3
+    valid = [e["valid_balanced_accuracy"] for e in epochs]
+    assert results["best_epoch"] == int(np.argmax(valid)) + 1  # first epoch with the best validation score
+    chosen = json.loads((workdir / "label_indices.json").read_text())
+    assert len(chosen["indices"]) == results["num_train_images"] == sum(chosen["class_counts"])
+
+
+def test_finished_run_is_not_repeated(repo, finetune_run):
+    workdir, results = finetune_run
+    before = (workdir / "metrics.jsonl").stat().st_mtime_ns
+    again = run_classification(classify_config(repo, "num_epochs=3"), workdir)
+    assert again == results and (workdir / "metrics.jsonl").stat().st_mtime_ns == before
+
+
+def test_same_seed_same_losses(repo, finetune_run, tmp_path):
+    workdir, _ = finetune_run
+    run_classification(classify_config(repo, "num_epochs=3"), tmp_path)
+    assert (tmp_path / "metrics.jsonl").read_text() == (workdir / "metrics.jsonl").read_text()
+
+
+def _flat(tree):
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def test_linear_probe_freezes_the_backbone_and_fine_tuning_does_not(repo, finetune_run, linear_run):
+    start = resolve_backbone("random", "resnet10", 8, seed=0).variables
+    for (workdir, _), frozen in ((linear_run, True), (finetune_run, False)):
+        _, variables, description, _ = load_classifier(workdir)
+        backbone = {k: variables[k]["backbone"] for k in ("params", "batch_stats")}
+        equal = [np.array_equal(a, b) for a, b in zip(_flat(start).values(), _flat(backbone).values(), strict=True)]
+        assert all(equal) if frozen else not any(equal[:3]), description["mode"]
+        assert set(variables["params"]) == {"backbone", "head"}
+        assert set(variables["params"]["head"]) == {"kernel"}  # Linear without bias
+    _, variables, _, _ = load_classifier(linear_run[0])
+    assert set(variables["batch_stats"]["head_norm"]) == {"mean", "var"}  # non-affine BN: statistics only
+
+
+# ---- Grad-CAM ----------------------------------------------------------------------------------------------------
+def test_grad_cam_on_layer4_is_the_class_activation_map():
+    from fetalssl_jax.downstream.gradcam import grad_cam
+
+    backbone = create_resnet("resnet10", width=8, zero_init_residual=False)
+    model = Classifier(backbone, 5)
+    x = jax.random.normal(jax.random.key(1), (3, 96, 96, 3))
+    variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(x)
+    cams, logits = jax.jit(lambda v, x: grad_cam(model, v, x, stage=4))(variables, x)
+    # GAP + linear head: Grad-CAM weights are W[:, c] / (h w), so the map is ReLU(sum_k W_kc A_k) (Zhou et al.)
+    backbone_vars = {k: variables[k]["backbone"] for k in ("params", "batch_stats")}
+    _, fmap = backbone.apply(backbone_vars, x, train=False, return_map=True)
+    w = np.asarray(variables["params"]["head"]["kernel"])
+    target = np.asarray(logits).argmax(1)
+    cam = np.maximum(np.einsum("bhwk,kb->bhw", np.asarray(fmap), w[:, target]), 0)
+    assert cam.shape[1:] == (3, 3)
+    expected = np.array(jax.image.resize(cam, (3, 96, 96), "bilinear"))
+    expected /= expected.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(np.asarray(cams), expected, atol=1e-5)
+    other_target = jnp.array([(t + 1) % 5 for t in target])
+    other, _ = jax.jit(lambda v, x: grad_cam(model, v, x, stage=4, target=other_target))(variables, x)
+    assert not np.allclose(np.asarray(other), np.asarray(cams))
+    with pytest.raises(ValueError, match="stage must be 1..4"):
+        grad_cam(model, variables, x, stage=5)
+
+
+def test_gradcam_command_writes_the_grid(python, repo, finetune_run):
+    workdir, _ = finetune_run
+    out = workdir / "cam.png"
+    cmd = [python, "-m", "fetalssl_jax.downstream.gradcam", "--workdir", str(workdir), "--num_images", "6",
+           "--stage", "3", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_size > 5000
+
+
+# ---- t-SNE -------------------------------------------------------------------------------------------------------
+def test_tsne_keeps_separated_clusters_apart(tmp_path):
+    from fetalssl_jax.downstream.embedding import plot_embedding, tsne_embedding
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 30)
+    features = rng.standard_normal((90, 16)) + 8.0 * np.eye(16)[labels]
+    points = tsne_embedding(features, seed=0)
+    assert points.shape == (90, 2)
+    distances = np.linalg.norm(points[:, None] - points[None], axis=-1) + np.eye(90) * 1e9
+    assert np.mean(labels[distances.argmin(1)] == labels) > 0.95  # 1-NN in 2-D recovers the clusters
+    plot_embedding(points, labels, ("x", "y", "z"), tmp_path / "t.png")
+    assert (tmp_path / "t.png").stat().st_size > 5000
+
+
+# ---- export for PyTorch ------------------------------------------------------------------------------------------
+def test_export_of_a_fine_tuned_backbone_round_trips(finetune_run, tmp_path):
+    from fetalssl_jax.downstream.export import main as export_main
+    from fetalssl_jax.models import torch_io
+
+    workdir, _ = finetune_run
+    out = tmp_path / "resnet.safetensors"
+    assert export_main(["--backbone", str(workdir), "--out", str(out)]) == 0
+    sd = torch_io.load_state_dict_file(out)
+    assert torch_io.infer_resnet(sd) == ("resnet10", 8)
+    _, variables, _, _ = load_classifier(workdir)
+    backbone = {k: variables[k]["backbone"] for k in ("params", "batch_stats")}
+    back = torch_io.from_torch_state_dict(sd, backbone, str(out))
+    for (path, a), b in zip(_flat(backbone).items(), _flat(back).values(), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=path)
+
+
+# ---- command line and errors -------------------------------------------------------------------------------------
+def test_cli_names_a_missing_backbone_and_an_impossible_fraction(python, repo, tmp_path):
+    base = [python, "-m", "fetalssl_jax.main", "--config", f"{repo / 'configs' / 'classify.py'}:tiny"]
+    proc = subprocess.run([*base, f"--config.init={tmp_path / 'nowhere'}", "--workdir", str(tmp_path / "a")],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 1 and "nowhere" in proc.stderr and "no such file" in proc.stderr, proc.stderr
+    proc = subprocess.run([*base, "--config.label_fraction=0.01", "--workdir", str(tmp_path / "b")],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 1 and "fewer than the 5 classes" in proc.stderr, proc.stderr

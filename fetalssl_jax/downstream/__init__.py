@@ -1,0 +1,1 @@
+"""Downstream: plane classification, the experiment grid, Grad-CAM, t-SNE and weight export."""

@@ -67,6 +67,7 @@ def get_config(arg: str | None = None):
     c.batch_size = 128
     c.eval_batch_size = 256
     c.num_epochs = 100
+    c.checkpoint_every_epochs = 5  # resumable runs; 0: no checkpoints (the selected classifier is always saved)
     c.progress_bar = True
     c.compilation_cache_dir = base.compilation_cache_dir
     return config_lib.apply_preset(c, arg, PRESETS)

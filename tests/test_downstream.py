@@ -207,3 +207,18 @@ def test_cli_names_a_missing_backbone_and_an_impossible_fraction(python, repo, t
     proc = subprocess.run([*base, "--config.label_fraction=0.01", "--workdir", str(tmp_path / "b")],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 1 and "fewer than the 5 classes" in proc.stderr, proc.stderr
+
+
+def test_interrupted_run_resumes_with_the_same_losses(repo, finetune_run, tmp_path):
+    workdir, results = finetune_run
+    config = classify_config(repo, "num_epochs=3,checkpoint_every_epochs=1")
+    assert run_classification(config, tmp_path, stop_after_epochs=2) == {}
+    assert not (tmp_path / "results.json").exists() and len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    resumed = run_classification(config, tmp_path)
+    assert (tmp_path / "metrics.jsonl").read_text() == (workdir / "metrics.jsonl").read_text()
+    assert resumed["test"] == results["test"]
+    assert not (tmp_path / "checkpoints").exists()  # removed once results.json is written
+    other = classify_config(repo, "num_epochs=3,checkpoint_every_epochs=1,seed=5")
+    run_classification(other, tmp_path / "b", stop_after_epochs=1)
+    with pytest.raises(ValueError, match="checkpoint of another config"):
+        run_classification(classify_config(repo, "num_epochs=3,checkpoint_every_epochs=1"), tmp_path / "b")

@@ -17,6 +17,7 @@ import functools
 import json
 import logging
 import pathlib
+import shutil
 import time
 from typing import Any
 
@@ -37,6 +38,7 @@ from fetalssl_jax.downstream.backbones import resolve_backbone
 from fetalssl_jax.downstream.classifier import Classifier, weighted_cross_entropy
 from fetalssl_jax.downstream.labels import class_weights, label_subset
 from fetalssl_jax.models.resnet import create_resnet
+from fetalssl_jax.train.checkpoint import abstract_tree
 from fetalssl_jax.train.step import batch_sharding, enable_compilation_cache, make_mesh, replicated
 
 log = logging.getLogger("fetalssl_jax")
@@ -115,7 +117,8 @@ def compiled_functions(spec: StepSpec):
     finetune = spec.mode == "finetune"
 
     def init_state(params: Any, batch_stats: Any, seed: jax.Array) -> ClassifierState:
-        return ClassifierState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params), jax.random.key(seed))
+        # A raw uint32 key (not a typed one): orbax checkpoints it like any array.
+        return ClassifierState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params), jax.random.PRNGKey(seed))
 
     def train_step(state: ClassifierState, images: jax.Array, labels: jax.Array, weights: jax.Array):
         aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
@@ -202,10 +205,22 @@ def load_classifier(directory: str | pathlib.Path) -> tuple[Classifier, dict[str
     return spec.model(), variables, description, spec
 
 
-def run_classification(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+def _epoch_checkpoints(workdir: pathlib.Path) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(
+        workdir.absolute() / "checkpoints", options=options, item_names=("state", "best_variables", "meta")
+    )
+
+
+def run_classification(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_after_epochs: int | None = None
+) -> dict[str, Any]:
     """Trains one classifier as `config` says, in `workdir`; returns the results (also in results.json).
 
-    A workdir that already has results.json is finished: its results are returned without training.
+    A workdir that already has results.json is finished: its results are returned without training. Otherwise
+    training resumes from the epoch checkpoint in `workdir/checkpoints` (every `checkpoint_every_epochs`), and
+    repeats the losses of an uninterrupted run. `stop_after_epochs` ends early after a checkpoint (as a
+    pre-emption would) and returns {}.
     """
     workdir = pathlib.Path(workdir)
     results_file = workdir / "results.json"
@@ -255,9 +270,28 @@ def run_classification(config: ml_collections.ConfigDict, workdir: str | pathlib
     best = {"balanced_accuracy": -1.0}
     best_variables = None
     metrics_file = workdir / "metrics.jsonl"
-    metrics_file.write_text("")
-    bar = tqdm.tqdm(range(config.num_epochs), unit="epoch", disable=not config.progress_bar, dynamic_ncols=True)
-    for epoch in bar:
+    fingerprint = config.to_json_best_effort(sort_keys=True)
+    checkpoints = _epoch_checkpoints(workdir)
+    start_epoch = checkpoints.latest_step() or 0
+    if start_epoch:
+        meta = checkpoints.restore(start_epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        if meta["config"] != fingerprint:
+            raise ValueError(f"{workdir} holds a classification checkpoint of another config; use a new workdir")
+        template = {"params": state.params, "batch_stats": state.batch_stats}
+        restored = checkpoints.restore(start_epoch, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_tree(state)),
+            best_variables=ocp.args.StandardRestore(jax.tree.map(np.asarray, jax.device_get(template))),
+        ))  # fmt: skip
+        state, best_variables, best = restored.state, restored.best_variables, meta["best"]
+        kept = metrics_file.read_text().splitlines()[:start_epoch] if metrics_file.is_file() else []
+        metrics_file.write_text("".join(line + "\n" for line in kept))
+        log.info("resuming %s after epoch %d", workdir, start_epoch)
+    else:
+        metrics_file.write_text("")
+    bar = tqdm.tqdm(range(config.num_epochs), unit="epoch", disable=not config.progress_bar, dynamic_ncols=True,
+                    initial=start_epoch)  # fmt: skip
+    for epoch in range(start_epoch, config.num_epochs):
+        bar.update(1)
         order = epoch_order(len(train_labels), batch_size, config.seed, epoch)
         losses = []
         for s in range(steps_per_epoch):
@@ -277,7 +311,19 @@ def run_classification(config: ml_collections.ConfigDict, workdir: str | pathlib
         if valid["balanced_accuracy"] > best["balanced_accuracy"]:  # ties keep the earlier epoch
             best = {**valid, "epoch": epoch + 1}
             best_variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+        done = epoch + 1
+        every = config.checkpoint_every_epochs
+        if (every > 0 and done % every == 0 and done < config.num_epochs) or done == stop_after_epochs:
+            checkpoints.save(done, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), best_variables=ocp.args.StandardSave(best_variables),
+                meta=ocp.args.JsonSave({"config": fingerprint, "best": best}),
+            ))  # fmt: skip
+        if done == stop_after_epochs:
+            bar.close()
+            checkpoints.close()
+            return {}
     bar.close()
+    checkpoints.close()
 
     description = {
         "spec": dataclasses.asdict(spec), "classes": list(class_names), "init": init.source, "init_kind": init.kind,
@@ -302,4 +348,6 @@ def run_classification(config: ml_collections.ConfigDict, workdir: str | pathlib
         "valid": best, "test": test_report, "seconds": round(time.time() - started, 1),
     }  # fmt: skip
     report.write_json(results_file, results)
+    # The run is complete: its epoch checkpoint is no longer needed (a grid keeps hundreds of these workdirs).
+    shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
     return results

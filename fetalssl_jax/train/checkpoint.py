@@ -22,7 +22,7 @@ class CheckpointMismatchError(RuntimeError):
     """The workdir holds checkpoints of a different method or architecture."""
 
 
-def _abstract(tree: Any) -> Any:
+def abstract_tree(tree: Any) -> Any:
     """Shapes, dtypes and shardings of a pytree of arrays, for restoring into the same placement."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
@@ -79,7 +79,8 @@ class Checkpointer:
         if step is None:
             return state
         self.check_identity(step)
-        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(state))))
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_tree(state)))
+        restored = self.manager.restore(step, args=args)
         return restored.state
 
     def close(self) -> None:

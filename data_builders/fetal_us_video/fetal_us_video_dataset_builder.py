@@ -146,8 +146,12 @@ class FetalUsVideo(BeamOrLocalBuilder):
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(features),
             metadata=tfds.core.MetadataDict(
-                record=c.record, image_size=c.image_size, frame_skip=c.frame_skip, max_gap=c.max_gap,
-                clip_length=c.clip_length, clip_stride=c.clip_stride,
+                record=c.record,
+                image_size=c.image_size,
+                frame_skip=c.frame_skip,
+                max_gap=c.max_gap,
+                clip_length=c.clip_length,
+                clip_stride=c.clip_stride,
             ),  # fmt: skip
             homepage="https://github.com/fetalssl/fetalssl_jax",
         )

@@ -402,3 +402,111 @@ def prepare_video(frames: np.ndarray, name: str, image_size: int, frame_skip: in
     kept = np.arange(0, len(frames), frame_skip, dtype=np.int32)
     gray = resize_frames(to_grayscale(frames[kept]), image_size)
     return gray[..., None], kept
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Labelled images: a CSV (image_name, class[, patient_id]) or class sub-folders
+# --------------------------------------------------------------------------------------------------------------
+
+# Folder names cannot hold "/": "3VV", "3VT", "3VV_3VT" all name the class 3VV/3VT.
+DEFAULT_CLASS_ALIASES = {"3vv": "3VV/3VT", "3vt": "3VV/3VT", "3vv3vt": "3VV/3VT", "3vvt": "3VV/3VT"}
+
+
+def _canon(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def class_index(name: str, classes: Sequence[str], aliases: Mapping[str, str] | None = None) -> int | None:
+    """Index of class `name` in `classes`, compared without case and punctuation ("non_heart" = "non-heart"),
+    through `aliases` (canonical alias -> class); None if unknown."""
+    canon = {_canon(c): i for i, c in enumerate(classes)}
+    key = _canon(name)
+    if key in canon:
+        return canon[key]
+    target = {_canon(k): v for k, v in (aliases or {}).items()}.get(key)
+    return canon.get(_canon(target)) if target is not None else None
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledImage:
+    """One labelled image: its path relative to the data folder, class index and patient ('' if unknown)."""
+
+    relpath: str
+    label: int
+    patient: str
+
+
+def inside(root: pathlib.Path, name: str, what: str) -> pathlib.Path:
+    """`root / name` resolved; a path that leaves `root` (absolute, "..", a symlink out) is a DataError."""
+    candidate = pathlib.Path(name)
+    resolved = (root / candidate).resolve()
+    if candidate.is_absolute() or not resolved.is_relative_to(root.resolve()):
+        raise DataError(f"{what}: image path {name!r} escapes the data folder {root}; paths must stay inside it")
+    return resolved
+
+
+def read_label_csv(
+    root: str | os.PathLike,
+    csv_name: str,
+    classes: Sequence[str],
+    aliases: Mapping[str, str] | None = None,
+    on_error: str = "raise",
+) -> tuple[list[LabelledImage], list[str]]:
+    """Rows of `root/csv_name` (columns image_name, class, optional patient_id) as LabelledImages, and the
+    problems of skipped rows ('skip') - a missing file or an unknown class raises DataError naming the CSV row
+    and the file otherwise. `image_name` is relative to `root` or to `root/<class>` (the reference's class
+    folders). A path escaping `root` is always an error."""
+    import csv
+
+    root = pathlib.Path(root)
+    table = root / csv_name
+    with open(table, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        missing = {"image_name", "class"} - set(columns)
+        if missing:
+            raise DataError(f"{csv_name}: missing column(s) {sorted(missing)}; found {columns}")
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    images, problems = [], []
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        where = f"{csv_name} line {line}"
+        try:
+            label = class_index(row["class"], classes, aliases)
+            if label is None:
+                raise DataError(f"{where}: unknown class {row['class']!r} for {row['image_name']!r}; "
+                                f"classes: {list(classes)}")  # fmt: skip
+            if not row["image_name"]:
+                raise DataError(f"{where}: empty image_name")
+            direct = inside(root, row["image_name"], where)
+            in_class = inside(root, str(pathlib.Path(row["class"].replace("/", "_")) / row["image_name"]), where)
+            path = direct if direct.is_file() else in_class if in_class.is_file() else None
+            if path is None:
+                raise DataError(f"{where}: image file {row['image_name']!r} not found in {root}")
+            images.append(LabelledImage(path.relative_to(root.resolve()).as_posix(), label, row.get("patient_id", "")))
+        except DataError as e:
+            if on_error == "raise" or "escapes the data folder" in str(e):
+                raise
+            problems.append(str(e))
+    if not images:
+        raise DataError(f"{csv_name}: no usable rows")
+    return images, problems
+
+
+def list_class_folders(
+    root: str | os.PathLike, classes: Sequence[str], aliases: Mapping[str, str] | None = None
+) -> list[LabelledImage]:
+    """Images in class sub-folders `root/<class>/...` (no patient ids). A sub-folder that names no class is a
+    DataError (a typo would silently drop a class)."""
+    root = pathlib.Path(root)
+    images = []
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for folder in folders:
+        label = class_index(folder.name, classes, aliases)
+        if label is None:
+            raise DataError(f"{folder.name}/: a sub-folder that names no class; classes: {list(classes)}")
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES + (".npy",) + DICOM_SUFFIXES:
+                images.append(LabelledImage(path.relative_to(root).as_posix(), label, ""))
+    if not images:
+        raise DataError(f"no labelled images in {root}: expected a CSV or class sub-folders {list(classes)}")
+    return images

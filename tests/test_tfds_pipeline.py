@@ -47,7 +47,7 @@ def test_records_are_the_generated_videos_split_by_patient(data_dir):
             seen.setdefault(r["video_id"], (split, []))[1].append((i1, r["frame1"][..., 0], r["frame2"][..., 0], i2))
     assert len(seen) == 6 and sum(len(v[1]) for v in seen.values()) == 6 * 16
     by_frames = {}
-    for vid, (split, frames) in seen.items():
+    for split, frames in seen.values():
         # identify the generated video by its first frame; every frame of a record must be that video's frame
         first = next(f for i, f, _, _ in frames if i == 0)
         k = next(k for k, v in enumerate(videos) if np.array_equal(v.frames[0], first))
@@ -100,8 +100,8 @@ def test_two_processes_train_like_one(data_dir, tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
     port = _free_port()
     common = [sys.executable, script, str(data_dir), NAME, "3"]
-    procs = [subprocess.Popen(common + [str(tmp_path / f"p{i}.json"), str(i), "2", str(port)], env=env, cwd=REPO,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]  # fmt: skip
+    run = dict(env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    procs = [subprocess.Popen(common + [str(tmp_path / f"p{i}.json"), str(i), "2", str(port)], **run) for i in range(2)]
     single = subprocess.Popen(common + [str(tmp_path / "one.json")], env=env, cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
     outputs = []

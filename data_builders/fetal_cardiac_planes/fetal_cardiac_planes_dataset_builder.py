@@ -65,7 +65,8 @@ class FetalCardiacPlanes(BeamOrLocalBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
     BUILDER_CONFIGS = [
-        FetalCardiacPlanesConfig(name="csv", description="Images listed in labels.csv (image_name, class, patient_id)."),
+        FetalCardiacPlanesConfig(name="csv",
+                                 description="Images listed in labels.csv (image_name, class[, patient_id])."),
         FetalCardiacPlanesConfig(name="folders", layout="folders", description="Images in class sub-folders."),
         FetalCardiacPlanesConfig(name="synthetic", synthetic=True, image_size=64,
                                  description="The embedded generated labelled set (60 patients x 20 images, 64 px)."),

@@ -11,7 +11,6 @@ torchvision/timm ResNet names (e.g. ImageNet weights). Presets: default (CPU, em
 """
 
 from fetalssl_jax import config_lib
-from fetalssl_jax.data.synthetic import PLANES
 
 
 def default(c) -> None:
@@ -57,7 +56,7 @@ def get_config(arg: str | None = None):
     c.init = "random"
     c.mode = "finetune"  # or "linear": frozen backbone (BN running statistics), only the head trains
     c.label_fraction = 1.0  # stratified fraction of the training split (the paper: 1, .5, .25, .1, .05, .01)
-    c.classes = PLANES
+    c.classes = ()  # class names in label order; empty: the labelled data's own (the embedded set: PLANES)
     c.model = base.model
     c.head = config_lib.ConfigDict({"dropout": 0.5, "batch_norm": False})
     c.data = base.data  # the labelled images: source, sizes, generator seed (image_size: the network input)

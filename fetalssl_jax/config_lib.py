@@ -32,7 +32,10 @@ def base_config() -> ConfigDict:
     c.method_kwargs = ConfigDict()  # heads and loss weights of the method
 
     c.data = ConfigDict()
-    c.data.source = "synthetic"  # embedded generated fetal-US videos
+    c.data.source = "synthetic"  # embedded generated fetal-US videos, or "tfds": a built fetal_us_video dataset
+    c.data.name = ""  # source "tfds": e.g. "fetal_us_video/synthetic" (frames, pairs or clips as the method needs)
+    c.data.data_dir = ""  # source "tfds": where it was built ("": TFDS's default, ~/tensorflow_datasets)
+    c.data.split = "train"  # source "tfds"
     c.data.image_size = 64  # network input size (views are cropped and resized to it)
     c.data.frame_skip = 5  # keep every 5th frame, as the paper
     c.data.max_gap = 0  # 0: both views from one frame; k > 0: second frame up to k kept frames away
@@ -75,6 +78,8 @@ def base_config() -> ConfigDict:
 
     c.eval = ConfigDict()
     c.eval.every_steps = -1  # <= 0: only at the end
+    c.eval.dataset = "synthetic"  # or a built fetal_cardiac_planes dataset, e.g. "fetal_cardiac_planes/synthetic"
+    c.eval.data_dir = ""  # of eval.dataset ("": TFDS's default)
     c.eval.knn_k = 20
     c.eval.num_patients = 60  # labelled patients of the embedded set (split 60/20/20 by patient)
     c.eval.frames_per_patient = 20

@@ -761,15 +761,21 @@ def generate_videos(
     _check_int("seed", seed, 0)
     _check_int("frame_skip", frame_skip, 1)
     _check_int("videos_per_patient", videos_per_patient, 1)
-    videos = []
-    for i in range(num_videos):
-        pat, k = divmod(i, videos_per_patient)
-        patient = _sample_patient(np.random.default_rng([seed, _TAG_PATIENT, pat]))
-        rng = np.random.default_rng([seed, _TAG_VIDEO, i])
-        frames, planes = _render(rng, patient, num_frames, image_size, frame_skip, None)
-        pid = f"P{pat:04d}"
-        videos.append(Video(frames=frames, planes=planes, patient_id=pid, video_id=f"{pid}-v{k}"))
-    return videos
+    return [generate_video(i, num_frames, image_size, seed, frame_skip, videos_per_patient) for i in range(num_videos)]
+
+
+def generate_video(
+    index: int, num_frames: int, image_size: int, seed: int, frame_skip: int = 5, videos_per_patient: int = 2
+) -> Video:
+    """Video `index` of :func:`generate_videos` with the same arguments, rendered alone (for builders that make
+    one video per worker)."""
+    _check_int("index", index, 0)
+    pat, k = divmod(index, videos_per_patient)
+    patient = _sample_patient(np.random.default_rng([seed, _TAG_PATIENT, pat]))
+    rng = np.random.default_rng([seed, _TAG_VIDEO, index])
+    frames, planes = _render(rng, patient, num_frames, image_size, frame_skip, None)
+    pid = f"P{pat:04d}"
+    return Video(frames=frames, planes=planes, patient_id=pid, video_id=f"{pid}-v{k}")
 
 
 def _split_counts(num_patients: int, fractions: tuple[float, float, float]) -> list[int]:

@@ -212,6 +212,15 @@ def _epoch_checkpoints(workdir: pathlib.Path) -> ocp.CheckpointManager:
     )
 
 
+def resolve_class_names(config: ml_collections.ConfigDict, splits: dict[str, Any]) -> tuple[str, ...]:
+    """`config.classes`, or the labelled data's class names when it is empty; checked against the labels."""
+    names = tuple(config.classes) or sources.class_names(config)
+    largest = max(int(np.max(split.labels)) for split in splits.values() if len(split.labels))
+    if largest >= len(names):
+        raise ValueError(f"the labelled data has label {largest} but config.classes names only {len(names)}: {names}")
+    return names
+
+
 def run_classification(
     config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_after_epochs: int | None = None
 ) -> dict[str, Any]:
@@ -231,7 +240,7 @@ def run_classification(
     started = time.time()
 
     splits = sources.labelled_splits(config)
-    class_names = tuple(config.classes)
+    class_names = resolve_class_names(config, splits)
     for name in ("train", "valid", "test"):
         if name not in splits or len(splits[name].labels) == 0:
             raise ValueError(f"the labelled data has no {name!r} split (or it is empty)")

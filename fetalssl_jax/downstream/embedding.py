@@ -73,7 +73,8 @@ def embed_backbone(config, out_dir: str | pathlib.Path, split: str = "test") -> 
     np.savez(out_dir / f"tsne_{split}.npz", points=points, labels=data.labels, patient_ids=data.patient_ids.astype(str))
     path = out_dir / f"tsne_{split}.png"
     name = "random init" if init.kind == "random" else pathlib.Path(init.source).name
-    plot_embedding(points, data.labels, tuple(config.classes), path, f"t-SNE of {name} features ({split} split)")
+    names = tuple(config.classes) or sources.class_names(config)
+    plot_embedding(points, data.labels, names, path, f"t-SNE of {name} features ({split} split)")
     return path
 
 

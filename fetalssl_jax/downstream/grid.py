@@ -25,7 +25,7 @@ import numpy as np
 
 from fetalssl_jax.config_lib import load_config
 from fetalssl_jax.data import sources
-from fetalssl_jax.downstream.classify import run_classification
+from fetalssl_jax.downstream.classify import resolve_class_names, run_classification
 from fetalssl_jax.downstream.labels import label_subset
 
 log = logging.getLogger("fetalssl_jax")
@@ -86,10 +86,11 @@ def cell_dir(workdir: pathlib.Path, init: str, mode: str, fraction: float, seed:
 
 def _check_fractions(config: ml_collections.ConfigDict) -> None:
     """Fails before any training if a label fraction leaves a class without a sample for some seed."""
-    train = sources.labelled_splits(config.classify)["train"]
+    splits = sources.labelled_splits(config.classify)
+    names = resolve_class_names(config.classify, splits)
     for fraction in config.label_fractions:
         for seed in config.seeds:
-            label_subset(train.labels, fraction, seed, tuple(config.classify.classes))
+            label_subset(splits["train"].labels, fraction, seed, names)
 
 
 def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[dict[str, Any]]:

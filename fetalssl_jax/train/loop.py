@@ -23,6 +23,7 @@ import numpy as np
 
 from fetalssl_jax.data import sources
 from fetalssl_jax.data.pipeline import BatchSampler, device_batches
+from fetalssl_jax.data.tfds_source import RecordDataset, RecordSampler
 from fetalssl_jax.eval.frozen import FrozenEval, evaluate_backbone, format_table
 from fetalssl_jax.methods import get_method
 from fetalssl_jax.methods.base import Method
@@ -76,9 +77,13 @@ def backbone_variables(state: TrainState) -> dict[str, Any]:
     return {"params": state.params["backbone"], "batch_stats": state.model_state["batch_stats"]["backbone"]}
 
 
-def make_sampler(config, method: Method, dataset, process_index: int = 0, process_count: int = 1) -> BatchSampler:
-    """The batch sampler of `config` for `method`'s kind of example."""
+def make_sampler(
+    config, method: Method, dataset, process_index: int = 0, process_count: int = 1
+) -> BatchSampler | RecordSampler:
+    """The batch sampler of `config` for `method`'s kind of example (in-memory frames or TFDS records)."""
     data = config.data
+    if isinstance(dataset, RecordDataset):
+        return RecordSampler(dataset, config.batch_size, config.seed, process_index, process_count)
     return BatchSampler(
         dataset, config.batch_size, config.seed, method.example_mode, data.max_gap, data.clip_length,
         data.clip_stride, process_index, process_count,
@@ -144,7 +149,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_a
     enable_compilation_cache(config.compilation_cache_dir)
     is_main = jax.process_index() == 0
     method_cls = get_method(config.method)
-    dataset = sources.pretraining_frames(config)
+    dataset = sources.pretraining_frames(config, method_cls(config).example_mode)
     sampler = make_sampler(config, method_cls(config), dataset, jax.process_index(), jax.process_count())
     total_steps = total_steps_of(config, sampler.steps_per_epoch)
     method = method_cls(config, total_steps)
@@ -163,7 +168,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_a
     if is_main:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
         log.info(
-            "%s: %d frames, %d steps/epoch, %d steps, batch %d on %d devices, %s",
+            "%s: %d examples, %d steps/epoch, %d steps, batch %d on %d devices, %s",
             method.name, len(dataset), sampler.steps_per_epoch, total_steps, config.batch_size, mesh.size,
             f"resuming at step {start}" if start else "starting",
         )  # fmt: skip

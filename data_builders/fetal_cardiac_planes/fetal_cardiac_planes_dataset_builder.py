@@ -1,0 +1,153 @@
+"""fetal_cardiac_planes: labelled fetal cardiac plane images, split by patient into train/validation/test.
+
+  tfds build data_builders/fetal_cardiac_planes --config synthetic --data_dir ~/tensorflow_datasets
+  tfds build data_builders/fetal_cardiac_planes --config csv --manual_dir /path/to/images   # labels.csv
+  tfds build data_builders/fetal_cardiac_planes --config folders --manual_dir /path/to/images  # <class>/*.png
+
+CSV layout (the reference's): columns `image_name` (relative to the folder, or to its `<class>/` sub-folder),
+`class`, optional `patient_id`. With patient ids no patient is in two splits; without them images are split
+one by one (a warning is logged: frames of one patient can then fall in two splits). Classes default to
+3VV/3VT, 4CH, LVOT, RVOT, non-heart (folder names "3VV", "3VT" or "3VV_3VT" name 3VV/3VT). Records carry salted
+hashes of the patient id and of the image path, never a name or a DICOM tag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import pathlib
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from fetalssl_jax.data import readers, synthetic
+from fetalssl_jax.data.tfds_build import BeamOrLocalBuilder, SkippingExamples
+
+log = logging.getLogger("fetalssl_jax.data")
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclasses.dataclass(eq=False)
+class FetalCardiacPlanesConfig(tfds.core.BuilderConfig):
+    """layout: 'csv' (`csv_name` in the manual folder) or 'folders' (class sub-folders); synthetic: the embedded
+    generated labelled set. on_error: 'raise' or 'skip' (bad rows/images logged and counted)."""
+
+    layout: str = "csv"
+    csv_name: str = "labels.csv"
+    classes: tuple[str, ...] = synthetic.PLANES
+    aliases: dict = dataclasses.field(default_factory=lambda: dict(readers.DEFAULT_CLASS_ALIASES))
+    image_size: int = 256
+    split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    split_seed: int = 0
+    on_error: str = "raise"
+    synthetic: bool = False
+    synthetic_patients: int = 60
+    synthetic_frames_per_patient: int = 20
+
+
+def _image_record(item: tuple[readers.LabelledImage, str, str], root: str, size: int) -> list[tuple[str, dict]]:
+    image, image_id, patient = item
+    pixels = readers.read_image_file(pathlib.Path(root) / image.relpath, image.relpath)
+    pixels = readers.resize_frames(pixels[None], size)[0][..., None]
+    return [(image_id, {"image": pixels, "label": image.label, "patient_id": patient, "image_id": image_id})]
+
+
+def _synthetic_record(item: tuple[np.ndarray, int, str, str]) -> list[tuple[str, dict]]:
+    pixels, label, patient, image_id = item
+    return [(image_id, {"image": pixels[..., None], "label": label, "patient_id": patient, "image_id": image_id})]
+
+
+class FetalCardiacPlanes(BeamOrLocalBuilder):
+    """Labelled fetal cardiac plane images (5 classes by default), split by patient."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    BUILDER_CONFIGS = [
+        FetalCardiacPlanesConfig(name="csv",
+                                 description="Images listed in labels.csv (image_name, class[, patient_id])."),
+        FetalCardiacPlanesConfig(name="folders", layout="folders", description="Images in class sub-folders."),
+        FetalCardiacPlanesConfig(name="synthetic", synthetic=True, image_size=64,
+                                 description="The embedded generated labelled set (60 patients x 20 images, 64 px)."),
+    ]  # fmt: skip
+    DEFAULT_CONFIG_NAME = "synthetic"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+    Put the labelled images (PNG/JPEG/BMP/TIFF, .npy or DICOM) in a folder with labels.csv (columns image_name,
+    class, optional patient_id) for --config csv, or in one sub-folder per class for --config folders.
+    """
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        c = self.builder_config
+        if c.layout not in ("csv", "folders"):
+            raise ValueError(f"fetal_cardiac_planes config {c.name!r}: layout must be 'csv' or 'folders'")
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(
+                        shape=(c.image_size, c.image_size, 1), dtype=np.uint8, encoding_format="png"
+                    ),
+                    "label": tfds.features.ClassLabel(names=list(c.classes)),
+                    "patient_id": tfds.features.Text(),
+                    "image_id": tfds.features.Text(),
+                }
+            ),  # fmt: skip
+            supervised_keys=("image", "label"),
+            metadata=tfds.core.MetadataDict(image_size=c.image_size, classes=list(c.classes)),
+            homepage="https://github.com/fetalssl/fetalssl_jax",
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        c = self.builder_config
+        if c.synthetic:
+            return self._synthetic_splits(c)
+        root = pathlib.Path(dl_manager.manual_dir)
+        salt = readers.id_salt(root)
+        problems: list[str] = []
+        if c.layout == "csv":
+            if not (root / c.csv_name).is_file():
+                raise readers.DataError(f"{c.csv_name} not found in {root} (config 'csv'; use 'folders' for "
+                                        "class sub-folders)")  # fmt: skip
+            images, problems = readers.read_label_csv(root, c.csv_name, c.classes, c.aliases, c.on_error)
+        else:
+            images = readers.list_class_folders(root, c.classes, c.aliases)
+        for p in problems:
+            log.warning("skipped row: %s", p)
+        self.info.metadata["skipped_rows"] = len(problems)
+        has_patients = all(im.patient for im in images)
+        if not has_patients:
+            log.warning("no patient_id for every image: splitting image by image, so one patient's images can be "
+                        "in two splits; add a patient_id column to split by patient")  # fmt: skip
+        items = [
+            (im, readers.salted_hash(im.relpath, salt), readers.salted_hash(im.patient, salt) if im.patient else "")
+            for im in images
+        ]
+        groups = [patient if has_patients else image_id for _, image_id, patient in items]
+        split = readers.split_groups(groups, dict(zip(SPLITS, c.split_fractions, strict=True)), c.split_seed)
+        make = functools.partial(_image_record, root=str(root), size=c.image_size)
+        return {
+            s: self._generate_examples([it for it, g in zip(items, groups, strict=True) if split[g] == s],
+                                       SkippingExamples(make, c.on_error, "images"), s)
+            for s in SPLITS
+            if any(v == s for v in split.values())
+        }  # fmt: skip
+
+    def _synthetic_splits(self, c: FetalCardiacPlanesConfig):
+        sets = synthetic.generate_labelled_frames(
+            c.synthetic_patients, c.synthetic_frames_per_patient, c.image_size, seed=0
+        )  # already split by patient
+        result = {}
+        for name, split in zip(SPLITS, ("train", "valid", "test"), strict=True):
+            s = sets[split]
+            items = [
+                (s.images[i], int(s.labels[i]), readers.salted_hash(str(s.patient_ids[i]), "synthetic"),
+                 readers.salted_hash(f"{split}/{i}", "synthetic"))
+                for i in range(len(s.images))
+            ]  # fmt: skip
+            result[name] = self._generate_examples(
+                items, SkippingExamples(_synthetic_record, c.on_error, "images"), name
+            )
+        return result
+
+    def _generate_examples(self, items, examples: SkippingExamples, split: str):
+        return self._emit(items, examples, split)

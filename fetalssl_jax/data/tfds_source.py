@@ -1,0 +1,184 @@
+"""Training and evaluation data from built TFDS datasets (see `data_builders/`), read by record index.
+
+Why by index: `builder.as_data_source()` gives random access to ArrayRecord files, so the global batch of step s
+can be the same pure function of (seed, s) as for in-memory frames (`pipeline.BatchSampler`): an epoch-seeded
+permutation of all record indices, cut into global batches. Every process reads only its own slice of those
+indices, which is what `tfds.split_for_jax_process` achieves at the file level, but here 1 process and N processes
+with the same global batch see identical batches (and resuming at any step needs no iterator state). The
+slices are joined into global arrays by `jax.make_array_from_process_local_data` in `pipeline.device_batches`,
+which also prefetches to the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from fetalssl_jax.data.synthetic import LabelledFrames
+
+log = logging.getLogger("fetalssl_jax")
+
+
+def load_builder(name: str, data_dir: str | None):
+    """The built dataset `name` ("fetal_us_video/synthetic", "name/config:version") in `data_dir` (None/"":
+    TFDS's default directory); its builder code is not needed, only the files."""
+    import tensorflow_datasets as tfds
+
+    from fetalssl_jax.train.monitor import _tensorflow
+
+    _tensorflow()  # TFDS imports TensorFlow: keep it off the accelerators that JAX uses
+    try:
+        builder = tfds.builder(name, data_dir=data_dir or None)
+    except Exception as e:  # tfds raises several types for "not found": name the key and the directory
+        raise FileNotFoundError(
+            f"TFDS dataset {name!r} (config.data.name / config.eval.dataset) not found in data_dir "
+            f"{data_dir or '~/tensorflow_datasets'!r}; build it first, e.g. `tfds build data_builders/"
+            f"{name.split('/')[0]} --config {name.split('/')[1] if '/' in name else 'synthetic'} "
+            f"--data_dir DIR` ({type(e).__name__}: {e})"
+        ) from e
+    if not builder.is_prepared():
+        raise FileNotFoundError(f"TFDS dataset {name!r} is not built in {builder.data_dir}")
+    return builder
+
+
+def _data_source(builder, split: str, name: str):
+    if split not in builder.info.splits:
+        raise ValueError(f"TFDS dataset {name!r} has no split {split!r}; it has {sorted(builder.info.splits)}")
+    try:
+        return builder.as_data_source(split=split)
+    except Exception as e:
+        raise ValueError(
+            f"TFDS dataset {name!r} cannot be read by index ({e}); build it with --file_format array_record "
+            "(the default of the builders in data_builders/)"
+        ) from e
+
+
+@dataclasses.dataclass
+class RecordDataset:
+    """A split of a built fetal_us_video dataset, read by record index.
+
+    `fields`: the features that make the V views of an example, in order: ('frame1', 'frame2') for pairs,
+    ('frame1',) or ('image',) for single frames, ('clip',) for clips (V = clip length).
+    """
+
+    source: Any
+    fields: tuple[str, ...]
+    name: str
+    num_threads: int = 8
+
+    def __post_init__(self):
+        self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="records") if self.num_threads else None
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _read(self, indices: list[int]) -> list[dict]:
+        return self.source.__getitems__(indices)
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """uint8 [n, V, H, W, C] of records `indices` (any order, repeats allowed)."""
+        indices = [int(i) for i in np.asarray(indices).reshape(-1)]
+        if self._pool is not None and len(indices) >= 2 * self.num_threads:
+            # ArrayRecord reads and PNG decoding release the GIL: a few threads per process keep up with the step
+            chunks = np.array_split(np.arange(len(indices)), self.num_threads)
+            parts = self._pool.map(lambda c: self._read([indices[i] for i in c]), chunks)
+            records = [r for part in parts for r in part]
+        else:
+            records = self._read(indices)
+        if self.fields == ("clip",):
+            return np.stack([r["clip"] for r in records]).astype(np.uint8, copy=False)
+        return np.stack([np.stack([r[f] for f in self.fields]) for r in records]).astype(np.uint8, copy=False)
+
+
+def open_pretraining_records(name: str, data_dir: str | None, split: str, mode: str, clip_length: int) -> RecordDataset:
+    """The records of a built fetal_us_video dataset for a method's example `mode`.
+
+    frames: frame1 of pair records or the image of frame records. pairs: needs pair records (built with
+    max_gap > 0 for temporal positives). clips: needs clip records of `clip_length` frames.
+    """
+    builder = load_builder(name, data_dir)
+    features = set(builder.info.features.keys())
+    meta = dict(builder.info.metadata or {})
+    if mode == "frames":
+        fields = ("frame1",) if "frame1" in features else ("image",) if "image" in features else None
+    elif mode == "pairs":
+        fields = ("frame1", "frame2") if "frame1" in features else None
+    elif mode == "clips":
+        fields = ("clip",) if "clip" in features else None
+        if fields and builder.info.features["clip"].shape[0] != clip_length:
+            raise ValueError(
+                f"TFDS dataset {name!r} has clips of {builder.info.features['clip'].shape[0]} frames but "
+                f"config.data.clip_length is {clip_length}"
+            )
+    else:
+        raise ValueError(f"unknown example mode {mode!r}")
+    if fields is None:
+        kind = {"frames": "frames or pairs", "pairs": "pairs", "clips": "clips"}[mode]
+        raise ValueError(
+            f"TFDS dataset {name!r} (features {sorted(features)}) has no {mode!r} examples: build a "
+            f"fetal_us_video config with record={kind!r} for this method"
+        )
+    if mode == "pairs" and meta.get("max_gap") == 0:
+        log.warning("%s was built with max_gap 0: both frames of every pair are the same frame", name)
+    return RecordDataset(_data_source(builder, split, name), fields, name)
+
+
+class RecordSampler:
+    """`pipeline.BatchSampler`'s contract over records: the global batch of `step` is a pure function of
+    (seed, step), each process reads its own `local_batch` slice."""
+
+    def __init__(self, dataset: RecordDataset, global_batch: int, seed: int, process_index: int = 0,
+                 process_count: int = 1):  # fmt: skip
+        if global_batch % process_count:
+            raise ValueError(f"batch_size {global_batch} is not divisible by the {process_count} processes")
+        if len(dataset) < global_batch:
+            raise ValueError(f"{dataset.name} has {len(dataset)} records, fewer than one batch of {global_batch}")
+        self.dataset = dataset
+        self.global_batch = global_batch
+        self.local_batch = global_batch // process_count
+        self.seed = seed
+        self.process_index = process_index
+        self.steps_per_epoch = len(dataset) // global_batch
+        self._order_epoch, self._order = None, None
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        if self._order_epoch != epoch:
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+            self._order_epoch = epoch
+        return self._order
+
+    def indices(self, step: int) -> np.ndarray:
+        """Record indices [local_batch] of this process for `step`."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        lo = position * self.global_batch + self.process_index * self.local_batch
+        return self._epoch_order(epoch)[lo : lo + self.local_batch]
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """{'frames': uint8 [local_batch, V, H, W, C]} for `step`."""
+        return {"frames": self.dataset.read(self.indices(step))}
+
+
+def labelled_splits_from_tfds(name: str, data_dir: str | None) -> dict[str, LabelledFrames]:
+    """'train', 'valid', 'test' of a built fetal_cardiac_planes dataset (its 'validation' split is 'valid')."""
+    builder = load_builder(name, data_dir)
+    features = set(builder.info.features.keys())
+    if not {"image", "label"} <= features:
+        raise ValueError(f"TFDS dataset {name!r} (config.eval.dataset) has no image/label features: {sorted(features)}")
+    result = {}
+    for ours, theirs in (("train", "train"), ("valid", "validation"), ("test", "test")):
+        source = _data_source(builder, theirs, name)
+        records = source.__getitems__(list(range(len(source))))
+        if not records:
+            raise ValueError(f"TFDS dataset {name!r}: split {theirs!r} is empty")
+        result[ours] = LabelledFrames(
+            images=np.stack([r["image"][..., 0] for r in records]).astype(np.uint8),
+            labels=np.array([r["label"] for r in records], np.int32),
+            patient_ids=np.array(
+                [r["patient_id"].decode() if isinstance(r["patient_id"], bytes) else r["patient_id"] for r in records]
+            ),  # fmt: skip
+        )
+    return result

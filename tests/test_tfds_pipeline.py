@@ -1,0 +1,135 @@
+"""Training from a built TFDS dataset: records equal the generated videos, the record sampler's process slices,
+evaluation from a built fetal_cardiac_planes dataset, and 2 JAX processes (gloo) == 1 process."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO, tiny_config
+
+from fetalssl_jax.data import sources, synthetic
+from fetalssl_jax.data.tfds_source import RecordSampler
+
+sys.path.insert(0, str(REPO / "data_builders"))
+tfds = pytest.importorskip("tensorflow_datasets")
+
+NAME = "fetal_us_video/tiny_pairs"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from fetal_cardiac_planes.fetal_cardiac_planes_dataset_builder import FetalCardiacPlanes, FetalCardiacPlanesConfig
+    from fetal_us_video.fetal_us_video_dataset_builder import FetalUsVideo, FetalUsVideoConfig
+
+    d = tmp_path_factory.mktemp("tfds")
+    config = FetalUsVideoConfig(name="tiny_pairs", synthetic=True, image_size=32, max_gap=2, synthetic_videos=6,
+                                synthetic_frames=16, validation_fraction=0.34)  # fmt: skip
+    FetalUsVideo(config=config, data_dir=str(d)).download_and_prepare()
+    planes = FetalCardiacPlanesConfig(name="tiny", synthetic=True, image_size=32, synthetic_patients=10,
+                                      synthetic_frames_per_patient=10)  # fmt: skip
+    FetalCardiacPlanes(config=planes, data_dir=str(d)).download_and_prepare()
+    return d
+
+
+def test_records_are_the_generated_videos_split_by_patient(data_dir):
+    builder = tfds.builder(NAME, data_dir=str(data_dir))
+    videos = synthetic.generate_videos(6, 16, 32, seed=0, frame_skip=5)
+    seen = {}
+    for split in ("train", "validation"):
+        source = builder.as_data_source(split=split)
+        for r in source.__getitems__(list(range(len(source)))):
+            i1, i2 = int(r["frame_index1"]) // 5, int(r["frame_index2"]) // 5
+            assert abs(i1 - i2) <= 2
+            seen.setdefault(r["video_id"], (split, []))[1].append((i1, r["frame1"][..., 0], r["frame2"][..., 0], i2))
+    assert len(seen) == 6 and sum(len(v[1]) for v in seen.values()) == 6 * 16
+    by_frames = {}
+    for split, frames in seen.values():
+        # identify the generated video by its first frame; every frame of a record must be that video's frame
+        first = next(f for i, f, _, _ in frames if i == 0)
+        k = next(k for k, v in enumerate(videos) if np.array_equal(v.frames[0], first))
+        for i1, f1, f2, i2 in frames:
+            np.testing.assert_array_equal(f1, videos[k].frames[i1])
+            np.testing.assert_array_equal(f2, videos[k].frames[i2])
+        by_frames[k] = split
+    # the split is by patient (videos 2p, 2p + 1): never a video, nor a patient, in both splits
+    assert all(by_frames[2 * p] == by_frames[2 * p + 1] for p in range(3))
+    assert sorted(set(by_frames.values())) == ["train", "validation"]
+
+
+def test_record_sampler_slices_make_the_global_batch(data_dir):
+    config = tiny_config(**{"data.source": "tfds", "data.name": NAME, "data.data_dir": str(data_dir)})
+    records = sources.pretraining_frames(config, "pairs")
+    whole = RecordSampler(records, 8, seed=1)
+    halves = [RecordSampler(records, 8, seed=1, process_index=i, process_count=2) for i in range(2)]
+    for step in (0, 3, whole.steps_per_epoch + 1):
+        joined = np.concatenate([h.batch(step)["frames"] for h in halves])
+        np.testing.assert_array_equal(joined, whole.batch(step)["frames"])
+        assert joined.shape == (8, 2, 32, 32, 1)
+    epoch = np.concatenate([whole.indices(s) for s in range(whole.steps_per_epoch)])
+    assert len(set(epoch.tolist())) == len(epoch)  # an epoch reads every record at most once
+    with pytest.raises(ValueError, match="has no 'clips' examples.*record='clips'"):
+        sources.pretraining_frames(config, "clips")
+
+
+def test_evaluation_reads_the_built_planes(data_dir):
+    config = tiny_config(**{"eval.dataset": "fetal_cardiac_planes/tiny", "eval.data_dir": str(data_dir)})
+    got = sources.labelled_splits(config)
+    expected = synthetic.generate_labelled_frames(10, 10, 32, seed=0)
+    for split in ("train", "valid", "test"):
+        # records are stored shuffled: compare as multisets of (image bytes, label)
+        a = sorted((im.tobytes(), int(lab)) for im, lab in zip(got[split].images, got[split].labels, strict=True))
+        b = sorted((im.tobytes(), int(lab)) for im, lab in zip(expected[split].images, expected[split].labels,
+                                                                  strict=True))  # fmt: skip
+        assert a == b
+    patients = [set(got[s].patient_ids.tolist()) for s in ("train", "valid", "test")]
+    assert not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
+
+
+def test_classifier_trains_on_the_built_planes(data_dir, tmp_path):
+    from fetalssl_jax.config_lib import load_config
+    from fetalssl_jax.downstream.classify import run_classification
+
+    arg = f"tiny,num_epochs=1,eval.dataset=fetal_cardiac_planes/tiny,eval.data_dir={data_dir}"
+    config = load_config(f"{REPO / 'configs' / 'classify.py'}:{arg}")
+    results = run_classification(config, tmp_path)
+    assert results["test"]["class_names"] == list(synthetic.PLANES)  # the dataset's label names
+    assert results["test"]["num_images"] == len(sources.labelled_splits(config)["test"].labels)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one(data_dir, tmp_path):
+    script = str(REPO / "tests" / "multiprocess_check.py")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
+    port = _free_port()
+    common = [sys.executable, script, str(data_dir), NAME, "3"]
+    run = dict(env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    procs = [subprocess.Popen(common + [str(tmp_path / f"p{i}.json"), str(i), "2", str(port)], **run) for i in range(2)]
+    single = subprocess.Popen(common + [str(tmp_path / "one.json")], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    outputs = []
+    try:
+        for p in [*procs, single]:
+            outputs.append(p.communicate(timeout=420)[0])  # a hung collective fails the test, not CI
+    finally:
+        for p in [*procs, single]:
+            if p.poll() is None:
+                p.kill()
+    for p, out in zip([*procs, single], outputs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    two = [json.loads((tmp_path / f"p{i}.json").read_text()) for i in range(2)]
+    one = json.loads((tmp_path / "one.json").read_text())
+    assert [r["process_count"] for r in two] == [2, 2] and two[0]["device_count"] == 2 and one["process_count"] == 1
+    assert two[0]["local_batch"] == 8 and one["local_batch"] == 16
+    for step in range(3):  # each process read only its half of the global batch of the 1-process run
+        assert two[0]["indices"][step] + two[1]["indices"][step] == one["indices"][step]
+    np.testing.assert_allclose(two[0]["losses"], one["losses"], rtol=1e-5)
+    np.testing.assert_allclose(two[1]["losses"], one["losses"], rtol=1e-5)

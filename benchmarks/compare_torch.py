@@ -214,8 +214,7 @@ def run_jax(case: dict, cache_dir: str) -> dict:
     from fetalssl_jax import config_lib
     from fetalssl_jax.methods import get_method
     from fetalssl_jax.train.optim import make_optimizer
-    from fetalssl_jax.train.step import batch_sharding, enable_compilation_cache, init_state, make_mesh
-    from fetalssl_jax.train.step import make_train_step
+    from fetalssl_jax.train.step import batch_sharding, enable_compilation_cache, init_state, make_mesh, make_train_step
 
     enable_compilation_cache(cache_dir)
     proj = case["projector"]

@@ -28,6 +28,9 @@ def base_config() -> ConfigDict:
     c.model.arch = "resnet18"
     c.model.width = 64  # base channels; 64 is torchvision's ResNet, tests use 8
     c.model.dtype = "float32"  # compute dtype: "float32" or "bfloat16"; parameters stay float32
+    # How convolutions are computed: "auto" = matrix products with a hand-written gradient on the CPU backend (XLA's
+    # CPU convolutions are slow, see models/conv.py), XLA's native convolution on GPU/TPU; or "native"/"cpu_matmul".
+    c.model.conv_impl = "auto"
 
     c.method_kwargs = ConfigDict()  # heads and loss weights of the method
 

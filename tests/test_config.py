@@ -35,7 +35,8 @@ def test_config_is_locked_and_unknown_keys_are_named():
     with pytest.raises(KeyError, match=r"unknown config key 'optim.lrr': optim has no key 'lrr'.*lr_weights"):
         set_by_path(c, "optim.lrr", 1.0)
     assert unknown_override_keys(c, ["--config.batch_size=4", "--config.model.archh=x"]) == [
-        "unknown config key 'model.archh': model has no key 'archh'; valid keys there: ['arch', 'dtype', 'width']"
+        "unknown config key 'model.archh': model has no key 'archh'; "
+        "valid keys there: ['arch', 'conv_impl', 'dtype', 'width']"
     ]
 
 

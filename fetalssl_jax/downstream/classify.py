@@ -75,6 +75,7 @@ class StepSpec:
     vflip_prob: float
     learning_rate: float
     weight_decay: float
+    conv_impl: str = "auto"  # CPU convolutions as GEMMs ("auto" on the CPU backend), see models/conv.py
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, num_classes: int) -> StepSpec:
@@ -87,11 +88,13 @@ class StepSpec:
             config.model.arch, int(config.model.width), config.model.dtype, num_classes, float(config.head.dropout),
             bool(config.head.batch_norm), config.mode, int(config.data.image_size), int(a.num_ops),
             float(a.magnitude), float(a.hflip_prob), float(a.vflip_prob), float(config.optim.lr),
-            float(config.optim.weight_decay),
+            float(config.optim.weight_decay), config.model.get("conv_impl", "auto"),
         )  # fmt: skip
 
     def model(self) -> Classifier:
-        backbone = create_resnet(self.arch, width=self.width, dtype=self.dtype, zero_init_residual=False)
+        backbone = create_resnet(
+            self.arch, width=self.width, dtype=self.dtype, zero_init_residual=False, conv_impl=self.conv_impl
+        )
         return Classifier(backbone, self.num_classes, self.dropout, self.head_batch_norm)
 
     def optimizer(self) -> optax.GradientTransformation:

@@ -67,7 +67,12 @@ class Method(abc.ABC):
     # ---- model -------------------------------------------------------------------------------------------------
     def build_backbone(self) -> nn.Module:
         """The ResNet named by `config.model`."""
-        return create_resnet(self.config.model.arch, width=self.config.model.width, dtype=self.config.model.dtype)
+        return create_resnet(
+            self.config.model.arch,
+            width=self.config.model.width,
+            dtype=self.config.model.dtype,
+            conv_impl=self.config.model.get("conv_impl", "auto"),
+        )
 
     @abc.abstractmethod
     def build_model(self) -> nn.Module:

@@ -35,6 +35,8 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fetalssl_jax.models.conv import CONV_IMPLS, make_conv_general_dilated
+
 __all__ = [
     "RESNET_ARCHS",
     "BasicBlock",
@@ -53,9 +55,13 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 _PARAM_DTYPE = jnp.float32  # master weights always float32; only the computation dtype varies
 
 
-def _conv(features: int, kernel: int, strides: int, padding: int, dtype: Dtype, name: str) -> nn.Conv:
+def _conv(
+    features: int, kernel: int, strides: int, padding: int, dtype: Dtype, name: str, conv_impl: str = "auto"
+) -> nn.Conv:
     # Explicit symmetric padding (not "SAME"): "SAME" pads (0, 1) for stride 2 on even sizes,
     # which would shift every feature map relative to PyTorch.
+    # `conv_impl` only swaps the function that computes the convolution (see models/conv.py): the module, its
+    # `kernel` parameter and its initialisation are those of a plain nn.Conv.
     return nn.Conv(
         features,
         (kernel, kernel),
@@ -65,6 +71,7 @@ def _conv(features: int, kernel: int, strides: int, padding: int, dtype: Dtype, 
         kernel_init=conv_kernel_init,
         dtype=dtype,
         param_dtype=_PARAM_DTYPE,
+        conv_general_dilated=make_conv_general_dilated(conv_impl),
         name=name,
     )
 
@@ -81,10 +88,10 @@ def _bn(train: bool, dtype: Dtype, name: str, zero_scale: bool = False) -> nn.Ba
     )
 
 
-def _downsample(x: Array, out_features: int, strides: int, train: bool, dtype: Dtype) -> Array:
+def _downsample(x: Array, out_features: int, strides: int, train: bool, dtype: Dtype, conv_impl: str) -> Array:
     """Projection shortcut, only where the identity would not fit (as torchvision)."""
     if strides != 1 or x.shape[-1] != out_features:
-        x = _conv(out_features, 1, strides, 0, dtype, "downsample_conv")(x)
+        x = _conv(out_features, 1, strides, 0, dtype, "downsample_conv", conv_impl)(x)
         x = _bn(train, dtype, "downsample_bn")(x)
     return x
 
@@ -96,15 +103,16 @@ class BasicBlock(nn.Module):
     strides: int = 1
     zero_init_residual: bool = True
     dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"
 
     expansion: ClassVar[int] = 1
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
-        identity = _downsample(x, self.features * self.expansion, self.strides, train, self.dtype)
-        y = _conv(self.features, 3, self.strides, 1, self.dtype, "conv1")(x)
+        identity = _downsample(x, self.features * self.expansion, self.strides, train, self.dtype, self.conv_impl)
+        y = _conv(self.features, 3, self.strides, 1, self.dtype, "conv1", self.conv_impl)(x)
         y = nn.relu(_bn(train, self.dtype, "bn1")(y))
-        y = _conv(self.features, 3, 1, 1, self.dtype, "conv2")(y)
+        y = _conv(self.features, 3, 1, 1, self.dtype, "conv2", self.conv_impl)(y)
         # Zero-initialised last BN makes each block start as the identity (Goyal et al. 2017).
         y = _bn(train, self.dtype, "bn2", zero_scale=self.zero_init_residual)(y)
         return nn.relu(y + identity)
@@ -117,18 +125,19 @@ class Bottleneck(nn.Module):
     strides: int = 1
     zero_init_residual: bool = True
     dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"
 
     expansion: ClassVar[int] = 4
 
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
         out_features = self.features * self.expansion
-        identity = _downsample(x, out_features, self.strides, train, self.dtype)
-        y = _conv(self.features, 1, 1, 0, self.dtype, "conv1")(x)
+        identity = _downsample(x, out_features, self.strides, train, self.dtype, self.conv_impl)
+        y = _conv(self.features, 1, 1, 0, self.dtype, "conv1", self.conv_impl)(x)
         y = nn.relu(_bn(train, self.dtype, "bn1")(y))
-        y = _conv(self.features, 3, self.strides, 1, self.dtype, "conv2")(y)
+        y = _conv(self.features, 3, self.strides, 1, self.dtype, "conv2", self.conv_impl)(y)
         y = nn.relu(_bn(train, self.dtype, "bn2")(y))
-        y = _conv(out_features, 1, 1, 0, self.dtype, "conv3")(y)
+        y = _conv(out_features, 1, 1, 0, self.dtype, "conv3", self.conv_impl)(y)
         y = _bn(train, self.dtype, "bn3", zero_scale=self.zero_init_residual)(y)
         return nn.relu(y + identity)
 
@@ -142,6 +151,9 @@ class ResNet(nn.Module):
         width: channels of the stem and layer1 (torchvision: 64); stage i uses ``width * 2**i``.
         zero_init_residual: zero-init the scale of the last BN of each block.
         dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters are always float32.
+        conv_impl: how convolutions are computed: 'auto' (matrix products on the CPU backend, XLA's native
+            convolution elsewhere), 'native' or 'cpu_matmul' (see ``fetalssl_jax.models.conv``). Same results and
+            parameters either way.
     """
 
     stage_sizes: Sequence[int]
@@ -149,6 +161,7 @@ class ResNet(nn.Module):
     width: int = 64
     zero_init_residual: bool = True
     dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"
 
     @property
     def num_features(self) -> int:
@@ -164,7 +177,7 @@ class ResNet(nn.Module):
         ``train`` selects batch statistics (and requires ``mutable=["batch_stats"]``) vs running
         averages.
         """
-        x = _conv(self.width, 7, 2, 3, self.dtype, "conv1")(x)
+        x = _conv(self.width, 7, 2, 3, self.dtype, "conv1", self.conv_impl)(x)
         x = nn.relu(_bn(train, self.dtype, "bn1")(x))
         # Flax pads max_pool with -inf, as PyTorch does.
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -177,6 +190,7 @@ class ResNet(nn.Module):
                     strides=2 if (i > 0 and j == 0) else 1,
                     zero_init_residual=self.zero_init_residual,
                     dtype=self.dtype,
+                    conv_impl=self.conv_impl,
                     name=f"layer{i + 1}_{j}",
                 )(x, train=train)
         feature_map = x.astype(jnp.float32)
@@ -204,12 +218,15 @@ def create_resnet(
     width: int = 64,
     dtype: str | jnp.dtype = "float32",
     zero_init_residual: bool = True,
+    conv_impl: str = "auto",
 ) -> ResNet:
     """Build one of ``RESNET_ARCHS`` with torchvision's block layout.
 
     Raises:
-        ValueError: if ``arch`` is not one of ``RESNET_ARCHS``.
+        ValueError: if ``arch`` is not one of ``RESNET_ARCHS`` or ``conv_impl`` not one of ``CONV_IMPLS``.
     """
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"Unknown conv_impl {conv_impl!r}; valid choices: {', '.join(CONV_IMPLS)}")
     if arch not in _ARCH_SPECS:
         raise ValueError(f"Unknown ResNet arch {arch!r}; valid choices: {', '.join(RESNET_ARCHS)}")
     stage_sizes, block_cls = _ARCH_SPECS[arch]
@@ -219,4 +236,5 @@ def create_resnet(
         width=width,
         zero_init_residual=zero_init_residual,
         dtype=jnp.dtype(dtype),
+        conv_impl=conv_impl,
     )

@@ -1,0 +1,338 @@
+"""The same Barlow Twins train step in plain PyTorch and in fetalssl_jax, alternated in one run, on CPU.
+
+  pip install -e ".[bench]"            # torch==2.13.0 (CPU wheel), only for this benchmark
+  python benchmarks/compare_torch.py                       # both cases, 2 alternations each
+  python benchmarks/compare_torch.py --cases rn18 --alternations 3
+
+Cases (float32, equal in both frameworks): ResNet-18 / 64 px / batch 64 / projector 2048x3 and ResNet-50 / 224 px /
+batch 16 / projector 8192x3. One step = two pre-made views [B, 3, S, S] -> shared ResNet + projector (Linear-BN-ReLU
+x2, Linear, no biases) -> Barlow Twins loss -> backward -> LARS update (the reference recipe: weight decay and trust
+ratio on weights, momentum). The augmentations are left out of both: the reference makes them in its data loader,
+fetalssl_jax in its jitted step; benchmarks/train_step.py measures the fetalssl_jax step with them.
+
+Every measurement runs in its own subprocess (torch, JAX, torch, JAX, ...) so that peak resident memory is
+attributable and neither framework's thread pool competes with the other's. Both use all cores
+(torch.set_num_threads(os.cpu_count()); XLA's CPU client uses every core by default). The JAX subprocesses share a
+fresh persistent compilation cache: the first one compiles, the later ones load, which gives the first-run and
+second-run time to first step. views/s = 2 * batch / median step time; the printed ratio is JAX / torch of the
+medians over the alternations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+_START = time.perf_counter()  # time to first step counts from process start (imports included)
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+CASES = {
+    "rn18": dict(arch="resnet18", image_size=64, batch=64, projector=2048, steps=5),
+    "rn50": dict(arch="resnet50", image_size=224, batch=16, projector=8192, steps=2),
+}
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
+
+
+def _random_views(batch: int, size: int, channels_last: bool):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    shape = (batch, size, size, 3) if channels_last else (batch, 3, size, size)
+    return tuple(rng.standard_normal(shape, dtype=np.float32) for _ in range(2))
+
+
+# ---------------------------------------------------------------- PyTorch -------------------------------------------
+
+
+def run_torch(case: dict) -> dict:
+    """One subprocess' worth: build, one warm-up step, `steps` timed steps."""
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(os.cpu_count())
+    torch.manual_seed(0)
+
+    class BasicBlock(nn.Module):
+        expansion = 1
+
+        def __init__(self, cin, width, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, width, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(width)
+            self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(width)
+            nn.init.zeros_(self.bn2.weight)  # zero-init residual, as fetalssl_jax
+            self.downsample = _shortcut(cin, width, stride)
+
+        def forward(self, x):
+            y = torch.relu(self.bn1(self.conv1(x)))
+            return torch.relu(self.bn2(self.conv2(y)) + self.downsample(x))
+
+    class Bottleneck(nn.Module):
+        expansion = 4
+
+        def __init__(self, cin, width, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(width)
+            self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)  # stride on the 3x3 ("v1.5")
+            self.bn2 = nn.BatchNorm2d(width)
+            self.conv3 = nn.Conv2d(width, width * 4, 1, bias=False)
+            self.bn3 = nn.BatchNorm2d(width * 4)
+            nn.init.zeros_(self.bn3.weight)
+            self.downsample = _shortcut(cin, width * 4, stride)
+
+        def forward(self, x):
+            y = torch.relu(self.bn1(self.conv1(x)))
+            y = torch.relu(self.bn2(self.conv2(y)))
+            return torch.relu(self.bn3(self.conv3(y)) + self.downsample(x))
+
+    def _shortcut(cin, cout, stride):
+        if stride == 1 and cin == cout:
+            return nn.Identity()
+        return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    class ResNet(nn.Module):
+        def __init__(self, block, layers, width=64):
+            super().__init__()
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+            )
+            blocks, cin = [], width
+            for i, n in enumerate(layers):
+                for j in range(n):
+                    blocks.append(block(cin, width * 2**i, 2 if (i > 0 and j == 0) else 1))
+                    cin = width * 2**i * block.expansion
+            self.blocks = nn.Sequential(*blocks)
+            self.num_features = cin
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+        def forward(self, x):
+            return torch.flatten(nn.functional.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1), 1)
+
+    block, layers = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet50": (Bottleneck, (3, 4, 6, 3))}[case["arch"]]
+
+    class BarlowTwins(nn.Module):
+        def __init__(self, sizes, lambd=0.0051):
+            super().__init__()
+            self.backbone = ResNet(block, layers)
+            dims = [self.backbone.num_features, *sizes]
+            head = []
+            for i in range(len(dims) - 2):
+                head += [nn.Linear(dims[i], dims[i + 1], bias=False), nn.BatchNorm1d(dims[i + 1]), nn.ReLU()]
+            head.append(nn.Linear(dims[-2], dims[-1], bias=False))
+            self.projector = nn.Sequential(*head)
+            self.bn = nn.BatchNorm1d(dims[-1], affine=False)
+            self.lambd = lambd
+
+        def forward(self, y1, y2):
+            z1 = self.bn(self.projector(self.backbone(y1)))
+            z2 = self.bn(self.projector(self.backbone(y2)))
+            c = z1.T @ z2 / z1.shape[0]
+            on_diag = (torch.diagonal(c) - 1).pow(2).sum()
+            off_diag = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
+            return on_diag + self.lambd * off_diag
+
+    class LARS(torch.optim.Optimizer):
+        """The Barlow Twins reference's LARS: weight decay and trust ratio on weights (ndim > 1), then momentum."""
+
+        def __init__(self, params, lr, weight_decay=1e-6, momentum=0.9, eta=0.001):
+            super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta))
+
+        @torch.no_grad()
+        def step(self):
+            for g in self.param_groups:
+                for p in g["params"]:
+                    dp = p.grad
+                    if p.ndim > 1:
+                        dp = dp.add(p, alpha=g["weight_decay"])
+                        param_norm, update_norm = torch.norm(p), torch.norm(dp)
+                        one = torch.ones_like(param_norm)
+                        q = torch.where(
+                            param_norm > 0.0,
+                            torch.where(update_norm > 0, (g["eta"] * param_norm / update_norm), one),
+                            one,
+                        )
+                        dp = dp.mul(q)
+                    state = self.state[p]
+                    if "mu" not in state:
+                        state["mu"] = torch.zeros_like(p)
+                    mu = state["mu"]
+                    mu.mul_(g["momentum"]).add_(dp)
+                    p.add_(mu, alpha=-g["lr"])
+
+    model = BarlowTwins((case["projector"],) * 3)
+    opt = LARS(model.parameters(), lr=0.2 * case["batch"] / 256)
+    y1, y2 = (torch.from_numpy(v) for v in _random_views(case["batch"], case["image_size"], channels_last=False))
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        loss = model(y1, y2)
+        loss.backward()
+        opt.step()
+        return float(loss)
+
+    step()
+    first_step_s = time.perf_counter() - _START
+    times = []
+    for _ in range(case["steps"]):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return {
+        "framework": "torch",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "step_s": statistics.median(times),
+        "time_to_first_step_s": first_step_s,
+        "compile_s": 0.0,
+        "peak_rss_gb": _peak_rss_gb(),
+    }
+
+
+# ---------------------------------------------------------------- fetalssl_jax --------------------------------------
+
+
+def run_jax(case: dict, cache_dir: str) -> dict:
+    """One subprocess' worth with fetalssl_jax's own step (make_train_step: jit, donated state, LARS)."""
+    import jax
+
+    from fetalssl_jax import config_lib
+    from fetalssl_jax.methods import get_method
+    from fetalssl_jax.train.optim import make_optimizer
+    from fetalssl_jax.train.step import batch_sharding, enable_compilation_cache, init_state, make_mesh, make_train_step
+
+    enable_compilation_cache(cache_dir)
+    proj = case["projector"]
+    config = config_lib.load_config(
+        f"{REPO / 'configs' / 'barlow.py'}:default,model.arch={case['arch']},model.width=64,model.dtype=float32,"
+        f"data.image_size={case['image_size']},batch_size={case['batch']}"
+    )
+    with config.unlocked():
+        config.method_kwargs.projector = (proj, proj, proj)
+    base = get_method(config.method)
+
+    class PremadeViews(base):
+        """The library's Barlow Twins with the views given (as the torch side gets them) instead of augmented."""
+
+        def make_inputs(self, rng, frames):
+            del rng
+            return frames
+
+    method = PremadeViews(config)
+    optimizer = make_optimizer(config.optim, config.batch_size, steps_per_epoch=100, total_steps=100_000)
+    mesh = make_mesh()
+    views = _random_views(case["batch"], case["image_size"], channels_last=True)
+    sharding = batch_sharding(mesh)
+    batch = {"frames": tuple(jax.make_array_from_process_local_data(sharding, v) for v in views)}
+
+    start = time.perf_counter()
+    state = init_state(method, optimizer, config.seed, batch["frames"], mesh)
+    step_fn = make_train_step(method, optimizer, mesh)
+    compiled = step_fn.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start  # init + step compilation (or cache loads)
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    first_step_s = time.perf_counter() - _START
+    times = []
+    for _ in range(case["steps"]):
+        t = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t)
+    return {
+        "framework": "jax",
+        "jax": jax.__version__,
+        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "conv_impl": config.model.conv_impl,
+        "step_s": statistics.median(times),
+        "time_to_first_step_s": first_step_s,
+        "compile_s": compile_s,
+        "peak_rss_gb": _peak_rss_gb(),
+        "loss": float(metrics["loss"]),
+    }
+
+
+# ---------------------------------------------------------------- driver --------------------------------------------
+
+
+def _worker(framework: str, case_name: str, cache_dir: str, steps: int | None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", framework, "--cases", case_name, "--cache-dir", cache_dir]
+    if steps:
+        cmd += ["--steps", str(steps)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def compare(case_name: str, alternations: int, steps: int | None) -> dict:
+    """Alternates torch and JAX subprocesses; the JAX ones share one fresh compilation cache."""
+    case = CASES[case_name]
+    runs = {"torch": [], "jax": []}
+    with tempfile.TemporaryDirectory(prefix="fetalssl_xla_cache_") as cache_dir:
+        for i in range(alternations):
+            for framework in ("torch", "jax"):
+                result = _worker(framework, case_name, cache_dir, steps)
+                result["views_per_s"] = 2 * case["batch"] / result["step_s"]
+                runs[framework].append(result)
+                print(f"  [{case_name} {i + 1}/{alternations}] {json.dumps(result)}", file=sys.stderr, flush=True)
+    torch_vps = statistics.median(r["views_per_s"] for r in runs["torch"])
+    jax_vps = statistics.median(r["views_per_s"] for r in runs["jax"])
+    jax_runs = runs["jax"]
+    return {
+        "case": f"{case['arch']} / {case['image_size']} px / batch {case['batch']} / projector {case['projector']}",
+        "torch_views_per_s": round(torch_vps, 2),
+        "jax_views_per_s": round(jax_vps, 2),
+        "ratio_jax_over_torch": round(jax_vps / torch_vps, 2),
+        "per_alternation_ratios": [
+            round(j["views_per_s"] / t["views_per_s"], 2) for t, j in zip(runs["torch"], jax_runs, strict=True)
+        ],
+        "jax_compile_s_first_run": round(jax_runs[0]["compile_s"], 1),
+        "jax_compile_s_second_run": round(jax_runs[1]["compile_s"], 1) if len(jax_runs) > 1 else None,
+        "jax_time_to_first_step_s_first_run": round(jax_runs[0]["time_to_first_step_s"], 1),
+        "jax_time_to_first_step_s_second_run": (
+            round(jax_runs[1]["time_to_first_step_s"], 1) if len(jax_runs) > 1 else None
+        ),
+        "torch_time_to_first_step_s": round(statistics.median(r["time_to_first_step_s"] for r in runs["torch"]), 1),
+        "torch_peak_rss_gb": round(max(r["peak_rss_gb"] for r in runs["torch"]), 2),
+        "jax_peak_rss_gb": round(max(r["peak_rss_gb"] for r in jax_runs), 2),
+        "threads": runs["torch"][0]["threads"],
+        "versions": {"torch": runs["torch"][0]["torch"], "jax": jax_runs[0]["jax"]},
+        "jax_devices": jax_runs[0]["devices"],
+        "conv_impl": jax_runs[0]["conv_impl"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default="rn18,rn50", help=f"comma-separated, of {sorted(CASES)}")
+    parser.add_argument("--alternations", type=int, default=2, help="torch/JAX subprocess pairs per case (>= 2)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per subprocess (default: per case)")
+    parser.add_argument("--worker", choices=("torch", "jax"), help=argparse.SUPPRESS)
+    parser.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        case = dict(CASES[args.cases], **({"steps": args.steps} if args.steps else {}))
+        result = run_torch(case) if args.worker == "torch" else run_jax(case, args.cache_dir)
+        print(json.dumps(result))
+        return
+    for name in args.cases.split(","):
+        print(json.dumps(compare(name.strip(), max(2, args.alternations), args.steps), indent=2), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,6 +8,7 @@ indices per step.
 """
 
 import json
+import os
 import sys
 
 import jax
@@ -62,5 +63,13 @@ if __name__ == "__main__":
         "indices": [sampler.indices(s).tolist() for s in range(steps)],
     }
     pathlib.Path(out).write_text(json.dumps(result))
+    sys.stdout.flush()
+    sys.stderr.flush()
     if jax.process_count() > 1:
-        jax.distributed.shutdown()
+        from jax.experimental import multihost_utils
+
+        # Nobody leaves while a peer may still need the coordinator (process 0 hosts it).
+        multihost_utils.sync_global_devices("results written")
+    # Skip interpreter teardown: gloo's and TensorFlow's background threads occasionally abort an otherwise finished
+    # process at exit ("terminate called ..."), after the results above were written.
+    os._exit(0)

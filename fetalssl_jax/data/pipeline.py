@@ -46,7 +46,44 @@ class FrameDataset:
         return cls(np.concatenate(frames).astype(np.uint8), index, starts, lengths)
 
 
-class BatchSampler:
+class EpochOrder:
+    """The order shared by the samplers: each epoch a permutation seeded by (seed, epoch); step s of the epoch takes
+    the s-th run of `global_batch` examples, and each process its `local_batch` slice of it. So the batch of a step
+    is a pure function of (seed, step), whatever the number of processes."""
+
+    def __init__(self, num_examples: int, global_batch: int, seed: int, process_index: int, process_count: int,
+                 too_small: str):  # fmt: skip
+        if global_batch % process_count:
+            raise ValueError(f"batch_size {global_batch} is not divisible by the {process_count} processes")
+        if num_examples < global_batch:
+            raise ValueError(f"{too_small}, fewer than one batch of {global_batch}")
+        self.num_examples = num_examples
+        self.global_batch = global_batch
+        self.local_batch = global_batch // process_count
+        self.seed = seed
+        self.process_index = process_index
+        self.steps_per_epoch = num_examples // global_batch
+        self._order_epoch, self._order = None, None
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        if self._order_epoch != epoch:
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+            self._order_epoch = epoch
+        return self._order
+
+    def global_indices(self, step: int) -> tuple[int, int, np.ndarray]:
+        """(epoch, position in the epoch, example indices [global_batch]) of `step`, for every process alike."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        lo = position * self.global_batch
+        return epoch, position, self._epoch_order(epoch)[lo : lo + self.global_batch]
+
+    def local_slice(self, batch: np.ndarray) -> np.ndarray:
+        """This process's rows of a global batch."""
+        lo = self.process_index * self.local_batch
+        return batch[lo : lo + self.local_batch]
+
+
+class BatchSampler(EpochOrder):
     """Deterministic epoch-shuffled batches for one process: single frames, temporal pairs or clips.
 
     `mode` "frames": V = 1. "pairs": V = 2, the second frame of the same video at most `max_gap` kept frames
@@ -67,10 +104,8 @@ class BatchSampler:
     ):
         if mode not in ("frames", "pairs", "clips"):
             raise ValueError(f"unknown example mode {mode!r}; choose 'frames', 'pairs' or 'clips'")
-        if global_batch % process_count:
-            raise ValueError(f"batch_size {global_batch} is not divisible by the {process_count} processes")
-        if len(dataset) < global_batch:
-            raise ValueError(f"the dataset has {len(dataset)} frames, fewer than one batch of {global_batch}")
+        super().__init__(len(dataset), global_batch, seed, process_index, process_count,
+                         f"the dataset has {len(dataset)} frames")  # fmt: skip
         if mode == "clips":
             span = (clip_length - 1) * clip_stride + 1
             short = np.flatnonzero(dataset.video_length < span)
@@ -80,27 +115,14 @@ class BatchSampler:
                     f"shorter than one clip of {clip_length} frames with stride {clip_stride} ({span} frames)"
                 )
         self.dataset = dataset
-        self.global_batch = global_batch
-        self.local_batch = global_batch // process_count
-        self.seed = seed
         self.mode = mode
         self.max_gap = max_gap
         self.clip_length = clip_length
         self.clip_stride = clip_stride
-        self.process_index = process_index
-        self.steps_per_epoch = len(dataset) // global_batch
-        self._order_epoch, self._order = None, None
-
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        if self._order_epoch != epoch:
-            self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
-            self._order_epoch = epoch
-        return self._order
 
     def indices(self, step: int) -> np.ndarray:
         """Frame indices [local_batch, V] of this process for `step`."""
-        epoch, position = divmod(step, self.steps_per_epoch)
-        first = self._epoch_order(epoch)[position * self.global_batch : (position + 1) * self.global_batch]
+        epoch, position, first = self.global_indices(step)
         video = self.dataset.video_index[first]
         start, length = self.dataset.video_start[video], self.dataset.video_length[video]
         if self.mode == "pairs":
@@ -114,8 +136,7 @@ class BatchSampler:
             both = begin[:, None] + self.clip_stride * np.arange(self.clip_length)[None, :]
         else:
             both = first[:, None]
-        lo = self.process_index * self.local_batch
-        return both[lo : lo + self.local_batch]
+        return self.local_slice(both)
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """{'frames': uint8 [local_batch, V, H, W, C]} for `step`."""

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from fetalssl_jax.data.pipeline import EpochOrder
 from fetalssl_jax.data.synthetic import LabelledFrames
 
 log = logging.getLogger("fetalssl_jax")
@@ -127,35 +128,19 @@ def open_pretraining_records(name: str, data_dir: str | None, split: str, mode: 
     return RecordDataset(_data_source(builder, split, name), fields, name)
 
 
-class RecordSampler:
-    """`pipeline.BatchSampler`'s contract over records: the global batch of `step` is a pure function of
-    (seed, step), each process reads its own `local_batch` slice."""
+class RecordSampler(EpochOrder):
+    """`pipeline.BatchSampler`'s contract over records (the shared `EpochOrder`): each process reads only its
+    `local_batch` slice of the global batch of `step`."""
 
     def __init__(self, dataset: RecordDataset, global_batch: int, seed: int, process_index: int = 0,
                  process_count: int = 1):  # fmt: skip
-        if global_batch % process_count:
-            raise ValueError(f"batch_size {global_batch} is not divisible by the {process_count} processes")
-        if len(dataset) < global_batch:
-            raise ValueError(f"{dataset.name} has {len(dataset)} records, fewer than one batch of {global_batch}")
+        super().__init__(len(dataset), global_batch, seed, process_index, process_count,
+                         f"{dataset.name} has {len(dataset)} records")  # fmt: skip
         self.dataset = dataset
-        self.global_batch = global_batch
-        self.local_batch = global_batch // process_count
-        self.seed = seed
-        self.process_index = process_index
-        self.steps_per_epoch = len(dataset) // global_batch
-        self._order_epoch, self._order = None, None
-
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        if self._order_epoch != epoch:
-            self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
-            self._order_epoch = epoch
-        return self._order
 
     def indices(self, step: int) -> np.ndarray:
         """Record indices [local_batch] of this process for `step`."""
-        epoch, position = divmod(step, self.steps_per_epoch)
-        lo = position * self.global_batch + self.process_index * self.local_batch
-        return self._epoch_order(epoch)[lo : lo + self.local_batch]
+        return self.local_slice(self.global_indices(step)[2])
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """{'frames': uint8 [local_batch, V, H, W, C]} for `step`."""

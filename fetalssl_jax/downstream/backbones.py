@@ -13,7 +13,9 @@ that names both, never a silent partial load.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -35,11 +37,18 @@ class BackboneInit:
     description: dict[str, Any]
 
 
-def random_backbone_variables(arch: str, width: int, seed: int, image_size: int = 32) -> dict[str, Any]:
-    """torchvision-default random init (zero_init_residual=False) of `arch`/`width`."""
+@functools.lru_cache(maxsize=8)
+def _backbone_init(arch: str, width: int) -> Callable[[jax.Array], dict[str, Any]]:
+    """key -> variables, jitted once per architecture (a grid initialises hundreds of backbones). The parameters do
+    not depend on the input size or the compute dtype, so a small float32 example serves every config."""
     backbone = create_resnet(arch, width=width, zero_init_residual=False)
-    example = np.zeros((1, image_size, image_size, 3), np.float32)
-    return jax.device_get(jax.jit(backbone.init)(init_key(seed), example))
+    example = np.zeros((1, 32, 32, 3), np.float32)
+    return jax.jit(lambda key: backbone.init(key, example))
+
+
+def random_backbone_variables(arch: str, width: int, seed: int) -> dict[str, Any]:
+    """torchvision-default random init (zero_init_residual=False) of `arch`/`width`."""
+    return jax.device_get(_backbone_init(arch, width)(init_key(seed)))
 
 
 def _backbone_directory(path: pathlib.Path) -> pathlib.Path | None:
@@ -53,9 +62,10 @@ def _backbone_directory(path: pathlib.Path) -> pathlib.Path | None:
 def resolve_backbone(spec: str, arch: str, width: int, seed: int = 0) -> BackboneInit:
     """The backbone variables named by `spec` (see the module docstring), checked against `arch`/`width`."""
     spec = str(spec).strip()
-    expected = random_backbone_variables(arch, width, seed)
     if spec == "random":
-        return BackboneInit(expected, "random", "random", {"arch": arch, "width": width})
+        variables = random_backbone_variables(arch, width, seed)
+        return BackboneInit(variables, "random", "random", {"arch": arch, "width": width})
+    expected = jax.eval_shape(_backbone_init(arch, width), init_key(seed))  # shapes only: nothing is computed
     path = pathlib.Path(spec).expanduser()
     if path.suffix in (".safetensors", ".npz"):
         state_dict = torch_io.load_state_dict_file(path)

@@ -112,7 +112,7 @@ class StepSpec:
 
 @functools.lru_cache(maxsize=8)
 def compiled_functions(spec: StepSpec):
-    """(model, init_state, train_step, predict) for `spec`, jitted over a mesh of all devices."""
+    """(model, init_state, train_step, predict, mesh) for `spec`, jitted over a mesh of all devices."""
     model = spec.model()
     tx = spec.optimizer()
     mesh = make_mesh()
@@ -225,14 +225,18 @@ def resolve_class_names(config: ml_collections.ConfigDict, splits: dict[str, Any
 
 
 def run_classification(
-    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_after_epochs: int | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    stop_after_epochs: int | None = None,
+    splits: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Trains one classifier as `config` says, in `workdir`; returns the results (also in results.json).
 
     A workdir that already has results.json is finished: its results are returned without training. Otherwise
     training resumes from the epoch checkpoint in `workdir/checkpoints` (every `checkpoint_every_epochs`), and
     repeats the losses of an uninterrupted run. `stop_after_epochs` ends early after a checkpoint (as a
-    pre-emption would) and returns {}.
+    pre-emption would) and returns {}. `splits` passes the labelled data of `config` when the caller has it
+    already (the grid: one load for all its cells).
     """
     workdir = pathlib.Path(workdir)
     results_file = workdir / "results.json"
@@ -242,7 +246,7 @@ def run_classification(
     enable_compilation_cache(config.compilation_cache_dir)
     started = time.time()
 
-    splits = sources.labelled_splits(config)
+    splits = sources.labelled_splits(config) if splits is None else splits
     class_names = resolve_class_names(config, splits)
     for name in ("train", "valid", "test"):
         if name not in splits or len(splits[name].labels) == 0:

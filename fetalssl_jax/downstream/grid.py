@@ -84,9 +84,8 @@ def cell_dir(workdir: pathlib.Path, init: str, mode: str, fraction: float, seed:
     return workdir / "cells" / init / mode / f"{100 * fraction:g}pct" / f"seed{seed}"
 
 
-def _check_fractions(config: ml_collections.ConfigDict) -> None:
+def _check_fractions(config: ml_collections.ConfigDict, splits: dict[str, Any]) -> None:
     """Fails before any training if a label fraction leaves a class without a sample for some seed."""
-    splits = sources.labelled_splits(config.classify)
     names = resolve_class_names(config.classify, splits)
     for fraction in config.label_fractions:
         for seed in config.seeds:
@@ -102,7 +101,8 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
         if mode not in ("finetune", "linear"):
             raise ValueError(f"config.modes has {mode!r}; choose from 'finetune' and 'linear'")
     inits = parse_inits(config.inits)
-    _check_fractions(config)
+    splits = sources.labelled_splits(config.classify)  # every cell classifies the same labelled data
+    _check_fractions(config, splits)
     backbones = {init.name: pretrain_if_needed(init, workdir) for init in inits}
 
     rows = []
@@ -119,7 +119,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
         cell_config.progress_bar = False
         directory = cell_dir(workdir, name, mode, fraction, seed)
         finished = (directory / "results.json").is_file()
-        results = run_classification(cell_config, directory)
+        results = run_classification(cell_config, directory, splits=splits)
         rows.append({
             "init": name, "mode": mode, "label_fraction": float(fraction), "seed": seed,
             **{m: results["test"][m] for m in METRICS}, "best_epoch": results["best_epoch"],

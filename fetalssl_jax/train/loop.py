@@ -24,10 +24,10 @@ import numpy as np
 from fetalssl_jax.data import sources
 from fetalssl_jax.data.pipeline import BatchSampler, device_batches
 from fetalssl_jax.data.tfds_source import RecordDataset, RecordSampler
+from fetalssl_jax.downstream.backbones import random_backbone_variables
 from fetalssl_jax.eval.frozen import FrozenEval, evaluate_backbone, format_table
 from fetalssl_jax.methods import get_method
 from fetalssl_jax.methods.base import Method
-from fetalssl_jax.models.resnet import create_resnet
 from fetalssl_jax.train.checkpoint import Checkpointer, export_backbone
 from fetalssl_jax.train.monitor import Monitor
 from fetalssl_jax.train.optim import make_optimizer
@@ -35,7 +35,6 @@ from fetalssl_jax.train.state import TrainState
 from fetalssl_jax.train.step import (
     batch_sharding,
     enable_compilation_cache,
-    init_key,
     init_state,
     make_mesh,
     make_train_step,
@@ -126,14 +125,11 @@ class Evaluator:
         rows = {f"{name} (step {int(state.step)})": self._evaluate(backbone_variables(state))}
         if self.config.eval.compare_random_init:
             if self._random is None:
-                size = self.config.data.image_size
                 # torchvision's default random init: with the zero-initialised last BN of every block (the SSL
                 # start), a ResNet only passes its input through the strided 1x1 shortcuts and sees a sparse
                 # grid of pixels, a degenerate baseline.
                 model = self.config.model
-                backbone = create_resnet(model.arch, width=model.width, dtype=model.dtype, zero_init_residual=False)
-                example = np.zeros((1, size, size, 3), np.float32)
-                variables = jax.jit(backbone.init)(init_key(self.config.seed), example)
+                variables = random_backbone_variables(model.arch, int(model.width), self.config.seed)
                 self._random = self._evaluate(variables)
             rows["random init"] = self._random
         return rows

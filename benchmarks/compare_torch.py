@@ -10,8 +10,11 @@ x2, Linear, no biases) -> Barlow Twins loss -> backward -> LARS update (the refe
 ratio on weights, momentum). The augmentations are left out of both: the reference makes them in its data loader,
 fetalssl_jax in its jitted step; benchmarks/train_step.py measures the fetalssl_jax step with them.
 
-Every measurement runs in its own subprocess (torch, JAX, torch, JAX, ...) so that peak resident memory is
-attributable and neither framework's thread pool competes with the other's. Both use all cores
+Every measurement runs in its own subprocess (torch, torch with huge pages, JAX, torch, ...) so that peak resident
+memory is attributable and neither framework's thread pool competes with the other's. torch runs twice per
+alternation: with glibc's default malloc and with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, the setting that
+`python -m fetalssl_jax.main` gives itself (fetalssl_jax/hugepages.py); the faster of the two is the reference, so
+the setting cannot flatter the ratio (`--no-hugepages` runs the JAX side without it). Both use all cores
 (torch.set_num_threads(os.cpu_count()); XLA's CPU client uses every core by default). The JAX subprocesses share a
 fresh persistent compilation cache: the first one compiles, the later ones load, which gives the first-run and
 second-run time to first step. views/s = 2 * batch / median step time; the printed ratio is JAX / torch of the
@@ -34,6 +37,7 @@ import time
 _START = time.perf_counter()  # time to first step counts from process start (imports included)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+HUGETLB_TUNABLE = "glibc.malloc.hugetlb=1"  # what fetalssl_jax/hugepages.py sets (not imported: torch workers)
 
 CASES = {
     "rn18": dict(arch="resnet18", image_size=64, batch=64, projector=2048, steps=5),
@@ -270,36 +274,48 @@ def run_jax(case: dict, cache_dir: str) -> dict:
 # ---------------------------------------------------------------- driver --------------------------------------------
 
 
-def _worker(framework: str, case_name: str, cache_dir: str, steps: int | None) -> dict:
+def _worker(framework: str, case_name: str, cache_dir: str, steps: int | None, hugepages: bool) -> dict:
     cmd = [sys.executable, __file__, "--worker", framework, "--cases", case_name, "--cache-dir", cache_dir]
     if steps:
         cmd += ["--steps", str(steps)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env.pop("GLIBC_TUNABLES", None)
+    env["FETALSSL_HUGEPAGES"] = "0"  # the worker runs in exactly the environment given here, never re-executed
+    if hugepages:
+        env["GLIBC_TUNABLES"] = HUGETLB_TUNABLE
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def compare(case_name: str, alternations: int, steps: int | None) -> dict:
-    """Alternates torch and JAX subprocesses; the JAX ones share one fresh compilation cache."""
+def compare(case_name: str, alternations: int, steps: int | None, jax_hugepages: bool) -> dict:
+    """Alternates torch (in both memory settings) and JAX subprocesses; the JAX ones share one fresh compilation
+    cache. The reference is torch's faster setting, so fetalssl_jax's huge pages cannot flatter the ratio."""
     case = CASES[case_name]
-    runs = {"torch": [], "jax": []}
+    runs = {"torch": [], "torch_hugepages": [], "jax": []}
+    plan = (("torch", "torch", False), ("torch_hugepages", "torch", True), ("jax", "jax", jax_hugepages))
     with tempfile.TemporaryDirectory(prefix="fetalssl_xla_cache_") as cache_dir:
         for i in range(alternations):
-            for framework in ("torch", "jax"):
-                result = _worker(framework, case_name, cache_dir, steps)
+            for key, framework, hugepages in plan:
+                result = _worker(framework, case_name, cache_dir, steps, hugepages)
                 result["views_per_s"] = 2 * case["batch"] / result["step_s"]
-                runs[framework].append(result)
+                result["glibc_hugetlb"] = hugepages
+                runs[key].append(result)
                 print(f"  [{case_name} {i + 1}/{alternations}] {json.dumps(result)}", file=sys.stderr, flush=True)
-    torch_vps = statistics.median(r["views_per_s"] for r in runs["torch"])
-    jax_vps = statistics.median(r["views_per_s"] for r in runs["jax"])
+    median_vps = {key: statistics.median(r["views_per_s"] for r in results) for key, results in runs.items()}
+    torch_key = max(("torch", "torch_hugepages"), key=median_vps.get)
+    torch_vps, jax_vps = median_vps[torch_key], median_vps["jax"]
     jax_runs = runs["jax"]
     return {
         "case": f"{case['arch']} / {case['image_size']} px / batch {case['batch']} / projector {case['projector']}",
         "torch_views_per_s": round(torch_vps, 2),
+        "torch_views_per_s_default_malloc": round(median_vps["torch"], 2),
+        "torch_views_per_s_hugepages": round(median_vps["torch_hugepages"], 2),
+        "torch_reference": torch_key,
         "jax_views_per_s": round(jax_vps, 2),
+        "jax_hugepages": jax_hugepages,
         "ratio_jax_over_torch": round(jax_vps / torch_vps, 2),
         "per_alternation_ratios": [
-            round(j["views_per_s"] / t["views_per_s"], 2) for t, j in zip(runs["torch"], jax_runs, strict=True)
+            round(j["views_per_s"] / t["views_per_s"], 2) for t, j in zip(runs[torch_key], jax_runs, strict=True)
         ],
         "jax_compile_s_first_run": round(jax_runs[0]["compile_s"], 1),
         "jax_compile_s_second_run": round(jax_runs[1]["compile_s"], 1) if len(jax_runs) > 1 else None,
@@ -307,8 +323,8 @@ def compare(case_name: str, alternations: int, steps: int | None) -> dict:
         "jax_time_to_first_step_s_second_run": (
             round(jax_runs[1]["time_to_first_step_s"], 1) if len(jax_runs) > 1 else None
         ),
-        "torch_time_to_first_step_s": round(statistics.median(r["time_to_first_step_s"] for r in runs["torch"]), 1),
-        "torch_peak_rss_gb": round(max(r["peak_rss_gb"] for r in runs["torch"]), 2),
+        "torch_time_to_first_step_s": round(statistics.median(r["time_to_first_step_s"] for r in runs[torch_key]), 1),
+        "torch_peak_rss_gb": round(max(r["peak_rss_gb"] for r in runs[torch_key]), 2),
         "jax_peak_rss_gb": round(max(r["peak_rss_gb"] for r in jax_runs), 2),
         "threads": runs["torch"][0]["threads"],
         "versions": {"torch": runs["torch"][0]["torch"], "jax": jax_runs[0]["jax"]},
@@ -324,6 +340,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per subprocess (default: per case)")
     parser.add_argument("--worker", choices=("torch", "jax"), help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-hugepages",
+        action="store_true",
+        help="run the JAX side without glibc.malloc.hugetlb=1 (which `python -m fetalssl_jax.main` sets itself)",
+    )
     args = parser.parse_args()
     if args.worker:
         case = dict(CASES[args.cases], **({"steps": args.steps} if args.steps else {}))
@@ -331,7 +352,8 @@ def main() -> None:
         print(json.dumps(result))
         return
     for name in args.cases.split(","):
-        print(json.dumps(compare(name.strip(), max(2, args.alternations), args.steps), indent=2), flush=True)
+        result = compare(name.strip(), max(2, args.alternations), args.steps, not args.no_hugepages)
+        print(json.dumps(result, indent=2), flush=True)
 
 
 if __name__ == "__main__":

@@ -80,4 +80,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from fetalssl_jax.hugepages import reexec_with_hugepages
+
+    reexec_with_hugepages()  # as `python -m fetalssl_jax.main` does
     main(sys.argv)

@@ -61,20 +61,26 @@ def _is_pointwise(kh: int, kw: int, padding: Padding) -> bool:
     return kh == 1 and kw == 1 and padding == ((0, 0), (0, 0))
 
 
-def _patches(x: Array, kh: int, kw: int, strides: tuple[int, int], padding: Padding) -> Array:
-    """im2col: [N, Ho, Wo, kh*kw*C], columns ordered (tap row, tap column, channel) like a reshaped HWIO kernel."""
+def _strided_taps(x: Array, kh: int, kw: int, strides: tuple[int, int], padding: Padding, pad_value: Any = 0):
+    """The kh*kw window taps of a padded x, each [N, Ho, Wo, C], in row-major tap order."""
     n, h, w, c = x.shape
     sh, sw = strides
     ho, wo = _out_size(h, kh, sh, padding[0]), _out_size(w, kw, sw, padding[1])
-    if _is_pointwise(kh, kw, padding):
-        return x[:, : sh * (ho - 1) + 1 : sh, : sw * (wo - 1) + 1 : sw, :] if (sh, sw) != (1, 1) else x
-    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-    taps = [
+    xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)), constant_values=pad_value)
+    return [
         lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c), (1, sh, sw, 1))
         for i in range(kh)
         for j in range(kw)
     ]
-    return jnp.concatenate(taps, axis=-1)
+
+
+def _patches(x: Array, kh: int, kw: int, strides: tuple[int, int], padding: Padding) -> Array:
+    """im2col: [N, Ho, Wo, kh*kw*C], columns ordered (tap row, tap column, channel) like a reshaped HWIO kernel."""
+    sh, sw = strides
+    if _is_pointwise(kh, kw, padding):
+        ho, wo = _out_size(x.shape[1], 1, sh, padding[0]), _out_size(x.shape[2], 1, sw, padding[1])
+        return x[:, : sh * (ho - 1) + 1 : sh, : sw * (wo - 1) + 1 : sw, :] if (sh, sw) != (1, 1) else x
+    return jnp.concatenate(_strided_taps(x, kh, kw, strides, padding), axis=-1)
 
 
 def _col2im(cols: Array, x_shape: tuple[int, ...], kh: int, kw: int, strides: tuple[int, int], padding: Padding):
@@ -140,7 +146,10 @@ def _bwd(strides, padding, precision, residuals, dy):
     dy = dy.astype(x.dtype)
     cols = _patches(x, kh, kw, strides, padding)
     # dW: contraction over batch and both spatial axes (N*Ho*Wo), one GEMM.
-    dw = _matmul(cols, dy, ((0, 1, 2), (0, 1, 2)), precision).reshape(w.shape)
+    if cout < cols.shape[-1]:
+        dw = jnp.transpose(_matmul(dy, cols, ((0, 1, 2), (0, 1, 2)), precision)).reshape(w.shape)
+    else:
+        dw = _matmul(cols, dy, ((0, 1, 2), (0, 1, 2)), precision).reshape(w.shape)
     # dx: W^T is materialised (it is small) so that the GEMM is a plain [M, Cout] @ [Cout, K].
     w_t = jnp.transpose(w.reshape(kh * kw * cin, cout))
     dcols = _matmul(dy, w_t, ((3,), (0,)), precision)

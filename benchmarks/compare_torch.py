@@ -37,7 +37,6 @@ import time
 _START = time.perf_counter()  # time to first step counts from process start (imports included)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-HUGETLB_TUNABLE = "glibc.malloc.hugetlb=1"  # what fetalssl_jax/hugepages.py sets (not imported: torch workers)
 
 CASES = {
     "rn18": dict(arch="resnet18", image_size=64, batch=64, projector=2048, steps=5),
@@ -279,6 +278,8 @@ def _worker(framework: str, case_name: str, cache_dir: str, steps: int | None, h
     if steps:
         cmd += ["--steps", str(steps)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    from fetalssl_jax.hugepages import HUGETLB_TUNABLE  # no jax import: only the driver process runs this
+
     env.pop("GLIBC_TUNABLES", None)
     env["FETALSSL_HUGEPAGES"] = "0"  # the worker runs in exactly the environment given here, never re-executed
     if hugepages:

@@ -60,11 +60,11 @@ def _bwd(window, strides, padding, residuals, dy):
     x, y = residuals
     kh, kw = window
     pad_value = jnp.array(-jnp.inf, x.dtype)
-    taken = None
+    taken = jnp.zeros(y.shape, bool)  # windows whose maximum an earlier tap already holds
     routed = []
     for tap in _strided_taps(x, kh, kw, strides, padding, pad_value):
-        first_max = tap == y if taken is None else (tap == y) & ~taken
-        taken = first_max if taken is None else taken | first_max
+        first_max = (tap == y) & ~taken
+        taken = taken | first_max
         routed.append(jnp.where(first_max, dy, jnp.zeros((), dy.dtype)))
     return (_col2im(jnp.concatenate(routed, axis=-1), x.shape, kh, kw, strides, padding),)
 

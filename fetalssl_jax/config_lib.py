@@ -84,10 +84,15 @@ def base_config() -> ConfigDict:
     c.eval.dataset = "synthetic"  # or a built fetal_cardiac_planes dataset, e.g. "fetal_cardiac_planes/synthetic"
     c.eval.data_dir = ""  # of eval.dataset ("": TFDS's default)
     c.eval.knn_k = 20
-    c.eval.num_patients = 60  # labelled patients of the embedded set (split 60/20/20 by patient)
+    # Labelled patients of the embedded set (split 60/20/20 by patient): 300 x 20 frames keeps the few-label
+    # intervals narrow (60 test patients) and takes seconds to generate.
+    c.eval.num_patients = 300
     c.eval.frames_per_patient = 20
     c.eval.batch_size = 256
-    c.eval.probe_max_iter = 2000
+    c.eval.shots = (1, 5, 10, 25, 0)  # labelled images per class of the few-label probes; 0 = all
+    c.eval.monitor_shots = (10,)  # the periodic evaluation's probes (kNN and effective rank always)
+    c.eval.draws = 20  # random label draws per number of shots
+    c.eval.probe_max_iter = 1000
     c.eval.compare_random_init = True
     return c
 
@@ -98,6 +103,9 @@ def view(**overrides) -> ConfigDict:
         crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_prob=0.5, vflip_prob=0.0,
         color_jitter_prob=0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1,
         grayscale_prob=0.2, blur_prob=1.0, blur_sigma=(0.1, 2.0), blur_kernel_fraction=0.1, solarize_prob=0.0,
+        # the reference's sigma is for its 256 px input; scaled to data.image_size (0.025-0.5 px at 64 px)
+        blur_sigma_reference=256.0,
+        ultrasound_prob=0.0, gain_db=0.0, tgc_db=0.0, speckle=0.0, dynamic_range_db=50.0,
     )  # fmt: skip
     base.update(overrides)
     return ConfigDict(base)
@@ -133,6 +141,8 @@ def tiny_preset(c: ConfigDict) -> None:
     c.eval.frames_per_patient = 10
     c.eval.batch_size = 64
     c.eval.probe_max_iter = 200
+    c.eval.shots = (1, 2, 0)
+    c.eval.draws = 3
     c.progress_bar = False
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "augment_view",
     "blur_kernel_size",
     "default_view_config",
+    "gray_identity_ops",
     "preprocess_eval",
     "sample_crop_box",
 ]
@@ -53,9 +54,24 @@ _DEFAULT_VIEW_CONFIG: dict[str, Any] = {
     "blur_kernel_fraction": 0.1,
     "solarize_prob": 0.0,
     "vflip_prob": 0.0,
+    # blur_sigma is given for images of this side and scaled to the output size (0: sigma in output pixels)
+    "blur_sigma_reference": 0.0,
+    # Ultrasound acquisition nuisances, applied to the echo amplitude behind an assumed log compression of
+    # `dynamic_range_db`: overall gain U[-gain_db, gain_db] dB, a time-gain-compensation slope
+    # U[-tgc_db, tgc_db] dB from the top (near field) to the bottom of the image, and fresh multiplicative
+    # speckle of strength U[0, speckle]. Black (no echo) stays black. All off by default.
+    "ultrasound_prob": 0.0,
+    "gain_db": 0.0,
+    "tgc_db": 0.0,
+    "speckle": 0.0,
+    "dynamic_range_db": 50.0,
 }
 _PAIR_KEYS = ("crop_scale", "crop_ratio", "blur_sigma")
-_PROB_KEYS = ("flip_prob", "vflip_prob", "color_jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob")
+_PROB_KEYS = (
+    "flip_prob", "vflip_prob", "color_jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob", "ultrasound_prob",
+)  # fmt: skip
+# Ops that are the identity on gray frames (replicated to 3 equal channels): skipped for 1-channel input.
+GRAY_IDENTITY_OPS = ("saturation", "hue", "grayscale_prob")
 
 # Number of candidate boxes drawn by the vectorised RandomResizedCrop (torchvision tries 10 times).
 _CROP_TRIES = 10
@@ -69,7 +85,8 @@ _U_FLIP, _U_VFLIP, _U_JITTER, _U_GRAY, _U_BLUR, _U_SIGMA, _U_SOLARIZE = range(
 )
 _U_JITTER_FACTORS = slice(_CROP_NUM_UNIFORMS + 7, _CROP_NUM_UNIFORMS + 11)  # brightness, contrast, sat, hue
 _U_JITTER_ORDER = slice(_CROP_NUM_UNIFORMS + 11, _CROP_NUM_UNIFORMS + 15)  # argsort -> random permutation
-_NUM_UNIFORMS = _CROP_NUM_UNIFORMS + 15
+_U_US = slice(_CROP_NUM_UNIFORMS + 15, _CROP_NUM_UNIFORMS + 19)  # apply?, gain, TGC slope, speckle strength
+_NUM_UNIFORMS = _CROP_NUM_UNIFORMS + 19
 
 
 # --------------------------------------------------------------------------------------------------
@@ -104,7 +121,10 @@ def _resolve_config(cfg: Mapping) -> dict:
             out[k] = (float(lo), float(hi))
             if lo > hi:
                 raise ValueError(f"View-config {k!r} must be (low, high) with low <= high, got {out[k]}.")
-        for k in (*_PROB_KEYS, "brightness", "contrast", "saturation", "hue", "blur_kernel_fraction"):
+        for k in (
+            *_PROB_KEYS, "brightness", "contrast", "saturation", "hue", "blur_kernel_fraction", "blur_sigma_reference",
+            "gain_db", "tgc_db", "speckle", "dynamic_range_db",
+        ):  # fmt: skip
             out[k] = float(out[k])
     except jax.errors.ConcretizationTypeError as e:  # pragma: no cover - message only
         raise ValueError("View-config values must be static Python numbers, not traced arrays.") from e
@@ -120,6 +140,13 @@ def _resolve_config(cfg: Mapping) -> dict:
         raise ValueError("View-config 'crop_scale' and 'crop_ratio' must be positive.")
     if out["blur_sigma"][0] <= 0.0:
         raise ValueError("View-config 'blur_sigma' must be positive.")
+    for k in ("blur_sigma_reference", "gain_db", "tgc_db"):
+        if out[k] < 0.0:
+            raise ValueError(f"View-config {k!r} must be >= 0, got {out[k]}.")
+    if not 0.0 <= out["speckle"] <= 1.0:
+        raise ValueError(f"View-config 'speckle' must be in [0, 1], got {out['speckle']}.")
+    if out["dynamic_range_db"] <= 0.0:
+        raise ValueError(f"View-config 'dynamic_range_db' must be > 0, got {out['dynamic_range_db']}.")
     return out
 
 
@@ -331,6 +358,28 @@ def _gaussian_blur(x: jax.Array, sigma: jax.Array, kernel_size: int) -> jax.Arra
     return sum(w[i] * tmp[i : i + height] for i in range(kernel_size))
 
 
+def _ultrasound(u: jax.Array, key: jax.Array, x: jax.Array, cfg: Mapping) -> jax.Array:
+    """Gain, TGC and speckle on a gray float image [H, W, 1] in [0, 1] (display units).
+
+    Display values are taken as log-compressed echo amplitude, d = log(1 + c a) / log(1 + c) with c the linear
+    dynamic range; the nuisances multiply the amplitude a, as the scanner's gain, its depth-dependent TGC and a
+    new speckle realisation would, and the result is compressed back. So a gain change shifts mid-grey tissue
+    more than it lifts near-black fluid, and no-echo pixels (outside the sector) stay 0.
+    """
+    c = 10.0 ** (cfg["dynamic_range_db"] / 20.0)
+    big_l = math.log1p(c)
+    amplitude = jnp.expm1(x * big_l) / c
+    depth = (jnp.arange(x.shape[0], dtype=jnp.float32)[:, None, None] + 0.5) / x.shape[0] - 0.5  # -0.5 .. 0.5
+    gain_db = _affine(u[1], -cfg["gain_db"], cfg["gain_db"]) + _affine(u[2], -cfg["tgc_db"], cfg["tgc_db"]) * depth
+    amplitude = amplitude * 10.0 ** (gain_db / 20.0)
+    if cfg["speckle"] > 0.0:
+        # Rayleigh amplitude with mean 1 (fully developed speckle), blended in with a random strength.
+        rayleigh = jnp.sqrt(-2.0 * jnp.log1p(-jax.random.uniform(key, x.shape))) / math.sqrt(math.pi / 2.0)
+        strength = u[3] * cfg["speckle"]
+        amplitude = amplitude * (1.0 - strength + strength * rayleigh)
+    return jnp.clip(jnp.log1p(c * amplitude) / big_l, 0.0, 1.0)
+
+
 def _maybe(u: jax.Array, prob: float, fn, x: jax.Array) -> jax.Array:
     """Apply ``fn`` iff ``u < prob`` (u ~ U[0, 1)); static 0 / 1 short-cuts, a select otherwise (vmap-friendly)."""
     if prob <= 0.0:
@@ -357,9 +406,11 @@ def augment_view(key: jax.Array, image: jax.Array, cfg: Mapping, out_size: int) 
     Returns:
         float32 ``[out_size, out_size, 3]``, ImageNet-normalised.
 
-    Order (torchvision BYOL / Barlow Twins): random resized crop (bicubic, antialiased) -> h-flip ->
-    v-flip -> colour jitter (random op order) with prob -> grayscale with prob -> Gaussian blur with prob
-    -> solarize (threshold 0.5) with prob -> normalise.
+    Order (torchvision BYOL / Barlow Twins, with the ultrasound nuisances first): random resized crop (bicubic,
+    antialiased) -> gain / TGC / speckle with prob (gray input only) -> h-flip -> v-flip -> colour jitter (random
+    op order) with prob -> grayscale with prob -> Gaussian blur with prob -> solarize (threshold 0.5) with prob
+    -> normalise. On gray (1-channel) input, saturation, hue and grayscale are skipped: they are the identity on
+    three equal channels (see :func:`gray_identity_ops`).
     """
     cfg = _resolve_config(cfg)
     if image.ndim != 3:
@@ -367,10 +418,16 @@ def augment_view(key: jax.Array, image: jax.Array, cfg: Mapping, out_size: int) 
     height, width, c = image.shape
     _check_channels(c)
     out_size = int(out_size)
+    if c == 1:
+        cfg = {**cfg, "saturation": 0.0, "hue": 0.0, "grayscale_prob": 0.0}
+    key, speckle_key = jax.random.split(key) if cfg["speckle"] > 0.0 and c == 1 else (key, key)
     u = jax.random.uniform(key, (_NUM_UNIFORMS,), jnp.float32)
 
     top, left, h, w = _crop_box_from_uniforms(u[_U_CROP], height, width, cfg["crop_scale"], cfg["crop_ratio"])
     x = _crop_and_resize(_to_float(image), top, left, h, w, out_size)
+    if c == 1:
+        u_us = u[_U_US]
+        x = _maybe(u_us[0], cfg["ultrasound_prob"], lambda y: _ultrasound(u_us, speckle_key, y, cfg), x)
     x = _to_rgb(x)
 
     x = _maybe(u[_U_FLIP], cfg["flip_prob"], pix.flip_left_right, x)
@@ -385,9 +442,17 @@ def augment_view(key: jax.Array, image: jax.Array, cfg: Mapping, out_size: int) 
     if cfg["blur_prob"] > 0.0:
         ks = blur_kernel_size(out_size, cfg["blur_kernel_fraction"])
         sigma = _affine(u[_U_SIGMA], *cfg["blur_sigma"])
+        if cfg["blur_sigma_reference"] > 0.0:
+            sigma = sigma * (out_size / cfg["blur_sigma_reference"])
         x = _maybe(u[_U_BLUR], cfg["blur_prob"], lambda y: _gaussian_blur(y, sigma, ks), x)
     x = _maybe(u[_U_SOLARIZE], cfg["solarize_prob"], lambda y: pix.solarize(y, 0.5), x)
     return _normalise(x)
+
+
+def gray_identity_ops(cfg: Mapping) -> list[str]:
+    """The keys of `cfg` that ask for an op that does nothing on gray frames (and is skipped for them)."""
+    cfg = _resolve_config(cfg)
+    return [k for k in GRAY_IDENTITY_OPS if cfg[k] > 0.0]
 
 
 def augment_batch(key: jax.Array, images: jax.Array, cfg: Mapping, out_size: int) -> jax.Array:

@@ -25,10 +25,12 @@ from fetalssl_jax.data import sources
 from fetalssl_jax.data.pipeline import BatchSampler, device_batches
 from fetalssl_jax.data.tfds_source import RecordDataset, RecordSampler
 from fetalssl_jax.downstream.backbones import random_backbone_variables
-from fetalssl_jax.eval.frozen import FrozenEval, evaluate_backbone, format_table
+from fetalssl_jax.eval.few_label import shot_name
+from fetalssl_jax.eval.frozen import FrozenEval, evaluate_inits, format_table
 from fetalssl_jax.methods import get_method
 from fetalssl_jax.methods.base import Method
 from fetalssl_jax.train.checkpoint import Checkpointer, export_backbone
+from fetalssl_jax.train.health import MIN_RELATIVE_CHANGE, relative_weight_change
 from fetalssl_jax.train.monitor import Monitor
 from fetalssl_jax.train.optim import make_optimizer
 from fetalssl_jax.train.state import TrainState
@@ -38,6 +40,7 @@ from fetalssl_jax.train.step import (
     init_state,
     make_mesh,
     make_train_step,
+    replicated,
 )
 
 log = logging.getLogger("fetalssl_jax")
@@ -54,7 +57,7 @@ class RunResult:
     status: str
     step: int
     workdir: pathlib.Path
-    evaluation: dict[str, FrozenEval] = dataclasses.field(default_factory=dict)
+    evaluation: FrozenEval | None = None
 
 
 @contextlib.contextmanager
@@ -94,14 +97,21 @@ def total_steps_of(config: ml_collections.ConfigDict, steps_per_epoch: int) -> i
     return int(config.num_steps) if config.num_steps > 0 else int(config.num_epochs * steps_per_epoch)
 
 
-class Evaluator:
-    """kNN and linear probe on the labelled splits; the random-init row is computed once per run."""
+RANDOM_INIT = "random init (torchvision)"
+SSL_START = "untrained SSL start"
 
-    def __init__(self, config: ml_collections.ConfigDict, method: Method):
+
+class Evaluator:
+    """kNN and few-label probes on the labelled splits, beside both baselines: torchvision's default random init
+    and the method's own untrained start (zero-initialised residual BN), so an effect of the initialisation is
+    never mistaken for learning. Baseline features are extracted once per run."""
+
+    def __init__(self, config: ml_collections.ConfigDict, method: Method, start_variables: dict[str, Any]):
         self.config = config
         self.backbone = method.build_backbone()
+        self.start_variables = start_variables
         self._splits = None
-        self._random = None
+        self._baseline_features: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     @property
     def splits(self):
@@ -109,30 +119,29 @@ class Evaluator:
             self._splits = sources.labelled_splits(self.config)
         return self._splits
 
-    def _evaluate(self, variables) -> FrozenEval:
-        e = self.config.eval
-        return evaluate_backbone(
-            self.backbone,
-            variables,
-            self.splits,
-            self.config.data.image_size,
-            e.knn_k,
-            e.batch_size,
-            e.probe_max_iter,
-        )
+    def baselines(self) -> dict[str, dict[str, Any]]:
+        if not self.config.eval.compare_random_init:
+            return {}
+        model = self.config.model
+        # torchvision's default random init: with the zero-initialised last BN of every block (the SSL start), a
+        # ResNet only passes its input through the strided 1x1 shortcuts and sees a sparse grid of pixels.
+        return {
+            RANDOM_INIT: random_backbone_variables(model.arch, int(model.width), self.config.seed),
+            SSL_START: self.start_variables,
+        }
 
-    def __call__(self, state: TrainState, name: str) -> dict[str, FrozenEval]:
-        rows = {f"{name} (step {int(state.step)})": self._evaluate(backbone_variables(state))}
-        if self.config.eval.compare_random_init:
-            if self._random is None:
-                # torchvision's default random init: with the zero-initialised last BN of every block (the SSL
-                # start), a ResNet only passes its input through the strided 1x1 shortcuts and sees a sparse
-                # grid of pixels, a degenerate baseline.
-                model = self.config.model
-                variables = random_backbone_variables(model.arch, int(model.width), self.config.seed)
-                self._random = self._evaluate(variables)
-            rows["random init"] = self._random
-        return rows
+    def __call__(self, state: TrainState, name: str, shots: tuple[int, ...] | None = None) -> FrozenEval:
+        e = self.config.eval
+        inits = {f"{name} (step {int(state.step)})": backbone_variables(state), **self.baselines()}
+        result = evaluate_inits(
+            self.backbone, inits, self.splits, self.config.data.image_size, len(sources.class_names(self.config)),
+            baselines=tuple(n for n in (RANDOM_INIT, SSL_START) if n in inits), knn_k=e.knn_k,
+            batch_size=e.batch_size, shots=tuple(shots or e.shots), draws=e.draws, seed=self.config.seed,
+            probe_max_iter=e.probe_max_iter, features=self._baseline_features,
+        )  # fmt: skip
+        if not self._baseline_features and len(inits) > 1:
+            self._baseline_features = {n: f for n, f in result.features.items() if n in (RANDOM_INIT, SSL_START)}
+        return result
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_at_step: int | None = None) -> RunResult:
@@ -157,6 +166,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_a
     data_sharding = batch_sharding(mesh)
     example = jax.make_array_from_process_local_data(data_sharding, sampler.batch(0)["frames"])
     state = init_state(method, optimizer, config.seed, example, mesh)
+    start_variables = jax.device_get(backbone_variables(state))  # the untrained start, a baseline of the evaluation
+    initial_params = jax.device_put(start_variables["params"], replicated(mesh))
+    weight_change = jax.jit(relative_weight_change)
 
     checkpointer = Checkpointer(workdir, method.identity(), keep=config.keep_checkpoints)
     state = checkpointer.restore_latest(state)
@@ -172,7 +184,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_a
     monitor = Monitor(
         workdir, start, total_steps, config.batch_size, config.log_every_steps, is_main, config.progress_bar
     )
-    evaluator = Evaluator(config, method)
+    evaluator = Evaluator(config, method, start_variables)
+    warmup_steps = round(config.optim.warmup_epochs * sampler.steps_per_epoch) if config.optim.schedule == "warmup_cosine" else 0
+    health_check_step = min(total_steps, max(2 * warmup_steps, 50))
     train_step = make_train_step(method, optimizer, mesh)
     last_checkpoint = checkpointer.latest_step()
 
@@ -185,16 +199,27 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_a
                 f"{kept} in {checkpointer.directory}. Lower the learning rate or use float32 compute."
             )
         monitor.step(step, values)
+        if "weight_change/all" in values:
+            check_health(step, {k.split("/", 1)[1]: v for k, v in values.items() if k.startswith("weight_change/")})
 
-    def evaluate(name: str) -> dict[str, FrozenEval]:
-        rows = evaluator(state, name)
+    def check_health(step: int, change: dict[str, float]) -> None:
+        if step + 1 == health_check_step and change["all"] < MIN_RELATIVE_CHANGE:
+            log.warning(
+                "after %d steps the backbone's convolutions moved only %.1f %% from their initial values (per stage: "
+                "%s): it is barely training. Raise the learning rate or the LARS trust coefficient "
+                "(config.optim.trust_coefficient), or shorten the warm-up.",
+                step + 1, 100 * change["all"], ", ".join(f"{k} {100 * v:.1f} %" for k, v in change.items()),
+            )  # fmt: skip
+
+    def evaluate(name: str, shots: tuple[int, ...] | None = None) -> FrozenEval:
+        result = evaluator(state, name, shots)
         if is_main:
-            step = int(state.step)
-            for row, r in rows.items():
-                tag = "random" if row == "random init" else "pretrained"
-                monitor.scalars(step, {f"eval/{tag}/knn_macro_f1": r.knn["macro_f1"],
-                                       f"eval/{tag}/linear_macro_f1": r.linear_probe["macro_f1"]})  # fmt: skip
-        return rows
+            row = next(iter(result.knn))
+            values = {"eval/knn_macro_f1": result.knn[row].mean, "eval/effective_rank": result.effective_rank[row]}
+            for k, score in result.few_label.scores[row].items():
+                values[f"eval/probe_{shot_name(k).replace('/', '_per_')}_macro_f1"] = score.mean
+            monitor.evaluation(int(state.step), values)
+        return result
 
     status = "finished"
     batches = device_batches(sampler, start, data_sharding, config.data.prefetch)
@@ -203,6 +228,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_a
             pending = None
             for step in range(start, total_steps):
                 state, metrics = train_step(state, next(batches))
+                if step % config.log_every_steps == 0 or step + 1 == health_check_step:
+                    change = weight_change(state.params["backbone"], initial_params)
+                    metrics = {**metrics, **{f"weight_change/{k}": v for k, v in change.items()}}
                 if pending is not None:
                     record(*pending)  # previous step's metrics: fetched while this step runs
                 pending = (step, metrics)
@@ -214,7 +242,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_a
                     pending = None
                     last_checkpoint = checkpointer.save(state)
                 if periodic_eval and done < total_steps:
-                    evaluate(method.name)
+                    evaluate(method.name, tuple(config.eval.monitor_shots))
                 if stop:
                     status = "preempted"
                     break
@@ -235,9 +263,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_a
     description = {"identity": method.identity(), "step": step, "image_size": config.data.image_size}
     if is_main:
         export_backbone(workdir / "backbone", backbone_variables(state), description)
-    rows = evaluate(method.name)
+    result = evaluate(method.name)
     if is_main:
-        table = format_table(rows)
+        table = format_table(result)
         print(f"\nFrozen-backbone evaluation on the labelled test split (patients unseen in training):\n{table}\n")
-        (workdir / "eval.json").write_text(json.dumps({k: dataclasses.asdict(v) for k, v in rows.items()}, indent=2))
-    return RunResult(status, step, workdir, rows)
+        (workdir / "eval.json").write_text(json.dumps(result.to_dict(), indent=2))
+        (workdir / "eval.md").write_text(table + "\n")
+    return RunResult(status, step, workdir, result)

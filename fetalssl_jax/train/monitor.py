@@ -77,6 +77,14 @@ class Monitor:
             for name, value in values.items():
                 tf.summary.scalar(name, value)
 
+    def evaluation(self, step: int, values: Mapping[str, float]) -> None:
+        """A periodic evaluation at `step`: a metrics.jsonl line of kind 'eval' and TensorBoard scalars."""
+        if not self.enabled:
+            return
+        with self.metrics_file.open("a") as f:
+            f.write(json.dumps({"step": step, "kind": "eval", **{k: float(v) for k, v in values.items()}}) + "\n")
+        self.scalars(step, values)
+
     def step(self, step: int, metrics: Mapping[str, float]) -> None:
         """Records the metrics of the (0-based) step `step`, just completed."""
         now = time.perf_counter()
@@ -107,7 +115,9 @@ class Monitor:
             self._writer.flush()
 
 
-def read_metrics(workdir: str | pathlib.Path) -> list[dict[str, float]]:
-    """The per-step records of metrics.jsonl, in step order."""
+def read_metrics(workdir: str | pathlib.Path, kind: str = "train") -> list[dict[str, float]]:
+    """The records of metrics.jsonl of one kind, in step order: 'train' (one per step) or 'eval' (periodic
+    evaluations: kNN and few-label macro-F1, effective rank)."""
     path = pathlib.Path(workdir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    return [r for r in records if r.get("kind", "train") == kind]

@@ -1,0 +1,46 @@
+"""Is the backbone actually training? Relative weight change from initialisation, per ResNet stage.
+
+LARS with the ImageNet trust coefficient (0.001) moves each weight by about 1e-4 of its norm per step: a run of a
+few hundred steps then leaves the convolutions within 2-3 % of their initial values and only BatchNorm moves. The
+loop logs this measure and warns when the backbone has barely moved after the warm-up.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+MIN_RELATIVE_CHANGE = 0.05  # below this after warm-up, the run warns that the backbone has barely trained
+
+
+def stage_of(name: str) -> str:
+    """'stem' for the first conv/BN, 'layerN' for the blocks of stage N ('layer3_1' -> 'layer3')."""
+    match = re.match(r"(layer\d+)", name)
+    return match.group(1) if match else "stem"
+
+
+def relative_weight_change(params: PyTree, initial: PyTree) -> dict[str, jax.Array]:
+    """||W - W0|| / ||W0|| over the convolution kernels (ndim > 1) of each stage of a backbone's params, and
+    'all' over every kernel. BatchNorm scales and offsets are left out: they move even when the kernels do not."""
+    sq_diff: dict[str, jax.Array] = {}
+    sq_init: dict[str, jax.Array] = {}
+    for top in params:
+        leaves = [
+            (p, p0)
+            for p, p0 in zip(jax.tree.leaves(params[top]), jax.tree.leaves(initial[top]), strict=True)
+            if p.ndim > 1
+        ]
+        if not leaves:
+            continue
+        stage = stage_of(top)
+        diff = sum(jnp.sum(jnp.square(p.astype(jnp.float32) - p0.astype(jnp.float32))) for p, p0 in leaves)
+        norm = sum(jnp.sum(jnp.square(p0.astype(jnp.float32))) for _, p0 in leaves)
+        sq_diff[stage] = sq_diff.get(stage, 0.0) + diff
+        sq_init[stage] = sq_init.get(stage, 0.0) + norm
+    out = {stage: jnp.sqrt(sq_diff[stage] / jnp.maximum(sq_init[stage], 1e-30)) for stage in sq_diff}
+    out["all"] = jnp.sqrt(sum(sq_diff.values()) / jnp.maximum(sum(sq_init.values()), 1e-30))
+    return out

@@ -105,7 +105,8 @@ def view(**overrides) -> ConfigDict:
         grayscale_prob=0.2, blur_prob=1.0, blur_sigma=(0.1, 2.0), blur_kernel_fraction=0.1, solarize_prob=0.0,
         # the reference's sigma is for its 256 px input; scaled to data.image_size (0.025-0.5 px at 64 px)
         blur_sigma_reference=256.0,
-        ultrasound_prob=0.0, gain_db=0.0, tgc_db=0.0, speckle=0.0, dynamic_range_db=50.0,
+        rotation_prob=0.0, rotation_deg=0.0, ultrasound_prob=0.0, gain_db=0.0, tgc_db=0.0, speckle=0.0,
+        dynamic_range_db=50.0,
     )  # fmt: skip
     base.update(overrides)
     return ConfigDict(base)

@@ -290,3 +290,89 @@ def test_jit_two_views_finite_and_in_range():
         assert u.min() >= -1e-5 and u.max() <= 1 + 1e-5
     assert not np.allclose(v1, v2, atol=1e-3)
     assert math.isfinite(float(v1.std())) and v1.std() > 0.1
+
+
+# ---- ultrasound nuisances, gray-identity ops, blur sigma scaling --------------------------------------------------
+def _np_compress_roundtrip(x, gain_db, dynamic_range_db=50.0):
+    """Independent numpy form: display -> amplitude -> x 10^(gain/20) -> display."""
+    c = 10.0 ** (dynamic_range_db / 20.0)
+    amplitude = np.expm1(x * np.log1p(c)) / c
+    return np.clip(np.log1p(c * amplitude * 10.0 ** (gain_db / 20.0)) / np.log1p(c), 0.0, 1.0)
+
+
+def _gray_out(cfg, images, seed=0):
+    return _unnormalise(_run(cfg, images, images.shape[1], seed))[..., 0]
+
+
+def test_ultrasound_gain_matches_the_log_compression_formula():
+    imgs = _rand_images((4, 16, 16, 1), seed=3)
+    imgs[:, :4] = 0  # no echo
+    for seed in range(4):
+        cfg = _identity_cfg(ultrasound_prob=1.0, gain_db=6.0)
+        out = _gray_out(cfg, imgs, seed)
+        # The gain drawn per image is unknown to the test: the best gain on a fine grid must explain every pixel.
+        for x, y in zip(imgs[..., 0] / 255.0, out, strict=True):
+            errors = [np.abs(_np_compress_roundtrip(x, g) - y).max() for g in np.linspace(-6.0, 6.0, 2401)]
+            assert min(errors) < 2e-3, min(errors)
+        np.testing.assert_array_equal(out[:, :4], 0.0)  # black stays black
+
+
+def test_ultrasound_zero_strength_is_identity_and_tgc_brightens_with_depth():
+    imgs = np.full((2, 16, 16, 1), 128, np.uint8)
+    off = _gray_out(_identity_cfg(ultrasound_prob=1.0), imgs)
+    np.testing.assert_allclose(off, 128 / 255.0, atol=1e-5)
+    for seed in range(6):
+        out = _gray_out(_identity_cfg(ultrasound_prob=1.0, tgc_db=10.0), imgs, seed)
+        rows = out[0].mean(1)
+        assert np.all(np.diff(rows) > 0) or np.all(np.diff(rows) < 0)  # monotonic in depth, one slope per image
+        # The middle of the image is where the slope pivots: gain 0 dB there (rows 7/8 straddle the centre).
+        assert abs(0.5 * (rows[7] + rows[8]) - 128 / 255.0) < 0.01
+
+
+def test_ultrasound_speckle_is_multiplicative_with_mean_one():
+    imgs = np.full((8, 32, 32, 1), 150, np.uint8)
+    imgs[:, :, :8] = 0
+    out = _gray_out(_identity_cfg(ultrasound_prob=1.0, speckle=1.0), imgs)
+    np.testing.assert_array_equal(out[:, :, :8], 0.0)
+    assert out[:, :, 8:].std() > 0.01
+    c = 10.0**2.5
+    amplitude = np.expm1(out[:, :, 8:] * np.log1p(c)) / c
+    base = np.expm1(150 / 255.0 * np.log1p(c)) / c
+    # factor = 1 - s + s * Rayleigh(mean 1), s ~ U[0, 1] per image: mean factor 1 over many pixels
+    assert abs(amplitude.mean() / base - 1.0) < 0.05
+
+
+def test_gray_identity_ops_are_skipped_for_gray_input():
+    imgs = _rand_images((4, 16, 16, 1), seed=5)
+    cfg = _identity_cfg(color_jitter_prob=1.0, brightness=0.4, contrast=0.4)
+    with_colour = dict(cfg, saturation=0.8, hue=0.2, grayscale_prob=1.0)
+    np.testing.assert_array_equal(_run(cfg, imgs, 16), _run(with_colour, imgs, 16))
+    assert aug.gray_identity_ops(with_colour) == ["saturation", "hue", "grayscale_prob"]
+    assert aug.gray_identity_ops(dict(cfg, saturation=0.0, hue=0.0, grayscale_prob=0.0)) == []
+
+
+def test_blur_sigma_scales_with_output_size():
+    imgs = _rand_images((2, 32, 32, 1), seed=7)
+    fixed = _identity_cfg(blur_prob=1.0, blur_sigma=(1.0, 1.0), blur_kernel_fraction=0.2)
+    scaled = _identity_cfg(
+        blur_prob=1.0, blur_sigma=(2.0, 2.0), blur_kernel_fraction=0.2, blur_sigma_reference=64.0
+    )  # 2 px at 64 px = 1 px at 32 px
+    np.testing.assert_allclose(_run(fixed, imgs, 32), _run(scaled, imgs, 32), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "key,value", [("speckle", 1.5), ("gain_db", -1.0), ("tgc_db", -2.0), ("dynamic_range_db", 0.0)]
+)
+def test_ultrasound_keys_are_validated(key, value):
+    with pytest.raises(ValueError, match=key):
+        aug.default_view_config(**{key: value})
+
+
+def test_rotation_by_90_degrees_is_rot90_and_keys_validate():
+    x = jnp.asarray(np.random.default_rng(0).random((7, 7, 1)), jnp.float32)
+    np.testing.assert_allclose(aug._rotate(x, jnp.float32(90.0)), np.rot90(np.asarray(x), -1), atol=1e-5)  # clockwise
+    np.testing.assert_allclose(aug._rotate(x, jnp.float32(0.0)), x, atol=1e-6)
+    corners = aug._rotate(jnp.ones((8, 8, 1)), jnp.float32(45.0))
+    assert float(corners[0, 0, 0]) == 0.0 and float(corners[4, 4, 0]) == 1.0  # zeros rotate in at the corners
+    with pytest.raises(ValueError, match="rotation_deg"):
+        aug.default_view_config(rotation_deg=-5.0)

@@ -48,4 +48,4 @@ def test_tiny_pretraining_end_to_end(method, tmp_path):
     assert [r["step"] for r in records] == [0, 1, 2, 3]
     assert all(np.isfinite(r["loss"]) for r in records)
     evaluation = json.loads((tmp_path / "eval.json").read_text())
-    assert list(evaluation) == [f"{method} (step 4)"]
+    assert list(evaluation["knn_macro_f1"]) == [f"{method} (step 4)"]

@@ -118,7 +118,7 @@ def test_end_to_end_run_logs_pretext_accuracy_and_evaluates(tmp_path):
     result = train(reorder_config(**{"eval.compare_random_init": False}), tmp_path)
     assert result.status == "finished" and result.step == 12  # 96 frames / batch 16 = 6 steps x 2 epochs
     evaluation = json.loads((tmp_path / "eval.json").read_text())
-    assert set(evaluation) == {"reorder (step 12)"}
+    assert set(evaluation["knn_macro_f1"]) == {"reorder (step 12)"}
     records = read_metrics(tmp_path)
     assert [r["step"] for r in records] == list(range(12))
     for r in records:

@@ -38,10 +38,17 @@ def test_run_writes_everything_a_user_needs(finished_run):
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())[-1] == 12
     assert any(p.name.startswith("events.out.tfevents") for p in (workdir / "tensorboard").iterdir())
     evaluation = json.loads((workdir / "eval.json").read_text())
-    assert set(evaluation) == {"barlow_twins (step 12)", "random init"}
-    for row in evaluation.values():
-        for metrics in row.values():
-            assert 0.0 <= metrics["macro_f1"] <= 1.0
+    rows = {"barlow_twins (step 12)", "random init (torchvision)", "untrained SSL start"}
+    assert set(evaluation["knn_macro_f1"]) == rows
+    assert set(evaluation["few_label_macro_f1"]["scores"]) == rows
+    for row in evaluation["few_label_macro_f1"]["scores"].values():
+        assert set(row) == {"1/class", "2/class", "all"}
+        for score in row.values():
+            assert 0.0 <= score["low"] <= score["mean"] <= score["high"] <= 1.0
+    assert set(evaluation["few_label_macro_f1"]["differences"]) == {"random init (torchvision)", "untrained SSL start"}
+    assert (workdir / "eval.md").read_text().startswith("| init | kNN (all labels) |")
+    # the training-health record: relative weight change of every stage, logged every log step
+    assert {"weight_change/stem", "weight_change/layer4", "weight_change/all"} <= set(records[0])
     variables, description = load_backbone(workdir / "backbone")
     assert description["step"] == 12
     assert variables["params"]["conv1"]["kernel"].shape == (7, 7, 3, 8)

@@ -60,6 +60,10 @@ _DEFAULT_VIEW_CONFIG: dict[str, Any] = {
     # `dynamic_range_db`: overall gain U[-gain_db, gain_db] dB, a time-gain-compensation slope
     # U[-tgc_db, tgc_db] dB from the top (near field) to the bottom of the image, and fresh multiplicative
     # speckle of strength U[0, speckle]. Black (no echo) stays black. All off by default.
+    # Rotation by U[-rotation_deg, rotation_deg] about the centre (bilinear, zeros outside): the fetal heart's
+    # orientation in the image follows the fetal lie, which is arbitrary.
+    "rotation_prob": 0.0,
+    "rotation_deg": 0.0,
     "ultrasound_prob": 0.0,
     "gain_db": 0.0,
     "tgc_db": 0.0,
@@ -69,6 +73,7 @@ _DEFAULT_VIEW_CONFIG: dict[str, Any] = {
 _PAIR_KEYS = ("crop_scale", "crop_ratio", "blur_sigma")
 _PROB_KEYS = (
     "flip_prob", "vflip_prob", "color_jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob", "ultrasound_prob",
+    "rotation_prob",
 )  # fmt: skip
 # Ops that are the identity on gray frames (replicated to 3 equal channels): skipped for 1-channel input.
 GRAY_IDENTITY_OPS = ("saturation", "hue", "grayscale_prob")
@@ -86,7 +91,8 @@ _U_FLIP, _U_VFLIP, _U_JITTER, _U_GRAY, _U_BLUR, _U_SIGMA, _U_SOLARIZE = range(
 _U_JITTER_FACTORS = slice(_CROP_NUM_UNIFORMS + 7, _CROP_NUM_UNIFORMS + 11)  # brightness, contrast, sat, hue
 _U_JITTER_ORDER = slice(_CROP_NUM_UNIFORMS + 11, _CROP_NUM_UNIFORMS + 15)  # argsort -> random permutation
 _U_US = slice(_CROP_NUM_UNIFORMS + 15, _CROP_NUM_UNIFORMS + 19)  # apply?, gain, TGC slope, speckle strength
-_NUM_UNIFORMS = _CROP_NUM_UNIFORMS + 19
+_U_ROTATE = slice(_CROP_NUM_UNIFORMS + 19, _CROP_NUM_UNIFORMS + 21)  # apply?, angle
+_NUM_UNIFORMS = _CROP_NUM_UNIFORMS + 21
 
 
 # --------------------------------------------------------------------------------------------------
@@ -123,7 +129,7 @@ def _resolve_config(cfg: Mapping) -> dict:
                 raise ValueError(f"View-config {k!r} must be (low, high) with low <= high, got {out[k]}.")
         for k in (
             *_PROB_KEYS, "brightness", "contrast", "saturation", "hue", "blur_kernel_fraction", "blur_sigma_reference",
-            "gain_db", "tgc_db", "speckle", "dynamic_range_db",
+            "gain_db", "tgc_db", "speckle", "dynamic_range_db", "rotation_deg",
         ):  # fmt: skip
             out[k] = float(out[k])
     except jax.errors.ConcretizationTypeError as e:  # pragma: no cover - message only
@@ -140,7 +146,7 @@ def _resolve_config(cfg: Mapping) -> dict:
         raise ValueError("View-config 'crop_scale' and 'crop_ratio' must be positive.")
     if out["blur_sigma"][0] <= 0.0:
         raise ValueError("View-config 'blur_sigma' must be positive.")
-    for k in ("blur_sigma_reference", "gain_db", "tgc_db"):
+    for k in ("blur_sigma_reference", "gain_db", "tgc_db", "rotation_deg"):
         if out[k] < 0.0:
             raise ValueError(f"View-config {k!r} must be >= 0, got {out[k]}.")
     if not 0.0 <= out["speckle"] <= 1.0:
@@ -380,6 +386,25 @@ def _ultrasound(u: jax.Array, key: jax.Array, x: jax.Array, cfg: Mapping) -> jax
     return jnp.clip(jnp.log1p(c * amplitude) / big_l, 0.0, 1.0)
 
 
+def _rotate(x: jax.Array, degrees: jax.Array) -> jax.Array:
+    """Rotates float [H, W, C] by `degrees` about its centre (clockwise as displayed); bilinear, 0 outside."""
+    height, width = x.shape[0], x.shape[1]
+    theta = jnp.deg2rad(degrees)
+    cos, sin = jnp.cos(theta), jnp.sin(theta)
+    rows, cols = jnp.meshgrid(
+        jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32), indexing="ij"
+    )
+    cy, cx = (height - 1) / 2.0, (width - 1) / 2.0
+    # Output pixel (r, c) samples the input at the inverse rotation of its offset from the centre.
+    src_r = cy + cos * (rows - cy) - sin * (cols - cx)
+    src_c = cx + sin * (rows - cy) + cos * (cols - cx)
+    channels = [
+        jax.scipy.ndimage.map_coordinates(x[..., k], [src_r, src_c], order=1, mode="constant", cval=0.0)
+        for k in range(x.shape[-1])
+    ]
+    return jnp.stack(channels, axis=-1)
+
+
 def _maybe(u: jax.Array, prob: float, fn, x: jax.Array) -> jax.Array:
     """Apply ``fn`` iff ``u < prob`` (u ~ U[0, 1)); static 0 / 1 short-cuts, a select otherwise (vmap-friendly)."""
     if prob <= 0.0:
@@ -406,11 +431,11 @@ def augment_view(key: jax.Array, image: jax.Array, cfg: Mapping, out_size: int) 
     Returns:
         float32 ``[out_size, out_size, 3]``, ImageNet-normalised.
 
-    Order (torchvision BYOL / Barlow Twins, with the ultrasound nuisances first): random resized crop (bicubic,
-    antialiased) -> gain / TGC / speckle with prob (gray input only) -> h-flip -> v-flip -> colour jitter (random
-    op order) with prob -> grayscale with prob -> Gaussian blur with prob -> solarize (threshold 0.5) with prob
-    -> normalise. On gray (1-channel) input, saturation, hue and grayscale are skipped: they are the identity on
-    three equal channels (see :func:`gray_identity_ops`).
+    Order (torchvision BYOL / Barlow Twins, with the ultrasound nuisances first): random resized crop
+    (bicubic, antialiased) -> rotation with prob -> gain / TGC / speckle with prob (gray input only) -> h-flip
+    -> v-flip -> colour jitter (random op order) with prob -> grayscale with prob -> Gaussian blur with prob ->
+    solarize (threshold 0.5) with prob -> normalise. On gray (1-channel) input, saturation, hue and grayscale
+    are skipped: they are the identity on three equal channels (see :func:`gray_identity_ops`).
     """
     cfg = _resolve_config(cfg)
     if image.ndim != 3:
@@ -425,6 +450,9 @@ def augment_view(key: jax.Array, image: jax.Array, cfg: Mapping, out_size: int) 
 
     top, left, h, w = _crop_box_from_uniforms(u[_U_CROP], height, width, cfg["crop_scale"], cfg["crop_ratio"])
     x = _crop_and_resize(_to_float(image), top, left, h, w, out_size)
+    u_rot = u[_U_ROTATE]
+    angle = _affine(u_rot[1], -cfg["rotation_deg"], cfg["rotation_deg"])
+    x = _maybe(u_rot[0], cfg["rotation_prob"], lambda y: _rotate(y, angle), x)
     if c == 1:
         u_us = u[_U_US]
         x = _maybe(u_us[0], cfg["ultrasound_prob"], lambda y: _ultrasound(u_us, speckle_key, y, cfg), x)

@@ -49,9 +49,7 @@ def draw_label_subsets(labels: np.ndarray, shots: int, draws: int, seed: int) ->
     return out
 
 
-def patient_confusions(
-    labels: np.ndarray, predictions: np.ndarray, groups: np.ndarray, num_classes: int
-) -> np.ndarray:
+def patient_confusions(labels: np.ndarray, predictions: np.ndarray, groups: np.ndarray, num_classes: int) -> np.ndarray:
     """Confusion counts [G, C, C] (true, predicted) of each test group (patient), groups in sorted order."""
     _, g = np.unique(groups, return_inverse=True)
     flat = (g * num_classes + labels) * num_classes + predictions
@@ -202,8 +200,12 @@ def few_label_evaluation(
 
 
 def patient_bootstrap(
-    labels: np.ndarray, predictions: Mapping[str, np.ndarray], groups: np.ndarray, num_classes: int,
-    replicates: int = 1000, seed: int = 0,
+    labels: np.ndarray,
+    predictions: Mapping[str, np.ndarray],
+    groups: np.ndarray,
+    num_classes: int,
+    replicates: int = 1000,
+    seed: int = 0,
 ) -> dict[str, tuple[Interval, np.ndarray]]:
     """Macro-F1 with a test-patient bootstrap interval for fixed predictions (e.g. kNN on all labels); also
     returns the replicates, paired across `predictions`, for differences."""  # fmt: skip

@@ -185,7 +185,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_a
         workdir, start, total_steps, config.batch_size, config.log_every_steps, is_main, config.progress_bar
     )
     evaluator = Evaluator(config, method, start_variables)
-    warmup_steps = round(config.optim.warmup_epochs * sampler.steps_per_epoch) if config.optim.schedule == "warmup_cosine" else 0
+    warmup_steps = (
+        round(config.optim.warmup_epochs * sampler.steps_per_epoch) if config.optim.schedule == "warmup_cosine" else 0
+    )
     health_check_step = min(total_steps, max(2 * warmup_steps, 50))
     train_step = make_train_step(method, optimizer, mesh)
     last_checkpoint = checkpointer.latest_step()

@@ -31,11 +31,25 @@ def test_summary_and_table_match_numpy():
 
 
 def test_init_entries_are_parsed_and_checked():
-    inits = parse_inits(["bt=configs/barlow.py:tiny,num_steps=2", "random", "/runs/x", "imagenet=/w/r18.safetensors"])
-    assert [(i.name, i.is_pretraining_config) for i in inits] == [
-        ("bt", True), ("random", False), ("x", False), ("imagenet", False)
-    ]  # fmt: skip
-    assert inits[0].spec == "configs/barlow.py:tiny,num_steps=2"
+    inits = parse_inits([
+        "bt=configs/barlow.py:tiny,num_steps=2",  # name=path.py:preset,k=v
+        "configs/vicreg.py:tiny,num_steps=4,model.width=8",  # bare path.py:preset,k=v: '=' only in the overrides
+        "configs/simclr.py",  # bare path.py
+        "random",
+        "mine=/some/dir",
+        "/w/r18.safetensors",
+        "imagenet=/w/r50.safetensors",
+    ])  # fmt: skip
+    assert [(i.name, i.spec, i.is_pretraining_config) for i in inits] == [
+        ("bt", "configs/barlow.py:tiny,num_steps=2", True),
+        ("vicreg", "configs/vicreg.py:tiny,num_steps=4,model.width=8", True),
+        ("simclr", "configs/simclr.py", True),
+        ("random", "random", False),
+        ("mine", "/some/dir", False),
+        ("r18", "/w/r18.safetensors", False),
+        ("imagenet", "/w/r50.safetensors", False),
+    ]
+    assert parse_inits(["barlow.py:tiny,num_steps=4"])[0].name == "barlow"
     with pytest.raises(ValueError, match=r"\['random'\] more than once"):
         parse_inits(["random", "random=random"])
 

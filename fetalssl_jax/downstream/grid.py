@@ -17,6 +17,7 @@ import csv
 import dataclasses
 import logging
 import pathlib
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +32,8 @@ from fetalssl_jax.downstream.labels import label_subset
 log = logging.getLogger("fetalssl_jax")
 
 METRICS = ("macro_f1", "balanced_accuracy", "accuracy")
+# `name=` is a name only when it looks like one: "barlow.py:tiny,num_steps=4" is a bare spec, not name "barlow.py:..."
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.+-]*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,14 +49,21 @@ class InitSpec:
 
 
 def parse_inits(entries: Sequence[str]) -> list[InitSpec]:
-    """`name=spec` strings (or bare specs) -> InitSpecs; names must be unique."""
+    """`name=spec` strings (or bare specs) -> InitSpecs; names must be unique.
+
+    An entry is `name=spec` only when the part before the first '=' is a plain name (letters, digits, `_.+-`, not
+    ending in .py); otherwise the whole entry is a spec (e.g. `barlow.py:tiny,num_steps=4`, `/runs/a=b`), named
+    after its file or directory.
+    """
     inits = []
     for entry in entries:
-        name, sep, spec = str(entry).partition("=")
-        if not sep or "/" in name or name.endswith(".py"):  # a bare spec (a path may contain '=' only later)
-            spec = str(entry)
-            name = pathlib.Path(spec.partition(":")[0]).stem if spec != "random" else "random"
-        inits.append(InitSpec(name.strip(), spec.strip()))
+        entry = str(entry).strip()
+        name, sep, spec = entry.partition("=")
+        name = name.strip()
+        if not sep or not _NAME.fullmatch(name) or name.endswith(".py"):
+            spec = entry
+            name = "random" if spec == "random" else pathlib.Path(spec.partition(":")[0]).stem
+        inits.append(InitSpec(name, spec.strip()))
     names = [i.name for i in inits]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

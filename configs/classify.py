@@ -2,6 +2,7 @@
 
   python -m fetalssl_jax.main --config configs/classify.py --config.init=workdirs/barlow_twins
   python -m fetalssl_jax.main --config configs/classify.py:default,mode=linear,label_fraction=0.1
+  python -m fetalssl_jax.main --config configs/classify.py:default,labels_per_class=5,num_steps=300  # 5 per class
   python -m fetalssl_jax.main --config configs/classify.py --config.init=resnet18_imagenet.safetensors \
       --config.model.width=64
   python -m fetalssl_jax.main --config configs/classify.py:paper --config.init=runs/bt      # the paper's setting
@@ -56,6 +57,8 @@ def get_config(arg: str | None = None):
     c.init = "random"
     c.mode = "finetune"  # or "linear": frozen backbone (BN running statistics), only the head trains
     c.label_fraction = 1.0  # stratified fraction of the training split (the paper: 1, .5, .25, .1, .05, .01)
+    # > 0: exactly this many labelled training images of every class instead (label_fraction must then stay 1)
+    c.labels_per_class = 0
     c.classes = ()  # class names in label order; empty: the labelled data's own (the embedded set: PLANES)
     c.model = base.model
     c.head = config_lib.ConfigDict({"dropout": 0.5, "batch_norm": False})
@@ -66,7 +69,12 @@ def get_config(arg: str | None = None):
     c.batch_size = 128
     c.eval_batch_size = 256
     c.num_epochs = 100
+    # > 0 overrides num_epochs: a fixed number of optimiser steps whatever the subset size (batches cycle through
+    # the subset; the batch is min(batch_size, subset size)), so a 10-image budget trains as long as the full set
+    c.num_steps = -1
+    c.eval_every_steps = 50  # with num_steps: validate (and keep the best classifier) this often and at the end
     c.checkpoint_every_epochs = 5  # resumable runs; 0: no checkpoints (the selected classifier is always saved)
+    c.checkpoint_every_steps = 500  # with num_steps: checkpoint at the first validation after each multiple; 0: none
     c.progress_bar = True
     c.compilation_cache_dir = base.compilation_cache_dir
     return config_lib.apply_preset(c, arg, PRESETS)

@@ -76,7 +76,7 @@ def main(argv: list[str]) -> int:
             test = results["test"]
             print(
                 f"test: macro-F1 {test['macro_f1']:.3f}, balanced accuracy {test['balanced_accuracy']:.3f}, "
-                f"accuracy {test['accuracy']:.3f} (best epoch {results['best_epoch']}); "
+                f"accuracy {test['accuracy']:.3f} (selected at step {results['best_step']}); "
                 f"workdir: {os.path.abspath(workdir)}"
             )
         elif task == "grid":

@@ -1,11 +1,15 @@
-"""Fine-tune or linear-probe a plane classifier on a fraction of the labels; select on validation; report on test.
+"""Fine-tune or linear-probe a plane classifier on a few labels; select on validation; report on test.
 
 The reference protocol: AdamW (lr 1e-3, wd 1e-6), class-weighted cross-entropy with weights from the training
 counts, RandAugment(5, 5) + horizontal and vertical flips on the device, resize only for inference, the epoch with
 the best validation balanced accuracy kept and scored on the test patients.
 
+The labels are a stratified `label_fraction` of the training split or `labels_per_class` images of every class.
+Training runs `num_epochs` epochs, or, with `num_steps` > 0, that many optimiser steps whatever the subset size
+(an epoch of 10 images is one step), validated every `eval_every_steps` steps and at the end.
+
 A run writes into its workdir: ``config.json``, ``label_indices.json`` (the chosen training images),
-``metrics.jsonl`` (one line per epoch), ``classifier/`` (the selected weights + ``classifier.json``),
+``metrics.jsonl`` (one line per validation), ``classifier/`` (the selected weights + ``classifier.json``),
 ``results.json`` (validation and test metrics, per-class report, confusion matrix), ``confusion_matrix.{png,json}``
 and ``predictions.csv``. ``results.json`` is written last: a workdir that has it is finished and is not rerun.
 """
@@ -36,7 +40,7 @@ from fetalssl_jax.data.randaugment import rand_augment_batch
 from fetalssl_jax.downstream import report
 from fetalssl_jax.downstream.backbones import resolve_backbone
 from fetalssl_jax.downstream.classifier import Classifier, weighted_cross_entropy
-from fetalssl_jax.downstream.labels import class_weights, label_subset
+from fetalssl_jax.downstream.labels import budget_name, choose_labels, class_weights
 from fetalssl_jax.models.resnet import create_resnet
 from fetalssl_jax.train.checkpoint import abstract_tree
 from fetalssl_jax.train.step import batch_sharding, enable_compilation_cache, make_mesh, replicated
@@ -186,6 +190,70 @@ def epoch_order(num_examples: int, batch_size: int, seed: int, epoch: int) -> np
     return np.resize(order, total)  # np.resize repeats the permutation to fill the last batch
 
 
+def cycled_batch(num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Indices of batch `step` of an endless stream of shuffled passes over the examples (pass p is the
+    permutation seeded by [seed, p]); batches run on across pass boundaries.
+
+    With `num_steps`, batches cycle through the subset rather than being sampled with replacement: every image is
+    used equally often (within one), where a with-replacement draw from 10 images would leave some out of many
+    batches. The caller caps the batch at the subset size, so a tiny subset costs less per step instead of
+    repeating images within a batch. Stateless in `step`, so a resumed run sees the same batches.
+    """
+    positions = np.arange(step * batch_size, (step + 1) * batch_size)
+    passes = positions // num_examples
+    out = np.empty(batch_size, np.int64)
+    for p in np.unique(passes):
+        here = passes == p
+        out[here] = np.random.default_rng([seed, int(p)]).permutation(num_examples)[positions[here] % num_examples]
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """When a run validates: after each epoch, or with `num_steps` every `eval_every_steps` steps and at the end.
+
+    `ends[r]` is the number of optimiser steps done when validation round r + 1 runs; rounds are what
+    metrics.jsonl lines, checkpoints and `stop_after_epochs` count.
+    """
+
+    ends: tuple[int, ...]
+    by_steps: bool
+    steps_per_epoch: int
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict, num_examples: int, batch_size: int) -> Schedule:
+        steps_per_epoch = -(-num_examples // batch_size)
+        if config.num_steps > 0:
+            every = config.eval_every_steps if config.eval_every_steps > 0 else config.num_steps
+            return cls((*range(every, config.num_steps, every), config.num_steps), True, steps_per_epoch)
+        if config.num_epochs <= 0:
+            raise ValueError(f"config.num_epochs={config.num_epochs}: train at least one epoch (or set num_steps)")
+        return cls(tuple(steps_per_epoch * (e + 1) for e in range(config.num_epochs)), False, steps_per_epoch)
+
+    def batch(self, num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+        """The example indices of optimiser step `step` (0-based)."""
+        if self.by_steps:
+            return cycled_batch(num_examples, batch_size, seed, step)
+        epoch, s = divmod(step, self.steps_per_epoch)
+        return epoch_order(num_examples, batch_size, seed, epoch)[s * batch_size : (s + 1) * batch_size]
+
+    def round_record(self, r: int) -> dict[str, int]:
+        """What names validation round `r` (0-based) in metrics.jsonl and in the selected classifier."""
+        return {"step": self.ends[r]} if self.by_steps else {"epoch": r + 1, "step": self.ends[r]}
+
+    def should_checkpoint(self, config: ml_collections.ConfigDict, r: int) -> bool:
+        """After round `r` (not the last): every `checkpoint_every_epochs` epochs, or with `num_steps` at the first
+        validation after each multiple of `checkpoint_every_steps`."""
+        if r + 1 >= len(self.ends):
+            return False
+        if not self.by_steps:
+            every = config.checkpoint_every_epochs
+            return every > 0 and (r + 1) % every == 0
+        every = config.checkpoint_every_steps
+        previous = self.ends[r - 1] if r else 0
+        return every > 0 and self.ends[r] // every > previous // every
+
+
 def save_classifier(directory: pathlib.Path, variables: dict[str, Any], description: dict[str, Any]) -> None:
     """The selected classifier: orbax variables (atomic) + classifier.json."""
     checkpointer = ocp.StandardCheckpointer()
@@ -233,9 +301,10 @@ def run_classification(
     """Trains one classifier as `config` says, in `workdir`; returns the results (also in results.json).
 
     A workdir that already has results.json is finished: its results are returned without training. Otherwise
-    training resumes from the epoch checkpoint in `workdir/checkpoints` (every `checkpoint_every_epochs`), and
-    repeats the losses of an uninterrupted run. `stop_after_epochs` ends early after a checkpoint (as a
-    pre-emption would) and returns {}. `splits` passes the labelled data of `config` when the caller has it
+    training resumes from the checkpoint in `workdir/checkpoints` (every `checkpoint_every_epochs`, or with
+    `num_steps` every `checkpoint_every_steps`), and repeats the losses of an uninterrupted run.
+    `stop_after_epochs` ends early after that many epochs (with `num_steps`: validation rounds) and a checkpoint
+    (as a pre-emption would) and returns {}. `splits` passes the labelled data of `config` when the caller has it
     already (the grid: one load for all its cells).
     """
     workdir = pathlib.Path(workdir)
@@ -252,11 +321,13 @@ def run_classification(
         if name not in splits or len(splits[name].labels) == 0:
             raise ValueError(f"the labelled data has no {name!r} split (or it is empty)")
     train_all = splits["train"]
-    chosen = label_subset(train_all.labels, config.label_fraction, config.seed, class_names)
+    chosen = choose_labels(train_all.labels, config.label_fraction, config.labels_per_class, config.seed, class_names)
+    budget = budget_name(config.label_fraction, config.labels_per_class)
     train_images, train_labels = _with_channel(train_all.images[chosen]), train_all.labels[chosen]
     weights = class_weights(train_labels, len(class_names))
     report.write_json(workdir / "label_indices.json", {
-        "label_fraction": config.label_fraction, "seed": config.seed, "indices": chosen.tolist(),
+        "label_fraction": config.label_fraction, "labels_per_class": config.labels_per_class, "seed": config.seed,
+        "indices": chosen.tolist(),
         "patient_ids": [str(p) for p in train_all.patient_ids[chosen]],
         "class_counts": np.bincount(train_labels, minlength=len(class_names)).tolist(),
     })  # fmt: skip
@@ -275,12 +346,12 @@ def run_classification(
     state = init_state(params, batch_stats, config.seed)
 
     batch_size = _round_up(min(config.batch_size, len(train_labels)), mesh.size)
-    steps_per_epoch = -(-len(train_labels) // batch_size)
+    schedule = Schedule.from_config(config, len(train_labels), batch_size)
     device_weights = jnp.asarray(weights)
     log.info(
-        "%s from %s (%s): %d training images (%.0f%%), %d epochs of %d steps, batch %d",
-        config.mode, init.source, init.kind, len(train_labels), 100 * config.label_fraction, config.num_epochs,
-        steps_per_epoch, batch_size,
+        "%s from %s (%s): %d training images (%s), %d steps (%.1f epochs), batch %d, %d validations",
+        config.mode, init.source, init.kind, len(train_labels), budget, schedule.ends[-1],
+        schedule.ends[-1] / schedule.steps_per_epoch, batch_size, len(schedule.ends),
     )  # fmt: skip
 
     best = {"balanced_accuracy": -1.0}
@@ -288,48 +359,47 @@ def run_classification(
     metrics_file = workdir / "metrics.jsonl"
     fingerprint = config.to_json_best_effort(sort_keys=True)
     checkpoints = _epoch_checkpoints(workdir)
-    start_epoch = checkpoints.latest_step() or 0
-    if start_epoch:
-        meta = checkpoints.restore(start_epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    start_round = checkpoints.latest_step() or 0
+    if start_round:
+        meta = checkpoints.restore(start_round, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
         if meta["config"] != fingerprint:
             raise ValueError(f"{workdir} holds a classification checkpoint of another config; use a new workdir")
         template = {"params": state.params, "batch_stats": state.batch_stats}
-        restored = checkpoints.restore(start_epoch, args=ocp.args.Composite(
+        restored = checkpoints.restore(start_round, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_tree(state)),
             best_variables=ocp.args.StandardRestore(jax.tree.map(np.asarray, jax.device_get(template))),
         ))  # fmt: skip
         state, best_variables, best = restored.state, restored.best_variables, meta["best"]
-        kept = metrics_file.read_text().splitlines()[:start_epoch] if metrics_file.is_file() else []
+        kept = metrics_file.read_text().splitlines()[:start_round] if metrics_file.is_file() else []
         metrics_file.write_text("".join(line + "\n" for line in kept))
-        log.info("resuming %s after epoch %d", workdir, start_epoch)
+        log.info("resuming %s after step %d", workdir, schedule.ends[start_round - 1])
     else:
         metrics_file.write_text("")
-    bar = tqdm.tqdm(range(config.num_epochs), unit="epoch", disable=not config.progress_bar, dynamic_ncols=True,
-                    initial=start_epoch)  # fmt: skip
-    for epoch in range(start_epoch, config.num_epochs):
+    bar = tqdm.tqdm(total=len(schedule.ends), unit="epoch" if not schedule.by_steps else "validation",
+                    disable=not config.progress_bar, dynamic_ncols=True, initial=start_round)  # fmt: skip
+    for r in range(start_round, len(schedule.ends)):
         bar.update(1)
-        order = epoch_order(len(train_labels), batch_size, config.seed, epoch)
         losses = []
-        for s in range(steps_per_epoch):
-            idx = order[s * batch_size : (s + 1) * batch_size]
+        for step in range(schedule.ends[r - 1] if r else 0, schedule.ends[r]):
+            idx = schedule.batch(len(train_labels), batch_size, config.seed, step)
             state, loss = train_step(state, train_images[idx], train_labels[idx], device_weights)
             losses.append(loss)
         train_loss = float(np.mean(jax.device_get(losses)))
+        record = schedule.round_record(r)
         if not np.isfinite(train_loss):
-            raise FloatingPointError(f"{workdir}: training loss became {train_loss} in epoch {epoch + 1}")
+            raise FloatingPointError(f"{workdir}: training loss became {train_loss} by step {record['step']}")
         valid_probs = predict_probabilities(spec, state.params, state.batch_stats, splits["valid"].images,
                                             config.eval_batch_size)  # fmt: skip
         valid = report.summary_metrics(splits["valid"].labels, valid_probs.argmax(1))
         with open(metrics_file, "a") as f:
-            f.write(json.dumps({"epoch": epoch + 1, "train_loss": train_loss,
+            f.write(json.dumps({**record, "train_loss": train_loss,
                                 **{f"valid_{k}": v for k, v in valid.items()}}) + "\n")  # fmt: skip
         bar.set_postfix(loss=f"{train_loss:.3f}", valid_bal_acc=f"{valid['balanced_accuracy']:.3f}")
-        if valid["balanced_accuracy"] > best["balanced_accuracy"]:  # ties keep the earlier epoch
-            best = {**valid, "epoch": epoch + 1}
+        if valid["balanced_accuracy"] > best["balanced_accuracy"]:  # ties keep the earlier validation
+            best = {**valid, **record}
             best_variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-        done = epoch + 1
-        every = config.checkpoint_every_epochs
-        if (every > 0 and done % every == 0 and done < config.num_epochs) or done == stop_after_epochs:
+        done = r + 1
+        if schedule.should_checkpoint(config, r) or done == stop_after_epochs:
             checkpoints.save(done, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), best_variables=ocp.args.StandardSave(best_variables),
                 meta=ocp.args.JsonSave({"config": fingerprint, "best": best}),
@@ -343,7 +413,8 @@ def run_classification(
 
     description = {
         "spec": dataclasses.asdict(spec), "classes": list(class_names), "init": init.source, "init_kind": init.kind,
-        "mode": config.mode, "label_fraction": config.label_fraction, "seed": config.seed, "best_epoch": best["epoch"],
+        "mode": config.mode, "label_fraction": config.label_fraction, "labels_per_class": config.labels_per_class,
+        "seed": config.seed, "best_epoch": best.get("epoch"), "best_step": best["step"],
     }  # fmt: skip
     save_classifier(workdir / "classifier", best_variables, description)
     test = splits["test"]
@@ -355,15 +426,16 @@ def run_classification(
                       {"class_names": list(class_names), "matrix": test_report["confusion_matrix"]})  # fmt: skip
     report.plot_confusion_matrix(
         np.asarray(test_report["confusion_matrix"]), class_names, workdir / "confusion_matrix.png",
-        f"{config.mode}, {100 * config.label_fraction:g}% labels: macro-F1 {test_report['macro_f1']:.3f}",
+        f"{config.mode}, {budget} labels: macro-F1 {test_report['macro_f1']:.3f}",
     )  # fmt: skip
     report.write_predictions(workdir / "predictions.csv", test.labels, test_probs, class_names, test.patient_ids)
     results = {
         "init": init.source, "init_kind": init.kind, "mode": config.mode, "label_fraction": config.label_fraction,
-        "seed": config.seed, "num_train_images": int(len(train_labels)), "best_epoch": best["epoch"],
+        "labels_per_class": config.labels_per_class, "seed": config.seed, "num_train_images": int(len(train_labels)),
+        "num_steps": schedule.ends[-1], "best_epoch": best.get("epoch"), "best_step": best["step"],
         "valid": best, "test": test_report, "seconds": round(time.time() - started, 1),
     }  # fmt: skip
     report.write_json(results_file, results)
-    # The run is complete: its epoch checkpoint is no longer needed (a grid keeps hundreds of these workdirs).
+    # The run is complete: its checkpoint is no longer needed (a grid keeps hundreds of these workdirs).
     shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
     return results

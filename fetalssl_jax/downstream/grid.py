@@ -1,8 +1,13 @@
-"""The paper's experiment grid: initialisations x label fractions x {fine-tune, linear probe} x seeds.
+"""The paper's experiment grid: initialisations x label budgets x {fine-tune, linear probe} x seeds.
 
 One command pretrains every initialisation that is given as a pretraining config (once, resumable), then trains
-one classifier per cell, skipping cells that already have results, and writes ``results.csv``, ``results.md``
-(mean +/- std over seeds) and ``macro_f1_vs_label_fraction.png`` (the paper's main figure) into the workdir.
+one classifier per cell, skipping cells that already have results, and writes ``results.csv`` (one row per cell),
+``results.md`` and ``macro_f1_vs_label_fraction.png`` (the paper's main figure) into the workdir.
+
+A label budget is `labels_per_class` images of every class or a fraction of the training split
+(`label_fractions`). The seed picks the label subset (and the head init and augmentations), the same for every
+init, so two inits are compared per seed: results.md reports each cell as the mean with a 95 % t-interval over
+seeds, and the paired difference of every init to the baseline (random init) with its t-interval.
 
 An entry of ``config.inits`` is ``"name=spec"`` (or a bare spec, named after it), where spec is
 
@@ -15,22 +20,30 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
+import math
 import pathlib
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
 import numpy as np
+from scipy import stats
 
 from fetalssl_jax.config_lib import load_config
 from fetalssl_jax.data import sources
 from fetalssl_jax.downstream.classify import resolve_class_names, run_classification
-from fetalssl_jax.downstream.labels import label_subset
+from fetalssl_jax.downstream.labels import budget_dirname, budget_name, choose_labels
+from fetalssl_jax.eval.few_label import Interval
 
 log = logging.getLogger("fetalssl_jax")
 
 METRICS = ("macro_f1", "balanced_accuracy", "accuracy")
+METRIC_NAMES = {"macro_f1": "macro-F1", "balanced_accuracy": "balanced accuracy", "accuracy": "accuracy"}
+# `name=` is a name only when it looks like one: "barlow.py:tiny,num_steps=4" is a bare spec, not name "barlow.py:..."
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.+-]*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,14 +59,21 @@ class InitSpec:
 
 
 def parse_inits(entries: Sequence[str]) -> list[InitSpec]:
-    """`name=spec` strings (or bare specs) -> InitSpecs; names must be unique."""
+    """`name=spec` strings (or bare specs) -> InitSpecs; names must be unique.
+
+    An entry is `name=spec` only when the part before the first '=' is a plain name (letters, digits, `_.+-`, not
+    ending in .py); otherwise the whole entry is a spec (e.g. `barlow.py:tiny,num_steps=4`, `/runs/a=b`), named
+    after its file or directory.
+    """
     inits = []
     for entry in entries:
-        name, sep, spec = str(entry).partition("=")
-        if not sep or "/" in name or name.endswith(".py"):  # a bare spec (a path may contain '=' only later)
-            spec = str(entry)
-            name = pathlib.Path(spec.partition(":")[0]).stem if spec != "random" else "random"
-        inits.append(InitSpec(name.strip(), spec.strip()))
+        entry = str(entry).strip()
+        name, sep, spec = entry.partition("=")
+        name = name.strip()
+        if not sep or not _NAME.fullmatch(name) or name.endswith(".py"):
+            spec = entry
+            name = "random" if spec == "random" else pathlib.Path(spec.partition(":")[0]).stem
+        inits.append(InitSpec(name, spec.strip()))
     names = [i.name for i in inits]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -79,21 +99,81 @@ def pretrain_if_needed(init: InitSpec, workdir: pathlib.Path) -> str:
     return str(run_dir)
 
 
-def cell_dir(workdir: pathlib.Path, init: str, mode: str, fraction: float, seed: int) -> pathlib.Path:
-    """Where one cell's classifier run lives."""
-    return workdir / "cells" / init / mode / f"{100 * fraction:g}pct" / f"seed{seed}"
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """One column of the grid: `labels_per_class` images of every class when > 0, else a fraction of the labels."""
+
+    fraction: float = 1.0
+    labels_per_class: int = 0
+
+    @property
+    def name(self) -> str:
+        """'5/class' or '10 %' (table columns, results.csv)."""
+        return budget_name(self.fraction, self.labels_per_class)
+
+    @property
+    def dirname(self) -> str:
+        """'5perclass' or '10pct' (cell directories)."""
+        return budget_dirname(self.fraction, self.labels_per_class)
 
 
-def _check_fractions(config: ml_collections.ConfigDict, splits: dict[str, Any]) -> None:
-    """Fails before any training if a label fraction leaves a class without a sample for some seed."""
+def grid_budgets(config: ml_collections.ConfigDict) -> list[Budget]:
+    """The budgets of `config`: every `labels_per_class`, then every `label_fractions`; duplicates are an error."""
+    if any(int(k) <= 0 for k in config.labels_per_class):
+        raise ValueError(f"config.labels_per_class={config.labels_per_class}: every entry must be positive")
+    budgets = [Budget(1.0, int(k)) for k in config.labels_per_class]
+    budgets += [Budget(float(f), 0) for f in config.label_fractions]
+    names = [b.name for b in budgets]
+    if len(set(names)) != len(names) or not budgets:
+        raise ValueError(f"config.labels_per_class + config.label_fractions give budgets {names}; need distinct ones")
+    return budgets
+
+
+def cell_dir(workdir: pathlib.Path, init: str, mode: str, budget: Budget, seed: int) -> pathlib.Path:
+    """Where one cell's classifier run lives: cells/<init>/<mode>/<5perclass|10pct>/seed<k>."""
+    return workdir / "cells" / init / mode / budget.dirname / f"seed{seed}"
+
+
+def _check_budgets(config: ml_collections.ConfigDict, budgets: Sequence[Budget], splits: dict[str, Any]) -> None:
+    """Fails before any training if a budget is impossible for some seed: more images per class than a class has,
+    or a fraction that leaves a class without a sample."""
     names = resolve_class_names(config.classify, splits)
-    for fraction in config.label_fractions:
+    for budget in budgets:
         for seed in config.seeds:
-            label_subset(splits["train"].labels, fraction, seed, names)
+            choose_labels(splits["train"].labels, budget.fraction, budget.labels_per_class, seed, names)
+
+
+# Keys that may change between runs of a grid without making a finished cell another experiment.
+_IRRELEVANT_KEYS = ("init", "progress_bar", "compilation_cache_dir")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+
+
+def _check_finished_cell(directory: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+    """A finished cell is reused only if it was trained with this config: a cell of a grid run before (say with
+    epochs instead of num_steps) would otherwise be mixed silently into the table."""
+    stored_file = directory / "config.json"
+    if not (directory / "results.json").is_file() or not stored_file.is_file():
+        return
+    stored = _flatten(json.loads(stored_file.read_text()))
+    wanted = _flatten(json.loads(config.to_json_best_effort()))
+    differ = sorted(
+        k for k in set(stored) | set(wanted)
+        if k.rstrip(".") not in _IRRELEVANT_KEYS and stored.get(k) != wanted.get(k)
+    )  # fmt: skip
+    if differ:
+        raise ValueError(
+            f"{directory} was finished with another classification config (differs in "
+            f"{[k.rstrip('.') for k in differ]}); use a new workdir or delete that cell"
+        )
 
 
 def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[dict[str, Any]]:
-    """Runs every cell that is not finished yet and writes the results table and plot; returns the rows."""
+    """Runs every cell that is not finished yet and writes the results tables and plot; returns the rows."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -101,79 +181,230 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
         if mode not in ("finetune", "linear"):
             raise ValueError(f"config.modes has {mode!r}; choose from 'finetune' and 'linear'")
     inits = parse_inits(config.inits)
+    budgets = grid_budgets(config)
     splits = sources.labelled_splits(config.classify)  # every cell classifies the same labelled data
-    _check_fractions(config, splits)
+    _check_budgets(config, budgets, splits)
     backbones = {init.name: pretrain_if_needed(init, workdir) for init in inits}
 
     rows = []
     cells = [
-        (init.name, mode, fraction, seed)
+        (init.name, mode, budget, seed)
         for init in inits
         for mode in config.modes
-        for fraction in config.label_fractions
+        for budget in budgets
         for seed in config.seeds
     ]
-    for k, (name, mode, fraction, seed) in enumerate(cells):
+    for k, (name, mode, budget, seed) in enumerate(cells):
         cell_config = ml_collections.ConfigDict(config.classify.to_dict())
-        cell_config.update({"init": backbones[name], "mode": mode, "label_fraction": float(fraction), "seed": seed})
-        cell_config.progress_bar = False
-        directory = cell_dir(workdir, name, mode, fraction, seed)
+        cell_config.update({
+            "init": backbones[name], "mode": mode, "label_fraction": budget.fraction,
+            "labels_per_class": budget.labels_per_class, "seed": seed, "progress_bar": False,
+        })  # fmt: skip
+        directory = cell_dir(workdir, name, mode, budget, seed)
+        _check_finished_cell(directory, cell_config)
         finished = (directory / "results.json").is_file()
         results = run_classification(cell_config, directory, splits=splits)
         rows.append({
-            "init": name, "mode": mode, "label_fraction": float(fraction), "seed": seed,
-            **{m: results["test"][m] for m in METRICS}, "best_epoch": results["best_epoch"],
-            "num_train_images": results["num_train_images"], "seconds": results["seconds"],
+            "init": name, "mode": mode, "budget": budget.name, "label_fraction": budget.fraction,
+            "labels_per_class": budget.labels_per_class, "seed": seed, **{m: results["test"][m] for m in METRICS},
+            "num_train_images": results["num_train_images"], "num_steps": results["num_steps"],
+            "best_step": results["best_step"], "seconds": results["seconds"],
         })  # fmt: skip
         log.info(
-            "[%d/%d] %s %s %g%% seed %d: test macro-F1 %.3f%s", k + 1, len(cells), name, mode, 100 * fraction,
-            seed, results["test"]["macro_f1"], " (done before)" if finished else "",
+            "[%d/%d] %s %s %s seed %d: test macro-F1 %.3f%s", k + 1, len(cells), name, mode, budget.name, seed,
+            results["test"]["macro_f1"], " (done before)" if finished else "",
         )  # fmt: skip
-    write_results(rows, workdir)
+    write_results(rows, workdir, baseline=config.baseline)
     return rows
 
 
-def summarise(rows: Sequence[dict[str, Any]], metric: str = "macro_f1") -> dict[tuple[str, str, float], tuple]:
-    """(init, mode, fraction) -> (mean, std, n) of `metric` over seeds (std with ddof=1 when n > 1, else 0)."""
-    groups: dict[tuple[str, str, float], list[float]] = {}
+# ---- statistics over seeds ---------------------------------------------------------------------------------------
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
+    """Mean with the t-interval mean ± t_{(1+confidence)/2, n-1} · sd / √n (sd with ddof=1); nan ends if n < 2."""
+    values = np.asarray(values, np.float64)
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return Interval(mean, math.nan, math.nan)
+    half = float(stats.t.ppf((1 + confidence) / 2, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values)))
+    return Interval(mean, mean - half, mean + half)
+
+
+CellKey = tuple[str, str, str]  # (init, mode, budget name)
+
+
+def scores_by_seed(rows: Sequence[dict[str, Any]], metric: str = "macro_f1") -> dict[CellKey, dict[int, float]]:
+    """(init, mode, budget) -> seed -> `metric`."""
+    out: dict[CellKey, dict[int, float]] = {}
     for row in rows:
-        groups.setdefault((row["init"], row["mode"], row["label_fraction"]), []).append(row[metric])
+        out.setdefault((row["init"], row["mode"], row["budget"]), {})[int(row["seed"])] = float(row[metric])
+    return out
+
+
+def summarise(rows: Sequence[dict[str, Any]], metric: str = "macro_f1") -> dict[CellKey, tuple[Interval, int]]:
+    """(init, mode, budget) -> (mean with its 95 % t-interval over seeds, number of seeds)."""
+    return {key: (t_interval(list(v.values())), len(v)) for key, v in scores_by_seed(rows, metric).items()}
+
+
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[Interval, int]:
+    """Mean of a[seed] - b[seed] over the seeds both have, with its 95 % t-interval; and how many seeds."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return Interval(math.nan, math.nan, math.nan), 0
+    return t_interval([a[s] - b[s] for s in seeds]), len(seeds)
+
+
+def paired_differences(
+    rows: Sequence[dict[str, Any]], baseline: str = "random", metric: str = "macro_f1"
+) -> dict[CellKey, tuple[Interval, int]]:
+    """(init, mode, budget) -> paired difference of `metric` to the `baseline` init in the same mode and budget
+    (same seed = same label subset), for every init but the baseline."""
+    scores = scores_by_seed(rows, metric)
     return {
-        key: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)) for key, v in groups.items()
+        (init, mode, budget): paired_difference(v, scores[(baseline, mode, budget)])
+        for (init, mode, budget), v in scores.items()
+        if init != baseline and (baseline, mode, budget) in scores
     }
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], metric: str = "macro_f1") -> str:
-    """One table per mode: inits x label fractions, mean +/- std over seeds, the best mean of a column in bold."""
+@dataclasses.dataclass(frozen=True)
+class Winner:
+    """The init with the best mean in one (mode, budget) column, paired-compared with the baseline and the
+    runner-up (the second-best mean)."""
+
+    init: str
+    score: Interval
+    vs_baseline: tuple[Interval, int] | None  # None: the winner is the baseline, or there is none
+    runner_up: str | None
+    vs_runner_up: tuple[Interval, int] | None
+
+
+def column_winner(
+    rows: Sequence[dict[str, Any]], mode: str, budget: str, baseline: str = "random", metric: str = "macro_f1"
+) -> Winner:
+    """The best mean of a column (the first init in row order on a tie) and its paired comparisons."""
+    scores = scores_by_seed(rows, metric)
+    inits = [i for i in dict.fromkeys(r["init"] for r in rows) if (i, mode, budget) in scores]
+    means = {i: float(np.mean(list(scores[(i, mode, budget)].values()))) for i in inits}
+    ranked = sorted(inits, key=lambda i: -means[i])  # stable: row order breaks ties
+    best = ranked[0]
+    mine = scores[(best, mode, budget)]
+    vs_baseline = None
+    if best != baseline and (baseline, mode, budget) in scores:
+        vs_baseline = paired_difference(mine, scores[(baseline, mode, budget)])
+    runner_up = ranked[1] if len(ranked) > 1 else None
+    vs_runner_up = paired_difference(mine, scores[(runner_up, mode, budget)]) if runner_up else None
+    return Winner(best, t_interval(list(mine.values())), vs_baseline, runner_up, vs_runner_up)
+
+
+# ---- results.md, results.csv and the plot -------------------------------------------------------------------------
+def _budgets_in_order(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Budget names from the fewest labelled images to the most (row order on ties)."""
+    sizes: dict[str, list[float]] = {}
+    for row in rows:
+        sizes.setdefault(row["budget"], []).append(float(row.get("num_train_images", 0)))
+    return sorted(sizes, key=lambda b: float(np.mean(sizes[b])))
+
+
+def _cell_text(interval: Interval, n: int, spec: str = ".3f") -> str:
+    if n < 2:
+        return f"{interval.mean:{spec}} (1 seed)" if n == 1 else "-"
+    return f"{interval:{spec}}"
+
+
+def _verdict(difference: tuple[Interval, int]) -> str:
+    interval, n = difference
+    if n < 2:
+        return f"{interval.mean:+.3f} ({n} paired seed{'s' if n != 1 else ''}: no interval)"
+    if interval.excludes_zero:
+        word = "significantly better" if interval.low > 0 else "significantly worse"
+    else:
+        word = "not significantly different"
+    return f"{interval:+.3f} ({word}, {n} paired seeds)"
+
+
+def _seed_range(counts: Sequence[int]) -> str:
+    low, high = min(counts), max(counts)
+    return f"{low} seeds" if low == high else f"{low}-{high} seeds"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], metric: str = "macro_f1", baseline: str = "random") -> str:
+    """Per mode: inits x budgets as mean [95 % t-interval] over seeds (best mean in bold); the paired difference
+    of every init to `baseline` with its t-interval (* where it excludes zero); and the winner of each column."""
     summary = summarise(rows, metric)
+    differences = paired_differences(rows, baseline, metric)
     inits = list(dict.fromkeys(r["init"] for r in rows))
-    fractions = sorted({r["label_fraction"] for r in rows}, reverse=True)
+    budgets = _budgets_in_order(rows)
+    label = METRIC_NAMES.get(metric, metric)
     out = []
     for mode in dict.fromkeys(r["mode"] for r in rows):
-        seeds = max(n for (_, m, _), (_, _, n) in summary.items() if m == mode)
-        out.append(f"**{mode}**: test {metric.replace('_', '-')} (mean ± std over {seeds} seeds)\n")
-        out.append("| init | " + " | ".join(f"{100 * f:g} % labels" for f in fractions) + " |")
-        out.append("|---|" + "---:|" * len(fractions))
-        best = {f: max(summary[(i, mode, f)][0] for i in inits if (i, mode, f) in summary) for f in fractions}
+        present = {(i, b): summary[(i, mode, b)] for i in inits for b in budgets if (i, mode, b) in summary}
+        seeds = _seed_range([n for _, n in present.values()])
+        out.append(
+            f"**{mode}**: test {label}, mean [95 % t-interval] over {seeds} (mean ± t_0.975,n-1 · sd / √n, "
+            "scipy.stats.t); best mean of a column in bold\n"
+        )
+        out.append("| init | " + " | ".join(budgets) + " |")
+        out.append("|---|" + "---:|" * len(budgets))
+        best = {b: max(s.mean for (i, bb), (s, _) in present.items() if bb == b) for b in budgets
+                if any(bb == b for _, bb in present)}  # fmt: skip
         for init in inits:
             cells = []
-            for f in fractions:
-                if (init, mode, f) not in summary:
+            for b in budgets:
+                if (init, b) not in present:
                     cells.append("-")
                     continue
-                mean, std, _ = summary[(init, mode, f)]
-                text = f"{mean:.3f} ± {std:.3f}"
-                cells.append(f"**{text}**" if mean == best[f] else text)
+                interval, n = present[(init, b)]
+                text = _cell_text(interval, n)
+                cells.append(f"**{text}**" if interval.mean == best[b] else text)
             out.append(f"| {init} | " + " | ".join(cells) + " |")
-        winners = {f: [i for i in inits if summary.get((i, mode, f), (None,))[0] == best[f]] for f in fractions}
         out.append("")
-        out.append("best: " + "; ".join(f"{100 * f:g} %: {', '.join(w)}" for f, w in winners.items()))
+        others = [i for i in inits if i != baseline and any((i, mode, b) in differences for b in budgets)]
+        if not others:
+            out.append(f"(no init named {baseline!r} to compare with, or no other init: no paired differences)\n")
+        else:
+            counts = [differences[(i, mode, b)][1] for i in others for b in budgets if (i, mode, b) in differences]
+            out.append(
+                f"**{mode}**: paired difference of test {label} to {baseline} (init - {baseline}, per seed: the "
+                f"same seed draws the same label subset), mean [95 % t-interval] over {_seed_range(counts)}; "
+                "* the interval excludes zero (not corrected for the number of comparisons)\n"
+            )
+            out.append("| init | " + " | ".join(budgets) + " |")
+            out.append("|---|" + "---:|" * len(budgets))
+            for init in others:
+                cells = []
+                for b in budgets:
+                    if (init, mode, b) not in differences:
+                        cells.append("-")
+                        continue
+                    interval, n = differences[(init, mode, b)]
+                    star = "*" if n >= 2 and interval.excludes_zero else ""
+                    cells.append(_cell_text(interval, n, "+.3f") + star)
+                out.append(f"| {init} | " + " | ".join(cells) + " |")
+            out.append("")
+        out.append(f"**{mode}**: winner per column (best mean; differences paired by seed):\n")
+        for b in budgets:
+            if b not in best:
+                continue
+            w = column_winner(rows, mode, b, baseline, metric)
+            text = f"- {b}: **{w.init}** ({w.score.mean:.3f})"
+            if w.init == baseline:
+                text += f"; the winner is {baseline} itself"
+            elif w.vs_baseline is not None:
+                text += f"; vs {baseline}: {_verdict(w.vs_baseline)}"
+            if w.runner_up is not None and w.runner_up == baseline:
+                text += f" ({baseline} is the runner-up)"
+            elif w.runner_up is not None and w.vs_runner_up is not None:
+                text += f"; vs runner-up {w.runner_up}: {_verdict(w.vs_runner_up)}"
+            else:
+                text += "; no runner-up"
+            out.append(text)
         out.append("")
     return "\n".join(out)
 
 
 def plot_results(rows: Sequence[dict[str, Any]], path: pathlib.Path, metric: str = "macro_f1") -> None:
-    """Macro-F1 against label fraction (log axis), one line per init with a +/- std band, one panel per mode."""
+    """Macro-F1 against the label budget (log axis), one line per init with its 95 % t-interval band, one panel per
+    mode. With per-class budgets the x axis is labelled images per class (a fraction at its mean per class)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,23 +413,39 @@ def plot_results(rows: Sequence[dict[str, Any]], path: pathlib.Path, metric: str
     summary = summarise(rows, metric)
     modes = list(dict.fromkeys(r["mode"] for r in rows))
     inits = list(dict.fromkeys(r["init"] for r in rows))
+    budgets = _budgets_in_order(rows)
+    per_class = [r for r in rows if int(r.get("labels_per_class", 0)) > 0]
+    x_of: dict[str, float] = {}
+    if per_class:
+        # The number of classes from a per-class cell: its training images / its images per class.
+        num_classes = round(per_class[0]["num_train_images"] / per_class[0]["labels_per_class"])
+        for b in budgets:
+            sizes = [r["num_train_images"] for r in rows if r["budget"] == b]
+            x_of[b] = float(np.mean(sizes)) / num_classes
+        xlabel = "labelled training images per class"
+    else:
+        x_of = {r["budget"]: 100 * float(r["label_fraction"]) for r in rows}
+        xlabel = "labelled training images (%)"
     fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.5), squeeze=False, sharey=True)
     for ax, mode in zip(axes[0], modes, strict=True):
         for init in inits:
-            keys = sorted(k for k in summary if k[0] == init and k[1] == mode)
+            keys = [b for b in budgets if (init, mode, b) in summary]
             if not keys:
                 continue
-            x = np.array([100 * k[2] for k in keys])
-            mean = np.array([summary[k][0] for k in keys])
-            std = np.array([summary[k][1] for k in keys])
+            x = np.array([x_of[b] for b in keys])
+            intervals = [summary[(init, mode, b)][0] for b in keys]
             style = "--" if init == "random" else "-"
-            (line,) = ax.plot(x, mean, style, marker="o", label=init)
-            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+            (line,) = ax.plot(x, [i.mean for i in intervals], style, marker="o", label=init)
+            low, high = np.array([i.low for i in intervals]), np.array([i.high for i in intervals])
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.15)
         ax.set_xscale("log")
-        ax.set_xlabel("labelled training images (%)")
+        ticks = [b if b.endswith("/class") or not per_class else f"{b}\n({x_of[b]:.0f}/class)" for b in budgets]
+        ax.set_xticks([x_of[b] for b in budgets], ticks, fontsize=8)
+        ax.minorticks_off()
+        ax.set_xlabel(xlabel)
         ax.set_title("fine-tuned" if mode == "finetune" else "linear probe (frozen backbone)")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"test {metric.replace('_', '-')}")
+    axes[0][0].set_ylabel(f"test {METRIC_NAMES.get(metric, metric)} (band: 95 % t-interval over seeds)")
     axes[0][-1].legend(fontsize=8, loc="best")
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
@@ -207,7 +454,7 @@ def plot_results(rows: Sequence[dict[str, Any]], path: pathlib.Path, metric: str
     tmp.replace(path)
 
 
-def write_results(rows: Sequence[dict[str, Any]], workdir: pathlib.Path) -> None:
+def write_results(rows: Sequence[dict[str, Any]], workdir: pathlib.Path, baseline: str = "random") -> None:
     """results.csv (one row per cell), results.md and the plot."""
     tmp = workdir / "results.csv.tmp"
     with open(tmp, "w", newline="") as f:
@@ -215,8 +462,8 @@ def write_results(rows: Sequence[dict[str, Any]], workdir: pathlib.Path) -> None
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(workdir / "results.csv")
-    table = markdown_table(rows)
+    table = markdown_table(rows, baseline=baseline)
     (workdir / "results.md.tmp").write_text(table)
     (workdir / "results.md.tmp").replace(workdir / "results.md")
-    plot_results(rows, workdir / "macro_f1_vs_label_fraction.png")
+    plot_results(rows, workdir / "macro_f1_vs_label_fraction.png")  # the old name: notebooks open it
     print(f"\n{table}")

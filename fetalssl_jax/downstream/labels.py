@@ -1,4 +1,9 @@
-"""Few-label subsets of the training split and the class weights of the loss."""
+"""Few-label subsets of the training split and the class weights of the loss.
+
+A label budget is either a stratified fraction of the training split (the paper's) or a number of labelled images
+per class (`labels_per_class` > 0): 1 % of a small labelled set can be one or two images of a class, while k images
+per class says exactly what the classifier saw.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,64 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from fetalssl_jax.eval.few_label import draw_label_subsets
+
 LABEL_FRACTIONS: tuple[float, ...] = (1.0, 0.5, 0.25, 0.1, 0.05, 0.01)  # the paper's 100 ... 1 %
+
+
+def budget_name(fraction: float, labels_per_class: int = 0) -> str:
+    """How tables name a label budget: '5/class' or '10 %'."""
+    return f"{labels_per_class}/class" if labels_per_class > 0 else f"{100 * fraction:g} %"
+
+
+def budget_dirname(fraction: float, labels_per_class: int = 0) -> str:
+    """How directories name a label budget: '5perclass' or '10pct'."""
+    return f"{labels_per_class}perclass" if labels_per_class > 0 else f"{100 * fraction:g}pct"
+
+
+def _check_all_classes_present(labels: np.ndarray, class_names: Sequence[str]) -> dict[str, int]:
+    present = np.unique(labels)
+    counts = {class_names[c]: int(np.sum(labels == c)) for c in present}
+    absent = [class_names[c] for c in range(len(class_names)) if c not in present]
+    if absent:
+        raise ValueError(f"the training split has no sample of class(es) {absent}; counts: {counts}")
+    return counts
+
+
+def per_class_subset(labels: np.ndarray, labels_per_class: int, seed: int, class_names: Sequence[str]) -> np.ndarray:
+    """Sorted indices of exactly `labels_per_class` images of every class, drawn uniformly without replacement.
+
+    The draw is the few-label evaluation's first draw for `seed` (eval/few_label.py), so a grid cell and the
+    pretraining monitor's probes with the same seed and k see the same images. Raises ValueError naming every
+    class that has fewer than `labels_per_class` training images, with its count.
+    """
+    labels = np.asarray(labels)
+    if labels_per_class <= 0:
+        raise ValueError(f"labels per class must be positive, got {labels_per_class}")
+    counts = _check_all_classes_present(labels, class_names)
+    short = {name: n for name, n in counts.items() if n < labels_per_class}
+    if short:
+        raise ValueError(
+            f"a budget of {labels_per_class} labelled images per class is more than the training split has of "
+            + ", ".join(f"class {name!r} ({n} images)" for name, n in short.items())
+            + "; use a smaller labels_per_class or more labelled patients"
+        )
+    return draw_label_subsets(labels, labels_per_class, 1, seed)[0]
+
+
+def choose_labels(
+    labels: np.ndarray, fraction: float, labels_per_class: int, seed: int, class_names: Sequence[str]
+) -> np.ndarray:
+    """The training subset of a label budget: `labels_per_class` images of every class when > 0, otherwise a
+    stratified `fraction`. Setting both (a fraction below 1 with labels_per_class > 0) is an error."""
+    if labels_per_class > 0:
+        if fraction != 1.0:
+            raise ValueError(
+                f"label_fraction={fraction} and labels_per_class={labels_per_class} both set; "
+                "choose one (labels_per_class=0 uses label_fraction)"
+            )
+        return per_class_subset(labels, labels_per_class, seed, class_names)
+    return label_subset(labels, fraction, seed, class_names)
 
 
 def label_subset(labels: np.ndarray, fraction: float, seed: int, class_names: Sequence[str]) -> np.ndarray:
@@ -20,10 +82,7 @@ def label_subset(labels: np.ndarray, fraction: float, seed: int, class_names: Se
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
     present = np.unique(labels)
-    counts = {class_names[c]: int(np.sum(labels == c)) for c in present}
-    absent = [class_names[c] for c in range(len(class_names)) if c not in present]
-    if absent:
-        raise ValueError(f"the training split has no sample of class(es) {absent}; counts: {counts}")
+    counts = _check_all_classes_present(labels, class_names)
     if fraction == 1.0:
         return np.arange(len(labels))
     keep = int(round(fraction * len(labels)))

@@ -12,9 +12,14 @@ from fetalssl_jax.methods.barlow_twins import default_kwargs
 
 
 def default(c) -> None:
-    """CPU demo: a narrow ResNet-18 at 64 px; a few minutes on two cores, then the evaluation table."""
+    """CPU demo: a narrow ResNet-18 at 64 px, 480 steps; a few minutes on two cores, then the evaluation table.
+
+    The short-run recipe (docs/design.md, "Recipes by budget"): LARS with trust coefficient 0.02, lr 0.3 x batch/256
+    and weight decay 1e-4 (solo-learn's CIFAR Barlow Twins), ultrasound views (rotation, gain/TGC/speckle)."""
     config_lib.cpu_demo_preset(c)
     c.method_kwargs.projector = (512, 512, 512)
+    config_lib.short_run_lars(c, lr=0.3, weight_decay=1e-4, lr_biases=0.0048)
+    config_lib.ultrasound_views(c)
 
 
 def tiny(c) -> None:

@@ -16,6 +16,11 @@ def default(c) -> None:
     config_lib.cpu_demo_preset(c)
     c.method_kwargs.projector = (512, 128)
     c.method_kwargs.predictor = (512, 128)
+    # solo-learn's CIFAR BYOL: LARS lr 1.0, wd 1e-5; target momentum 0.99 -> 1 (an EMA horizon of ~100 steps;
+    # 0.996's 250 steps would be half the run)
+    config_lib.short_run_lars(c, lr=1.0, weight_decay=1e-5)
+    c.method_kwargs.momentum_base = 0.99
+    config_lib.ultrasound_views(c)
 
 
 def tiny(c) -> None:

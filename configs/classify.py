@@ -15,9 +15,11 @@ from fetalssl_jax import config_lib
 
 
 def default(c) -> None:
-    """CPU: the demo backbone (width-16 ResNet-18, 64 px) on the embedded labelled planes."""
+    """CPU: the demo backbone (width-16 ResNet-18, 64 px) on the embedded labelled planes (300 patients, 3600
+    training images), 600 steps of batch 64 (about 11 epochs of the full set), validated every 100 steps."""
     c.model.width = 16
-    c.num_epochs = 30
+    c.num_steps = 600
+    c.eval_every_steps = 100
     c.batch_size = 64
 
 

@@ -14,9 +14,14 @@ from fetalssl_jax.methods.moco import default_kwargs
 def default(c) -> None:
     """CPU demo: a narrow ResNet-18 at 64 px, a smaller head and queue; a few minutes, then the evaluation table."""
     config_lib.cpu_demo_preset(c)
-    c.optim.warmup_epochs = 0
     c.method_kwargs.head = (512, 512, 128)
     c.method_kwargs.queue_size = 1024
+    # solo-learn's CIFAR MoCo v2+: SGD lr 0.3 x batch/256, wd 1e-4, warm-up + cosine; key-encoder momentum 0.99
+    c.optim.lr_weights = 0.3
+    c.optim.lr_batch_scaling = True
+    c.optim.end_lr_factor = 0.001
+    c.method_kwargs.momentum_base = 0.99
+    config_lib.ultrasound_views(c)
 
 
 def tiny(c) -> None:

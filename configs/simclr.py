@@ -12,6 +12,8 @@ from fetalssl_jax import config_lib
 def default(c) -> None:
     """CPU demo: a narrow ResNet-18 at 64 px; a few minutes on two cores, then the evaluation table."""
     config_lib.cpu_demo_preset(c)
+    config_lib.short_run_lars(c, lr=0.4, weight_decay=1e-4)  # solo-learn's CIFAR SimCLR
+    config_lib.ultrasound_views(c)
 
 
 def tiny(c) -> None:

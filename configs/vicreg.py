@@ -13,6 +13,8 @@ def default(c) -> None:
     """CPU demo: a narrow ResNet-18 at 64 px; a few minutes on two cores, then the evaluation table."""
     config_lib.cpu_demo_preset(c)
     c.method_kwargs.projector = (512, 512, 512)
+    config_lib.short_run_lars(c, lr=0.3, weight_decay=1e-4)  # solo-learn's CIFAR VICReg
+    config_lib.ultrasound_views(c)
 
 
 def tiny(c) -> None:

@@ -147,6 +147,42 @@ def tiny_preset(c: ConfigDict) -> None:
     c.progress_bar = False
 
 
+def ultrasound_views(c: ConfigDict, crop_scale: tuple[float, float] = (0.25, 1.0)) -> None:
+    """Both views for gray ultrasound frames in short runs (see docs/design.md, "Recipes by budget").
+
+    - any rotation (the fetal lie, and so the heart's orientation in the image, is arbitrary);
+    - overall gain +-6 dB, a TGC slope of +-6 dB over the depth and fresh speckle (what differs between two
+      acquisitions of the same anatomy), with probability 0.8;
+    - crops of at least 25 % of the frame: the anatomy that tells the planes apart fills a small part of it, and
+      a 0.08-crop of a 64 px frame is often fluid or background only;
+    - saturation, hue and grayscale off: they do nothing on gray frames (and are skipped for them anyway).
+    """
+    for name in ("view1", "view2"):
+        v = c.augment[name]
+        v.crop_scale = tuple(crop_scale)
+        v.rotation_prob, v.rotation_deg = 1.0, 180.0
+        v.ultrasound_prob, v.gain_db, v.tgc_db, v.speckle = 0.8, 6.0, 6.0, 0.5
+        v.saturation, v.hue, v.grayscale_prob = 0.0, 0.0, 0.0
+
+
+BIAS_LR_RATIO = 0.0048 / 0.2  # the Barlow Twins reference's biases/weights learning-rate ratio
+
+
+def short_run_lars(c: ConfigDict, lr: float, weight_decay: float, lr_biases: float | None = None) -> None:
+    """LARS for runs of hundreds to a few thousand steps: trust coefficient 0.02 instead of the ImageNet 0.001,
+    as solo-learn's CIFAR recipes (see docs/design.md, "Recipes by budget"); lr is per 256 images of batch.
+
+    Biases and BatchNorm parameters get no trust-ratio adaptation, so they learn at `BIAS_LR_RATIO` of the
+    weights' rate: at the full rate (solo-learn's choice) the Barlow Twins demo's 10-label probe fell from +0.067
+    to +0.008 over random init."""
+    c.optim.name = "lars"
+    c.optim.trust_coefficient = 0.02
+    c.optim.lr_weights = lr
+    c.optim.lr_biases = lr * BIAS_LR_RATIO if lr_biases is None else lr_biases
+    c.optim.weight_decay = weight_decay
+    c.optim.lr_batch_scaling = True
+
+
 def cpu_demo_preset(c: ConfigDict) -> None:
     """A few minutes on a 2-core CPU: a narrow ResNet-18 at 64 px, 20 epochs of the embedded videos."""
     c.model.width = 16
@@ -154,6 +190,7 @@ def cpu_demo_preset(c: ConfigDict) -> None:
     c.num_epochs = 20
     c.optim.warmup_epochs = 2
     c.checkpoint_every_steps = 100
+    c.eval.every_steps = 240  # one periodic evaluation half way (kNN, 10-per-class probe, effective rank)
 
 
 def paper_preset(c: ConfigDict) -> None:
@@ -168,7 +205,6 @@ def paper_preset(c: ConfigDict) -> None:
     c.checkpoint_every_steps = 1000
     c.log_every_steps = 50
     c.eval.every_steps = 5000
-    c.eval.num_patients = 60
 
 
 def apply_preset(

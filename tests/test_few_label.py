@@ -133,3 +133,25 @@ def test_relative_weight_change_by_stage_against_numpy():
     assert change["layer1"] == pytest.approx(expected, rel=1e-5)
     assert set(change) == {"stem", "layer1", "layer2", "all"}
     assert stage_of("layer3_1") == "layer3" and stage_of("bn1") == "stem"
+
+
+def test_evaluate_inits_without_patient_ids_resamples_images():
+    """A planes CSV without patient_id: every image is its own resampling unit (one group would give no interval)."""
+    from fetalssl_jax.data.synthetic import LabelledFrames
+    from fetalssl_jax.eval.frozen import evaluate_inits, format_table
+
+    train_y, _ = _labels(n_patients=10, per_class=4)
+    test_y, _ = _labels(n_patients=8, per_class=3)
+    empty = lambda n: np.full(n, "")  # noqa: E731
+    splits = {
+        "train": LabelledFrames(np.zeros((len(train_y), 4, 4), np.uint8), train_y, empty(len(train_y))),
+        "test": LabelledFrames(np.zeros((len(test_y), 4, 4), np.uint8), test_y, empty(len(test_y))),
+    }
+    rng = np.random.default_rng(0)
+    feats = {name: (rng.normal(size=(len(train_y), 8)), rng.normal(size=(len(test_y), 8))) for name in ("a", "b")}
+    result = evaluate_inits(
+        None, {"a": {}, "b": {}}, splits, 4, 5, baselines=("b",), shots=(1, 0), draws=4, features=feats
+    )
+    assert result.num_test_patients == 0 and result.num_test == len(test_y)
+    assert result.few_label.scores["a"][0].high > result.few_label.scores["a"][0].low  # an interval, not a point
+    assert "no patient ids" in format_table(result)

@@ -1,6 +1,7 @@
 """End-to-end pretraining on the embedded data: outputs, resume, pre-emption, mismatches, non-finite loss."""
 
 import json
+import logging
 import os
 import re
 import signal
@@ -131,3 +132,14 @@ def test_unknown_preset_is_named(repo, python):
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "unknown preset 'huge'" in proc.stderr + proc.stdout
+
+
+def test_a_backbone_that_barely_moves_is_reported(tmp_path, caplog):
+    # tiny keeps the papers' LARS trust coefficient (0.001): in 4 steps the convolutions barely move
+    with caplog.at_level(logging.WARNING, logger="fetalssl_jax"):
+        train(tiny_config(num_steps=4, **{"eval.compare_random_init": False}), tmp_path)
+    warnings = [r.getMessage() for r in caplog.records if "barely training" in r.getMessage()]
+    assert len(warnings) == 1 and "after 4 steps" in warnings[0] and "layer4" in warnings[0]
+    change = [r["weight_change/all"] for r in read_metrics(tmp_path) if "weight_change/all" in r]
+    assert change[0] == 0.0 or change[0] < 1e-3  # step 0 is logged right after the first update
+    assert all(0.0 <= c < 0.05 for c in change)

@@ -113,7 +113,7 @@ class FrozenEval:
     effective_rank: dict[str, float]
     num_train: int
     num_test: int
-    num_test_patients: int
+    num_test_patients: int  # 0: the test images have no patient ids (resampled image by image)
     features: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
@@ -161,7 +161,10 @@ def evaluate_inits(
                 raise FloatingPointError(f"the backbone {name!r} produced non-finite features")
             feats[name] = (train_x, test_x)
     feats = {name: feats[name] for name in inits}
-    groups = np.asarray(test.patient_ids)
+    groups = np.asarray(test.patient_ids).astype(str)
+    by_image = len(groups) == 0 or bool(np.any(groups == ""))
+    if by_image:  # no patient ids (a planes CSV without patient_id): each image is its own resampling unit
+        groups = np.arange(len(test.labels)).astype(str)
     knn_preds = {name: knn_predict(tr, train.labels, te, knn_k) for name, (tr, te) in feats.items()}
     knn = patient_bootstrap(test.labels, knn_preds, groups, num_classes, seed=seed)
     knn_differences = {
@@ -183,7 +186,7 @@ def evaluate_inits(
         effective_rank={name: effective_rank(te) for name, (_, te) in feats.items()},
         num_train=len(train.labels),
         num_test=len(test.labels),
-        num_test_patients=len(np.unique(groups)),
+        num_test_patients=0 if by_image else len(np.unique(groups)),
         features=feats,
     )
 
@@ -206,8 +209,13 @@ def format_table(result: FrozenEval) -> str:
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"macro-F1 on {result.num_test} test images of {result.num_test_patients} patients unseen in training; "
-        f"probes: logistic regression on k labelled images per class, {result.few_label.draws} label draws; "
+        f"macro-F1 on {result.num_test} test images of "
+        + (
+            f"{result.num_test_patients} patients unseen in training; "
+            if result.num_test_patients
+            else "unknown patients (no patient ids: resampled image by image, so the intervals are too narrow); "
+        )
+        + f"probes: logistic regression on k labelled images per class, {result.few_label.draws} label draws; "
         "intervals: bootstrap over label draws and test patients.",
     ]
     return "\n".join(lines)

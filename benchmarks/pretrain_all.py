@@ -1,6 +1,7 @@
 """Pretrains every method at equal steps on the embedded data and prints one table with intervals.
 
-  python benchmarks/pretrain_all.py --steps 480 [--preset default] [--workdir runs/all] [--methods barlow,simclr]
+  python benchmarks/pretrain_all.py --steps 480 [--preset default] [--workdir runs/all] [--methods barlow_twins,simclr]
+  python benchmarks/pretrain_all.py --methods barlow_twins,byol --set data.max_gap=2   # temporal positives
 
 Every method runs its own config's preset for `--steps` steps (the budget is equal in optimiser steps and batch;
 the reorder pretext sees 4-frame clips, so its images/s differ). Columns: final loss (mean of the last 10 steps),
@@ -20,7 +21,7 @@ import time
 
 import numpy as np
 
-from fetalssl_jax.config_lib import load_config, set_by_path
+from fetalssl_jax.config_lib import load_config, parse_value, set_by_path
 from fetalssl_jax.train.loop import RANDOM_INIT, SSL_START, train
 from fetalssl_jax.train.monitor import read_metrics
 
@@ -43,7 +44,9 @@ def main() -> None:
     parser.add_argument("--preset", default="default")
     parser.add_argument("--workdir", default="workdirs/pretrain_all")
     parser.add_argument("--methods", default=",".join(CONFIGS))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     args = parser.parse_args()
+    overrides = [item.partition("=")[::2] for item in args.set]
 
     rows, baselines = [], {}
     for name in args.methods.split(","):
@@ -51,6 +54,8 @@ def main() -> None:
         set_by_path(config, "num_steps", args.steps)
         set_by_path(config, "progress_bar", False)
         set_by_path(config, "eval.shots", (SHOTS,))
+        for key, value in overrides:
+            set_by_path(config, key, parse_value(value))
         start = time.perf_counter()
         result = train(config, pathlib.Path(args.workdir) / name)
         wall = time.perf_counter() - start
@@ -66,7 +71,8 @@ def main() -> None:
             baselines.setdefault(base, (ev.knn[base], ev.few_label.scores[base][SHOTS]))
         print(json.dumps({"method": config.method, "wall_s": round(wall, 1), "images_per_s": round(speed, 1)}))
 
-    print(f"\n{args.steps} steps, preset {args.preset!r}; macro-F1 [95 % interval] on unseen test patients:\n")
+    settings = " ".join([f"preset {args.preset!r}", *args.set])
+    print(f"\n{args.steps} steps, {settings}; macro-F1 [95 % interval] on test patients unseen in training:\n")
     print(
         f"| init | final loss | weight change | kNN (all labels) | probe {SHOTS}/class | "
         f"probe {SHOTS}/class - random init | images/s |"

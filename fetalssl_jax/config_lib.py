@@ -226,11 +226,12 @@ def apply_preset(
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"config argument {item!r} is not key=value")
-        set_by_path(config, key.strip(), _parse_value(value.strip()))
+        set_by_path(config, key.strip(), parse_value(value.strip()))
     return config
 
 
-def _parse_value(text: str):
+def parse_value(text: str):
+    """A command-line value: a Python literal (`0.1`, `(8, 8)`, `True`) where it parses as one, else the string."""
     import ast
 
     try:

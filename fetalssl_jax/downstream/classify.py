@@ -34,6 +34,7 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 
+from fetalssl_jax import config_lib
 from fetalssl_jax.data import sources
 from fetalssl_jax.data.augment import preprocess_eval
 from fetalssl_jax.data.randaugment import rand_augment_batch
@@ -47,7 +48,7 @@ from fetalssl_jax.train.step import batch_sharding, enable_compilation_cache, ma
 
 log = logging.getLogger("fetalssl_jax")
 
-MODES = ("finetune", "linear")
+MODES = config_lib.CLASSIFY_MODES
 
 
 @flax.struct.dataclass
@@ -300,13 +301,14 @@ def run_classification(
 ) -> dict[str, Any]:
     """Trains one classifier as `config` says, in `workdir`; returns the results (also in results.json).
 
-    A workdir that already has results.json is finished: its results are returned without training. Otherwise
-    training resumes from the checkpoint in `workdir/checkpoints` (every `checkpoint_every_epochs`, or with
-    `num_steps` every `checkpoint_every_steps`), and repeats the losses of an uninterrupted run.
-    `stop_after_epochs` ends early after that many epochs (with `num_steps`: validation rounds) and a checkpoint
-    (as a pre-emption would) and returns {}. `splits` passes the labelled data of `config` when the caller has it
-    already (the grid: one load for all its cells).
+    The config is validated first (ConfigError). A workdir that already has results.json is finished: its results
+    are returned without training. Otherwise training resumes from the checkpoint in `workdir/checkpoints` (every
+    `checkpoint_every_epochs`, or with `num_steps` every `checkpoint_every_steps`), and repeats the losses of an
+    uninterrupted run. `stop_after_epochs` ends early after that many epochs (with `num_steps`: validation rounds)
+    and a checkpoint (as a pre-emption would) and returns {}. `splits` passes the labelled data of `config` when the
+    caller has it already (the grid: one load for all its cells).
     """
+    config_lib.validate_classification(config)
     workdir = pathlib.Path(workdir)
     results_file = workdir / "results.json"
     if results_file.is_file():

@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 from scipy import stats
 
-from fetalssl_jax.config_lib import load_config
+from fetalssl_jax.config_lib import load_config, validate_grid
 from fetalssl_jax.data import sources
 from fetalssl_jax.downstream.classify import resolve_class_names, run_classification
 from fetalssl_jax.downstream.labels import budget_dirname, budget_name, choose_labels
@@ -173,13 +173,14 @@ def _check_finished_cell(directory: pathlib.Path, config: ml_collections.ConfigD
 
 
 def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[dict[str, Any]]:
-    """Runs every cell that is not finished yet and writes the results tables and plot; returns the rows."""
+    """Runs every cell that is not finished yet and writes the results tables and plot; returns the rows.
+
+    The config, its `classify` config and every pretraining config among its inits are validated first
+    (ConfigError)."""
+    validate_grid(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-    for mode in config.modes:
-        if mode not in ("finetune", "linear"):
-            raise ValueError(f"config.modes has {mode!r}; choose from 'finetune' and 'linear'")
     inits = parse_inits(config.inits)
     budgets = grid_budgets(config)
     splits = sources.labelled_splits(config.classify)  # every cell classifies the same labelled data

@@ -21,6 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from fetalssl_jax import config_lib
 from fetalssl_jax.data import sources
 from fetalssl_jax.data.pipeline import BatchSampler, device_batches
 from fetalssl_jax.data.tfds_source import RecordDataset, RecordSampler
@@ -147,8 +148,10 @@ class Evaluator:
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_at_step: int | None = None) -> RunResult:
     """Pretrains `config.method` in `workdir`, resuming from its newest checkpoint.
 
-    `stop_at_step` ends the run after that step as SIGTERM would (checkpoint, then return 'preempted').
+    `stop_at_step` ends the run after that step as SIGTERM would (checkpoint, then return 'preempted'). The config
+    is validated first (ConfigError, before anything is written, generated or compiled).
     """
+    config_lib.validate_pretraining(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     enable_compilation_cache(config.compilation_cache_dir)
@@ -160,9 +163,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_a
     method = method_cls(config, total_steps)
     optimizer = make_optimizer(config.optim, config.batch_size, sampler.steps_per_epoch, total_steps)
 
-    mesh = make_mesh()
-    if config.batch_size % mesh.size:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {mesh.size} devices")
+    mesh = make_mesh()  # config_lib.validate_pretraining checked that the batch divides over its devices
     data_sharding = batch_sharding(mesh)
     example = jax.make_array_from_process_local_data(data_sharding, sampler.batch(0)["frames"])
     state = init_state(method, optimizer, config.seed, example, mesh)

@@ -4,14 +4,24 @@ Each experiment is one file in `configs/` with `get_config(arg)`. The file start
 method's keys, and applies a preset named by `arg` (`--config configs/barlow.py:paper`). Command-line overrides
 (`--config.optim.lr_weights=0.1`) are applied by ml_collections on top. Configs are locked: a key that does not
 exist is an error, never a silently ignored typo.
+
+`validate_pretraining` / `validate_classification` / `validate_grid` check the values before a run starts (one
+ConfigError listing every problem). `fingerprint` is what a run must share with the run whose checkpoint or
+results it resumes or reuses: the config less its cosmetic keys.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
+import numbers
 import os
 import pathlib
+import re
+import types
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import ml_collections
 
@@ -76,6 +86,9 @@ def base_config() -> ConfigDict:
     c.checkpoint_every_steps = 200
     c.keep_checkpoints = 3
     c.progress_bar = True
+    # A resumed run may change num_steps / num_epochs only with this set: the total step count shapes the learning-rate
+    # (and EMA) schedule, so a longer run is not the continuation of the shorter one it resumes.
+    c.allow_extend = False
     # XLA's persistent compilation cache: a second run of the same config starts without recompiling. "" disables.
     c.compilation_cache_dir = "~/.cache/fetalssl_jax/xla"
 
@@ -299,3 +312,388 @@ def load_config(path_and_arg: str) -> ConfigDict:
     if not hasattr(module, "get_config"):
         raise AttributeError(f"config file {path!r} has no get_config(arg) function")
     return module.get_config(arg or None)
+
+
+# ---- validation ---------------------------------------------------------------------------------------------------
+class ConfigError(ValueError):
+    """Config values no run can use. The message lists every problem, one per line, each naming the key (dotted
+    path), its value and what is allowed: `config.batch_size = -4: must be a positive integer`."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+_MISSING = object()
+DTYPES = ("float32", "bfloat16")
+OPTIMIZERS = ("lars", "sgd", "adamw")
+SCHEDULES = ("warmup_cosine", "step")
+CLASSIFY_MODES = ("finetune", "linear")
+MIN_IMAGE_SIZE = 32  # the ResNets downsample 32x
+
+
+def _lookup(config: Any, path: str) -> Any:
+    node = config
+    for part in path.split("."):
+        if not isinstance(node, Mapping | ConfigDict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _at_least(minimum: int) -> str:
+    return "must be a positive integer" if minimum == 1 else f"must be an integer >= {minimum}"
+
+
+class _Checks:
+    """Collects problems of one config as `<prefix>.<key> = <value>: <requirement>`; a key the config does not
+    have is skipped (the code's default applies)."""
+
+    def __init__(self, config: Any, prefix: str = "config"):
+        self.config = config
+        self.prefix = prefix
+        self.problems: list[str] = []
+
+    def get(self, key: str) -> Any:
+        return _lookup(self.config, key)
+
+    def fail(self, key: str, value: Any, requirement: str) -> None:
+        self.problems.append(f"{self.prefix}.{key} = {value!r}: {requirement}")
+
+    def integer(self, key: str, minimum: int = 1, why: str = "") -> None:
+        value = self.get(key)
+        if value is not _MISSING and not (_is_int(value) and value >= minimum):
+            self.fail(key, value, _at_least(minimum) + (f" ({why})" if why else ""))
+
+    def positive_number(self, key: str) -> None:
+        value = self.get(key)
+        if value is not _MISSING and not (_is_number(value) and value > 0):
+            self.fail(key, value, "must be a positive number")
+
+    def non_negative_number(self, key: str) -> None:
+        value = self.get(key)
+        if value is not _MISSING and not (_is_number(value) and value >= 0):
+            self.fail(key, value, "must be a number >= 0")
+
+    def fraction(self, key: str) -> None:
+        value = self.get(key)
+        if value is not _MISSING and not (_is_number(value) and 0 < value <= 1):
+            self.fail(key, value, "must be a fraction in (0, 1]")
+
+    def probability(self, key: str) -> None:
+        value = self.get(key)
+        if value is not _MISSING and not (_is_number(value) and 0 <= value <= 1):
+            self.fail(key, value, "must be a probability in [0, 1]")
+
+    def one_of(self, key: str, allowed: Sequence[str]) -> None:
+        value = self.get(key)
+        if value is not _MISSING and value not in allowed:
+            self.fail(key, value, f"must be one of {', '.join(map(repr, allowed))}")
+
+    def boolean(self, key: str) -> None:
+        value = self.get(key)
+        if value is not _MISSING and not isinstance(value, bool):
+            self.fail(key, value, "must be True or False")
+
+    def integers(self, key: str, minimum: int, non_empty: bool = False, distinct: bool = False, why: str = "") -> None:
+        """A sequence of integers >= minimum."""
+        value = self.get(key)
+        if value is _MISSING:
+            return
+        ok = isinstance(value, Sequence) and not isinstance(value, str)
+        ok = ok and all(_is_int(v) and v >= minimum for v in value)
+        ok = ok and (len(value) > 0 or not non_empty) and (len(set(value)) == len(value) or not distinct)
+        if not ok:
+            what = "a non-empty sequence" if non_empty else "a sequence"
+            what += " of distinct integers" if distinct else " of integers"
+            self.fail(key, value, f"must be {what} >= {minimum}" + (f" ({why})" if why else ""))
+
+    def steps_and_epochs(self, integer_epochs: bool) -> None:
+        """num_steps > 0, or -1 / 0 ("train num_epochs epochs", as `total_steps_of` reads it) and num_epochs > 0."""
+        steps = self.get("num_steps")
+        if steps is _MISSING:
+            return
+        if not (_is_int(steps) and (steps > 0 or steps in (-1, 0))):
+            self.fail("num_steps", steps, "must be a positive integer, or -1 or 0 to train num_epochs epochs")
+        elif steps <= 0:
+            if integer_epochs:
+                self.integer("num_epochs", 1, "num_steps <= 0 trains num_epochs epochs")
+            else:
+                epochs = self.get("num_epochs")
+                if not (_is_number(epochs) and epochs > 0):
+                    why = "num_steps <= 0 trains num_epochs epochs"
+                    self.fail("num_epochs", epochs, f"must be a positive number ({why})")
+
+    def model(self) -> None:
+        from fetalssl_jax.models.conv import CONV_IMPLS
+        from fetalssl_jax.models.resnet import RESNET_ARCHS
+
+        self.one_of("model.arch", RESNET_ARCHS)
+        self.integer("model.width")
+        self.one_of("model.dtype", DTYPES)
+        self.one_of("model.conv_impl", CONV_IMPLS)
+
+    def labelled_data(self) -> None:
+        """The keys that size the images and the embedded labelled set."""
+        self.integer("data.image_size", MIN_IMAGE_SIZE, "the ResNets downsample 32x")
+        self.integer("data.stored_size", 16, "the embedded data is rendered at 16 px or more")
+        self.integer("data.seed", 0)
+        self.integer("eval.num_patients", 3, "patients are split into train, validation and test")
+        self.integer("eval.frames_per_patient", 5, "every patient gives a frame of each of the 5 planes")
+
+    def view(self, key: str) -> None:
+        """A view's augmentation, checked key by key by `default_view_config` (so every bad key is reported)."""
+        from fetalssl_jax.data.augment import default_view_config
+
+        view = self.get(key)
+        if view is _MISSING:
+            return
+        for name, value in view.items():
+            try:
+                default_view_config(**{name: value})
+            except (ValueError, TypeError) as error:
+                found = re.search(r"\bmust (.*?)(?:, got .*)?\.?$", str(error))
+                if str(error).startswith("Unknown view-config key"):
+                    requirement = "unknown view key; " + str(error).split(". ", 1)[-1].rstrip(".").lower()
+                elif found:
+                    requirement = "must " + found.group(1)
+                else:
+                    requirement = f"is not a valid view setting ({error})"
+                self.fail(f"{key}.{name}", value, requirement)
+
+
+def _example_mode(method_cls: type, config: ConfigDict) -> str | None:
+    # `example_mode` reads only the config; evaluated without constructing the method, whose constructor may fail
+    # on the very values being validated (reorder's permutations of clip_length frames).
+    try:
+        return method_cls.example_mode.fget(types.SimpleNamespace(config=config))
+    except Exception:  # noqa: BLE001 - an unusual method: its own constructor reports problems
+        return None
+
+
+def pretraining_problems(config: ConfigDict, prefix: str = "config") -> list[str]:
+    """Every problem of a pretraining config, as `validate_pretraining` reports them (empty: none)."""
+    import jax
+
+    from fetalssl_jax.data.sources import SOURCES
+    from fetalssl_jax.methods import get_method, registered_methods
+
+    c = _Checks(config, prefix)
+    c.one_of("method", registered_methods())
+    c.integer("seed", 0)
+    c.model()
+    c.one_of("data.source", SOURCES)
+    if c.get("data.source") == "tfds" and not c.get("data.name"):
+        c.fail("data.name", c.get("data.name"), "must name a built dataset when data.source is 'tfds', e.g. "
+               "'fetal_us_video/synthetic'")  # fmt: skip
+    c.labelled_data()
+    for key in ("data.num_videos", "data.frames_per_video", "data.frame_skip"):
+        c.integer(key)
+    c.integer("data.max_gap", 0)
+    c.integer("data.prefetch", 0)
+    if c.get("method") in registered_methods() and _example_mode(get_method(config.method), config) == "clips":
+        c.integer("data.clip_length", 2, f"{config.method} reorders the frames of a clip")
+        c.integer("data.clip_stride")
+    c.view("augment.view1")
+    c.view("augment.view2")
+    c.one_of("optim.name", OPTIMIZERS)
+    c.one_of("optim.schedule", SCHEDULES)
+    c.non_negative_number("optim.warmup_epochs")
+    if c.get("optim.schedule") == "step":
+        c.positive_number("optim.step_decay_epochs")
+    c.integer("batch_size")
+    batch, devices = c.get("batch_size"), jax.device_count()
+    if _is_int(batch) and batch > 0 and batch % devices:
+        c.fail("batch_size", batch, f"must be divisible by the {devices} devices (it is the global batch)")
+    c.steps_and_epochs(integer_epochs=False)
+    for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        c.integer(key)
+    c.boolean("allow_extend")
+    for key in ("eval.knn_k", "eval.draws", "eval.batch_size", "eval.probe_max_iter"):
+        c.integer(key)
+    c.integers("eval.shots", 0, why="0: all labels")
+    c.integers("eval.monitor_shots", 0, why="0: all labels")
+    return c.problems
+
+
+def classification_problems(config: ConfigDict, prefix: str = "config") -> list[str]:
+    """Every problem of a classification config (configs/classify.py), as `validate_classification` reports them."""
+    c = _Checks(config, prefix)
+    c.integer("seed", 0)
+    init = c.get("init")
+    if init is not _MISSING and not (isinstance(init, str) and init.strip()):
+        c.fail("init", init, "must be 'random', a pretraining workdir, a backbone directory or a weights file")
+    c.one_of("mode", CLASSIFY_MODES)
+    c.fraction("label_fraction")
+    c.integer("labels_per_class", 0, "0: use label_fraction")
+    per_class, fraction = c.get("labels_per_class"), c.get("label_fraction")
+    if _is_int(per_class) and per_class > 0 and _is_number(fraction) and fraction != 1:
+        c.fail("label_fraction", fraction, f"must stay 1 when labels_per_class ({per_class}) is set; choose one budget")
+    c.model()
+    dropout = c.get("head.dropout")
+    if dropout is not _MISSING and not (_is_number(dropout) and 0 <= dropout < 1):
+        c.fail("head.dropout", dropout, "must be a rate in [0, 1)")
+    c.labelled_data()
+    c.integer("augment.num_ops", 0)
+    c.non_negative_number("augment.magnitude")
+    for key in ("augment.hflip_prob", "augment.vflip_prob"):
+        c.probability(key)
+    c.one_of("optim.name", ("adamw",))
+    c.integer("batch_size")
+    c.integer("eval_batch_size")
+    c.steps_and_epochs(integer_epochs=True)
+    c.integer("checkpoint_every_epochs", 0, "0: no checkpoints")
+    c.integer("checkpoint_every_steps", 0, "0: no checkpoints")
+    return c.problems
+
+
+def grid_problems(config: ConfigDict, prefix: str = "config") -> list[str]:
+    """Every problem of a grid config (configs/paper_grid.py): its own keys, its `classify` config and the
+    pretraining configs among its inits."""
+    from fetalssl_jax.downstream.grid import parse_inits
+
+    c = _Checks(config, prefix)
+    inits = c.get("inits")
+    if not (isinstance(inits, Sequence) and not isinstance(inits, str) and len(inits)):
+        c.fail("inits", inits, "must be a non-empty sequence of 'name=spec' entries")
+    else:
+        try:
+            for i, init in enumerate(parse_inits(inits)):
+                if init.is_pretraining_config:
+                    try:
+                        pretraining = load_config(init.spec)
+                    except Exception as error:  # noqa: BLE001 - reported with the entry that caused it
+                        c.fail(f"inits[{i}]", inits[i], f"its pretraining config does not load: {error}")
+                        continue
+                    c.problems += pretraining_problems(pretraining, f"{prefix}.inits[{i}] ({init.name}): config")
+        except ValueError as error:
+            c.fail("inits", inits, str(error))
+    c.integers("labels_per_class", 1, distinct=True, why="labelled images of every class")
+    fractions = c.get("label_fractions")
+    if fractions is not _MISSING:
+        ok = isinstance(fractions, Sequence) and not isinstance(fractions, str)
+        if not (ok and all(_is_number(f) and 0 < f <= 1 for f in fractions)):
+            c.fail("label_fractions", fractions, "must be a sequence of fractions in (0, 1]")
+    budgets = [c.get(k) for k in ("labels_per_class", "label_fractions")]
+    if all(isinstance(b, Sequence) and not len(b) for b in budgets):
+        c.fail("label_fractions", c.get("label_fractions"), "must give at least one budget (or labels_per_class)")
+    c.integers("seeds", 0, non_empty=True, distinct=True)
+    modes = c.get("modes")
+    if not (isinstance(modes, Sequence) and not isinstance(modes, str) and len(modes)
+            and all(m in CLASSIFY_MODES for m in modes) and len(set(modes)) == len(modes)):  # fmt: skip
+        allowed = ", ".join(map(repr, CLASSIFY_MODES))
+        c.fail("modes", modes, f"must be a non-empty sequence of distinct modes from {allowed}")
+    classify = c.get("classify")
+    if isinstance(classify, ConfigDict) and len(classify):
+        c.problems += classification_problems(classify, f"{prefix}.classify")
+    else:
+        c.fail("classify", classify, "must be a configs/classify.py config")
+    return c.problems
+
+
+def _raise_if(problems: list[str]) -> None:
+    if problems:
+        raise ConfigError(problems)
+
+
+def validate_pretraining(config: ConfigDict) -> None:
+    """Raises ConfigError listing every value of a pretraining config that no run can use (sizes, counts, fractions,
+    probabilities, names of methods, architectures, optimisers ...), before any data is made or anything compiled."""
+    _raise_if(pretraining_problems(config))
+
+
+def validate_classification(config: ConfigDict) -> None:
+    """Raises ConfigError listing every value of a classification config (`task == "classify"`) no run can use."""
+    _raise_if(classification_problems(config))
+
+
+def validate_grid(config: ConfigDict) -> None:
+    """Raises ConfigError listing every problem of a grid config (`task == "grid"`): its own keys, its `classify`
+    config and each pretraining config among its inits."""
+    _raise_if(grid_problems(config))
+
+
+# ---- fingerprints: what a resumed or reused run must share with the run that wrote it -----------------------------
+# Keys that never change a pretraining run's trajectory: how it reports and how often it saves, where the compiler
+# caches, how many batches are prepared ahead, and the frozen-backbone evaluation (it reads the weights, never
+# changes them). `allow_extend` only permits a change of LENGTH_KEYS.
+PRETRAINING_COSMETIC_KEYS = (
+    "progress_bar", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "compilation_cache_dir",
+    "data.prefetch", "eval", "allow_extend",
+)  # fmt: skip
+# A classifier's checkpoints only save it (a resumed run repeats the losses). Its `eval` keys are not cosmetic:
+# they size the labelled set.
+CLASSIFICATION_COSMETIC_KEYS = (
+    "progress_bar", "compilation_cache_dir", "checkpoint_every_epochs", "checkpoint_every_steps",
+)  # fmt: skip
+LENGTH_KEYS = ("num_steps", "num_epochs")  # with allow_extend, a resumed pretraining run may change these
+DIGEST_KEY = "fingerprint_sha256"  # written into config.json beside the config; never part of a fingerprint
+
+
+def cosmetic_keys(config: Mapping | ConfigDict) -> tuple[str, ...]:
+    """The keys of a pretraining or classification config (`task == "classify"`) that a resume or reuse ignores."""
+    return CLASSIFICATION_COSMETIC_KEYS if config.get("task", "pretrain") == "classify" else PRETRAINING_COSMETIC_KEYS
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, Mapping):
+        return {prefix: tree}
+    return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}.{key}" if prefix else key).items()}
+
+
+def _matches(key: str, patterns: Sequence[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in patterns)
+
+
+def fingerprint(config: Mapping | ConfigDict, ignore: Sequence[str] = ()) -> dict[str, Any]:
+    """What a run must share with the run whose checkpoint or results it resumes or reuses: every key of `config` (a
+    ConfigDict, or the dict read from a run's config.json) as {dotted key: JSON value}, less the cosmetic keys of its
+    task (`cosmetic_keys`) and `ignore` (a key also drops the keys below it)."""
+    if isinstance(config, ConfigDict):
+        tree = json.loads(config.to_json_best_effort())
+    else:
+        tree = json.loads(json.dumps(config, default=str))  # tuples -> lists, as in a config.json
+    skip = (*cosmetic_keys(tree), DIGEST_KEY, *ignore)
+    return {k: v for k, v in sorted(_flatten(tree).items()) if not _matches(k, skip)}
+
+
+def fingerprint_digest(fingerprint: Mapping[str, Any]) -> str:
+    """SHA-256 of a fingerprint: two runs with the same digest follow the same trajectory."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+
+
+def config_json(config: ConfigDict) -> str:
+    """A run's config.json: the resolved config and the digest of its fingerprint (`DIGEST_KEY`)."""
+    tree = json.loads(config.to_json_best_effort())
+    return json.dumps({**tree, DIGEST_KEY: fingerprint_digest(fingerprint(config))}, indent=2)
+
+
+def stored_fingerprint(config_file: str | os.PathLike, ignore: Sequence[str] = ()) -> dict[str, Any] | None:
+    """The fingerprint of the config a run wrote into `config_file` (its config.json), or None without one."""
+    file = pathlib.Path(config_file)
+    return fingerprint(json.loads(file.read_text()), ignore) if file.is_file() else None
+
+
+_ABSENT = "<no such key>"
+
+
+def fingerprint_differences(
+    old: Mapping[str, Any], new: Mapping[str, Any], ignore: Sequence[str] = ()
+) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) of every key whose value differs, sorted; `ignore`d keys left out."""
+    keys = sorted(k for k in set(old) | set(new) if not _matches(k, ignore))
+    return [(k, old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in keys if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
+
+
+def format_differences(differences: Sequence[tuple[str, Any, Any]], old_name: str = "checkpoint") -> str:
+    """One line per differing key: `  optim.lr_weights: checkpoint has 0.2, config has 0.5`."""
+    show = (lambda v: v if v is _ABSENT else repr(v))  # fmt: skip
+    return "\n".join(f"  {k}: {old_name} has {show(a)}, config has {show(b)}" for k, a, b in differences)

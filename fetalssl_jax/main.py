@@ -57,6 +57,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
+    from fetalssl_jax.config_lib import ConfigError
     from fetalssl_jax.train.checkpoint import CheckpointMismatchError
     from fetalssl_jax.train.loop import NonFiniteLossError
 
@@ -86,6 +87,10 @@ def main(argv: list[str]) -> int:
             print(f"grid finished; results.csv, results.md and the plot in {os.path.abspath(workdir)}")
         else:
             raise ValueError(f"config.task={task!r}; choose 'pretrain', 'classify' or 'grid'")
+    except ConfigError as error:  # a usage error, found before anything was written: one line per problem
+        for problem in error.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
     except (CheckpointMismatchError, NonFiniteLossError, FloatingPointError, FileNotFoundError, ValueError,
             KeyError) as error:  # fmt: skip
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

@@ -222,3 +222,27 @@ def test_interrupted_run_resumes_with_the_same_losses(repo, finetune_run, tmp_pa
     run_classification(other, tmp_path / "b", stop_after_epochs=1)
     with pytest.raises(ValueError, match="checkpoint of another config"):
         run_classification(classify_config(repo, "num_epochs=3,checkpoint_every_epochs=1"), tmp_path / "b")
+
+
+def test_cosmetic_keys_never_block_reuse_or_resume_and_other_keys_are_named(repo, finetune_run, tmp_path):
+    from fetalssl_jax.train.checkpoint import CheckpointMismatchError
+
+    workdir, results = finetune_run
+    # a finished run: reused despite another progress bar or checkpoint interval, refused for another length
+    assert run_classification(classify_config(repo, "num_epochs=3,progress_bar=True,checkpoint_every_epochs=1"),
+                              workdir) == results  # fmt: skip
+    with pytest.raises(CheckpointMismatchError, match="finished with another classification config") as info:
+        run_classification(classify_config(repo, "num_epochs=4"), workdir)
+    assert "\n  num_epochs: finished run has 3, config has 4" in str(info.value)
+    # an interrupted run: resumed with the progress bar on, and the losses are those of the uninterrupted run
+    run_classification(classify_config(repo, "num_epochs=3,checkpoint_every_epochs=1"), tmp_path, stop_after_epochs=1)
+    resumed = run_classification(classify_config(repo, "num_epochs=3,progress_bar=True"), tmp_path)
+    assert (tmp_path / "metrics.jsonl").read_text() == (workdir / "metrics.jsonl").read_text()
+    assert resumed["test"] == results["test"]
+    other = tmp_path / "other"
+    run_classification(
+        classify_config(repo, "num_epochs=3,checkpoint_every_epochs=1,seed=5"), other, stop_after_epochs=1
+    )
+    with pytest.raises(CheckpointMismatchError, match="checkpoint of another config") as info:
+        run_classification(classify_config(repo, "num_epochs=3,checkpoint_every_epochs=1"), other)
+    assert "\n  seed: checkpoint has 5, config has 0" in str(info.value)

@@ -20,6 +20,7 @@ from fetalssl_jax.downstream.grid import (
     t_interval,
 )
 from fetalssl_jax.downstream.labels import choose_labels, per_class_subset
+from fetalssl_jax.train.checkpoint import CheckpointMismatchError
 
 CLASSES = ("a", "b", "c", "d", "e")
 
@@ -266,3 +267,15 @@ def test_tiny_grid_runs_end_to_end_and_resumes(repo, tmp_path):
     config.classify.num_steps = 8
     with pytest.raises(ValueError, match=r"finished with another classification config .*'num_steps'"):
         run_grid(config, tmp_path)
+    # A finished pretraining is reused despite cosmetic keys, and refused, naming the key, for another config.
+    config.classify.num_steps = 6
+    barlow = f"bt={repo / 'configs' / 'barlow.py'}:tiny,num_steps=2"
+    with config.ignore_type():
+        config.inits = (f"{barlow},progress_bar=True,log_every_steps=5,eval.draws=1", "random")
+    assert run_grid(config, tmp_path) == rows
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    with config.ignore_type():
+        config.inits = (f"{barlow},progress_bar=False,optim.lr_weights=0.5", "random")
+    with pytest.raises(CheckpointMismatchError, match="finished pretraining of another config for init 'bt'") as info:
+        run_grid(config, tmp_path)
+    assert "\n  optim.lr_weights: finished run has 0.2, config has 0.5" in str(info.value)

@@ -143,3 +143,73 @@ def test_a_backbone_that_barely_moves_is_reported(tmp_path, caplog):
     change = [r["weight_change/all"] for r in read_metrics(tmp_path) if "weight_change/all" in r]
     assert change[0] == 0.0 or change[0] < 1e-3  # step 0 is logged right after the first update
     assert all(0.0 <= c < 0.05 for c in change)
+
+
+# ---- resume only what the same config made ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"optim.lr_weights": 0.5}, "optim.lr_weights: checkpoint has 0.2, config has 0.5"),
+        ({"batch_size": 8}, "batch_size: checkpoint has 16, config has 8"),
+        ({"seed": 1}, "seed: checkpoint has 0, config has 1"),
+        ({"augment.view1.crop_scale": (0.5, 1.0)}, "augment.view1.crop_scale: checkpoint has [0.08, 1.0], config has "
+                                                   "[0.5, 1.0]"),
+    ],
+)  # fmt: skip
+def test_a_changed_trajectory_key_is_refused_naming_both_values(finished_run, overrides, expected):
+    _, workdir = finished_run
+    before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
+    with pytest.raises(CheckpointMismatchError) as info:
+        train(tiny_config(**overrides), workdir)
+    assert f"\n  {expected}\n" in str(info.value)
+    assert len(str(info.value).splitlines()) == 3  # what happened, the one differing key, what to do
+    assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()} == before  # nothing rewritten
+
+
+def test_cosmetic_keys_never_block_a_resume(tmp_path):
+    quiet = {"num_steps": 6, "checkpoint_every_steps": 100, "eval.compare_random_init": False}
+    first = train(tiny_config(**quiet), tmp_path, stop_at_step=3)
+    assert first.status == "preempted" and first.step == 3
+    cosmetic = {"progress_bar": True, "log_every_steps": 2, "checkpoint_every_steps": 5, "keep_checkpoints": 1,
+                "data.prefetch": 1, "eval.draws": 2, "eval.knn_k": 5}  # fmt: skip
+    second = train(tiny_config(**{**quiet, **cosmetic}), tmp_path)
+    assert second.status == "finished" and second.step == 6
+    assert [r["step"] for r in read_metrics(tmp_path, kind="train")] == list(range(6))
+    stored = json.loads((tmp_path / "config.json").read_text())
+    assert stored["log_every_steps"] == 2 and len(stored["fingerprint_sha256"]) == 64
+
+
+def test_a_longer_run_is_refused_unless_extending_is_allowed(tmp_path):
+    short = {"checkpoint_every_steps": 100, "eval.compare_random_init": False}
+    train(tiny_config(num_steps=4, **short), tmp_path)
+    first_losses = losses(tmp_path)
+    assert len(first_losses) == 4
+    with pytest.raises(CheckpointMismatchError, match="allow_extend=True") as info:
+        train(tiny_config(num_steps=8, **short), tmp_path)
+    assert "\n  num_steps: checkpoint has 4, config has 8\n" in str(info.value)
+    extended = train(tiny_config(num_steps=8, allow_extend=True, **short), tmp_path)
+    assert extended.status == "finished" and extended.step == 8
+    assert len(losses(tmp_path)) == 8 and losses(tmp_path)[:4] == first_losses  # the first steps are kept as they were
+    # the checkpoint now carries the extended length: the same command resumes, a shorter one cannot undo steps
+    assert train(tiny_config(num_steps=8, **short), tmp_path).step == 8
+    with pytest.raises(CheckpointMismatchError, match="checkpoint at step 8, past this config's 6 steps"):
+        train(tiny_config(num_steps=6, allow_extend=True, **short), tmp_path)
+
+
+def test_a_checkpoint_from_before_fingerprints_is_compared_with_config_json(tmp_path):
+    from fetalssl_jax.config_lib import config_json, fingerprint
+    from fetalssl_jax.train.checkpoint import Checkpointer
+    from fetalssl_jax.train.state import TrainState
+
+    state = TrainState(step=np.int32(5), params={"w": np.ones(3, np.float32)}, model_state={}, opt_state={},
+                       extra={}, rng=jax.random.key_data(jax.random.key(0)))  # fmt: skip
+    old = Checkpointer(tmp_path, {"method": "barlow_twins"})  # no fingerprint: the meta of older versions
+    old.save(state)
+    old.close()
+    new = Checkpointer(tmp_path, {"method": "barlow_twins"}, fingerprint=fingerprint(tiny_config(seed=2)))
+    new.check_resumable()  # without config.json: the identity alone, which matches
+    (tmp_path / "config.json").write_text(config_json(tiny_config()))
+    with pytest.raises(CheckpointMismatchError) as info:
+        new.check_resumable()
+    assert "\n  seed: config.json has 0, config has 2\n" in str(info.value)
+    new.close()

@@ -11,7 +11,8 @@ Training runs `num_epochs` epochs, or, with `num_steps` > 0, that many optimiser
 A run writes into its workdir: ``config.json``, ``label_indices.json`` (the chosen training images),
 ``metrics.jsonl`` (one line per validation), ``classifier/`` (the selected weights + ``classifier.json``),
 ``results.json`` (validation and test metrics, per-class report, confusion matrix), ``confusion_matrix.{png,json}``
-and ``predictions.csv``. ``results.json`` is written last: a workdir that has it is finished and is not rerun.
+and ``predictions.csv``. ``results.json`` is written last: a workdir that has it is finished and is not rerun; its
+results are reused if the same config (up to cosmetic keys) made them, otherwise the run is refused.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 import pathlib
 import shutil
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import flax
@@ -34,6 +36,7 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 
+from fetalssl_jax import config_lib
 from fetalssl_jax.data import sources
 from fetalssl_jax.data.augment import preprocess_eval
 from fetalssl_jax.data.randaugment import rand_augment_batch
@@ -42,12 +45,12 @@ from fetalssl_jax.downstream.backbones import resolve_backbone
 from fetalssl_jax.downstream.classifier import Classifier, weighted_cross_entropy
 from fetalssl_jax.downstream.labels import budget_name, choose_labels, class_weights
 from fetalssl_jax.models.resnet import create_resnet
-from fetalssl_jax.train.checkpoint import abstract_tree
+from fetalssl_jax.train.checkpoint import CheckpointMismatchError, abstract_tree
 from fetalssl_jax.train.step import batch_sharding, enable_compilation_cache, make_mesh, replicated
 
 log = logging.getLogger("fetalssl_jax")
 
-MODES = ("finetune", "linear")
+MODES = config_lib.CLASSIFY_MODES
 
 
 @flax.struct.dataclass
@@ -292,26 +295,54 @@ def resolve_class_names(config: ml_collections.ConfigDict, splits: dict[str, Any
     return names
 
 
+def _refuse_differences(
+    stored: dict[str, Any] | None, wanted: dict[str, Any], what: str, old_name: str, hint: str
+) -> None:
+    """CheckpointMismatchError naming every key whose value differs between the stored and the wanted fingerprint."""
+    differences = [] if stored is None else config_lib.fingerprint_differences(stored, wanted)
+    if differences:
+        keys = [k for k, _, _ in differences]
+        raise CheckpointMismatchError(
+            f"{what} (differs in {keys}); {hint}:\n{config_lib.format_differences(differences, old_name)}"
+        )
+
+
 def run_classification(
     config: ml_collections.ConfigDict,
     workdir: str | pathlib.Path,
     stop_after_epochs: int | None = None,
     splits: dict[str, Any] | None = None,
+    ignore: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Trains one classifier as `config` says, in `workdir`; returns the results (also in results.json).
 
-    A workdir that already has results.json is finished: its results are returned without training. Otherwise
-    training resumes from the checkpoint in `workdir/checkpoints` (every `checkpoint_every_epochs`, or with
-    `num_steps` every `checkpoint_every_steps`), and repeats the losses of an uninterrupted run.
-    `stop_after_epochs` ends early after that many epochs (with `num_steps`: validation rounds) and a checkpoint
-    (as a pre-emption would) and returns {}. `splits` passes the labelled data of `config` when the caller has it
-    already (the grid: one load for all its cells).
+    The config is validated first (ConfigError). A workdir that already has results.json is finished: its results
+    are returned without training, if the config that made them has the same fingerprint as `config` (up to
+    cosmetic keys, `config_lib.fingerprint`, and the keys in `ignore`); otherwise CheckpointMismatchError names the
+    keys. Likewise training resumes from the checkpoint in `workdir/checkpoints` (every `checkpoint_every_epochs`,
+    or with `num_steps` every `checkpoint_every_steps`) only for the same fingerprint, and repeats the losses of an
+    uninterrupted run. `stop_after_epochs` ends early after that many epochs (with `num_steps`: validation rounds)
+    and a checkpoint (as a pre-emption would) and returns {}. `splits` passes the labelled data of `config` when the
+    caller has it already (the grid: one load for all its cells, whose `init` paths it passes in `ignore`).
     """
+    config_lib.validate_classification(config)
     workdir = pathlib.Path(workdir)
     results_file = workdir / "results.json"
+    fingerprint = config_lib.fingerprint(config, ignore)
     if results_file.is_file():
+        stored = config_lib.stored_fingerprint(workdir / "config.json", ignore)
+        _refuse_differences(stored, fingerprint, f"{workdir} was finished with another classification config",
+                            "finished run", "use a new workdir or delete that one")  # fmt: skip
         return json.loads(results_file.read_text())
     workdir.mkdir(parents=True, exist_ok=True)
+    checkpoints = _epoch_checkpoints(workdir)
+    start_round = checkpoints.latest_step() or 0
+    if start_round:  # checked before anything is generated or written: a refused resume costs nothing
+        meta = checkpoints.restore(start_round, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        # checkpoints written before fingerprints hold the whole config as a JSON string
+        stored = meta.get("fingerprint") or config_lib.fingerprint(json.loads(meta["config"]), ignore)
+        _refuse_differences(stored, fingerprint, f"{workdir} holds a classification checkpoint of another config",
+                            "checkpoint", "use a new workdir")  # fmt: skip
     enable_compilation_cache(config.compilation_cache_dir)
     started = time.time()
 
@@ -331,7 +362,7 @@ def run_classification(
         "patient_ids": [str(p) for p in train_all.patient_ids[chosen]],
         "class_counts": np.bincount(train_labels, minlength=len(class_names)).tolist(),
     })  # fmt: skip
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    (workdir / "config.json").write_text(config_lib.config_json(config))
 
     spec = StepSpec.from_config(config, len(class_names))
     model, init_state, train_step, _, mesh = compiled_functions(spec)
@@ -357,13 +388,7 @@ def run_classification(
     best = {"balanced_accuracy": -1.0}
     best_variables = None
     metrics_file = workdir / "metrics.jsonl"
-    fingerprint = config.to_json_best_effort(sort_keys=True)
-    checkpoints = _epoch_checkpoints(workdir)
-    start_round = checkpoints.latest_step() or 0
     if start_round:
-        meta = checkpoints.restore(start_round, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-        if meta["config"] != fingerprint:
-            raise ValueError(f"{workdir} holds a classification checkpoint of another config; use a new workdir")
         template = {"params": state.params, "batch_stats": state.batch_stats}
         restored = checkpoints.restore(start_round, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_tree(state)),
@@ -402,7 +427,7 @@ def run_classification(
         if schedule.should_checkpoint(config, r) or done == stop_after_epochs:
             checkpoints.save(done, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), best_variables=ocp.args.StandardSave(best_variables),
-                meta=ocp.args.JsonSave({"config": fingerprint, "best": best}),
+                meta=ocp.args.JsonSave({"fingerprint": fingerprint, "best": best}),
             ))  # fmt: skip
         if done == stop_after_epochs:
             bar.close()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import logging
 import math
 import pathlib
@@ -32,11 +31,20 @@ import ml_collections
 import numpy as np
 from scipy import stats
 
-from fetalssl_jax.config_lib import load_config
+from fetalssl_jax.config_lib import (
+    LENGTH_KEYS,
+    fingerprint,
+    fingerprint_differences,
+    format_differences,
+    load_config,
+    stored_fingerprint,
+    validate_grid,
+)
 from fetalssl_jax.data import sources
 from fetalssl_jax.downstream.classify import resolve_class_names, run_classification
 from fetalssl_jax.downstream.labels import budget_dirname, budget_name, choose_labels
 from fetalssl_jax.eval.few_label import Interval
+from fetalssl_jax.train.checkpoint import CheckpointMismatchError
 
 log = logging.getLogger("fetalssl_jax")
 
@@ -84,16 +92,28 @@ def parse_inits(entries: Sequence[str]) -> list[InitSpec]:
 
 
 def pretrain_if_needed(init: InitSpec, workdir: pathlib.Path) -> str:
-    """Runs (or resumes) the pretraining of a config init; returns the backbone spec for the classifiers."""
+    """Runs (or resumes) the pretraining of a config init; returns the backbone spec for the classifiers. A finished
+    pretraining is reused only if the same config made it (or extended, with `allow_extend`, if only its length
+    changed)."""
     if not init.is_pretraining_config:
         return init.spec
     run_dir = workdir / "pretrain" / init.name
+    config = load_config(init.spec)
     if (run_dir / "backbone" / "backbone.json").is_file():
-        return str(run_dir)
+        stored = stored_fingerprint(run_dir / "config.json")
+        differences = [] if stored is None else fingerprint_differences(stored, fingerprint(config))
+        if not differences:
+            return str(run_dir)
+        if not (config.get("allow_extend", False) and {k for k, _, _ in differences} <= set(LENGTH_KEYS)):
+            raise CheckpointMismatchError(
+                f"{run_dir} holds the finished pretraining of another config for init {init.name!r} (differs in "
+                f"{[k for k, _, _ in differences]}); use a new workdir, or delete {run_dir} to pretrain again:\n"
+                + format_differences(differences, "finished run")
+            )  # fmt: skip
     from fetalssl_jax.train.loop import train  # the pretraining stack is only needed here
 
     log.info("pretraining %s with %s in %s", init.name, init.spec, run_dir)
-    result = train(load_config(init.spec), run_dir)
+    result = train(config, run_dir)
     if result.status != "finished":
         raise RuntimeError(f"pretraining {init.name} stopped at step {result.step} ({result.status}); run again")
     return str(run_dir)
@@ -143,43 +163,16 @@ def _check_budgets(config: ml_collections.ConfigDict, budgets: Sequence[Budget],
             choose_labels(splits["train"].labels, budget.fraction, budget.labels_per_class, seed, names)
 
 
-# Keys that may change between runs of a grid without making a finished cell another experiment.
-_IRRELEVANT_KEYS = ("init", "progress_bar", "compilation_cache_dir")
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
-
-
-def _check_finished_cell(directory: pathlib.Path, config: ml_collections.ConfigDict) -> None:
-    """A finished cell is reused only if it was trained with this config: a cell of a grid run before (say with
-    epochs instead of num_steps) would otherwise be mixed silently into the table."""
-    stored_file = directory / "config.json"
-    if not (directory / "results.json").is_file() or not stored_file.is_file():
-        return
-    stored = _flatten(json.loads(stored_file.read_text()))
-    wanted = _flatten(json.loads(config.to_json_best_effort()))
-    differ = sorted(
-        k for k in set(stored) | set(wanted)
-        if k.rstrip(".") not in _IRRELEVANT_KEYS and stored.get(k) != wanted.get(k)
-    )  # fmt: skip
-    if differ:
-        raise ValueError(
-            f"{directory} was finished with another classification config (differs in "
-            f"{[k.rstrip('.') for k in differ]}); use a new workdir or delete that cell"
-        )
-
-
 def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[dict[str, Any]]:
-    """Runs every cell that is not finished yet and writes the results tables and plot; returns the rows."""
+    """Runs every cell that is not finished yet and writes the results tables and plot; returns the rows.
+
+    The config, its `classify` config and every pretraining config among its inits are validated first
+    (ConfigError). A finished cell or pretraining run is reused only if the same config (up to cosmetic keys, see
+    `config_lib.fingerprint`) made it; otherwise CheckpointMismatchError names the differing keys."""
+    validate_grid(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-    for mode in config.modes:
-        if mode not in ("finetune", "linear"):
-            raise ValueError(f"config.modes has {mode!r}; choose from 'finetune' and 'linear'")
     inits = parse_inits(config.inits)
     budgets = grid_budgets(config)
     splits = sources.labelled_splits(config.classify)  # every cell classifies the same labelled data
@@ -201,9 +194,9 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
             "labels_per_class": budget.labels_per_class, "seed": seed, "progress_bar": False,
         })  # fmt: skip
         directory = cell_dir(workdir, name, mode, budget, seed)
-        _check_finished_cell(directory, cell_config)
         finished = (directory / "results.json").is_file()
-        results = run_classification(cell_config, directory, splits=splits)
+        # `init` is the backbone's path, which moves with the grid's workdir; the row's name identifies the init
+        results = run_classification(cell_config, directory, splits=splits, ignore=("init",))
         rows.append({
             "init": name, "mode": mode, "budget": budget.name, "label_fraction": budget.fraction,
             "labels_per_class": budget.labels_per_class, "seed": seed, **{m: results["test"][m] for m in METRICS},

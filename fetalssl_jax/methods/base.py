@@ -136,7 +136,8 @@ class Method(abc.ABC):
 
     # ---- bookkeeping ---------------------------------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
-        """What a checkpoint of this method must match to be resumed (method and architecture)."""
+        """Method and architecture, as the exported backbone describes them. (A checkpoint is resumed only by a config
+        with the same fingerprint, `config_lib.fingerprint`, which includes all of these.)"""
         return {
             "method": self.name,
             "arch": self.config.model.arch,

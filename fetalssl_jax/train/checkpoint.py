@@ -2,8 +2,9 @@
 
 Orbax writes each step into a temporary directory and renames it when complete, so a crash mid-save never
 leaves a half-written "latest" checkpoint and never removes the previous good one. Every checkpoint carries
-the run's identity (method, architecture, heads); resuming a workdir written by another method or model is an
-error that says so instead of a shape mismatch deep inside orbax.
+the run's identity (method, architecture, heads) and the fingerprint of its config; resuming a workdir written by
+another config (up to cosmetic keys) is an error that names every differing key, instead of a silent continuation
+of another run or a shape mismatch deep inside orbax.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from fetalssl_jax import config_lib
 from fetalssl_jax.train.state import TrainState
 
 
-class CheckpointMismatchError(RuntimeError):
-    """The workdir holds checkpoints of a different method or architecture."""
+class CheckpointMismatchError(RuntimeError, ValueError):
+    """The workdir holds a run of another config: its checkpoint or its results were made by a config whose
+    fingerprint (`config_lib.fingerprint`) differs. A ValueError too: the config does not fit the workdir."""
 
 
 def abstract_tree(tree: Any) -> Any:
@@ -27,21 +30,31 @@ def abstract_tree(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def _differences(expected: dict, found: dict) -> list[str]:
+def _identity_differences(expected: dict, found: dict) -> list[tuple[str, Any, Any]]:
     keys = sorted(set(expected) | set(found))
-    return [
-        f"{k}: checkpoint has {found.get(k)!r}, config has {expected.get(k)!r}"
-        for k in keys
-        if expected.get(k) != found.get(k)
-    ]
+    return [(k, found.get(k), expected.get(k)) for k in keys if expected.get(k) != found.get(k)]
 
 
 class Checkpointer:
-    """Saves and restores the TrainState of one run in `<workdir>/checkpoints`."""
+    """Saves and restores the TrainState of one run in `<workdir>/checkpoints`.
 
-    def __init__(self, workdir: str | pathlib.Path, identity: dict[str, Any], keep: int = 3):
+    Every checkpoint's meta carries the run's `identity` (method, architecture) and `fingerprint` (the config less
+    its cosmetic keys, `config_lib.fingerprint`). A checkpoint is resumed only by a config with the same
+    fingerprint; with `allow_extend` num_steps and num_epochs may differ.
+    """
+
+    def __init__(
+        self,
+        workdir: str | pathlib.Path,
+        identity: dict[str, Any],
+        keep: int = 3,
+        fingerprint: dict[str, Any] | None = None,
+        allow_extend: bool = False,
+    ):
         self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
         self.identity = json.loads(json.dumps(identity))  # tuples -> lists, as they come back from JSON
+        self.fingerprint = fingerprint
+        self.allow_extend = allow_extend
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
@@ -55,30 +68,49 @@ class Checkpointer:
         if step in self.manager.all_steps():
             return step
         meta = {"identity": self.identity, "step": step, **(extra_meta or {})}
+        if self.fingerprint is not None:
+            meta["fingerprint"] = self.fingerprint
         self.manager.save(
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         )
         self.manager.wait_until_finished()
         return step
 
-    def check_identity(self, step: int) -> None:
-        """Raises CheckpointMismatchError if checkpoint `step` was written by another method or model."""
+    def check_resumable(self, step: int | None = None) -> None:
+        """Raises CheckpointMismatchError, naming every differing key with both values, if checkpoint `step` (default:
+        the newest; none: nothing to check) was written by a config with another fingerprint.
+
+        A checkpoint written before fingerprints existed is compared with the workdir's config.json (the config of
+        the run that last used it) and, without one, by identity only."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-        found = meta.get("identity", {})
-        diffs = _differences(self.identity, found)
-        if diffs:
-            raise CheckpointMismatchError(
-                f"{self.directory} holds a checkpoint (step {step}) of another run: "
-                + "; ".join(diffs)
-                + ". Use a new --workdir, or the config that wrote it."
-            )
+        found, source = meta.get("fingerprint"), "checkpoint"
+        if found is None and self.fingerprint is not None:
+            found, source = config_lib.stored_fingerprint(self.directory.parent / "config.json"), "config.json"
+        if found is None or self.fingerprint is None:
+            differences = _identity_differences(self.identity, meta.get("identity", {}))
+        else:
+            ignore = config_lib.LENGTH_KEYS if self.allow_extend else ()
+            differences = config_lib.fingerprint_differences(found, self.fingerprint, ignore)
+        if not differences:
+            return
+        hint = "Use a new --workdir, or the config that wrote it."
+        if {k for k, _, _ in differences} <= set(config_lib.LENGTH_KEYS):
+            hint += " To train it for another length, set --config.allow_extend=True."
+        raise CheckpointMismatchError(
+            f"{self.directory} holds a checkpoint (step {step}) of another config (a run resumes only with the "
+            "config that wrote it, up to cosmetic keys such as progress_bar, log_every_steps and eval.*). These keys "
+            f"differ:\n{config_lib.format_differences(differences, source)}\n{hint}"
+        )
 
     def restore_latest(self, state: TrainState) -> TrainState:
         """The newest checkpoint restored into the placement of `state`, or `state` itself if there is none."""
         step = self.latest_step()
         if step is None:
             return state
-        self.check_identity(step)
+        self.check_resumable(step)
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_tree(state)))
         restored = self.manager.restore(step, args=args)
         return restored.state

@@ -1,8 +1,9 @@
 """The pretraining loop: everything it does is read from the config.
 
 data -> sharded uint8 batches -> compiled train step (augment, loss, update) -> metrics, checkpoints, kNN /
-linear-probe evaluation -> exported backbone. Resumes from the newest checkpoint in the workdir; SIGTERM
-saves a checkpoint and returns; a non-finite loss stops the run and keeps the last good checkpoint.
+linear-probe evaluation -> exported backbone. Resumes from the newest checkpoint in the workdir if the same config
+(up to cosmetic keys) wrote it; SIGTERM saves a checkpoint and returns; a non-finite loss stops the run and keeps
+the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from fetalssl_jax import config_lib
 from fetalssl_jax.data import sources
 from fetalssl_jax.data.pipeline import BatchSampler, device_batches
 from fetalssl_jax.data.tfds_source import RecordDataset, RecordSampler
@@ -29,7 +31,7 @@ from fetalssl_jax.eval.few_label import shot_name
 from fetalssl_jax.eval.frozen import FrozenEval, evaluate_inits, format_table
 from fetalssl_jax.methods import get_method
 from fetalssl_jax.methods.base import Method
-from fetalssl_jax.train.checkpoint import Checkpointer, export_backbone
+from fetalssl_jax.train.checkpoint import Checkpointer, CheckpointMismatchError, export_backbone
 from fetalssl_jax.train.health import MIN_RELATIVE_CHANGE, relative_weight_change
 from fetalssl_jax.train.monitor import Monitor
 from fetalssl_jax.train.optim import make_optimizer
@@ -148,21 +150,37 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_a
     """Pretrains `config.method` in `workdir`, resuming from its newest checkpoint.
 
     `stop_at_step` ends the run after that step as SIGTERM would (checkpoint, then return 'preempted').
+
+    The config is validated first (ConfigError, before anything is written, generated or compiled). A checkpoint in
+    `workdir` is resumed only if it was written by a config with the same fingerprint (up to cosmetic keys, see
+    `config_lib.fingerprint`; num_steps / num_epochs may change with `config.allow_extend`), otherwise
+    CheckpointMismatchError names every differing key.
     """
+    config_lib.validate_pretraining(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    enable_compilation_cache(config.compilation_cache_dir)
     is_main = jax.process_index() == 0
     method_cls = get_method(config.method)
-    dataset = sources.pretraining_frames(config, method_cls(config).example_mode)
-    sampler = make_sampler(config, method_cls(config), dataset, jax.process_index(), jax.process_count())
+    probe = method_cls(config)  # what does not depend on the run's length (the identity, the kind of example)
+    checkpointer = Checkpointer(
+        workdir, probe.identity(), keep=config.keep_checkpoints,
+        fingerprint=config_lib.fingerprint(config), allow_extend=bool(config.get("allow_extend", False)),
+    )  # fmt: skip
+    checkpointer.check_resumable()  # before the data is made: a refused resume costs nothing
+    enable_compilation_cache(config.compilation_cache_dir)
+    dataset = sources.pretraining_frames(config, probe.example_mode)
+    sampler = make_sampler(config, probe, dataset, jax.process_index(), jax.process_count())
     total_steps = total_steps_of(config, sampler.steps_per_epoch)
+    latest = checkpointer.latest_step()
+    if latest is not None and latest > total_steps:  # only with allow_extend: steps past the new end cannot be undone
+        raise CheckpointMismatchError(
+            f"{checkpointer.directory} holds a checkpoint at step {latest}, past this config's {total_steps} steps; "
+            "a run can be extended, not shortened. Use a new --workdir."
+        )
     method = method_cls(config, total_steps)
     optimizer = make_optimizer(config.optim, config.batch_size, sampler.steps_per_epoch, total_steps)
 
-    mesh = make_mesh()
-    if config.batch_size % mesh.size:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {mesh.size} devices")
+    mesh = make_mesh()  # config_lib.validate_pretraining checked that the batch divides over its devices
     data_sharding = batch_sharding(mesh)
     example = jax.make_array_from_process_local_data(data_sharding, sampler.batch(0)["frames"])
     state = init_state(method, optimizer, config.seed, example, mesh)
@@ -170,11 +188,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_a
     initial_params = jax.device_put(start_variables["params"], replicated(mesh))
     weight_change = jax.jit(relative_weight_change)
 
-    checkpointer = Checkpointer(workdir, method.identity(), keep=config.keep_checkpoints)
     state = checkpointer.restore_latest(state)
     start = int(state.step)
     if is_main:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        (workdir / "config.json").write_text(config_lib.config_json(config))
         log.info(
             "%s: %d examples, %d steps/epoch, %d steps, batch %d on %d devices, %s",
             method.name, len(dataset), sampler.steps_per_epoch, total_steps, config.batch_size, mesh.size,

@@ -1,0 +1,236 @@
+"""Config validation before anything runs: one case per rule, the command line's exit status, the project's own
+configs; and the fingerprint that decides whether a run may be resumed or reused."""
+
+import sys
+
+import jax
+import pytest
+from conftest import REPO
+
+from fetalssl_jax import main as cli
+from fetalssl_jax.config_lib import (
+    ConfigError,
+    fingerprint,
+    fingerprint_differences,
+    format_differences,
+    load_config,
+    set_by_path,
+    validate_classification,
+    validate_grid,
+    validate_pretraining,
+)
+
+CONFIGS = REPO / "configs"
+PRETRAINING = ("barlow", "vicreg", "simclr", "moco", "byol", "autoencoder", "inpaint", "reorder")
+VALIDATORS = {"pretrain": validate_pretraining, "classify": validate_classification, "grid": validate_grid}
+
+
+def _config(name: str, preset: str = "tiny", **overrides):
+    config = load_config(f"{CONFIGS / name}.py:{preset}")
+    for key, value in overrides.items():
+        set_by_path(config, key, value)
+    return config
+
+
+def _problems(config) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        VALIDATORS[config.get("task", "pretrain")](config)
+    assert str(info.value).splitlines() == list(info.value.problems)
+    return list(info.value.problems)
+
+
+# (config file, overrides, the one expected line). Each line is written out by hand: key, value, what is allowed.
+PRETRAINING_CASES = [
+    ("barlow", {"batch_size": -4}, "config.batch_size = -4: must be a positive integer"),
+    ("barlow", {"batch_size": 0}, "config.batch_size = 0: must be a positive integer"),
+    ("barlow", {"num_steps": -3}, "config.num_steps = -3: must be a positive integer, or -1 or 0 to train num_epochs "
+                                  "epochs"),
+    ("barlow", {"num_steps": -1, "num_epochs": 0}, "config.num_epochs = 0: must be a positive number (num_steps <= 0 "
+                                                   "trains num_epochs epochs)"),
+    ("barlow", {"num_steps": 0, "num_epochs": -2}, "config.num_epochs = -2: must be a positive number (num_steps <= 0 "
+                                                   "trains num_epochs epochs)"),
+    ("barlow", {"checkpoint_every_steps": 0}, "config.checkpoint_every_steps = 0: must be a positive integer"),
+    ("barlow", {"keep_checkpoints": 0}, "config.keep_checkpoints = 0: must be a positive integer"),
+    ("barlow", {"log_every_steps": 0}, "config.log_every_steps = 0: must be a positive integer"),
+    ("barlow", {"seed": -1}, "config.seed = -1: must be an integer >= 0"),
+    ("barlow", {"model.width": 0}, "config.model.width = 0: must be a positive integer"),
+    ("barlow", {"data.image_size": 16}, "config.data.image_size = 16: must be an integer >= 32 (the ResNets "
+                                        "downsample 32x)"),
+    ("barlow", {"data.stored_size": 8}, "config.data.stored_size = 8: must be an integer >= 16 (the embedded data is "
+                                        "rendered at 16 px or more)"),
+    ("barlow", {"data.num_videos": 0}, "config.data.num_videos = 0: must be a positive integer"),
+    ("barlow", {"data.frames_per_video": 0}, "config.data.frames_per_video = 0: must be a positive integer"),
+    ("barlow", {"data.frame_skip": 0}, "config.data.frame_skip = 0: must be a positive integer"),
+    ("barlow", {"data.max_gap": -1}, "config.data.max_gap = -1: must be an integer >= 0"),
+    ("reorder", {"data.clip_length": 1}, "config.data.clip_length = 1: must be an integer >= 2 (reorder reorders the "
+                                         "frames of a clip)"),
+    ("barlow", {"eval.knn_k": 0}, "config.eval.knn_k = 0: must be a positive integer"),
+    ("barlow", {"eval.num_patients": 2}, "config.eval.num_patients = 2: must be an integer >= 3 (patients are split "
+                                         "into train, validation and test)"),
+    ("barlow", {"eval.frames_per_patient": 4}, "config.eval.frames_per_patient = 4: must be an integer >= 5 (every "
+                                               "patient gives a frame of each of the 5 planes)"),
+    ("barlow", {"eval.draws": 0}, "config.eval.draws = 0: must be a positive integer"),
+    ("barlow", {"eval.shots": (1, -2, 0)}, "config.eval.shots = (1, -2, 0): must be a sequence of integers >= 0 (0: "
+                                           "all labels)"),
+    ("barlow", {"eval.batch_size": 0}, "config.eval.batch_size = 0: must be a positive integer"),
+    ("barlow", {"augment.view1.flip_prob": 1.5}, "config.augment.view1.flip_prob = 1.5: must be a probability in "
+                                                 "[0, 1]"),
+    ("barlow", {"augment.view2.solarize_prob": -0.1}, "config.augment.view2.solarize_prob = -0.1: must be a "
+                                                      "probability in [0, 1]"),
+    ("simclr", {"augment.view2.blur_prob": 2.0}, "config.augment.view2.blur_prob = 2.0: must be a probability in "
+                                                 "[0, 1]"),
+    ("barlow", {"augment.view1.crop_scale": (0.9, 0.2)}, "config.augment.view1.crop_scale = (0.9, 0.2): must be "
+                                                         "(low, high) with low <= high"),
+    ("barlow", {"method": "barlow"}, "config.method = 'barlow': must be one of 'autoencoder', 'barlow_twins', "
+                                     "'byol', 'inpainting', 'moco', 'reorder', 'simclr', 'vicreg'"),
+    ("barlow", {"model.arch": "resnet9"}, "config.model.arch = 'resnet9': must be one of 'resnet10', 'resnet18', "
+                                          "'resnet34', 'resnet50', 'resnet101', 'resnet152'"),
+    ("barlow", {"model.dtype": "float16"}, "config.model.dtype = 'float16': must be one of 'float32', 'bfloat16'"),
+    ("barlow", {"model.conv_impl": "fast"}, "config.model.conv_impl = 'fast': must be one of 'auto', 'native', "
+                                            "'cpu_matmul'"),
+    ("barlow", {"optim.name": "adam"}, "config.optim.name = 'adam': must be one of 'lars', 'sgd', 'adamw'"),
+    ("barlow", {"optim.schedule": "cosine"}, "config.optim.schedule = 'cosine': must be one of 'warmup_cosine', "
+                                             "'step'"),
+    ("barlow", {"data.source": "hdf5"}, "config.data.source = 'hdf5': must be one of 'synthetic', 'tfds'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "overrides", "expected"), PRETRAINING_CASES, ids=lambda v: str(v)[:40])
+def test_pretraining_rule(name, overrides, expected):
+    assert _problems(_config(name, **overrides)) == [expected]
+
+
+def test_the_global_batch_must_divide_over_the_devices(monkeypatch):
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
+    problems = _problems(_config("barlow", batch_size=12))
+    assert problems == ["config.batch_size = 12: must be divisible by the 8 devices (it is the global batch)"]
+    validate_pretraining(_config("barlow", batch_size=16))  # 2 per device
+
+
+def test_values_that_only_look_wrong_are_accepted():
+    validate_pretraining(_config("barlow", num_steps=4, num_epochs=0))  # num_epochs is unused with num_steps > 0
+    validate_pretraining(_config("barlow", **{"data.clip_length": 1}))  # only clip methods use clips
+    validate_pretraining(_config("barlow", num_steps=0, num_epochs=2))  # 0 and -1 both mean "use the epochs"
+    validate_pretraining(_config("barlow", **{"eval.shots": (0,), "data.max_gap": 0}))
+
+
+CLASSIFY_CASES = [
+    ({"label_fraction": 0.0}, "config.label_fraction = 0.0: must be a fraction in (0, 1]"),
+    ({"label_fraction": 1.5}, "config.label_fraction = 1.5: must be a fraction in (0, 1]"),
+    ({"labels_per_class": 5, "label_fraction": 0.5}, "config.label_fraction = 0.5: must stay 1 when labels_per_class "
+                                                     "(5) is set; choose one budget"),
+    ({"labels_per_class": -1}, "config.labels_per_class = -1: must be an integer >= 0 (0: use label_fraction)"),
+    ({"mode": "probe"}, "config.mode = 'probe': must be one of 'finetune', 'linear'"),
+    ({"optim.name": "sgd"}, "config.optim.name = 'sgd': must be one of 'adamw'"),
+    ({"batch_size": 0}, "config.batch_size = 0: must be a positive integer"),
+    ({"eval_batch_size": -8}, "config.eval_batch_size = -8: must be a positive integer"),
+    ({"num_steps": -2}, "config.num_steps = -2: must be a positive integer, or -1 or 0 to train num_epochs epochs"),
+    ({"num_epochs": 0}, "config.num_epochs = 0: must be a positive integer (num_steps <= 0 trains num_epochs epochs)"),
+    ({"checkpoint_every_steps": -1}, "config.checkpoint_every_steps = -1: must be an integer >= 0 (0: no "
+                                     "checkpoints)"),
+    ({"augment.hflip_prob": 1.2}, "config.augment.hflip_prob = 1.2: must be a probability in [0, 1]"),
+    ({"model.arch": "vit"}, "config.model.arch = 'vit': must be one of 'resnet10', 'resnet18', 'resnet34', "
+                            "'resnet50', 'resnet101', 'resnet152'"),
+    ({"data.image_size": 24}, "config.data.image_size = 24: must be an integer >= 32 (the ResNets downsample 32x)"),
+    ({"eval.num_patients": 1}, "config.eval.num_patients = 1: must be an integer >= 3 (patients are split into train, "
+                               "validation and test)"),
+    ({"head.dropout": 1.0}, "config.head.dropout = 1.0: must be a rate in [0, 1)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("overrides", "expected"), CLASSIFY_CASES, ids=lambda v: str(v)[:40])
+def test_classification_rule(overrides, expected):
+    assert _problems(_config("classify", **overrides)) == [expected]
+
+
+GRID_CASES = [
+    ({"inits": ()}, "config.inits = (): must be a non-empty sequence of 'name=spec' entries"),
+    ({"inits": ("random", "random")}, "config.inits = ('random', 'random'): config.inits names ['random'] more than "
+                                      "once; give each entry a unique name="),
+    ({"seeds": ()}, "config.seeds = (): must be a non-empty sequence of distinct integers >= 0"),
+    ({"seeds": (0, 0)}, "config.seeds = (0, 0): must be a non-empty sequence of distinct integers >= 0"),
+    ({"modes": ()}, "config.modes = (): must be a non-empty sequence of distinct modes from 'finetune', 'linear'"),
+    ({"modes": ("finetune", "probe")}, "config.modes = ('finetune', 'probe'): must be a non-empty sequence of "
+                                       "distinct modes from 'finetune', 'linear'"),
+    ({"label_fractions": (0.0,)}, "config.label_fractions = (0.0,): must be a sequence of fractions in (0, 1]"),
+    ({"labels_per_class": (0,)}, "config.labels_per_class = (0,): must be a sequence of distinct integers >= 1 "
+                                 "(labelled images of every class)"),
+    ({"labels_per_class": (), "label_fractions": ()}, "config.label_fractions = (): must give at least one budget (or "
+                                                      "labels_per_class)"),
+    ({"classify.batch_size": 0}, "config.classify.batch_size = 0: must be a positive integer"),
+    ({"classify.mode": "probe"}, "config.classify.mode = 'probe': must be one of 'finetune', 'linear'"),
+    ({"inits": (f"bt={CONFIGS / 'barlow.py'}:tiny,batch_size=-4", "random")},
+     "config.inits[0] (bt): config.batch_size = -4: must be a positive integer"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("overrides", "expected"), GRID_CASES, ids=lambda v: str(v)[:40])
+def test_grid_rule(overrides, expected):
+    assert _problems(_config("paper_grid", **overrides)) == [expected]
+
+
+def test_every_problem_is_reported_at_once_one_per_line():
+    config = _config("barlow", batch_size=-4, checkpoint_every_steps=0, **{"model.dtype": "half"})
+    assert sorted(_problems(config)) == sorted([
+        "config.batch_size = -4: must be a positive integer",
+        "config.checkpoint_every_steps = 0: must be a positive integer",
+        "config.model.dtype = 'half': must be one of 'float32', 'bfloat16'",
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize("preset", ["tiny", "default", "paper"])
+@pytest.mark.parametrize("name", [*PRETRAINING, "classify", "paper_grid"])
+def test_the_projects_own_configs_are_valid(name, preset):
+    config = _config(name, preset)
+    VALIDATORS[config.get("task", "pretrain")](config)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("--config.batch_size=-4", "error: config.batch_size = -4: must be a positive integer"),
+        ("--config.checkpoint_every_steps=0", "error: config.checkpoint_every_steps = 0: must be a positive integer"),
+    ],
+)
+def test_command_line_exits_2_and_writes_nothing(override, expected, tmp_path, monkeypatch, capsys):
+    workdir = tmp_path / "run"
+    argv = ["fetalssl-train", "--config", f"{CONFIGS / 'barlow.py'}:tiny", "--workdir", str(workdir), override]
+    monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads the --config.* overrides from sys.argv
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == [expected]
+    assert not workdir.exists()
+
+
+# ---- fingerprints ----------------------------------------------------------------------------------------------
+def test_fingerprint_drops_the_cosmetic_keys_of_its_task():
+    run = {
+        "seed": 3, "progress_bar": True, "log_every_steps": 5, "checkpoint_every_steps": 10, "keep_checkpoints": 2,
+        "compilation_cache_dir": "/c", "allow_extend": True, "num_steps": 8,
+        "optim": {"lr_weights": 0.2, "name": "lars"}, "data": {"prefetch": 2, "seed": 0},
+        "eval": {"knn_k": 20, "shots": (1, 0)}, "fingerprint_sha256": "ab",
+    }  # fmt: skip
+    assert fingerprint(run) == {"data.seed": 0, "num_steps": 8, "optim.lr_weights": 0.2, "optim.name": "lars",
+                                "seed": 3}  # fmt: skip
+    classify = {"task": "classify", "seed": 1, "progress_bar": False, "checkpoint_every_epochs": 5,
+                "checkpoint_every_steps": 500, "compilation_cache_dir": "", "init": "runs/a",
+                "eval": {"num_patients": 300}}  # fmt: skip
+    # the classifier's eval keys size its labelled set: they count
+    assert fingerprint(classify) == {"eval.num_patients": 300, "init": "runs/a", "seed": 1, "task": "classify"}
+    assert fingerprint(classify, ignore=("init",)) == {"eval.num_patients": 300, "seed": 1, "task": "classify"}
+
+
+def test_fingerprint_differences_name_the_key_and_both_values():
+    old = {"optim.lr_weights": 0.2, "seed": 0, "augment.view1.crop_scale": [0.08, 1.0]}
+    new = {"optim.lr_weights": 0.5, "seed": 0, "augment.view1.crop_scale": [0.5, 1.0], "num_steps": 8}
+    differences = fingerprint_differences(old, new)
+    assert differences == [
+        ("augment.view1.crop_scale", [0.08, 1.0], [0.5, 1.0]),
+        ("num_steps", "<no such key>", 8),
+        ("optim.lr_weights", 0.2, 0.5),
+    ]
+    assert format_differences(differences).splitlines() == [
+        "  augment.view1.crop_scale: checkpoint has [0.08, 1.0], config has [0.5, 1.0]",
+        "  num_steps: checkpoint has <no such key>, config has 8",
+        "  optim.lr_weights: checkpoint has 0.2, config has 0.5",
+    ]
+    assert fingerprint_differences(old, new, ignore=("augment", "num_steps", "optim")) == []

@@ -155,3 +155,14 @@ def test_evaluate_inits_without_patient_ids_resamples_images():
     assert result.num_test_patients == 0 and result.num_test == len(test_y)
     assert result.few_label.scores["a"][0].high > result.few_label.scores["a"][0].low  # an interval, not a point
     assert "no patient ids" in format_table(result)
+
+
+def test_shots_a_small_labelled_set_cannot_supply_are_left_out(caplog):
+    train_y, _ = _labels(n_patients=2, per_class=3)  # 6 images per class
+    test_y, test_groups = _labels(n_patients=4, per_class=2)
+    rng = np.random.default_rng(0)
+    feats = {"a": (rng.normal(size=(len(train_y), 8)), rng.normal(size=(len(test_y), 8)))}
+    with caplog.at_level("WARNING", logger="fetalssl_jax"):
+        result = fl.few_label_evaluation(feats, train_y, test_y, test_groups, 5, shots=(1, 5, 10, 25, 0), draws=3)
+    assert result.shots == (1, 5, 0) and set(result.scores["a"]) == {1, 5, 0}
+    assert any("has 6 images; leaving out 10, 25" in r.getMessage() for r in caplog.records)

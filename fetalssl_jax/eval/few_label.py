@@ -14,11 +14,14 @@ weighted sum, not a refit.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
+
+log = logging.getLogger("fetalssl_jax")
 
 DEFAULT_SHOTS = (1, 5, 10, 25, 0)  # labelled images per class; 0 = every labelled training image
 ALL = 0
@@ -174,7 +177,19 @@ def few_label_evaluation(
     max_iter: int = 1000,
 ) -> FewLabelResult:
     """Few-label logistic-regression probes of every initialisation in `features` (name -> (train, test)
-    features), with paired differences to each name in `baselines`."""
+    features), with paired differences to each name in `baselines`.
+
+    Numbers of shots that the smallest class of the training split cannot supply are left out with a warning (a
+    small labelled set of one's own should still get the evaluation it can support, not a crash at the end of a
+    run); `all` is always kept."""
+    smallest = int(np.unique(np.asarray(train_y), return_counts=True)[1].min())
+    dropped = [k for k in shots if k != ALL and k > smallest]
+    if dropped:
+        log.warning(
+            "few-label probe: the smallest class of the labelled training split has %d images; leaving out %s "
+            "labelled images per class", smallest, ", ".join(map(str, dropped)),
+        )  # fmt: skip
+    shots = tuple(k for k in shots if k not in dropped)
     subsets = {k: draw_label_subsets(train_y, k, draws, seed) for k in shots}
     num_patients = len(np.unique(test_groups))
     resamples = {k: Resamples.make(len(subsets[k]), num_patients, replicates, seed + k) for k in shots}

@@ -87,28 +87,30 @@ class Interval:
 
 
 def probe_confusions(
-    train_x: np.ndarray,
+    train_z: np.ndarray,
     train_y: np.ndarray,
-    test_x: np.ndarray,
+    test_z: np.ndarray,
     test_y: np.ndarray,
     test_groups: np.ndarray,
     subsets: Sequence[np.ndarray],
     num_classes: int,
     max_iter: int = 1000,
 ) -> np.ndarray:
-    """Per-draw, per-test-patient confusion counts [D, G, C, C] of a logistic regression fitted on each subset.
-
-    Features are standardised with statistics of every training image (labels not needed for that), so a
-    1-image-per-class draw is not standardised by five samples.
-    """
-    scaler = StandardScaler().fit(train_x)
-    train_z, test_z = scaler.transform(train_x), scaler.transform(test_x)
+    """Per-draw, per-test-patient confusion counts [D, G, C, C] of a logistic regression fitted on each subset of
+    standardised features (see `standardise`)."""
     out = []
     for subset in subsets:
         probe = LogisticRegression(max_iter=max_iter)
         probe.fit(train_z[subset], train_y[subset])
         out.append(patient_confusions(test_y, probe.predict(test_z), test_groups, num_classes))
     return np.stack(out)
+
+
+def standardise(train_x: np.ndarray, test_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both feature sets standardised with the statistics of every training image (labels are not needed for that),
+    so a 1-image-per-class draw is not standardised by five samples."""
+    scaler = StandardScaler().fit(train_x)
+    return scaler.transform(train_x), scaler.transform(test_x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,8 +199,9 @@ def few_label_evaluation(
     scores: dict[str, dict[int, Interval]] = {}
     for name, (train_x, test_x) in features.items():
         boot[name], scores[name] = {}, {}
+        train_z, test_z = standardise(train_x, test_x)
         for k in shots:
-            conf = probe_confusions(train_x, train_y, test_x, test_y, test_groups, subsets[k], num_classes, max_iter)
+            conf = probe_confusions(train_z, train_y, test_z, test_y, test_groups, subsets[k], num_classes, max_iter)
             point = float(macro_f1_from_confusion(conf.sum(1)).mean())
             boot[name][k] = bootstrap_scores(conf, resamples[k])
             scores[name][k] = interval(point, boot[name][k])

@@ -1,7 +1,8 @@
-"""Frozen-feature evaluation of a backbone: weighted kNN and a logistic-regression linear probe.
+"""Frozen-feature evaluation of backbones: weighted kNN and few-label logistic-regression probes (few_label.py).
 
 Both are fitted on the labelled training split and scored on the test split (patients never seen in
-training). Features are the pooled backbone outputs in eval mode (BatchNorm running statistics).
+training), every backbone on the same label draws, with paired intervals. Features are the pooled backbone
+outputs in eval mode (BatchNorm running statistics).
 """
 
 from __future__ import annotations
@@ -14,11 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 from sklearn.neighbors import KNeighborsClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from fetalssl_jax.data.augment import preprocess_eval
 from fetalssl_jax.eval.few_label import (
@@ -61,15 +58,6 @@ def extract_features(
     return np.concatenate(out).astype(np.float32)
 
 
-def classification_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
-    """Macro-F1, balanced accuracy and accuracy."""
-    return {
-        "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0)),
-        "balanced_accuracy": float(balanced_accuracy_score(labels, predictions)),
-        "accuracy": float(accuracy_score(labels, predictions)),
-    }
-
-
 def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k: int = 20) -> np.ndarray:
     """Cosine kNN; each of the k neighbours votes with weight exp(cosine similarity / 0.07)."""
     knn = KNeighborsClassifier(
@@ -79,14 +67,6 @@ def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k:
         weights=lambda distance: np.exp((1.0 - distance) / KNN_TEMPERATURE),
     )
     return knn.fit(train_x, train_y).predict(test_x)
-
-
-def linear_probe_predict(
-    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, max_iter: int = 2000, seed: int = 0
-) -> np.ndarray:
-    """Logistic regression on standardised frozen features."""
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, random_state=seed))
-    return probe.fit(train_x, train_y).predict(test_x)
 
 
 def effective_rank(features: np.ndarray) -> float:

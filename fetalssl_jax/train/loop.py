@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import pathlib
@@ -121,7 +122,9 @@ class Evaluator:
             self._splits = sources.labelled_splits(self.config)
         return self._splits
 
+    @functools.cached_property
     def baselines(self) -> dict[str, dict[str, Any]]:
+        """The baselines' variables (none without `eval.compare_random_init`), made once per run."""
         if not self.config.eval.compare_random_init:
             return {}
         model = self.config.model
@@ -134,7 +137,7 @@ class Evaluator:
 
     def __call__(self, state: TrainState, name: str, shots: tuple[int, ...] | None = None) -> FrozenEval:
         e = self.config.eval
-        inits = {f"{name} (step {int(state.step)})": backbone_variables(state), **self.baselines()}
+        inits = {f"{name} (step {int(state.step)})": backbone_variables(state), **self.baselines}
         result = evaluate_inits(
             self.backbone, inits, self.splits, self.config.data.image_size, len(sources.class_names(self.config)),
             baselines=tuple(n for n in (RANDOM_INIT, SSL_START) if n in inits), knn_k=e.knn_k,

@@ -3,6 +3,7 @@ numerics.
 
   python benchmarks/bit_identical.py record benchmarks/bit_identical_before.json   # on the tree before
   python benchmarks/bit_identical.py check benchmarks/bit_identical_before.json    # after: exit 1 on any change
+  python benchmarks/bit_identical.py check benchmarks/bit_identical_before.json byol moco finetune   # only these
 
 Every `configs/*.py` whose tiny preset pretrains is run for a few steps (keyed by `config.method`, so renaming a
 config file does not change the record); classification runs fine-tune and linear-probe `configs/classify.py:tiny`
@@ -36,8 +37,9 @@ def _tree_hash(tree) -> str:
     return digest.hexdigest()
 
 
-def pretraining_records() -> dict[str, dict]:
-    """{method: {"loss": [...], "grad_norm": [...]}} of NUM_STEPS steps of every tiny pretraining preset."""
+def pretraining_records(only: set[str]) -> dict[str, dict]:
+    """{method: {"loss": [...], "grad_norm": [...]}} of NUM_STEPS steps of every tiny pretraining preset (those
+    named in `only`, if any)."""
     from fetalssl_jax.config_lib import load_config, set_by_path
     from fetalssl_jax.train.loop import train
     from fetalssl_jax.train.monitor import read_metrics
@@ -45,7 +47,7 @@ def pretraining_records() -> dict[str, dict]:
     out = {}
     for path in sorted((REPO / "configs").glob("*.py")):
         config = load_config(f"{path}:tiny")
-        if config.get("task", "pretrain") != "pretrain":
+        if config.get("task", "pretrain") != "pretrain" or (only and config.method not in only):
             continue
         set_by_path(config, "num_steps", NUM_STEPS)
         set_by_path(config, "eval.compare_random_init", False)
@@ -64,8 +66,9 @@ def pretraining_records() -> dict[str, dict]:
     return out
 
 
-def classification_records() -> dict[str, dict]:
-    """{mode: validation rounds, test metrics and a weight hash} of tiny fine-tune and linear-probe runs."""
+def classification_records(only: set[str]) -> dict[str, dict]:
+    """{mode: validation rounds, test metrics and a weight hash} of tiny fine-tune and linear-probe runs (those
+    named in `only`, if any)."""
     import orbax.checkpoint as ocp
 
     from fetalssl_jax.config_lib import load_config, set_by_path
@@ -76,7 +79,7 @@ def classification_records() -> dict[str, dict]:
         from fetalssl_jax.downstream.classification import run_classification
 
     out = {}
-    for mode in ("finetune", "linear"):
+    for mode in [m for m in ("finetune", "linear") if not only or m in only]:
         config = load_config(f"{REPO / 'configs' / 'classify.py'}:tiny")
         set_by_path(config, "mode", mode)
         set_by_path(config, "compilation_cache_dir", "")
@@ -94,10 +97,11 @@ def classification_records() -> dict[str, dict]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[1] not in ("record", "check"):
+    if len(argv) < 3 or argv[1] not in ("record", "check") or (argv[1] == "record" and len(argv) > 3):
         print(__doc__, file=sys.stderr)
         return 2
-    now = {"pretraining": pretraining_records(), "classification": classification_records()}
+    only = set(argv[3:])
+    now = {"pretraining": pretraining_records(only), "classification": classification_records(only)}
     path = pathlib.Path(argv[2])
     if argv[1] == "record":
         path.write_text(json.dumps(now, indent=1) + "\n")
@@ -108,7 +112,7 @@ def main(argv: list[str]) -> int:
         f"{part}/{name}: {before[part].get(name)} -> {now[part].get(name)}"
         for part in before
         for name in sorted(set(before[part]) | set(now[part]))
-        if before[part].get(name) != now[part].get(name)
+        if (not only or name in only) and before[part].get(name) != now[part].get(name)
     ]
     print("\n".join(differences) if differences else f"bit-identical to {path}")
     return 1 if differences else 0

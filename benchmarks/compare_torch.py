@@ -13,7 +13,7 @@ fetalssl_jax in its jitted step; benchmarks/train_step.py measures the fetalssl_
 Every measurement runs in its own subprocess (torch, torch with huge pages, JAX, torch, ...) so that peak resident
 memory is attributable and neither framework's thread pool competes with the other's. torch runs twice per
 alternation: with glibc's default malloc and with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, the setting that
-`python -m fetalssl_jax.main` gives itself (fetalssl_jax/hugepages.py); the faster of the two is the reference, so
+`python -m fetalssl_jax.main` gives itself (runtime/hugepages.py); the faster of the two is the reference, so
 the setting cannot flatter the ratio (`--no-hugepages` runs the JAX side without it). Both use all cores
 (torch.set_num_threads(os.cpu_count()); XLA's CPU client uses every core by default). The JAX subprocesses share a
 fresh persistent compilation cache: the first one compiles, the later ones load, which gives the first-run and
@@ -216,8 +216,9 @@ def run_jax(case: dict, cache_dir: str) -> dict:
 
     from fetalssl_jax import config_lib
     from fetalssl_jax.methods import get_method
+    from fetalssl_jax.runtime.sharding import batch_sharding, enable_compilation_cache, make_mesh
     from fetalssl_jax.train.optim import make_optimizer
-    from fetalssl_jax.train.step import batch_sharding, enable_compilation_cache, init_state, make_mesh, make_train_step
+    from fetalssl_jax.train.step import init_state, make_train_step
 
     enable_compilation_cache(cache_dir)
     proj = case["projector"]
@@ -278,7 +279,7 @@ def _worker(framework: str, case_name: str, cache_dir: str, steps: int | None, h
     if steps:
         cmd += ["--steps", str(steps)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    from fetalssl_jax.hugepages import HUGETLB_TUNABLE  # no jax import: only the driver process runs this
+    from fetalssl_jax.runtime.hugepages import HUGETLB_TUNABLE  # no jax import: only the driver process runs this
 
     env.pop("GLIBC_TUNABLES", None)
     env["FETALSSL_HUGEPAGES"] = "0"  # the worker runs in exactly the environment given here, never re-executed

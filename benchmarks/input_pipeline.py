@@ -25,8 +25,8 @@ from fetalssl_jax.config_lib import set_by_path
 from fetalssl_jax.data import sources
 from fetalssl_jax.data.pipeline import device_batches
 from fetalssl_jax.methods import get_method
+from fetalssl_jax.runtime.sharding import batch_sharding, make_mesh
 from fetalssl_jax.train.loop import make_sampler
-from fetalssl_jax.train.step import batch_sharding, make_mesh
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file: path.py[:preset].")
 _NAME = flags.DEFINE_string("name", "fetal_us_video/synthetic", "Built TFDS dataset.")

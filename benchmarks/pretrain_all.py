@@ -90,7 +90,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from fetalssl_jax.hugepages import reexec_with_hugepages
+    from fetalssl_jax.runtime.hugepages import reexec_with_hugepages
 
     reexec_with_hugepages()  # as `python -m fetalssl_jax.main` does
     main()

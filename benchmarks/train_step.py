@@ -20,8 +20,9 @@ from absl import flags
 from ml_collections import config_flags
 
 from fetalssl_jax.methods import get_method
+from fetalssl_jax.runtime.sharding import batch_sharding, enable_compilation_cache, make_mesh
 from fetalssl_jax.train.optim import make_optimizer
-from fetalssl_jax.train.step import batch_sharding, enable_compilation_cache, init_state, make_mesh, make_train_step
+from fetalssl_jax.train.step import init_state, make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file: path.py[:preset].")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after one warm-up step).")
@@ -80,7 +81,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from fetalssl_jax.hugepages import reexec_with_hugepages
+    from fetalssl_jax.runtime.hugepages import reexec_with_hugepages
 
     reexec_with_hugepages()  # as `python -m fetalssl_jax.main` does
     main(sys.argv)

@@ -12,6 +12,7 @@ results it resumes or reuses: the config less its cosmetic keys.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -111,18 +112,12 @@ def base_config() -> ConfigDict:
 
 
 def view(**overrides) -> ConfigDict:
-    """One view's augmentation: the Barlow Twins reference values, with `overrides`."""
-    base = dict(
-        crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_prob=0.5, vflip_prob=0.0,
-        color_jitter_prob=0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1,
-        grayscale_prob=0.2, blur_prob=1.0, blur_sigma=(0.1, 2.0), blur_kernel_fraction=0.1, solarize_prob=0.0,
-        # the reference's sigma is for its 256 px input; scaled to data.image_size (0.025-0.5 px at 64 px)
-        blur_sigma_reference=256.0,
-        rotation_prob=0.0, rotation_deg=0.0, ultrasound_prob=0.0, gain_db=0.0, tgc_db=0.0, speckle=0.0,
-        dynamic_range_db=50.0,
-    )  # fmt: skip
-    base.update(overrides)
-    return ConfigDict(base)
+    """One view's augmentation: `augment.default_view_config` (the Barlow Twins reference values) with the blur's
+    sigma given for the reference's 256 px input and scaled to data.image_size (0.025-0.5 px at 64 px), and
+    `overrides`."""
+    from fetalssl_jax.data.augment import default_view_config
+
+    return ConfigDict(default_view_config(**{"blur_sigma_reference": 256.0, **overrides}))
 
 
 def barlow_twins_views(c: ConfigDict) -> None:
@@ -555,11 +550,50 @@ def classification_problems(config: ConfigDict, prefix: str = "config") -> list[
     return c.problems
 
 
+# `name=` is a name only when it looks like one: "barlow.py:tiny,num_steps=4" is a bare spec, not name "barlow.py:..."
+_INIT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.+-]*")
+
+
+@dataclasses.dataclass(frozen=True)
+class InitSpec:
+    """One row of the grid: its name, and either a pretraining config or a backbone spec."""
+
+    name: str
+    spec: str
+
+    @property
+    def is_pretraining_config(self) -> bool:
+        return self.spec.partition(":")[0].endswith(".py")
+
+
+def parse_inits(entries: Sequence[str]) -> list[InitSpec]:
+    """`name=spec` strings (or bare specs) -> InitSpecs; names must be unique.
+
+    An entry is `name=spec` only when the part before the first '=' is a plain name (letters, digits, `_.+-`, not
+    ending in .py); otherwise the whole entry is a spec (e.g. `barlow.py:tiny,num_steps=4`, `/runs/a=b`), named
+    after its file or directory.
+    """
+    inits = []
+    for entry in entries:
+        entry = str(entry).strip()
+        name, sep, spec = entry.partition("=")
+        name = name.strip()
+        if not sep or not _INIT_NAME.fullmatch(name) or name.endswith(".py"):
+            spec = entry
+            name = "random" if spec == "random" else pathlib.Path(spec.partition(":")[0]).stem
+        inits.append(InitSpec(name, spec.strip()))
+    names = [i.name for i in inits]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"config.inits names {duplicates} more than once; give each entry a unique name=")
+    if not inits:
+        raise ValueError("config.inits is empty")
+    return inits
+
+
 def grid_problems(config: ConfigDict, prefix: str = "config") -> list[str]:
     """Every problem of a grid config (configs/paper_grid.py): its own keys, its `classify` config and the
     pretraining configs among its inits."""
-    from fetalssl_jax.downstream.grid import parse_inits
-
     c = _Checks(config, prefix)
     inits = c.get("inits")
     if not (isinstance(inits, Sequence) and not isinstance(inits, str) and len(inits)):

@@ -101,9 +101,9 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
     """Console-script entry point."""
-    from fetalssl_jax.hugepages import reexec_with_hugepages
+    from fetalssl_jax.runtime.hugepages import reexec_with_hugepages
 
-    reexec_with_hugepages()  # once, before any work: XLA's CPU buffers on huge pages (see fetalssl_jax/hugepages.py)
+    reexec_with_hugepages()  # once, before any work: XLA's CPU buffers on huge pages (runtime/hugepages.py)
     sys.exit(main(sys.argv))
 
 

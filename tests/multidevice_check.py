@@ -19,9 +19,10 @@ from conftest import REPO  # noqa: E402
 from fetalssl_jax.config_lib import load_config, set_by_path  # noqa: E402
 from fetalssl_jax.data import sources  # noqa: E402
 from fetalssl_jax.methods import get_method  # noqa: E402
+from fetalssl_jax.runtime.sharding import batch_sharding, make_mesh  # noqa: E402
 from fetalssl_jax.train.loop import make_sampler  # noqa: E402
 from fetalssl_jax.train.optim import make_optimizer  # noqa: E402
-from fetalssl_jax.train.step import batch_sharding, init_state, make_mesh, make_train_step  # noqa: E402
+from fetalssl_jax.train.step import init_state, make_train_step  # noqa: E402
 
 
 def run(devices, config, steps=2):

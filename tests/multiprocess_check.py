@@ -29,9 +29,10 @@ from conftest import tiny_config  # noqa: E402
 from fetalssl_jax.data import sources  # noqa: E402
 from fetalssl_jax.data.pipeline import device_batches  # noqa: E402
 from fetalssl_jax.methods import get_method  # noqa: E402
+from fetalssl_jax.runtime.sharding import batch_sharding, make_mesh  # noqa: E402
 from fetalssl_jax.train.loop import make_sampler  # noqa: E402
 from fetalssl_jax.train.optim import make_optimizer  # noqa: E402
-from fetalssl_jax.train.step import batch_sharding, init_state, make_mesh, make_train_step  # noqa: E402
+from fetalssl_jax.train.step import init_state, make_train_step  # noqa: E402
 
 if __name__ == "__main__":
     data_dir, name, steps, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]

@@ -11,8 +11,8 @@ from conftest import REPO
 from PIL import Image
 from us_fixtures import PATIENT_ID, PATIENT_NAME, moving_frames, write_dicom, write_hdf5, write_png, write_video
 
-from fetalssl_jax.data import readers
-from fetalssl_jax.data.readers import DataError
+from fetalssl_jax.data.build import readers
+from fetalssl_jax.data.build.readers import DataError
 
 sys.path.insert(0, str(REPO / "data_builders"))
 tfds = pytest.importorskip("tensorflow_datasets")

@@ -137,7 +137,7 @@ def test_relative_weight_change_by_stage_against_numpy():
 
 def test_evaluate_inits_without_patient_ids_resamples_images():
     """A planes CSV without patient_id: every image is its own resampling unit (one group would give no interval)."""
-    from fetalssl_jax.data.synthetic import LabelledFrames
+    from fetalssl_jax.data.types import LabelledFrames
     from fetalssl_jax.eval.frozen import evaluate_inits, format_table
 
     train_y, _ = _labels(n_patients=10, per_class=4)

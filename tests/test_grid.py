@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fetalssl_jax.config_lib import load_config
+from fetalssl_jax.config_lib import load_config, parse_inits
 from fetalssl_jax.downstream.classify import Schedule, cycled_batch, run_classification
 from fetalssl_jax.downstream.grid import (
     column_winner,
     markdown_table,
     paired_differences,
-    parse_inits,
     run_grid,
     summarise,
     t_interval,

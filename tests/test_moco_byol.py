@@ -10,18 +10,13 @@ from fetalssl_jax.data import sources
 from fetalssl_jax.methods import get_method
 from fetalssl_jax.methods.base import apply_model
 from fetalssl_jax.methods.byol import negative_cosine_loss
-from fetalssl_jax.methods.ema import cosine_momentum, ema_update
 from fetalssl_jax.methods.moco import info_nce_loss
+from fetalssl_jax.methods.momentum import cosine_momentum
+from fetalssl_jax.runtime.sharding import batch_sharding, enable_compilation_cache, make_mesh
 from fetalssl_jax.train.loop import make_sampler, train
 from fetalssl_jax.train.monitor import read_metrics
 from fetalssl_jax.train.optim import make_optimizer
-from fetalssl_jax.train.step import (
-    batch_sharding,
-    enable_compilation_cache,
-    init_state,
-    make_mesh,
-    make_train_step,
-)
+from fetalssl_jax.train.step import init_state, make_train_step
 
 NUM_STEPS = 6
 # One config for the step and the resume tests, so that they share one compiled step (persistent cache).
@@ -91,11 +86,25 @@ def test_cosine_momentum():
     assert np.all(np.diff(values) >= 0) and np.all(np.diff(values[:-1]) > 0)
 
 
-def test_ema_update():
-    target, online = {"a": jnp.ones(3), "b": {"c": jnp.zeros(2)}}, {"a": jnp.zeros(3), "b": {"c": jnp.ones(2)}}
-    new = ema_update(target, online, 0.75)
-    np.testing.assert_allclose(new["a"], 0.75)
-    np.testing.assert_allclose(new["b"]["c"], 0.25)
+def test_after_update_moves_the_target_modules_parameters_and_statistics():
+    """target <- m * target + (1 - m) * online, for parameters and BatchNorm statistics of the target's modules
+    only (BYOL: backbone and projector, not the predictor); other extra state passes through."""
+    method = get_method("byol")(method_config("byol"), NUM_STEPS)
+    ones, zeros = jnp.ones(3), jnp.zeros(3)
+    extra = {
+        "target_params": {"backbone": {"w": ones}, "projector": {"w": zeros}},
+        "target_state": {"batch_stats": {"backbone": {"mean": ones}, "projector": {"mean": ones}}},
+        "other": zeros,
+    }
+    params = {"backbone": {"w": zeros}, "projector": {"w": ones}, "predictor": {"w": ones}}
+    model_state = {"batch_stats": {"backbone": {"mean": 3 * ones}, "projector": {"mean": ones}, "predictor": {}}}
+    new = method.after_update(extra, params, model_state, jnp.asarray(2))
+    m = 1 - 0.5 * (np.cos(np.pi * 2 / NUM_STEPS) + 1) / 2  # momentum_base 0.5
+    np.testing.assert_allclose(new["target_params"]["backbone"]["w"], m, rtol=1e-6)
+    np.testing.assert_allclose(new["target_params"]["projector"]["w"], 1 - m, rtol=1e-6)
+    np.testing.assert_allclose(new["target_state"]["batch_stats"]["backbone"]["mean"], m + 3 * (1 - m), rtol=1e-6)
+    np.testing.assert_allclose(new["target_state"]["batch_stats"]["projector"]["mean"], 1.0, rtol=1e-6)
+    assert set(new["target_params"]) == {"backbone", "projector"} and new["other"] is zeros
 
 
 # ---- one train step ----------------------------------------------------------------------------------------------

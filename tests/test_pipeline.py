@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fetalssl_jax.data.pipeline import BatchSampler, FrameDataset
-from fetalssl_jax.data.synthetic import Video
+from fetalssl_jax.data.types import Video
 
 
 def make_dataset(lengths=(7, 5, 9), size=4):

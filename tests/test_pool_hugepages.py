@@ -1,4 +1,4 @@
-"""The CPU max-pool gradient (models/pool.py) and the huge-page re-execution (fetalssl_jax/hugepages.py).
+"""The CPU max-pool gradient (models/pool.py) and the huge-page re-execution (fetalssl_jax/runtime/hugepages.py).
 
 The max-pool reference is `jax.grad` of `lax.reduce_window(max)`, i.e. XLA's own select_and_scatter, and a numpy
 loop that sends each window's gradient to its first maximum (PyTorch's rule); neither shares code with the tested
@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from fetalssl_jax.hugepages import HUGETLB_TUNABLE, _thp_available, hugepage_environ
 from fetalssl_jax.models.pool import max_pool, max_pool_fast_grad
+from fetalssl_jax.runtime.hugepages import HUGETLB_TUNABLE, _thp_available, hugepage_environ
 
 
 def _native(x, window, strides, padding):
@@ -122,7 +122,7 @@ def test_reexec_keeps_arguments_and_pid_and_sets_the_tunable_once():
         """
         import os, sys
         print("BEFORE", os.getpid(), os.environ.get("GLIBC_TUNABLES"), flush=True)
-        from fetalssl_jax.hugepages import reexec_with_hugepages
+        from fetalssl_jax.runtime.hugepages import reexec_with_hugepages
         reexec_with_hugepages()
         print("AFTER", os.getpid(), os.environ.get("GLIBC_TUNABLES"), sys.argv[1:])
         """

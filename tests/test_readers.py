@@ -1,12 +1,12 @@
-"""Format readers, preprocessing, ids and splits of fetalssl_jax.data.readers, on fixtures made here."""
+"""Format readers, preprocessing, ids and splits of fetalssl_jax.data.build.readers, on fixtures made here."""
 
 import numpy as np
 import pytest
 from PIL import Image
 from us_fixtures import moving_frames, write_dicom, write_hdf5, write_png, write_video
 
-from fetalssl_jax.data import readers
-from fetalssl_jax.data.readers import DataError, VideoRef
+from fetalssl_jax.data.build import readers
+from fetalssl_jax.data.build.readers import DataError, VideoRef
 
 
 def ref(tmp_path, rel, key=""):

@@ -13,16 +13,11 @@ from fetalssl_jax.data import sources
 from fetalssl_jax.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from fetalssl_jax.methods import get_method
 from fetalssl_jax.methods.reorder import permutation_set
+from fetalssl_jax.runtime.sharding import batch_sharding, enable_compilation_cache, make_mesh
 from fetalssl_jax.train.loop import make_sampler, total_steps_of, train
 from fetalssl_jax.train.monitor import read_metrics
 from fetalssl_jax.train.optim import make_optimizer
-from fetalssl_jax.train.step import (
-    batch_sharding,
-    enable_compilation_cache,
-    init_state,
-    make_mesh,
-    make_train_step,
-)
+from fetalssl_jax.train.step import init_state, make_train_step
 
 METRICS = ("order_accuracy", "transform_accuracy", "order_loss", "transform_loss")
 

@@ -7,9 +7,10 @@ from conftest import tiny_config
 
 from fetalssl_jax.data import sources
 from fetalssl_jax.methods import get_method
+from fetalssl_jax.runtime.sharding import batch_sharding, make_mesh
 from fetalssl_jax.train.loop import make_sampler
 from fetalssl_jax.train.optim import make_optimizer
-from fetalssl_jax.train.step import batch_sharding, init_state, make_mesh, make_train_step
+from fetalssl_jax.train.step import init_state, make_train_step
 
 
 def one_step(config):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fetalssl_jax.data import synthetic as syn
+from fetalssl_jax.data.types import LabelledFrames, Video
 
 
 def _fan_bounds(size: int) -> np.ndarray:
@@ -20,12 +21,12 @@ def _fan_bounds(size: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def videos() -> list[syn.Video]:
+def videos() -> list[Video]:
     return syn.generate_videos(num_videos=8, num_frames=12, image_size=48, seed=3, frame_skip=5)
 
 
 @pytest.fixture(scope="module")
-def labelled() -> dict[str, syn.LabelledFrames]:
+def labelled() -> dict[str, LabelledFrames]:
     return syn.generate_labelled_frames(
         num_patients=40, frames_per_patient=10, image_size=32, seed=5, split_fractions=(0.5, 0.1, 0.4)
     )
@@ -53,7 +54,7 @@ def test_render_video_small_and_large_sizes(size):
 def test_generate_videos_structure(videos):
     assert len(videos) == 8
     for i, v in enumerate(videos):
-        assert isinstance(v, syn.Video)
+        assert isinstance(v, Video)
         assert v.frames.shape == (12, 48, 48) and v.frames.dtype == np.uint8
         assert v.planes.shape == (12,) and v.planes.dtype == np.int32
         assert v.planes.min() >= 0 and v.planes.max() < len(syn.PLANES)
@@ -112,7 +113,7 @@ def test_labelled_splits_by_patient(labelled):
     assert set(labelled) == {"train", "valid", "test"}
     patients = {}
     for name, split in labelled.items():
-        assert isinstance(split, syn.LabelledFrames)
+        assert isinstance(split, LabelledFrames)
         n = len(split.labels)
         assert split.images.shape == (n, 32, 32) and split.images.dtype == np.uint8
         assert split.labels.dtype == np.int32 and split.patient_ids.shape == (n,)

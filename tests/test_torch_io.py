@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from fetalssl_jax.downstream.backbones import random_backbone_variables, resolve_backbone
+from fetalssl_jax.downstream.backbones import resolve_backbone
 from fetalssl_jax.models import torch_io
+from fetalssl_jax.models.resnet import random_backbone_variables
 
 
 def torchvision_state_dict(stage_sizes, width, bottleneck, seed=0):

@@ -21,8 +21,9 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fetalssl_jax.data import readers, synthetic
-from fetalssl_jax.data.tfds_build import BeamOrLocalBuilder, SkippingExamples
+from fetalssl_jax.data import synthetic
+from fetalssl_jax.data.build import readers
+from fetalssl_jax.data.build.tfds_build import BeamOrLocalBuilder, SkippingExamples
 
 log = logging.getLogger("fetalssl_jax.data")
 

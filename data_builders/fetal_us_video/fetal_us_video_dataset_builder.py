@@ -5,7 +5,7 @@
   tfds build data_builders/fetal_us_video --manual_dir /path/to/videos \\
       --config '{"name": "pairs_gap4_128", "record": "pairs", "max_gap": 4, "image_size": 128, "on_error": "skip"}'
 
-The manual folder holds videos in any of the formats of `fetalssl_jax.data.readers` (mp4/avi, DICOM cine loops,
+The manual folder holds videos in any of the formats of `fetalssl_jax.data.build.readers` (mp4/avi, DICOM cine loops,
 HDF5 with one dataset per video, .npy/.npz, folders of frame images), in any sub-folders. Every `frame_skip`-th
 frame is kept, converted to one gray channel and resized to `image_size` squared. Videos (never frames) are split
 into train and validation. Records carry a salted hash of the video's relative path as `video_id`, never a file
@@ -21,8 +21,9 @@ import pathlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fetalssl_jax.data import readers, synthetic
-from fetalssl_jax.data.tfds_build import BeamOrLocalBuilder, SkippingExamples
+from fetalssl_jax.data import synthetic
+from fetalssl_jax.data.build import readers
+from fetalssl_jax.data.build.tfds_build import BeamOrLocalBuilder, SkippingExamples
 
 RECORDS = ("pairs", "clips", "frames")
 

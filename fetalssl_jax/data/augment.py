@@ -30,10 +30,14 @@ __all__ = [
     "augment_batch",
     "augment_view",
     "blur_kernel_size",
+    "check_channels",
     "default_view_config",
     "gray_identity_ops",
+    "imagenet_normalise",
     "preprocess_eval",
     "sample_crop_box",
+    "to_float",
+    "to_rgb",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -159,26 +163,28 @@ def _resolve_config(cfg: Mapping) -> dict:
 # --------------------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------------------
-def _to_float(image: jax.Array) -> jax.Array:
+def to_float(image: jax.Array) -> jax.Array:
     """uint8 (or any integer) -> float32 in [0, 1]; float inputs are assumed to be in [0, 1] already."""
     if jnp.issubdtype(image.dtype, jnp.integer):
         return image.astype(jnp.float32) / 255.0
     return image.astype(jnp.float32)
 
 
-def _check_channels(c: int) -> None:
+def check_channels(c: int) -> None:
+    """ValueError unless `c` (the channels-last size) is 1 or 3."""
     if c not in (1, 3):
         raise ValueError(f"Images must have 1 or 3 channels (channels-last), got {c}.")
 
 
-def _to_rgb(x: jax.Array) -> jax.Array:
+def to_rgb(x: jax.Array) -> jax.Array:
     """Replicate a single channel to 3 (static shape decision)."""
     if x.shape[-1] == 1:
         return jnp.repeat(x, 3, axis=-1)
     return x
 
 
-def _normalise(x: jax.Array) -> jax.Array:
+def imagenet_normalise(x: jax.Array) -> jax.Array:
+    """RGB in [0, 1] -> standardised with the ImageNet mean and std (what the ResNets expect)."""
     mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
     std = jnp.asarray(IMAGENET_STD, jnp.float32)
     return (x - mean) / std
@@ -441,7 +447,7 @@ def augment_view(key: jax.Array, image: jax.Array, cfg: Mapping, out_size: int) 
     if image.ndim != 3:
         raise ValueError(f"augment_view expects one image [H, W, C], got shape {image.shape}.")
     height, width, c = image.shape
-    _check_channels(c)
+    check_channels(c)
     out_size = int(out_size)
     if c == 1:
         cfg = {**cfg, "saturation": 0.0, "hue": 0.0, "grayscale_prob": 0.0}
@@ -449,14 +455,14 @@ def augment_view(key: jax.Array, image: jax.Array, cfg: Mapping, out_size: int) 
     u = jax.random.uniform(key, (_NUM_UNIFORMS,), jnp.float32)
 
     top, left, h, w = _crop_box_from_uniforms(u[_U_CROP], height, width, cfg["crop_scale"], cfg["crop_ratio"])
-    x = _crop_and_resize(_to_float(image), top, left, h, w, out_size)
+    x = _crop_and_resize(to_float(image), top, left, h, w, out_size)
     u_rot = u[_U_ROTATE]
     angle = _affine(u_rot[1], -cfg["rotation_deg"], cfg["rotation_deg"])
     x = _maybe(u_rot[0], cfg["rotation_prob"], lambda y: _rotate(y, angle), x)
     if c == 1:
         u_us = u[_U_US]
         x = _maybe(u_us[0], cfg["ultrasound_prob"], lambda y: _ultrasound(u_us, speckle_key, y, cfg), x)
-    x = _to_rgb(x)
+    x = to_rgb(x)
 
     x = _maybe(u[_U_FLIP], cfg["flip_prob"], pix.flip_left_right, x)
     x = _maybe(u[_U_VFLIP], cfg["vflip_prob"], pix.flip_up_down, x)
@@ -474,7 +480,7 @@ def augment_view(key: jax.Array, image: jax.Array, cfg: Mapping, out_size: int) 
             sigma = sigma * (out_size / cfg["blur_sigma_reference"])
         x = _maybe(u[_U_BLUR], cfg["blur_prob"], lambda y: _gaussian_blur(y, sigma, ks), x)
     x = _maybe(u[_U_SOLARIZE], cfg["solarize_prob"], lambda y: pix.solarize(y, 0.5), x)
-    return _normalise(x)
+    return imagenet_normalise(x)
 
 
 def gray_identity_ops(cfg: Mapping) -> list[str]:
@@ -505,8 +511,8 @@ def preprocess_eval(images: jax.Array, out_size: int) -> jax.Array:
     if images.ndim != 4:
         raise ValueError(f"preprocess_eval expects [B, H, W, C], got shape {images.shape}.")
     b, _, _, c = images.shape
-    _check_channels(c)
-    x = _to_float(images)
+    check_channels(c)
+    x = to_float(images)
     x = jax.image.resize(x, (b, out_size, out_size, c), method="cubic", antialias=True)
     x = jnp.clip(x, 0.0, 1.0)
-    return _normalise(_to_rgb(x))
+    return imagenet_normalise(to_rgb(x))

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 import jax
 import numpy as np
 
-from fetalssl_jax.data.synthetic import Video
+from fetalssl_jax.data.types import Video
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +46,12 @@ class FrameDataset:
         return cls(np.concatenate(frames).astype(np.uint8), index, starts, lengths)
 
 
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffle of `epoch`: a permutation of the example indices seeded by (seed, epoch), for every sampler of
+    pretraining and classification."""
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
 class EpochOrder:
     """The order shared by the samplers: each epoch a permutation seeded by (seed, epoch); step s of the epoch takes
     the s-th run of `global_batch` examples, and each process its `local_batch` slice of it. So the batch of a step
@@ -67,7 +73,7 @@ class EpochOrder:
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         if self._order_epoch != epoch:
-            self._order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+            self._order = epoch_permutation(self.num_examples, self.seed, epoch)
             self._order_epoch = epoch
         return self._order
 

@@ -25,7 +25,7 @@ import dm_pix as pix
 import jax
 import jax.numpy as jnp
 
-from fetalssl_jax.data.augment import _check_channels, _normalise, _to_float, _to_rgb
+from fetalssl_jax.data.augment import check_channels, imagenet_normalise, to_float, to_rgb
 
 __all__ = [
     "NUM_MAGNITUDE_BINS",
@@ -371,9 +371,9 @@ def rand_augment(
 def _resize(images: jax.Array, out_size: int) -> jax.Array:
     """uint8 ``[B, H, W, C]`` -> float [0, 1] ``[B, out, out, 3]``, exactly as :func:`.augment.preprocess_eval`."""
     b, _, _, c = images.shape
-    _check_channels(c)
-    x = jax.image.resize(_to_float(images), (b, out_size, out_size, c), method="cubic", antialias=True)
-    return _to_rgb(jnp.clip(x, 0.0, 1.0))
+    check_channels(c)
+    x = jax.image.resize(to_float(images), (b, out_size, out_size, c), method="cubic", antialias=True)
+    return to_rgb(jnp.clip(x, 0.0, 1.0))
 
 
 def rand_augment_batch(
@@ -412,7 +412,7 @@ def rand_augment_batch(
             y = jnp.where(u[2 * num_ops] < hflip_prob, pix.flip_left_right(y), y)
         if vflip_prob > 0.0:
             y = jnp.where(u[2 * num_ops + 1] < vflip_prob, pix.flip_up_down(y), y)
-        return _normalise(y)
+        return imagenet_normalise(y)
 
     return jax.vmap(one)(keys, x)
 

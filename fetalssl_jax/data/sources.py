@@ -6,6 +6,7 @@ import ml_collections
 
 from fetalssl_jax.data import synthetic, tfds_source
 from fetalssl_jax.data.pipeline import FrameDataset
+from fetalssl_jax.data.types import LabelledFrames
 
 SOURCES = ("synthetic", "tfds")
 
@@ -46,7 +47,7 @@ def class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     return synthetic.PLANES
 
 
-def labelled_splits(config: ml_collections.ConfigDict) -> dict[str, synthetic.LabelledFrames]:
+def labelled_splits(config: ml_collections.ConfigDict) -> dict[str, LabelledFrames]:
     """Labelled plane images split by patient into 'train', 'valid', 'test' (for monitoring and evaluation):
     generated (`config.eval.dataset` 'synthetic') or a built fetal_cardiac_planes dataset."""
     e = config.eval

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fetalssl_jax.data.types import LabelledFrames, Video
+
 PLANES: tuple[str, ...] = ("3VV/3VT", "4CH", "LVOT", "RVOT", "non-heart")
 """Plane class names; a plane label is an index into this tuple."""
 
@@ -53,39 +55,6 @@ _TAG_VIDEO = 101
 _TAG_PATIENT = 202
 _TAG_LABELLED = 303
 _TAG_SPLIT = 404
-
-
-@dataclasses.dataclass(frozen=True)
-class Video:
-    """One unlabelled scan video.
-
-    Attributes:
-        frames: uint8 ``[T, H, W]`` grayscale frames.
-        planes: int32 ``[T]`` plane index (into ``PLANES``) of the dominant plane of each frame; never to be used
-            by self-supervised methods, only for analysis.
-        patient_id: e.g. ``"P0007"``; several videos share a patient.
-        video_id: unique within one ``generate_videos`` call, e.g. ``"P0007-v1"``.
-    """
-
-    frames: np.ndarray
-    planes: np.ndarray
-    patient_id: str
-    video_id: str
-
-
-@dataclasses.dataclass(frozen=True)
-class LabelledFrames:
-    """Labelled plane images of one split.
-
-    Attributes:
-        images: uint8 ``[N, H, W]``.
-        labels: int32 ``[N]``, index into ``PLANES``.
-        patient_ids: array of str ``[N]`` (e.g. ``"L0003"``).
-    """
-
-    images: np.ndarray
-    labels: np.ndarray
-    patient_ids: np.ndarray
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from fetalssl_jax.data.pipeline import EpochOrder
-from fetalssl_jax.data.synthetic import LabelledFrames
+from fetalssl_jax.data.types import LabelledFrames
 
 log = logging.getLogger("fetalssl_jax")
 
@@ -29,9 +29,9 @@ def load_builder(name: str, data_dir: str | None):
     TFDS's default directory); its builder code is not needed, only the files."""
     import tensorflow_datasets as tfds
 
-    from fetalssl_jax.train.monitor import _tensorflow
+    from fetalssl_jax.runtime.tensorflow import import_tensorflow
 
-    _tensorflow()  # TFDS imports TensorFlow: keep it off the accelerators that JAX uses
+    import_tensorflow()  # TFDS imports TensorFlow: keep it off the accelerators that JAX uses
     try:
         builder = tfds.builder(name, data_dir=data_dir or None)
     except Exception as e:  # tfds raises several types for "not found": name the key and the directory

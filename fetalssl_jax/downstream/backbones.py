@@ -13,18 +13,15 @@ that names both, never a silent partial load.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import pathlib
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 
 from fetalssl_jax.models import torch_io
-from fetalssl_jax.models.resnet import create_resnet
+from fetalssl_jax.models.resnet import backbone_initializer, init_key, random_backbone_variables
 from fetalssl_jax.train.checkpoint import load_backbone
-from fetalssl_jax.train.step import init_key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,20 +32,6 @@ class BackboneInit:
     kind: str  # "random", "pretrained" or "weights_file"
     source: str
     description: dict[str, Any]
-
-
-@functools.lru_cache(maxsize=8)
-def _backbone_init(arch: str, width: int) -> Callable[[jax.Array], dict[str, Any]]:
-    """key -> variables, jitted once per architecture (a grid initialises hundreds of backbones). The parameters do
-    not depend on the input size or the compute dtype, so a small float32 example serves every config."""
-    backbone = create_resnet(arch, width=width, zero_init_residual=False)
-    example = np.zeros((1, 32, 32, 3), np.float32)
-    return jax.jit(lambda key: backbone.init(key, example))
-
-
-def random_backbone_variables(arch: str, width: int, seed: int) -> dict[str, Any]:
-    """torchvision-default random init (zero_init_residual=False) of `arch`/`width`."""
-    return jax.device_get(_backbone_init(arch, width)(init_key(seed)))
 
 
 def _backbone_directory(path: pathlib.Path) -> pathlib.Path | None:
@@ -65,7 +48,7 @@ def resolve_backbone(spec: str, arch: str, width: int, seed: int = 0) -> Backbon
     if spec == "random":
         variables = random_backbone_variables(arch, width, seed)
         return BackboneInit(variables, "random", "random", {"arch": arch, "width": width})
-    expected = jax.eval_shape(_backbone_init(arch, width), init_key(seed))  # shapes only: nothing is computed
+    expected = jax.eval_shape(backbone_initializer(arch, width), init_key(seed))  # shapes only: nothing is computed
     path = pathlib.Path(spec).expanduser()
     if path.suffix in (".safetensors", ".npz"):
         state_dict = torch_io.load_state_dict_file(path)

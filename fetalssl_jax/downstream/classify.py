@@ -27,7 +27,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -39,29 +38,25 @@ import tqdm
 from fetalssl_jax import config_lib
 from fetalssl_jax.data import sources
 from fetalssl_jax.data.augment import preprocess_eval
+from fetalssl_jax.data.pipeline import epoch_permutation
 from fetalssl_jax.data.randaugment import rand_augment_batch
 from fetalssl_jax.downstream import report
-from fetalssl_jax.downstream.backbones import resolve_backbone
+from fetalssl_jax.downstream.backbones import BackboneInit, resolve_backbone
 from fetalssl_jax.downstream.classifier import Classifier, weighted_cross_entropy
 from fetalssl_jax.downstream.labels import budget_name, choose_labels, class_weights
+from fetalssl_jax.eval.frozen import map_batches, with_channel
+from fetalssl_jax.methods.base import apply_model
 from fetalssl_jax.models.resnet import create_resnet
+from fetalssl_jax.runtime.sharding import batch_sharding, enable_compilation_cache, make_mesh, replicated
 from fetalssl_jax.train.checkpoint import CheckpointMismatchError, abstract_tree
-from fetalssl_jax.train.step import batch_sharding, enable_compilation_cache, make_mesh, replicated
+from fetalssl_jax.train.monitor import truncate_metrics
+from fetalssl_jax.train.optim import Optimizer
+from fetalssl_jax.train.state import TrainState
+from fetalssl_jax.train.step import make_train_step
 
 log = logging.getLogger("fetalssl_jax")
 
 MODES = config_lib.CLASSIFY_MODES
-
-
-@flax.struct.dataclass
-class ClassifierState:
-    """Everything a classifier training step changes."""
-
-    step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-    rng: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,36 +112,48 @@ class StepSpec:
         return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, labels)
 
 
+@dataclasses.dataclass(frozen=True)
+class ClassificationTask:
+    """The classifier as a training task of the shared train step (`train.step.Task`): RandAugment + flips on the
+    device, class-weighted cross-entropy; the class weights ride in the state's `extra` (an argument of the
+    compiled step, so the cells of a grid share one compilation)."""
+
+    spec: StepSpec
+    model: Classifier
+
+    def step_inputs(self, rng: jax.Array, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        s = self.spec
+        images = rand_augment_batch(rng, batch["images"], s.num_ops, s.magnitude, s.image_size, s.hflip_prob,
+                                    s.vflip_prob)  # fmt: skip
+        return images, batch["labels"]
+
+    def loss_fn(self, params, model_state, extra, inputs, rng, step):
+        del step
+        images, labels = inputs
+        finetune = self.spec.mode == "finetune"
+        logits, model_state = apply_model(
+            self.model, params, model_state, images, train=True, backbone_train=finetune, rngs={"dropout": rng}
+        )
+        return weighted_cross_entropy(logits, labels, extra["class_weights"]), (model_state, extra, {})
+
+    def after_update(self, extra, params, model_state, step):
+        del params, model_state, step
+        return extra
+
+
 @functools.lru_cache(maxsize=8)
 def compiled_functions(spec: StepSpec):
-    """(model, init_state, train_step, predict, mesh) for `spec`, jitted over a mesh of all devices."""
+    """(model, init_state, train_step, predict, mesh) for `spec`, jitted over a mesh of all devices; the train step
+    is pretraining's (`train.step.make_train_step`) with the classifier's task."""
     model = spec.model()
     tx = spec.optimizer()
     mesh = make_mesh()
     data, full = batch_sharding(mesh), replicated(mesh)
-    finetune = spec.mode == "finetune"
 
-    def init_state(params: Any, batch_stats: Any, seed: jax.Array) -> ClassifierState:
+    def init_state(params: Any, batch_stats: Any, class_weights: jax.Array, seed: jax.Array) -> TrainState:
         # A raw uint32 key (not a typed one): orbax checkpoints it like any array.
-        return ClassifierState(jnp.zeros((), jnp.int32), params, batch_stats, tx.init(params), jax.random.PRNGKey(seed))
-
-    def train_step(state: ClassifierState, images: jax.Array, labels: jax.Array, weights: jax.Array):
-        aug_rng, dropout_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
-        x = rand_augment_batch(
-            aug_rng, images, spec.num_ops, spec.magnitude, spec.image_size, spec.hflip_prob, spec.vflip_prob
-        )
-
-        def loss_of(params):
-            logits, updates = model.apply(
-                {"params": params, "batch_stats": state.batch_stats}, x, train=True, backbone_train=finetune,
-                rngs={"dropout": dropout_rng}, mutable=["batch_stats"],
-            )  # fmt: skip
-            return weighted_cross_entropy(logits, labels, weights), updates["batch_stats"]
-
-        (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return ClassifierState(state.step + 1, params, batch_stats, opt_state, state.rng), loss
+        return TrainState(jnp.zeros((), jnp.int32), params, {"batch_stats": batch_stats}, tx.init(params),
+                          {"class_weights": class_weights}, jax.random.PRNGKey(seed))  # fmt: skip
 
     def predict(params: Any, batch_stats: Any, images: jax.Array) -> jax.Array:
         x = preprocess_eval(images, spec.image_size)
@@ -155,14 +162,10 @@ def compiled_functions(spec: StepSpec):
     return (
         model,
         jax.jit(init_state, out_shardings=full),
-        jax.jit(train_step, in_shardings=(full, data, data, full), out_shardings=(full, full), donate_argnums=0),
+        make_train_step(ClassificationTask(spec, model), Optimizer(tx, {}), mesh),
         jax.jit(predict, in_shardings=(full, full, data), out_shardings=data),
         mesh,
     )
-
-
-def _with_channel(images: np.ndarray) -> np.ndarray:
-    return images[..., None] if images.ndim == 3 else images
 
 
 def predict_probabilities(
@@ -170,16 +173,7 @@ def predict_probabilities(
 ) -> np.ndarray:
     """Class probabilities [N, C] of uint8 images, in fixed-size batches (the last one padded)."""
     _, _, _, predict, mesh = compiled_functions(spec)
-    images = _with_channel(images)
-    batch_size = _round_up(min(batch_size, len(images)), mesh.size)
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        n = len(batch)
-        if n < batch_size:
-            batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
-        out.append(np.asarray(predict(params, batch_stats, batch))[:n])
-    return np.concatenate(out)
+    return map_batches(lambda x: predict(params, batch_stats, x), with_channel(images), batch_size, mesh.size)
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -188,7 +182,7 @@ def _round_up(n: int, multiple: int) -> int:
 
 def epoch_order(num_examples: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
     """A permutation of the examples for `epoch`, wrapped around to whole batches (each example at least once)."""
-    order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    order = epoch_permutation(num_examples, seed, epoch)
     total = _round_up(num_examples, batch_size)
     return np.resize(order, total)  # np.resize repeats the permutation to fill the last batch
 
@@ -207,7 +201,7 @@ def cycled_batch(num_examples: int, batch_size: int, seed: int, step: int) -> np
     out = np.empty(batch_size, np.int64)
     for p in np.unique(passes):
         here = passes == p
-        out[here] = np.random.default_rng([seed, int(p)]).permutation(num_examples)[positions[here] % num_examples]
+        out[here] = epoch_permutation(num_examples, seed, int(p))[positions[here] % num_examples]
     return out
 
 
@@ -327,46 +321,107 @@ def run_classification(
     """
     config_lib.validate_classification(config)
     workdir = pathlib.Path(workdir)
-    results_file = workdir / "results.json"
     fingerprint = config_lib.fingerprint(config, ignore)
-    if results_file.is_file():
-        stored = config_lib.stored_fingerprint(workdir / "config.json", ignore)
-        _refuse_differences(stored, fingerprint, f"{workdir} was finished with another classification config",
-                            "finished run", "use a new workdir or delete that one")  # fmt: skip
-        return json.loads(results_file.read_text())
+    if (workdir / "results.json").is_file():
+        return _finished_results(workdir, fingerprint, ignore)
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoints = _epoch_checkpoints(workdir)
-    start_round = checkpoints.latest_step() or 0
-    if start_round:  # checked before anything is generated or written: a refused resume costs nothing
-        meta = checkpoints.restore(start_round, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-        # checkpoints written before fingerprints hold the whole config as a JSON string
-        stored = meta.get("fingerprint") or config_lib.fingerprint(json.loads(meta["config"]), ignore)
-        _refuse_differences(stored, fingerprint, f"{workdir} holds a classification checkpoint of another config",
-                            "checkpoint", "use a new workdir")  # fmt: skip
+    start_round, meta = _resumable_round(checkpoints, workdir, fingerprint, ignore)
     enable_compilation_cache(config.compilation_cache_dir)
     started = time.time()
+    run = _prepare(config, workdir, sources.labelled_splits(config) if splits is None else splits)
+    state = _initial_state(run)
+    best, best_variables = {"balanced_accuracy": -1.0}, None
+    if start_round:
+        state, best_variables, best = _restore(checkpoints, start_round, state, meta)
+        log.info("resuming %s after step %d", workdir, run.schedule.ends[start_round - 1])
+    truncate_metrics(run.metrics_file, run.schedule.ends[start_round - 1] + 1 if start_round else 0)
+    run.metrics_file.touch()
+    finished = _train_and_select(run, state, checkpoints, start_round, best, best_variables, fingerprint,
+                                 stop_after_epochs)  # fmt: skip
+    checkpoints.close()
+    if finished is None:
+        return {}
+    return _test_and_report(run, *finished, started)
 
-    splits = sources.labelled_splits(config) if splits is None else splits
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What one classification run trains on and writes to, resolved from its config."""
+
+    config: ml_collections.ConfigDict
+    workdir: pathlib.Path
+    splits: dict[str, Any]
+    class_names: tuple[str, ...]
+    budget: str
+    images: np.ndarray  # the chosen training images, uint8 [N, H, W, C]
+    labels: np.ndarray
+    weights: np.ndarray  # class weights N / count_c
+    spec: StepSpec
+    schedule: Schedule
+    batch_size: int
+    init: BackboneInit  # where the backbone's weights come from
+
+    @property
+    def metrics_file(self) -> pathlib.Path:
+        return self.workdir / "metrics.jsonl"
+
+
+def _finished_results(workdir: pathlib.Path, fingerprint: dict[str, Any], ignore: Sequence[str]) -> dict[str, Any]:
+    """The results of a finished run, if the same config (up to `ignore`) made them."""
+    stored = config_lib.stored_fingerprint(workdir / "config.json", ignore)
+    _refuse_differences(stored, fingerprint, f"{workdir} was finished with another classification config",
+                        "finished run", "use a new workdir or delete that one")  # fmt: skip
+    return json.loads((workdir / "results.json").read_text())
+
+
+def _resumable_round(
+    checkpoints: ocp.CheckpointManager, workdir: pathlib.Path, fingerprint: dict[str, Any], ignore: Sequence[str]
+) -> tuple[int, dict[str, Any] | None]:
+    """(validation rounds done, checkpoint metadata) of the checkpoint to resume, (0, None) without one. Checked
+    before anything is generated or written: a refused resume costs nothing."""
+    start_round = checkpoints.latest_step() or 0
+    if not start_round:
+        return 0, None
+    meta = checkpoints.restore(start_round, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    # checkpoints written before fingerprints hold the whole config as a JSON string
+    stored = meta.get("fingerprint") or config_lib.fingerprint(json.loads(meta["config"]), ignore)
+    _refuse_differences(stored, fingerprint, f"{workdir} holds a classification checkpoint of another config",
+                        "checkpoint", "use a new workdir")  # fmt: skip
+    return start_round, meta
+
+
+def _prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path, splits: dict[str, Any]) -> _Run:
+    """Chooses the labelled subset (label_indices.json), writes config.json and sizes the schedule."""
     class_names = resolve_class_names(config, splits)
     for name in ("train", "valid", "test"):
         if name not in splits or len(splits[name].labels) == 0:
             raise ValueError(f"the labelled data has no {name!r} split (or it is empty)")
     train_all = splits["train"]
     chosen = choose_labels(train_all.labels, config.label_fraction, config.labels_per_class, config.seed, class_names)
-    budget = budget_name(config.label_fraction, config.labels_per_class)
-    train_images, train_labels = _with_channel(train_all.images[chosen]), train_all.labels[chosen]
-    weights = class_weights(train_labels, len(class_names))
+    labels = train_all.labels[chosen]
     report.write_json(workdir / "label_indices.json", {
         "label_fraction": config.label_fraction, "labels_per_class": config.labels_per_class, "seed": config.seed,
         "indices": chosen.tolist(),
         "patient_ids": [str(p) for p in train_all.patient_ids[chosen]],
-        "class_counts": np.bincount(train_labels, minlength=len(class_names)).tolist(),
+        "class_counts": np.bincount(labels, minlength=len(class_names)).tolist(),
     })  # fmt: skip
     (workdir / "config.json").write_text(config_lib.config_json(config))
-
     spec = StepSpec.from_config(config, len(class_names))
-    model, init_state, train_step, _, mesh = compiled_functions(spec)
-    init = resolve_backbone(config.init, spec.arch, spec.width, config.seed)
+    batch_size = _round_up(min(config.batch_size, len(labels)), compiled_functions(spec)[-1].size)
+    return _Run(
+        config, workdir, splits, class_names, budget_name(config.label_fraction, config.labels_per_class),
+        with_channel(train_all.images[chosen]), labels, class_weights(labels, len(class_names)), spec,
+        Schedule.from_config(config, len(labels), batch_size), batch_size,
+        resolve_backbone(config.init, spec.arch, spec.width, config.seed),
+    )  # fmt: skip
+
+
+def _initial_state(run: _Run) -> TrainState:
+    """The head initialised from the seed, the backbone from `config.init`."""
+    config, spec = run.config, run.spec
+    model, init_state, _, _, _ = compiled_functions(spec)
+    init = run.init
     # Only the head is initialised here (the backbone's variables come from `init`).
     head = model.init(
         jax.random.key(config.seed), np.zeros((1, model.backbone.num_features), np.float32), train=False,
@@ -374,93 +429,101 @@ def run_classification(
     )  # fmt: skip
     params = {**head["params"], "backbone": init.variables["params"]}
     batch_stats = {**head.get("batch_stats", {}), "backbone": init.variables["batch_stats"]}
-    state = init_state(params, batch_stats, config.seed)
-
-    batch_size = _round_up(min(config.batch_size, len(train_labels)), mesh.size)
-    schedule = Schedule.from_config(config, len(train_labels), batch_size)
-    device_weights = jnp.asarray(weights)
+    schedule = run.schedule
     log.info(
         "%s from %s (%s): %d training images (%s), %d steps (%.1f epochs), batch %d, %d validations",
-        config.mode, init.source, init.kind, len(train_labels), budget, schedule.ends[-1],
-        schedule.ends[-1] / schedule.steps_per_epoch, batch_size, len(schedule.ends),
+        config.mode, init.source, init.kind, len(run.labels), run.budget, schedule.ends[-1],
+        schedule.ends[-1] / schedule.steps_per_epoch, run.batch_size, len(schedule.ends),
     )  # fmt: skip
+    return init_state(params, batch_stats, jnp.asarray(run.weights), config.seed)
 
-    best = {"balanced_accuracy": -1.0}
-    best_variables = None
-    metrics_file = workdir / "metrics.jsonl"
-    if start_round:
-        template = {"params": state.params, "batch_stats": state.batch_stats}
-        restored = checkpoints.restore(start_round, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_tree(state)),
-            best_variables=ocp.args.StandardRestore(jax.tree.map(np.asarray, jax.device_get(template))),
-        ))  # fmt: skip
-        state, best_variables, best = restored.state, restored.best_variables, meta["best"]
-        kept = metrics_file.read_text().splitlines()[:start_round] if metrics_file.is_file() else []
-        metrics_file.write_text("".join(line + "\n" for line in kept))
-        log.info("resuming %s after step %d", workdir, schedule.ends[start_round - 1])
-    else:
-        metrics_file.write_text("")
+
+def _variables(state: TrainState) -> dict[str, Any]:
+    return {"params": state.params, "batch_stats": state.model_state["batch_stats"]}
+
+
+def _restore(
+    checkpoints: ocp.CheckpointManager, start_round: int, state: TrainState, meta: dict[str, Any]
+) -> tuple[TrainState, dict[str, Any], dict[str, Any]]:
+    """(state, best variables, best validation) of the checkpoint after `start_round` rounds."""
+    template = jax.tree.map(np.asarray, jax.device_get(_variables(state)))
+    restored = checkpoints.restore(start_round, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_tree(state)), best_variables=ocp.args.StandardRestore(template),
+    ))  # fmt: skip
+    return restored.state, restored.best_variables, meta["best"]
+
+
+def _train_and_select(
+    run: _Run, state: TrainState, checkpoints: ocp.CheckpointManager, start_round: int, best: dict[str, Any],
+    best_variables: dict[str, Any] | None, fingerprint: dict[str, Any], stop_after_epochs: int | None,
+) -> tuple[dict[str, Any], dict[str, Any]] | None:  # fmt: skip
+    """Trains the remaining rounds, validating after each and keeping the best weights; (best, best variables),
+    or None when stopped after `stop_after_epochs` rounds (checkpointed, as a pre-emption would)."""
+    config, schedule = run.config, run.schedule
+    _, _, train_step, _, _ = compiled_functions(run.spec)
     bar = tqdm.tqdm(total=len(schedule.ends), unit="epoch" if not schedule.by_steps else "validation",
                     disable=not config.progress_bar, dynamic_ncols=True, initial=start_round)  # fmt: skip
     for r in range(start_round, len(schedule.ends)):
         bar.update(1)
         losses = []
         for step in range(schedule.ends[r - 1] if r else 0, schedule.ends[r]):
-            idx = schedule.batch(len(train_labels), batch_size, config.seed, step)
-            state, loss = train_step(state, train_images[idx], train_labels[idx], device_weights)
-            losses.append(loss)
-        train_loss = float(np.mean(jax.device_get(losses)))
-        record = schedule.round_record(r)
-        if not np.isfinite(train_loss):
-            raise FloatingPointError(f"{workdir}: training loss became {train_loss} by step {record['step']}")
-        valid_probs = predict_probabilities(spec, state.params, state.batch_stats, splits["valid"].images,
-                                            config.eval_batch_size)  # fmt: skip
-        valid = report.summary_metrics(splits["valid"].labels, valid_probs.argmax(1))
-        with open(metrics_file, "a") as f:
-            f.write(json.dumps({**record, "train_loss": train_loss,
-                                **{f"valid_{k}": v for k, v in valid.items()}}) + "\n")  # fmt: skip
-        bar.set_postfix(loss=f"{train_loss:.3f}", valid_bal_acc=f"{valid['balanced_accuracy']:.3f}")
+            idx = schedule.batch(len(run.labels), run.batch_size, config.seed, step)
+            state, metrics = train_step(state, {"images": run.images[idx], "labels": run.labels[idx]})
+            losses.append(metrics["loss"])
+        record = {**schedule.round_record(r), "train_loss": float(np.mean(jax.device_get(losses)))}
+        if not np.isfinite(record["train_loss"]):
+            raise FloatingPointError(f"{run.workdir}: training loss became {record['train_loss']} by step "
+                                     f"{record['step']}")  # fmt: skip
+        variables = _variables(state)
+        valid_probs = predict_probabilities(run.spec, variables["params"], variables["batch_stats"],
+                                            run.splits["valid"].images, config.eval_batch_size)  # fmt: skip
+        valid = report.summary_metrics(run.splits["valid"].labels, valid_probs.argmax(1))
+        with open(run.metrics_file, "a") as f:
+            f.write(json.dumps({**record, **{f"valid_{k}": v for k, v in valid.items()}}) + "\n")
+        bar.set_postfix(loss=f"{record['train_loss']:.3f}", valid_bal_acc=f"{valid['balanced_accuracy']:.3f}")
         if valid["balanced_accuracy"] > best["balanced_accuracy"]:  # ties keep the earlier validation
-            best = {**valid, **record}
-            best_variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-        done = r + 1
-        if schedule.should_checkpoint(config, r) or done == stop_after_epochs:
-            checkpoints.save(done, args=ocp.args.Composite(
+            best, best_variables = {**valid, **schedule.round_record(r)}, jax.device_get(variables)
+        if schedule.should_checkpoint(config, r) or r + 1 == stop_after_epochs:
+            checkpoints.save(r + 1, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), best_variables=ocp.args.StandardSave(best_variables),
                 meta=ocp.args.JsonSave({"fingerprint": fingerprint, "best": best}),
             ))  # fmt: skip
-        if done == stop_after_epochs:
+        if r + 1 == stop_after_epochs:
             bar.close()
-            checkpoints.close()
-            return {}
+            return None
     bar.close()
-    checkpoints.close()
+    return best, best_variables
 
+
+def _test_and_report(run: _Run, best: dict[str, Any], best_variables: dict[str, Any], started: float):
+    """Saves the selected classifier, scores it on the test split and writes the report files, results.json last."""
+    config, workdir, init = run.config, run.workdir, run.init
     description = {
-        "spec": dataclasses.asdict(spec), "classes": list(class_names), "init": init.source, "init_kind": init.kind,
-        "mode": config.mode, "label_fraction": config.label_fraction, "labels_per_class": config.labels_per_class,
-        "seed": config.seed, "best_epoch": best.get("epoch"), "best_step": best["step"],
+        "spec": dataclasses.asdict(run.spec), "classes": list(run.class_names), "init": init.source,
+        "init_kind": init.kind, "mode": config.mode, "label_fraction": config.label_fraction,
+        "labels_per_class": config.labels_per_class, "seed": config.seed, "best_epoch": best.get("epoch"),
+        "best_step": best["step"],
     }  # fmt: skip
     save_classifier(workdir / "classifier", best_variables, description)
-    test = splits["test"]
+    test = run.splits["test"]
     test_probs = predict_probabilities(
-        spec, best_variables["params"], best_variables["batch_stats"], test.images, config.eval_batch_size
+        run.spec, best_variables["params"], best_variables["batch_stats"], test.images, config.eval_batch_size
     )
-    test_report = report.full_report(test.labels, test_probs.argmax(1), class_names)
+    test_report = report.full_report(test.labels, test_probs.argmax(1), run.class_names)
     report.write_json(workdir / "confusion_matrix.json",
-                      {"class_names": list(class_names), "matrix": test_report["confusion_matrix"]})  # fmt: skip
+                      {"class_names": list(run.class_names), "matrix": test_report["confusion_matrix"]})  # fmt: skip
     report.plot_confusion_matrix(
-        np.asarray(test_report["confusion_matrix"]), class_names, workdir / "confusion_matrix.png",
-        f"{config.mode}, {budget} labels: macro-F1 {test_report['macro_f1']:.3f}",
+        np.asarray(test_report["confusion_matrix"]), run.class_names, workdir / "confusion_matrix.png",
+        f"{config.mode}, {run.budget} labels: macro-F1 {test_report['macro_f1']:.3f}",
     )  # fmt: skip
-    report.write_predictions(workdir / "predictions.csv", test.labels, test_probs, class_names, test.patient_ids)
+    report.write_predictions(workdir / "predictions.csv", test.labels, test_probs, run.class_names, test.patient_ids)
     results = {
         "init": init.source, "init_kind": init.kind, "mode": config.mode, "label_fraction": config.label_fraction,
-        "labels_per_class": config.labels_per_class, "seed": config.seed, "num_train_images": int(len(train_labels)),
-        "num_steps": schedule.ends[-1], "best_epoch": best.get("epoch"), "best_step": best["step"],
+        "labels_per_class": config.labels_per_class, "seed": config.seed, "num_train_images": int(len(run.labels)),
+        "num_steps": run.schedule.ends[-1], "best_epoch": best.get("epoch"), "best_step": best["step"],
         "valid": best, "test": test_report, "seconds": round(time.time() - started, 1),
     }  # fmt: skip
-    report.write_json(results_file, results)
+    report.write_json(workdir / "results.json", results)
     # The run is complete: its checkpoint is no longer needed (a grid keeps hundreds of these workdirs).
     shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
     return results

@@ -23,7 +23,6 @@ import dataclasses
 import logging
 import math
 import pathlib
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,10 +32,12 @@ from scipy import stats
 
 from fetalssl_jax.config_lib import (
     LENGTH_KEYS,
+    InitSpec,
     fingerprint,
     fingerprint_differences,
     format_differences,
     load_config,
+    parse_inits,
     stored_fingerprint,
     validate_grid,
 )
@@ -50,45 +51,6 @@ log = logging.getLogger("fetalssl_jax")
 
 METRICS = ("macro_f1", "balanced_accuracy", "accuracy")
 METRIC_NAMES = {"macro_f1": "macro-F1", "balanced_accuracy": "balanced accuracy", "accuracy": "accuracy"}
-# `name=` is a name only when it looks like one: "barlow.py:tiny,num_steps=4" is a bare spec, not name "barlow.py:..."
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.+-]*")
-
-
-@dataclasses.dataclass(frozen=True)
-class InitSpec:
-    """One row of the grid: its name, and either a pretraining config or a backbone spec."""
-
-    name: str
-    spec: str
-
-    @property
-    def is_pretraining_config(self) -> bool:
-        return self.spec.partition(":")[0].endswith(".py")
-
-
-def parse_inits(entries: Sequence[str]) -> list[InitSpec]:
-    """`name=spec` strings (or bare specs) -> InitSpecs; names must be unique.
-
-    An entry is `name=spec` only when the part before the first '=' is a plain name (letters, digits, `_.+-`, not
-    ending in .py); otherwise the whole entry is a spec (e.g. `barlow.py:tiny,num_steps=4`, `/runs/a=b`), named
-    after its file or directory.
-    """
-    inits = []
-    for entry in entries:
-        entry = str(entry).strip()
-        name, sep, spec = entry.partition("=")
-        name = name.strip()
-        if not sep or not _NAME.fullmatch(name) or name.endswith(".py"):
-            spec = entry
-            name = "random" if spec == "random" else pathlib.Path(spec.partition(":")[0]).stem
-        inits.append(InitSpec(name, spec.strip()))
-    names = [i.name for i in inits]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"config.inits names {duplicates} more than once; give each entry a unique name=")
-    if not inits:
-        raise ValueError("config.inits is empty")
-    return inits
 
 
 def pretrain_if_needed(init: InitSpec, workdir: pathlib.Path) -> str:

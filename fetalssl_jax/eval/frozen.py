@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -36,6 +36,25 @@ def _features(backbone: nn.Module, image_size: int, variables: Mapping[str, Any]
     return backbone.apply(variables, preprocess_eval(images, image_size), train=False)
 
 
+def map_batches(fn: Callable[[np.ndarray], jax.Array], images: np.ndarray, batch_size: int, multiple: int = 1):
+    """`fn` over `images` in fixed-size batches (at most `batch_size`, rounded up to a `multiple` of the devices;
+    the last batch zero-padded, so one compilation serves them all), concatenated as numpy."""
+    batch_size = -(-min(batch_size, len(images)) // multiple) * multiple
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        n = len(batch)
+        if n < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
+        out.append(np.asarray(fn(batch))[:n])
+    return np.concatenate(out)
+
+
+def with_channel(images: np.ndarray) -> np.ndarray:
+    """uint8 images [N, H, W] -> [N, H, W, 1]; [N, H, W, C] unchanged."""
+    return images[..., None] if images.ndim == 3 else images
+
+
 def extract_features(
     backbone: nn.Module,
     variables: Mapping[str, Any],
@@ -44,18 +63,9 @@ def extract_features(
     batch_size: int = 256,
 ) -> np.ndarray:
     """Pooled features [N, F] (float32) of uint8 images [N, H, W] or [N, H, W, C]; fixed-size batches, one compile."""
-    if images.ndim == 3:
-        images = images[..., None]
     variables = jax.device_get(variables)  # replicated on the mesh: every process holds a full copy
-    out = []
-    batch_size = min(batch_size, len(images))
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        n = len(batch)
-        if n < batch_size:  # pad the last batch so every call has the same shape
-            batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
-        out.append(np.asarray(_features(backbone, image_size, variables, batch))[:n])
-    return np.concatenate(out).astype(np.float32)
+    features = map_batches(lambda x: _features(backbone, image_size, variables, x), with_channel(images), batch_size)
+    return features.astype(np.float32)
 
 
 def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k: int = 20) -> np.ndarray:

@@ -112,6 +112,10 @@ class Method(abc.ABC):
     def make_inputs(self, rng: jax.Array, frames: jax.Array) -> PyTree:
         """Views made on the device from uint8 frames [B, V, H, W, C] (V: 1, 2 or clip_length, by `example_mode`)."""
 
+    def step_inputs(self, rng: jax.Array, batch: dict[str, jax.Array]) -> PyTree:
+        """What the train step feeds `loss_fn`, from the device batch: the views of `batch["frames"]`."""
+        return self.make_inputs(rng, batch["frames"])
+
     # ---- loss --------------------------------------------------------------------------------------------------
     @abc.abstractmethod
     def loss_fn(
@@ -129,9 +133,10 @@ class Method(abc.ABC):
         statistics, cross-correlations, negatives) are global, as if on one device.
         """
 
-    def after_update(self, extra: PyTree, params: PyTree, step: jax.Array) -> PyTree:
-        """Updates the extra state after the optimiser step (e.g. the EMA target). Default: unchanged."""
-        del params, step
+    def after_update(self, extra: PyTree, params: PyTree, model_state: PyTree, step: jax.Array) -> PyTree:
+        """Updates the extra state after the optimiser step, from the updated parameters and the BatchNorm
+        statistics of this step (e.g. the EMA target). Default: unchanged."""
+        del params, model_state, step
         return extra
 
     # ---- bookkeeping ---------------------------------------------------------------------------------------------
@@ -144,6 +149,12 @@ class Method(abc.ABC):
             "width": int(self.config.model.width),
             "method_kwargs": self.kwargs.to_dict(),
         }
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """Rows scaled to unit L2 norm (float32), as torch.nn.functional.normalize."""
+    x = x.astype(jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 def apply_model(

@@ -11,9 +11,8 @@ Choices, where the reference leaves room:
   BYOL paper's asymmetric blur 1.0 / 0.1 and solarize 0 / 0.2 (set `augment.view1/2` for that).
 - The target runs in training mode (batch statistics of its own forward pass), as in BYOL; all BatchNorm
   statistics are over the global batch, each view separately.
-- The EMA step: parameters after the optimiser update in `after_update`; BatchNorm statistics in `loss_fn`, with the
-  online statistics of this step (the interface's `after_update` sees parameters only). Both use the momentum of
-  the same step, so target <- m * target + (1 - m) * online for every leaf.
+- The EMA step (`momentum.MomentumMethod`): after the optimiser update, of the updated parameters and the online
+  BatchNorm statistics of this step, with the momentum of the same step: target <- m * target + (1 - m) * online.
 """
 
 from __future__ import annotations
@@ -24,19 +23,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fetalssl_jax.methods.base import Method, apply_model, register
-from fetalssl_jax.methods.ema import cosine_momentum, ema_update
+from fetalssl_jax.methods.base import apply_model, l2_normalize, register
+from fetalssl_jax.methods.momentum import MomentumMethod
 from fetalssl_jax.models.heads import MLPHead
-
-TARGET_MODULES = ("backbone", "projector")  # what the target network holds
 
 
 def negative_cosine_loss(p: jax.Array, z: jax.Array, eps: float = 1e-12) -> jax.Array:
     """Mean over the batch of -cos(p_i, z_i) for p, z [N, D] (float32). No stop-gradient inside."""
-    p = p.astype(jnp.float32)
-    z = z.astype(jnp.float32)
-    p = p / jnp.maximum(jnp.linalg.norm(p, axis=1, keepdims=True), eps)
-    z = z / jnp.maximum(jnp.linalg.norm(z, axis=1, keepdims=True), eps)
+    p, z = l2_normalize(p, eps), l2_normalize(z, eps)
     return -jnp.mean(jnp.sum(p * z, axis=1))
 
 
@@ -63,19 +57,15 @@ class BYOLNetwork(nn.Module):
         return tuple(self.predictor(z.astype(self.dtype), train=train) for z in self.project(views, train))
 
 
-def _target_part(tree: dict) -> dict:
-    """The backbone and projector subtrees of a params or BatchNorm-statistics tree."""
-    return {k: tree[k] for k in TARGET_MODULES if k in tree}
-
-
 @register
-class BYOL(Method):
+class BYOL(MomentumMethod):
     """BYOL; `method_kwargs`: projector (sizes), predictor (sizes), momentum_base.
 
     `extra` = {"target_params", "target_state"}: the target's backbone + projector parameters and BatchNorm statistics.
     """
 
     name = "byol"
+    target_modules = ("backbone", "projector")  # the predictor has no target
 
     def build_model(self) -> nn.Module:
         return BYOLNetwork(
@@ -84,15 +74,6 @@ class BYOL(Method):
 
     def make_inputs(self, rng: jax.Array, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
         return self.two_views(rng, frames)
-
-    def momentum(self, step: jax.Array) -> jax.Array:
-        """The EMA momentum of `step`."""
-        return cosine_momentum(step, self.total_steps, self.kwargs.momentum_base)
-
-    def init_extra_state(self, variables):
-        copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731
-        state = {k: _target_part(v) for k, v in variables.items() if k != "params"}
-        return {"target_params": copy(_target_part(variables["params"])), "target_state": copy(state)}
 
     def loss_fn(self, params, model_state, extra, inputs, rng, step):
         del rng
@@ -104,17 +85,7 @@ class BYOL(Method):
         z1, z2 = jax.lax.stop_gradient(z1), jax.lax.stop_gradient(z2)
         loss = 0.5 * (negative_cosine_loss(p1, z2) + negative_cosine_loss(p2, z1))
 
-        m = self.momentum(step)
-        online_state = {k: _target_part(v) for k, v in jax.lax.stop_gradient(new_state).items()}
-        new_extra = {
-            "target_params": extra["target_params"],  # EMA'd in after_update, with the updated parameters
-            "target_state": ema_update(extra["target_state"], online_state, m),
-        }
-        return loss, (new_state, new_extra, {"momentum": m})
-
-    def after_update(self, extra, params, step):
-        online = _target_part(params)
-        return {**extra, "target_params": ema_update(extra["target_params"], online, self.momentum(step))}
+        return loss, (new_state, extra, {"momentum": self.momentum(step)})
 
 
 def default_kwargs(

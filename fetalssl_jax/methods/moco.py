@@ -17,9 +17,9 @@ Choices, where MoCo v2 and the reference leave room:
 - The key encoder runs in training mode (batch statistics), as in MoCo; its running statistics are the EMA of the
   query encoder's (they only matter if the key encoder is ever evaluated).
 - The queue starts as random unit vectors from a fixed key (MoCo: randn, normalised).
-- The EMA step: parameters after the optimiser update in `after_update`; BatchNorm statistics in `loss_fn`, with the
-  query encoder's statistics of this step (the interface's `after_update` sees parameters only). Both use the
-  momentum of the same step, so target <- m * target + (1 - m) * online for every leaf.
+- The EMA step (`momentum.MomentumMethod`): after the optimiser update, of the updated parameters and the query
+  encoder's BatchNorm statistics of this step, with the momentum of the same step:
+  target <- m * target + (1 - m) * online for every leaf.
 """
 
 from __future__ import annotations
@@ -30,17 +30,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fetalssl_jax.methods.base import Method, apply_model, register
-from fetalssl_jax.methods.ema import cosine_momentum, ema_update
+from fetalssl_jax.methods.base import apply_model, l2_normalize, register
+from fetalssl_jax.methods.momentum import MomentumMethod
 from fetalssl_jax.models.heads import MLPHead
 
 QUEUE_SEED = 20200313  # fixed: the initial queue does not depend on the run's seed
-
-
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    """Rows scaled to unit L2 norm (float32), as torch.nn.functional.normalize."""
-    x = x.astype(jnp.float32)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 def info_nce_loss(query: jax.Array, key: jax.Array, queue: jax.Array, temperature: float = 0.5) -> jax.Array:
@@ -75,7 +69,7 @@ class MoCoEncoder(nn.Module):
 
 
 @register
-class MoCo(Method):
+class MoCo(MomentumMethod):
     """MoCo; `method_kwargs`: head (sizes), queue_size, temperature, momentum_base.
 
     `extra` = {"target_params", "target_state" (BatchNorm statistics of the key encoder), "queue" [K, D]}.
@@ -89,18 +83,11 @@ class MoCo(Method):
     def make_inputs(self, rng: jax.Array, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
         return self.two_views(rng, frames)
 
-    def momentum(self, step: jax.Array) -> jax.Array:
-        """The EMA momentum of `step`."""
-        return cosine_momentum(step, self.total_steps, self.kwargs.momentum_base)
-
     def init_extra_state(self, variables):
-        params = variables["params"]
-        state = {k: v for k, v in variables.items() if k != "params"}
         queue = jax.random.normal(
             jax.random.PRNGKey(QUEUE_SEED), (int(self.kwargs.queue_size), int(self.kwargs.head[-1])), jnp.float32
         )
-        copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731
-        return {"target_params": copy(params), "target_state": copy(state), "queue": l2_normalize(queue)}
+        return {**super().init_extra_state(variables), "queue": l2_normalize(queue)}
 
     def loss_fn(self, params, model_state, extra, inputs, rng, step):
         del rng
@@ -112,20 +99,12 @@ class MoCo(Method):
         t = self.kwargs.temperature
         loss = 0.5 * (info_nce_loss(q1, k2, queue, t) + info_nce_loss(q2, k1, queue, t))
 
-        m = self.momentum(step)
         keys = l2_normalize(jnp.concatenate([k1, k2]))
-        new_extra = {
-            "target_params": extra["target_params"],  # EMA'd in after_update, with the updated parameters
-            "target_state": ema_update(extra["target_state"], jax.lax.stop_gradient(new_state), m),
-            "queue": jnp.concatenate([keys, queue])[: queue.shape[0]],
-        }
+        new_extra = {**extra, "queue": jnp.concatenate([keys, queue])[: queue.shape[0]]}
         positive_cos = 0.5 * jnp.mean(
             jnp.sum(l2_normalize(q1) * keys[len(k1) :], 1) + jnp.sum(l2_normalize(q2) * keys[: len(k1)], 1)
         )
-        return loss, (new_state, new_extra, {"momentum": m, "positive_cos": positive_cos})
-
-    def after_update(self, extra, params, step):
-        return {**extra, "target_params": ema_update(extra["target_params"], params, self.momentum(step))}
+        return loss, (new_state, new_extra, {"momentum": self.momentum(step), "positive_cos": positive_cos})
 
 
 def default_kwargs(

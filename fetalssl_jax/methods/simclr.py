@@ -9,13 +9,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fetalssl_jax.methods.base import TwoViewMethod, register
+from fetalssl_jax.methods.base import TwoViewMethod, l2_normalize, register
 
 
 def nt_xent_loss(z1: jax.Array, z2: jax.Array, temperature: float = 0.5) -> jax.Array:
     """NT-Xent of two batches of embeddings [N, D]: mean over the 2N views of -log softmax at the positive."""
-    z = jnp.concatenate([z1, z2]).astype(jnp.float32)
-    z = z / jnp.linalg.norm(z, axis=1, keepdims=True).clip(1e-12)
+    z = l2_normalize(jnp.concatenate([z1, z2]))
     n = z1.shape[0]
     logits = z @ z.T / temperature
     logits = jnp.where(jnp.eye(2 * n, dtype=bool), -jnp.inf, logits)  # a view is not its own negative

@@ -29,11 +29,14 @@ computed over the global batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fetalssl_jax.models.conv import CONV_IMPLS, make_conv_general_dilated
 from fetalssl_jax.models.pool import max_pool
@@ -239,3 +242,24 @@ def create_resnet(
         dtype=jnp.dtype(dtype),
         conv_impl=conv_impl,
     )
+
+
+def init_key(seed: int) -> jax.Array:
+    """Key for parameter initialisation. XLA's RngBitGenerator ('rbg') compiles a ResNet's init 5-7x faster than
+    threefry on CPU; the step's randomness (augmentations) stays threefry, whose bits do not depend on sharding."""
+    return jax.random.key(seed, impl="rbg")
+
+
+@functools.lru_cache(maxsize=8)
+def backbone_initializer(arch: str, width: int) -> Callable[[jax.Array], dict[str, Any]]:
+    """key -> torchvision-default variables of `arch`/`width`, jitted once per architecture (a grid initialises
+    hundreds of backbones). The parameters do not depend on the input size or the compute dtype, so a small float32
+    example serves every config."""
+    backbone = create_resnet(arch, width=width, zero_init_residual=False)
+    example = np.zeros((1, 32, 32, 3), np.float32)
+    return jax.jit(lambda key: backbone.init(key, example))
+
+
+def random_backbone_variables(arch: str, width: int, seed: int) -> dict[str, Any]:
+    """torchvision-default random init (zero_init_residual=False) of `arch`/`width`, as numpy."""
+    return jax.device_get(backbone_initializer(arch, width)(init_key(seed)))

@@ -27,24 +27,18 @@ from fetalssl_jax import config_lib
 from fetalssl_jax.data import sources
 from fetalssl_jax.data.pipeline import BatchSampler, device_batches
 from fetalssl_jax.data.tfds_source import RecordDataset, RecordSampler
-from fetalssl_jax.downstream.backbones import random_backbone_variables
 from fetalssl_jax.eval.few_label import shot_name
 from fetalssl_jax.eval.frozen import FrozenEval, evaluate_inits, format_table
 from fetalssl_jax.methods import get_method
 from fetalssl_jax.methods.base import Method
+from fetalssl_jax.models.resnet import random_backbone_variables
+from fetalssl_jax.runtime.sharding import batch_sharding, enable_compilation_cache, make_mesh, replicated
 from fetalssl_jax.train.checkpoint import Checkpointer, CheckpointMismatchError, export_backbone
 from fetalssl_jax.train.health import MIN_RELATIVE_CHANGE, relative_weight_change
 from fetalssl_jax.train.monitor import Monitor
 from fetalssl_jax.train.optim import make_optimizer
 from fetalssl_jax.train.state import TrainState
-from fetalssl_jax.train.step import (
-    batch_sharding,
-    enable_compilation_cache,
-    init_state,
-    make_mesh,
-    make_train_step,
-    replicated,
-)
+from fetalssl_jax.train.step import init_state, make_train_step
 
 log = logging.getLogger("fetalssl_jax")
 

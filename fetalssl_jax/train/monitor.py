@@ -9,13 +9,18 @@ from collections.abc import Mapping
 
 import tqdm
 
+from fetalssl_jax.runtime.tensorflow import import_tensorflow
 
-def _tensorflow():
-    """TensorFlow only writes summaries here: hide accelerators from it so it never takes memory JAX needs."""
-    import tensorflow as tf
 
-    tf.config.set_visible_devices([], "GPU")
-    return tf
+def truncate_metrics(metrics_file: pathlib.Path, start_step: int) -> None:
+    """Drops the records of steps >= `start_step` from a metrics.jsonl (written after the checkpoint a run resumes
+    from, so a resumed run's file reads as an uninterrupted one's); atomic. No file: nothing to do."""
+    if not metrics_file.exists():
+        return
+    kept = [line for line in metrics_file.read_text().splitlines() if line and json.loads(line)["step"] < start_step]
+    tmp = metrics_file.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(metrics_file)
 
 
 class Monitor:
@@ -40,7 +45,7 @@ class Monitor:
         self._last_time = None
         self._images_per_s = 0.0
         if enabled:
-            self._truncate(start_step)
+            truncate_metrics(self.metrics_file, start_step)
         self.bar = tqdm.tqdm(
             total=total_steps,
             initial=start_step,
@@ -49,30 +54,17 @@ class Monitor:
             dynamic_ncols=True,
         )
 
-    def _truncate(self, start_step: int) -> None:
-        """Drops lines of steps >= start_step (written after the checkpoint we resume from)."""
-        if not self.metrics_file.exists():
-            return
-        kept = [
-            line
-            for line in self.metrics_file.read_text().splitlines()
-            if line and json.loads(line)["step"] < start_step
-        ]
-        tmp = self.metrics_file.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(self.metrics_file)
-
     @property
     def writer(self):
         if self._writer is None:
-            self._writer = _tensorflow().summary.create_file_writer(str(self._tb_dir))
+            self._writer = import_tensorflow().summary.create_file_writer(str(self._tb_dir))
         return self._writer
 
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         """TensorBoard scalars at `step`."""
         if not self.enabled:
             return
-        tf = _tensorflow()
+        tf = import_tensorflow()
         with self.writer.as_default(step=step):
             for name, value in values.items():
                 tf.summary.scalar(name, value)

@@ -1,59 +1,35 @@
-"""One compiled, data-parallel train step over all devices of all processes.
-
-jax.jit over a 1-D device mesh with the batch sharded along 'data' and the state replicated: XLA inserts the
-collectives, so batch means (BatchNorm statistics, cross-correlation matrices, negatives) are over the global
-batch and the gradients are averaged, exactly as a single device with the whole batch would compute them.
-"""
+"""One compiled, data-parallel train step over all devices of all processes (the mesh and shardings:
+`fetalssl_jax.runtime.sharding`), for every training task: pretraining methods and the plane classifier."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from fetalssl_jax.methods.base import Method
+from fetalssl_jax.models.resnet import init_key
+from fetalssl_jax.runtime.sharding import batch_sharding, replicated
 from fetalssl_jax.train.optim import Optimizer
 from fetalssl_jax.train.state import TrainState
 
-DATA_AXIS = "data"
 
+class Task(Protocol):
+    """What the train step needs of a training task: a pretraining `Method`, or the classifier's task
+    (`downstream/classification.py`). The state's `extra` holds what the task keeps beside the parameters."""
 
-def enable_compilation_cache(directory: str) -> None:
-    """Turns on JAX's persistent compilation cache in `directory` ("" leaves it off)."""
-    if not directory:
-        return
-    path = os.path.expanduser(directory)
-    os.makedirs(path, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    def step_inputs(self, rng: jax.Array, batch: dict[str, jax.Array]) -> Any:
+        """The loss's inputs, made on the device from the sharded batch (augmentations)."""
 
+    def loss_fn(self, params, model_state, extra, inputs, rng: jax.Array, step: jax.Array) -> tuple[jax.Array, Any]:
+        """(loss, (new model_state, new extra, metrics)) on the global batch."""
 
-def make_mesh(devices: list | None = None) -> Mesh:
-    """A 1-D data-parallel mesh over `devices` (default: every device of every process)."""
-    devices = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over the mesh."""
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    """The same full copy on every device."""
-    return NamedSharding(mesh, PartitionSpec())
-
-
-def init_key(seed: int) -> jax.Array:
-    """Key for parameter initialisation. XLA's RngBitGenerator ('rbg') compiles a ResNet's init 5-7x faster than
-    threefry on CPU; the step's randomness (augmentations) stays threefry, whose bits do not depend on sharding."""
-    return jax.random.key(seed, impl="rbg")
+    def after_update(self, extra, params, model_state, step: jax.Array) -> Any:
+        """The extra state after the optimiser step (e.g. an EMA target)."""
 
 
 def init_state(method: Method, optimizer: Optimizer, seed: int, example_frames: jax.Array, mesh: Mesh) -> TrainState:
@@ -76,14 +52,15 @@ def init_state(method: Method, optimizer: Optimizer, seed: int, example_frames: 
 
 
 def make_train_step(
-    method: Method, optimizer: Optimizer, mesh: Mesh
+    method: Task, optimizer: Optimizer, mesh: Mesh
 ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
-    """The jitted step (state, batch) -> (state, metrics); the old state's buffers are donated."""
+    """The jitted step (state, batch) -> (state, metrics) of `method` (any `Task`): augment, loss, gradient,
+    optimiser update, `after_update`; state replicated, batch sharded, the old state's buffers donated."""
 
     def train_step(state: TrainState, batch: dict[str, Any]) -> tuple[TrainState, dict[str, jax.Array]]:
         rng = jax.random.fold_in(state.rng, state.step)
         aug_rng, loss_rng = jax.random.split(rng)
-        inputs = method.make_inputs(aug_rng, batch["frames"])
+        inputs = method.step_inputs(aug_rng, batch)
 
         def loss_of(params):
             return method.loss_fn(params, state.model_state, state.extra, inputs, loss_rng, state.step)
@@ -91,7 +68,7 @@ def make_train_step(
         (loss, (model_state, extra, metrics)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
         updates, opt_state = optimizer.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        extra = method.after_update(extra, params, state.step)
+        extra = method.after_update(extra, params, model_state, state.step)
         metrics = {
             **metrics,
             "loss": loss,

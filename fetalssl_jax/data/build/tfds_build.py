@@ -15,7 +15,7 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from fetalssl_jax.data.readers import DataError
+from fetalssl_jax.data.build.readers import DataError
 
 log = logging.getLogger("fetalssl_jax.data")
 

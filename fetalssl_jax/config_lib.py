@@ -1,7 +1,7 @@
 """Shared pieces of the experiment configs (big_vision style).
 
 Each experiment is one file in `configs/` with `get_config(arg)`. The file starts from `base_config()`, sets its
-method's keys, and applies a preset named by `arg` (`--config configs/barlow.py:paper`). Command-line overrides
+method's keys, and applies a preset named by `arg` (`--config configs/barlow_twins.py:paper`). Command-line overrides
 (`--config.optim.lr_weights=0.1`) are applied by ml_collections on top. Configs are locked: a key that does not
 exist is an error, never a silently ignored typo.
 
@@ -550,7 +550,7 @@ def classification_problems(config: ConfigDict, prefix: str = "config") -> list[
     return c.problems
 
 
-# `name=` is a name only when it looks like one: "barlow.py:tiny,num_steps=4" is a bare spec, not name "barlow.py:..."
+# `name=` is a name only when it looks like one: "barlow_twins.py:tiny,num_steps=4" is a bare spec, not a name
 _INIT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.+-]*")
 
 
@@ -570,7 +570,7 @@ def parse_inits(entries: Sequence[str]) -> list[InitSpec]:
     """`name=spec` strings (or bare specs) -> InitSpecs; names must be unique.
 
     An entry is `name=spec` only when the part before the first '=' is a plain name (letters, digits, `_.+-`, not
-    ending in .py); otherwise the whole entry is a spec (e.g. `barlow.py:tiny,num_steps=4`, `/runs/a=b`), named
+    ending in .py); otherwise the whole entry is a spec (e.g. `barlow_twins.py:tiny,num_steps=4`, `/runs/a=b`), named
     after its file or directory.
     """
     inits = []

@@ -1,7 +1,7 @@
-"""Command line: `python -m fetalssl_jax.main --config configs/barlow.py[:preset] [--config.key=value ...]`.
+"""Command line: `python -m fetalssl_jax.main --config configs/barlow_twins.py[:preset] [--config.key=value ...]`.
 
 The config file decides everything (big_vision style), including what runs (`config.task`): pretraining
-(configs/barlow.py ...), a plane classifier (configs/classify.py) or the paper's grid (configs/paper_grid.py).
+(configs/barlow_twins.py ...), a plane classifier (configs/classify.py) or the paper's grid (configs/paper_grid.py).
 `--workdir` is where checkpoints, metrics, TensorBoard logs, exported weights and results land. Running the same
 command again resumes.
 """
@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
     try:
         _parse_flags(argv)
         if _CONFIG.value is None:
-            raise UsageError("--config is required, e.g. --config configs/barlow.py")
+            raise UsageError("--config is required, e.g. --config configs/barlow_twins.py")
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
             result = train(config, workdir)
             print(f"{result.status} at step {result.step}; workdir: {os.path.abspath(workdir)}")
         elif task == "classify":
-            from fetalssl_jax.downstream.classify import run_classification
+            from fetalssl_jax.downstream.classification import run_classification
 
             results = run_classification(config, workdir)
             test = results["test"]

@@ -15,10 +15,10 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 
 
 def tiny_config(**overrides):
-    """configs/barlow.py:tiny with `overrides` (dotted keys) applied."""
+    """configs/barlow_twins.py:tiny with `overrides` (dotted keys) applied."""
     from fetalssl_jax.config_lib import load_config, set_by_path
 
-    config = load_config(f"{REPO / 'configs' / 'barlow.py'}:tiny")
+    config = load_config(f"{REPO / 'configs' / 'barlow_twins.py'}:tiny")
     for key, value in overrides.items():
         set_by_path(config, key, value)
     return config

@@ -5,7 +5,7 @@ from conftest import REPO
 
 from fetalssl_jax.config_lib import load_config, set_by_path, unknown_override_keys
 
-BARLOW = str(REPO / "configs" / "barlow.py")
+BARLOW = str(REPO / "configs" / "barlow_twins.py")
 
 
 def test_paper_preset_is_the_papers_setting():

@@ -21,7 +21,8 @@ from fetalssl_jax.config_lib import (
 )
 
 CONFIGS = REPO / "configs"
-PRETRAINING = ("barlow", "vicreg", "simclr", "moco", "byol", "autoencoder", "inpaint", "reorder")
+BT = "barlow_twins"
+PRETRAINING = ("barlow_twins", "vicreg", "simclr", "moco", "byol", "autoencoder", "inpainting", "reorder")
 VALIDATORS = {"pretrain": validate_pretraining, "classify": validate_classification, "grid": validate_grid}
 
 
@@ -41,57 +42,57 @@ def _problems(config) -> list[str]:
 
 # (config file, overrides, the one expected line). Each line is written out by hand: key, value, what is allowed.
 PRETRAINING_CASES = [
-    ("barlow", {"batch_size": -4}, "config.batch_size = -4: must be a positive integer"),
-    ("barlow", {"batch_size": 0}, "config.batch_size = 0: must be a positive integer"),
-    ("barlow", {"num_steps": -3}, "config.num_steps = -3: must be a positive integer, or -1 or 0 to train num_epochs "
+    (BT, {"batch_size": -4}, "config.batch_size = -4: must be a positive integer"),
+    (BT, {"batch_size": 0}, "config.batch_size = 0: must be a positive integer"),
+    (BT, {"num_steps": -3}, "config.num_steps = -3: must be a positive integer, or -1 or 0 to train num_epochs "
                                   "epochs"),
-    ("barlow", {"num_steps": -1, "num_epochs": 0}, "config.num_epochs = 0: must be a positive number (num_steps <= 0 "
+    (BT, {"num_steps": -1, "num_epochs": 0}, "config.num_epochs = 0: must be a positive number (num_steps <= 0 "
                                                    "trains num_epochs epochs)"),
-    ("barlow", {"num_steps": 0, "num_epochs": -2}, "config.num_epochs = -2: must be a positive number (num_steps <= 0 "
+    (BT, {"num_steps": 0, "num_epochs": -2}, "config.num_epochs = -2: must be a positive number (num_steps <= 0 "
                                                    "trains num_epochs epochs)"),
-    ("barlow", {"checkpoint_every_steps": 0}, "config.checkpoint_every_steps = 0: must be a positive integer"),
-    ("barlow", {"keep_checkpoints": 0}, "config.keep_checkpoints = 0: must be a positive integer"),
-    ("barlow", {"log_every_steps": 0}, "config.log_every_steps = 0: must be a positive integer"),
-    ("barlow", {"seed": -1}, "config.seed = -1: must be an integer >= 0"),
-    ("barlow", {"model.width": 0}, "config.model.width = 0: must be a positive integer"),
-    ("barlow", {"data.image_size": 16}, "config.data.image_size = 16: must be an integer >= 32 (the ResNets "
+    (BT, {"checkpoint_every_steps": 0}, "config.checkpoint_every_steps = 0: must be a positive integer"),
+    (BT, {"keep_checkpoints": 0}, "config.keep_checkpoints = 0: must be a positive integer"),
+    (BT, {"log_every_steps": 0}, "config.log_every_steps = 0: must be a positive integer"),
+    (BT, {"seed": -1}, "config.seed = -1: must be an integer >= 0"),
+    (BT, {"model.width": 0}, "config.model.width = 0: must be a positive integer"),
+    (BT, {"data.image_size": 16}, "config.data.image_size = 16: must be an integer >= 32 (the ResNets "
                                         "downsample 32x)"),
-    ("barlow", {"data.stored_size": 8}, "config.data.stored_size = 8: must be an integer >= 16 (the embedded data is "
+    (BT, {"data.stored_size": 8}, "config.data.stored_size = 8: must be an integer >= 16 (the embedded data is "
                                         "rendered at 16 px or more)"),
-    ("barlow", {"data.num_videos": 0}, "config.data.num_videos = 0: must be a positive integer"),
-    ("barlow", {"data.frames_per_video": 0}, "config.data.frames_per_video = 0: must be a positive integer"),
-    ("barlow", {"data.frame_skip": 0}, "config.data.frame_skip = 0: must be a positive integer"),
-    ("barlow", {"data.max_gap": -1}, "config.data.max_gap = -1: must be an integer >= 0"),
+    (BT, {"data.num_videos": 0}, "config.data.num_videos = 0: must be a positive integer"),
+    (BT, {"data.frames_per_video": 0}, "config.data.frames_per_video = 0: must be a positive integer"),
+    (BT, {"data.frame_skip": 0}, "config.data.frame_skip = 0: must be a positive integer"),
+    (BT, {"data.max_gap": -1}, "config.data.max_gap = -1: must be an integer >= 0"),
     ("reorder", {"data.clip_length": 1}, "config.data.clip_length = 1: must be an integer >= 2 (reorder reorders the "
                                          "frames of a clip)"),
-    ("barlow", {"eval.knn_k": 0}, "config.eval.knn_k = 0: must be a positive integer"),
-    ("barlow", {"eval.num_patients": 2}, "config.eval.num_patients = 2: must be an integer >= 3 (patients are split "
+    (BT, {"eval.knn_k": 0}, "config.eval.knn_k = 0: must be a positive integer"),
+    (BT, {"eval.num_patients": 2}, "config.eval.num_patients = 2: must be an integer >= 3 (patients are split "
                                          "into train, validation and test)"),
-    ("barlow", {"eval.frames_per_patient": 4}, "config.eval.frames_per_patient = 4: must be an integer >= 5 (every "
+    (BT, {"eval.frames_per_patient": 4}, "config.eval.frames_per_patient = 4: must be an integer >= 5 (every "
                                                "patient gives a frame of each of the 5 planes)"),
-    ("barlow", {"eval.draws": 0}, "config.eval.draws = 0: must be a positive integer"),
-    ("barlow", {"eval.shots": (1, -2, 0)}, "config.eval.shots = (1, -2, 0): must be a sequence of integers >= 0 (0: "
+    (BT, {"eval.draws": 0}, "config.eval.draws = 0: must be a positive integer"),
+    (BT, {"eval.shots": (1, -2, 0)}, "config.eval.shots = (1, -2, 0): must be a sequence of integers >= 0 (0: "
                                            "all labels)"),
-    ("barlow", {"eval.batch_size": 0}, "config.eval.batch_size = 0: must be a positive integer"),
-    ("barlow", {"augment.view1.flip_prob": 1.5}, "config.augment.view1.flip_prob = 1.5: must be a probability in "
+    (BT, {"eval.batch_size": 0}, "config.eval.batch_size = 0: must be a positive integer"),
+    (BT, {"augment.view1.flip_prob": 1.5}, "config.augment.view1.flip_prob = 1.5: must be a probability in "
                                                  "[0, 1]"),
-    ("barlow", {"augment.view2.solarize_prob": -0.1}, "config.augment.view2.solarize_prob = -0.1: must be a "
+    (BT, {"augment.view2.solarize_prob": -0.1}, "config.augment.view2.solarize_prob = -0.1: must be a "
                                                       "probability in [0, 1]"),
     ("simclr", {"augment.view2.blur_prob": 2.0}, "config.augment.view2.blur_prob = 2.0: must be a probability in "
                                                  "[0, 1]"),
-    ("barlow", {"augment.view1.crop_scale": (0.9, 0.2)}, "config.augment.view1.crop_scale = (0.9, 0.2): must be "
+    (BT, {"augment.view1.crop_scale": (0.9, 0.2)}, "config.augment.view1.crop_scale = (0.9, 0.2): must be "
                                                          "(low, high) with low <= high"),
-    ("barlow", {"method": "barlow"}, "config.method = 'barlow': must be one of 'autoencoder', 'barlow_twins', "
+    (BT, {"method": "barlow"}, "config.method = 'barlow': must be one of 'autoencoder', 'barlow_twins', "
                                      "'byol', 'inpainting', 'moco', 'reorder', 'simclr', 'vicreg'"),
-    ("barlow", {"model.arch": "resnet9"}, "config.model.arch = 'resnet9': must be one of 'resnet10', 'resnet18', "
+    (BT, {"model.arch": "resnet9"}, "config.model.arch = 'resnet9': must be one of 'resnet10', 'resnet18', "
                                           "'resnet34', 'resnet50', 'resnet101', 'resnet152'"),
-    ("barlow", {"model.dtype": "float16"}, "config.model.dtype = 'float16': must be one of 'float32', 'bfloat16'"),
-    ("barlow", {"model.conv_impl": "fast"}, "config.model.conv_impl = 'fast': must be one of 'auto', 'native', "
+    (BT, {"model.dtype": "float16"}, "config.model.dtype = 'float16': must be one of 'float32', 'bfloat16'"),
+    (BT, {"model.conv_impl": "fast"}, "config.model.conv_impl = 'fast': must be one of 'auto', 'native', "
                                             "'cpu_matmul'"),
-    ("barlow", {"optim.name": "adam"}, "config.optim.name = 'adam': must be one of 'lars', 'sgd', 'adamw'"),
-    ("barlow", {"optim.schedule": "cosine"}, "config.optim.schedule = 'cosine': must be one of 'warmup_cosine', "
+    (BT, {"optim.name": "adam"}, "config.optim.name = 'adam': must be one of 'lars', 'sgd', 'adamw'"),
+    (BT, {"optim.schedule": "cosine"}, "config.optim.schedule = 'cosine': must be one of 'warmup_cosine', "
                                              "'step'"),
-    ("barlow", {"data.source": "hdf5"}, "config.data.source = 'hdf5': must be one of 'synthetic', 'tfds'"),
+    (BT, {"data.source": "hdf5"}, "config.data.source = 'hdf5': must be one of 'synthetic', 'tfds'"),
 ]  # fmt: skip
 
 
@@ -102,16 +103,16 @@ def test_pretraining_rule(name, overrides, expected):
 
 def test_the_global_batch_must_divide_over_the_devices(monkeypatch):
     monkeypatch.setattr(jax, "device_count", lambda: 8)
-    problems = _problems(_config("barlow", batch_size=12))
+    problems = _problems(_config(BT, batch_size=12))
     assert problems == ["config.batch_size = 12: must be divisible by the 8 devices (it is the global batch)"]
-    validate_pretraining(_config("barlow", batch_size=16))  # 2 per device
+    validate_pretraining(_config(BT, batch_size=16))  # 2 per device
 
 
 def test_values_that_only_look_wrong_are_accepted():
-    validate_pretraining(_config("barlow", num_steps=4, num_epochs=0))  # num_epochs is unused with num_steps > 0
-    validate_pretraining(_config("barlow", **{"data.clip_length": 1}))  # only clip methods use clips
-    validate_pretraining(_config("barlow", num_steps=0, num_epochs=2))  # 0 and -1 both mean "use the epochs"
-    validate_pretraining(_config("barlow", **{"eval.shots": (0,), "data.max_gap": 0}))
+    validate_pretraining(_config(BT, num_steps=4, num_epochs=0))  # num_epochs is unused with num_steps > 0
+    validate_pretraining(_config(BT, **{"data.clip_length": 1}))  # only clip methods use clips
+    validate_pretraining(_config(BT, num_steps=0, num_epochs=2))  # 0 and -1 both mean "use the epochs"
+    validate_pretraining(_config(BT, **{"eval.shots": (0,), "data.max_gap": 0}))
 
 
 CLASSIFY_CASES = [
@@ -159,7 +160,7 @@ GRID_CASES = [
                                                       "labels_per_class)"),
     ({"classify.batch_size": 0}, "config.classify.batch_size = 0: must be a positive integer"),
     ({"classify.mode": "probe"}, "config.classify.mode = 'probe': must be one of 'finetune', 'linear'"),
-    ({"inits": (f"bt={CONFIGS / 'barlow.py'}:tiny,batch_size=-4", "random")},
+    ({"inits": (f"bt={CONFIGS / 'barlow_twins.py'}:tiny,batch_size=-4", "random")},
      "config.inits[0] (bt): config.batch_size = -4: must be a positive integer"),
 ]  # fmt: skip
 
@@ -170,7 +171,7 @@ def test_grid_rule(overrides, expected):
 
 
 def test_every_problem_is_reported_at_once_one_per_line():
-    config = _config("barlow", batch_size=-4, checkpoint_every_steps=0, **{"model.dtype": "half"})
+    config = _config(BT, batch_size=-4, checkpoint_every_steps=0, **{"model.dtype": "half"})
     assert sorted(_problems(config)) == sorted([
         "config.batch_size = -4: must be a positive integer",
         "config.checkpoint_every_steps = 0: must be a positive integer",
@@ -194,7 +195,7 @@ def test_the_projects_own_configs_are_valid(name, preset):
 )
 def test_command_line_exits_2_and_writes_nothing(override, expected, tmp_path, monkeypatch, capsys):
     workdir = tmp_path / "run"
-    argv = ["fetalssl-train", "--config", f"{CONFIGS / 'barlow.py'}:tiny", "--workdir", str(workdir), override]
+    argv = ["fetalssl-train", "--config", f"{CONFIGS / 'barlow_twins.py'}:tiny", "--workdir", str(workdir), override]
     monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads the --config.* overrides from sys.argv
     assert cli.main(argv) == 2
     assert capsys.readouterr().err.splitlines() == [expected]

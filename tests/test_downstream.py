@@ -13,9 +13,9 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from fetalssl_jax.config_lib import load_config
 from fetalssl_jax.downstream.backbones import resolve_backbone
-from fetalssl_jax.downstream.classifier import Classifier, weighted_cross_entropy
-from fetalssl_jax.downstream.classify import load_classifier, run_classification
+from fetalssl_jax.downstream.classification import load_classifier, run_classification
 from fetalssl_jax.downstream.labels import class_weights, label_subset
+from fetalssl_jax.models.classifier import Classifier, weighted_cross_entropy
 from fetalssl_jax.models.resnet import create_resnet
 
 CLASSES = ("a", "b", "c", "d", "e")

@@ -13,9 +13,9 @@ from fetalssl_jax.train.monitor import read_metrics
 
 CONFIGS = {
     "autoencoder": "autoencoder.py",
-    "barlow_twins": "barlow.py",
+    "barlow_twins": "barlow_twins.py",
     "byol": "byol.py",
-    "inpainting": "inpaint.py",
+    "inpainting": "inpainting.py",
     "moco": "moco.py",
     "reorder": "reorder.py",
     "simclr": "simclr.py",

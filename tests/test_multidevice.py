@@ -8,7 +8,16 @@ import subprocess
 import numpy as np
 import pytest
 
-CONFIGS = ["barlow.py", "simclr.py", "moco.py", "byol.py", "vicreg.py", "autoencoder.py", "inpaint.py", "reorder.py"]
+CONFIGS = [
+    "barlow_twins.py",
+    "simclr.py",
+    "moco.py",
+    "byol.py",
+    "vicreg.py",
+    "autoencoder.py",
+    "inpainting.py",
+    "reorder.py",
+]
 
 
 @pytest.fixture(scope="module")

@@ -91,7 +91,7 @@ def test_evaluation_reads_the_built_planes(data_dir):
 
 def test_classifier_trains_on_the_built_planes(data_dir, tmp_path):
     from fetalssl_jax.config_lib import load_config
-    from fetalssl_jax.downstream.classify import run_classification
+    from fetalssl_jax.downstream.classification import run_classification
 
     arg = f"tiny,num_epochs=1,eval.dataset=fetal_cardiac_planes/tiny,eval.data_dir={data_dir}"
     config = load_config(f"{REPO / 'configs' / 'classify.py'}:{arg}")

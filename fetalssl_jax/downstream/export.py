@@ -31,7 +31,7 @@ def backbone_variables_of(path: str | pathlib.Path) -> tuple[dict[str, Any], dic
             return load_backbone(directory)
     for directory in (path, path / "classifier"):
         if (directory / "classifier.json").is_file():
-            from fetalssl_jax.downstream.classify import load_classifier
+            from fetalssl_jax.downstream.classification import load_classifier
 
             _, variables, description, spec = load_classifier(directory)
             backbone = {k: variables[k]["backbone"] for k in ("params", "batch_stats")}

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fetalssl_jax.downstream.classifier import Classifier
+from fetalssl_jax.models.classifier import Classifier
 
 
 def _stage_output_name(model: Classifier, stage: int) -> str:
@@ -127,7 +127,7 @@ def gradcam_for_run(workdir: str | pathlib.Path, num_images: int = 16, stage: in
 
     from fetalssl_jax.data import sources
     from fetalssl_jax.data.augment import preprocess_eval
-    from fetalssl_jax.downstream.classify import load_classifier
+    from fetalssl_jax.downstream.classification import load_classifier
 
     workdir = pathlib.Path(workdir)
     model, variables, description, spec = load_classifier(workdir)

@@ -42,7 +42,7 @@ from fetalssl_jax.config_lib import (
     validate_grid,
 )
 from fetalssl_jax.data import sources
-from fetalssl_jax.downstream.classify import resolve_class_names, run_classification
+from fetalssl_jax.downstream.classification import resolve_class_names, run_classification
 from fetalssl_jax.downstream.labels import budget_dirname, budget_name, choose_labels
 from fetalssl_jax.eval.few_label import Interval
 from fetalssl_jax.train.checkpoint import CheckpointMismatchError

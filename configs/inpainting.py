@@ -1,6 +1,6 @@
 """Inpainting-autoencoder pretraining on fetal ultrasound frames.
 
-  python -m fetalssl_jax.main --config configs/inpaint.py[:tiny|:paper]
+  python -m fetalssl_jax.main --config configs/inpainting.py[:tiny|:paper]
 
 The autoencoder's model and optimiser; the input has one random rectangle erased and filled with random values;
 the target is the clean image. Input: resize, RandAugment(1, 1), h/v flips, then erasing.

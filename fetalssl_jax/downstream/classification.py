@@ -42,10 +42,10 @@ from fetalssl_jax.data.pipeline import epoch_permutation
 from fetalssl_jax.data.randaugment import rand_augment_batch
 from fetalssl_jax.downstream import report
 from fetalssl_jax.downstream.backbones import BackboneInit, resolve_backbone
-from fetalssl_jax.downstream.classifier import Classifier, weighted_cross_entropy
 from fetalssl_jax.downstream.labels import budget_name, choose_labels, class_weights
 from fetalssl_jax.eval.frozen import map_batches, with_channel
 from fetalssl_jax.methods.base import apply_model
+from fetalssl_jax.models.classifier import Classifier, weighted_cross_entropy
 from fetalssl_jax.models.resnet import create_resnet
 from fetalssl_jax.runtime.sharding import batch_sharding, enable_compilation_cache, make_mesh, replicated
 from fetalssl_jax.train.checkpoint import CheckpointMismatchError, abstract_tree

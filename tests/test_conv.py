@@ -157,7 +157,7 @@ def test_compilation_cache_is_used_by_a_second_process(tmp_path):
         f"""
         import jax, jax.numpy as jnp
         from jax import monitoring
-        from fetalssl_jax.train.step import enable_compilation_cache
+        from fetalssl_jax.runtime.sharding import enable_compilation_cache
         hits = []
         monitoring.register_event_listener(lambda name, **kw: hits.append(name))
         enable_compilation_cache({str(tmp_path / "xla")!r})

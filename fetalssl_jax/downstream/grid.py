@@ -293,68 +293,80 @@ def markdown_table(rows: Sequence[dict[str, Any]], metric: str = "macro_f1", bas
     out = []
     for mode in dict.fromkeys(r["mode"] for r in rows):
         present = {(i, b): summary[(i, mode, b)] for i in inits for b in budgets if (i, mode, b) in summary}
-        seeds = _seed_range([n for _, n in present.values()])
-        out.append(
-            f"**{mode}**: test {label}, mean [95 % t-interval] over {seeds} (mean ± t_0.975,n-1 · sd / √n, "
-            "scipy.stats.t); best mean of a column in bold\n"
-        )
-        out.append("| init | " + " | ".join(budgets) + " |")
-        out.append("|---|" + "---:|" * len(budgets))
         best = {b: max(s.mean for (i, bb), (s, _) in present.items() if bb == b) for b in budgets
                 if any(bb == b for _, bb in present)}  # fmt: skip
-        for init in inits:
-            cells = []
-            for b in budgets:
-                if (init, b) not in present:
-                    cells.append("-")
-                    continue
-                interval, n = present[(init, b)]
-                text = _cell_text(interval, n)
-                cells.append(f"**{text}**" if interval.mean == best[b] else text)
-            out.append(f"| {init} | " + " | ".join(cells) + " |")
-        out.append("")
-        others = [i for i in inits if i != baseline and any((i, mode, b) in differences for b in budgets)]
-        if not others:
-            out.append(f"(no init named {baseline!r} to compare with, or no other init: no paired differences)\n")
-        else:
-            counts = [differences[(i, mode, b)][1] for i in others for b in budgets if (i, mode, b) in differences]
-            out.append(
-                f"**{mode}**: paired difference of test {label} to {baseline} (init - {baseline}, per seed: the "
-                f"same seed draws the same label subset), mean [95 % t-interval] over {_seed_range(counts)}; "
-                "* the interval excludes zero (not corrected for the number of comparisons)\n"
-            )
-            out.append("| init | " + " | ".join(budgets) + " |")
-            out.append("|---|" + "---:|" * len(budgets))
-            for init in others:
-                cells = []
-                for b in budgets:
-                    if (init, mode, b) not in differences:
-                        cells.append("-")
-                        continue
-                    interval, n = differences[(init, mode, b)]
-                    star = "*" if n >= 2 and interval.excludes_zero else ""
-                    cells.append(_cell_text(interval, n, "+.3f") + star)
-                out.append(f"| {init} | " + " | ".join(cells) + " |")
-            out.append("")
-        out.append(f"**{mode}**: winner per column (best mean; differences paired by seed):\n")
-        for b in budgets:
-            if b not in best:
-                continue
-            w = column_winner(rows, mode, b, baseline, metric)
-            text = f"- {b}: **{w.init}** ({w.score.mean:.3f})"
-            if w.init == baseline:
-                text += f"; the winner is {baseline} itself"
-            elif w.vs_baseline is not None:
-                text += f"; vs {baseline}: {_verdict(w.vs_baseline)}"
-            if w.runner_up is not None and w.runner_up == baseline:
-                text += f" ({baseline} is the runner-up)"
-            elif w.runner_up is not None and w.vs_runner_up is not None:
-                text += f"; vs runner-up {w.runner_up}: {_verdict(w.vs_runner_up)}"
-            else:
-                text += "; no runner-up"
-            out.append(text)
-        out.append("")
+        out += _means_table(mode, label, inits, budgets, present, best)
+        out += _differences_table(mode, label, inits, budgets, differences, baseline)
+        out += _column_winners(rows, mode, [b for b in budgets if b in best], baseline, metric)
     return "\n".join(out)
+
+
+def _means_table(mode, label, inits, budgets, present, best) -> list[str]:
+    """The lines of one mode's table of means [t-interval], the best mean of a column in bold."""
+    seeds = _seed_range([n for _, n in present.values()])
+    out = [
+        f"**{mode}**: test {label}, mean [95 % t-interval] over {seeds} (mean ± t_0.975,n-1 · sd / √n, "
+        "scipy.stats.t); best mean of a column in bold\n",
+        "| init | " + " | ".join(budgets) + " |",
+        "|---|" + "---:|" * len(budgets),
+    ]
+    for init in inits:
+        cells = []
+        for b in budgets:
+            if (init, b) not in present:
+                cells.append("-")
+                continue
+            interval, n = present[(init, b)]
+            text = _cell_text(interval, n)
+            cells.append(f"**{text}**" if interval.mean == best[b] else text)
+        out.append(f"| {init} | " + " | ".join(cells) + " |")
+    return [*out, ""]
+
+
+def _differences_table(mode, label, inits, budgets, differences, baseline) -> list[str]:
+    """The lines of one mode's table of paired differences to `baseline` (* where the interval excludes zero)."""
+    others = [i for i in inits if i != baseline and any((i, mode, b) in differences for b in budgets)]
+    if not others:
+        return [f"(no init named {baseline!r} to compare with, or no other init: no paired differences)\n"]
+    counts = [differences[(i, mode, b)][1] for i in others for b in budgets if (i, mode, b) in differences]
+    out = [
+        f"**{mode}**: paired difference of test {label} to {baseline} (init - {baseline}, per seed: the "
+        f"same seed draws the same label subset), mean [95 % t-interval] over {_seed_range(counts)}; "
+        "* the interval excludes zero (not corrected for the number of comparisons)\n",
+        "| init | " + " | ".join(budgets) + " |",
+        "|---|" + "---:|" * len(budgets),
+    ]
+    for init in others:
+        cells = []
+        for b in budgets:
+            if (init, mode, b) not in differences:
+                cells.append("-")
+                continue
+            interval, n = differences[(init, mode, b)]
+            star = "*" if n >= 2 and interval.excludes_zero else ""
+            cells.append(_cell_text(interval, n, "+.3f") + star)
+        out.append(f"| {init} | " + " | ".join(cells) + " |")
+    return [*out, ""]
+
+
+def _column_winners(rows, mode, budgets, baseline, metric) -> list[str]:
+    """The lines naming the winner of each of one mode's columns, against the baseline and the runner-up."""
+    out = [f"**{mode}**: winner per column (best mean; differences paired by seed):\n"]
+    for b in budgets:
+        w = column_winner(rows, mode, b, baseline, metric)
+        text = f"- {b}: **{w.init}** ({w.score.mean:.3f})"
+        if w.init == baseline:
+            text += f"; the winner is {baseline} itself"
+        elif w.vs_baseline is not None:
+            text += f"; vs {baseline}: {_verdict(w.vs_baseline)}"
+        if w.runner_up is not None and w.runner_up == baseline:
+            text += f" ({baseline} is the runner-up)"
+        elif w.runner_up is not None and w.vs_runner_up is not None:
+            text += f"; vs runner-up {w.runner_up}: {_verdict(w.vs_runner_up)}"
+        else:
+            text += "; no runner-up"
+        out.append(text)
+    return [*out, ""]
 
 
 def plot_results(rows: Sequence[dict[str, Any]], path: pathlib.Path, metric: str = "macro_f1") -> None:

@@ -61,7 +61,7 @@ def _is_pointwise(kh: int, kw: int, padding: Padding) -> bool:
     return kh == 1 and kw == 1 and padding == ((0, 0), (0, 0))
 
 
-def _strided_taps(x: Array, kh: int, kw: int, strides: tuple[int, int], padding: Padding, pad_value: Any = 0):
+def strided_taps(x: Array, kh: int, kw: int, strides: tuple[int, int], padding: Padding, pad_value: Any = 0):
     """The kh*kw window taps of a padded x, each [N, Ho, Wo, C], in row-major tap order."""
     n, h, w, c = x.shape
     sh, sw = strides
@@ -80,10 +80,10 @@ def _patches(x: Array, kh: int, kw: int, strides: tuple[int, int], padding: Padd
     if _is_pointwise(kh, kw, padding):
         ho, wo = _out_size(x.shape[1], 1, sh, padding[0]), _out_size(x.shape[2], 1, sw, padding[1])
         return x[:, : sh * (ho - 1) + 1 : sh, : sw * (wo - 1) + 1 : sw, :] if (sh, sw) != (1, 1) else x
-    return jnp.concatenate(_strided_taps(x, kh, kw, strides, padding), axis=-1)
+    return jnp.concatenate(strided_taps(x, kh, kw, strides, padding), axis=-1)
 
 
-def _col2im(cols: Array, x_shape: tuple[int, ...], kh: int, kw: int, strides: tuple[int, int], padding: Padding):
+def col2im(cols: Array, x_shape: tuple[int, ...], kh: int, kw: int, strides: tuple[int, int], padding: Padding):
     """Adjoint of `_patches`: adds every tap's [N, Ho, Wo, C] block back where that tap read it from."""
     n, h, w, c = x_shape
     sh, sw = strides
@@ -154,7 +154,7 @@ def _bwd(strides, padding, precision, residuals, dy):
     # dx: W^T is materialised (it is small) so that the GEMM is a plain [M, Cout] @ [Cout, K].
     w_t = jnp.transpose(w.reshape(kh * kw * cin, cout))
     dcols = _matmul(dy, w_t, ((3,), (0,)), precision)
-    dx = _col2im(dcols, x.shape, kh, kw, strides, padding)
+    dx = col2im(dcols, x.shape, kh, kw, strides, padding)
     return dx, dw
 
 

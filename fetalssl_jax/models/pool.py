@@ -12,7 +12,7 @@ built only from strided slices, compares and pads that XLA fuses:
 `first_max_t` is true where tap t holds the window's maximum and no earlier tap (row-major order) did: the gradient
 goes to the first maximum of each window, exactly as XLA's select_and_scatter (select = `>=`) and PyTorch do, so
 ties (for example the zeros after a ReLU) are routed the same way. `place_t` puts tap t's values back where the
-forward read them from (`conv._col2im`, shared with the matrix-product convolution).
+forward read them from (`conv.col2im`, shared with the matrix-product convolution).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fetalssl_jax.models.conv import _col2im, _strided_taps, resolve_conv_impl
+from fetalssl_jax.models.conv import col2im, resolve_conv_impl, strided_taps
 
 __all__ = ["max_pool", "max_pool_fast_grad"]
 
@@ -62,11 +62,11 @@ def _bwd(window, strides, padding, residuals, dy):
     pad_value = jnp.array(-jnp.inf, x.dtype)
     taken = jnp.zeros(y.shape, bool)  # windows whose maximum an earlier tap already holds
     routed = []
-    for tap in _strided_taps(x, kh, kw, strides, padding, pad_value):
+    for tap in strided_taps(x, kh, kw, strides, padding, pad_value):
         first_max = (tap == y) & ~taken
         taken = taken | first_max
         routed.append(jnp.where(first_max, dy, jnp.zeros((), dy.dtype)))
-    return (_col2im(jnp.concatenate(routed, axis=-1), x.shape, kh, kw, strides, padding),)
+    return (col2im(jnp.concatenate(routed, axis=-1), x.shape, kh, kw, strides, padding),)
 
 
 max_pool_fast_grad.defvjp(_fwd, _bwd)

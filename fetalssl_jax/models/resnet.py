@@ -204,7 +204,7 @@ class ResNet(nn.Module):
         return pooled
 
 
-_ARCH_SPECS: dict[str, tuple[tuple[int, ...], type[nn.Module]]] = {
+ARCH_SPECS: dict[str, tuple[tuple[int, ...], type[nn.Module]]] = {
     # resnet10: one BasicBlock per stage, not a torchvision model; half the compile time of resnet18 for tests
     "resnet10": ((1, 1, 1, 1), BasicBlock),
     "resnet18": ((2, 2, 2, 2), BasicBlock),
@@ -214,7 +214,7 @@ _ARCH_SPECS: dict[str, tuple[tuple[int, ...], type[nn.Module]]] = {
     "resnet152": ((3, 8, 36, 3), Bottleneck),
 }
 
-RESNET_ARCHS: tuple[str, ...] = tuple(_ARCH_SPECS)
+RESNET_ARCHS: tuple[str, ...] = tuple(ARCH_SPECS)
 
 
 def create_resnet(
@@ -231,9 +231,9 @@ def create_resnet(
     """
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"Unknown conv_impl {conv_impl!r}; valid choices: {', '.join(CONV_IMPLS)}")
-    if arch not in _ARCH_SPECS:
+    if arch not in ARCH_SPECS:
         raise ValueError(f"Unknown ResNet arch {arch!r}; valid choices: {', '.join(RESNET_ARCHS)}")
-    stage_sizes, block_cls = _ARCH_SPECS[arch]
+    stage_sizes, block_cls = ARCH_SPECS[arch]
     return ResNet(
         stage_sizes=stage_sizes,
         block_cls=block_cls,

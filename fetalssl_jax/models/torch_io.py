@@ -73,7 +73,7 @@ def _trunk_prefix(state_dict: Mapping[str, Any], source: str) -> str:
 
 def infer_resnet(state_dict: Mapping[str, Any], source: str = "state dict") -> tuple[str, int]:
     """(arch, width) of a torchvision-named ResNet state dict, e.g. ('resnet50', 64)."""
-    from fetalssl_jax.models.resnet import _ARCH_SPECS, Bottleneck
+    from fetalssl_jax.models.resnet import ARCH_SPECS, Bottleneck
 
     prefix = _trunk_prefix(state_dict, source)
     width = int(np.shape(state_dict[prefix + "conv1.weight"])[0])
@@ -85,11 +85,11 @@ def infer_resnet(state_dict: Mapping[str, Any], source: str = "state dict") -> t
             blocks.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
             bottleneck |= match.group(3).startswith("conv3.")
     stage_sizes = tuple(len(blocks[s]) for s in sorted(blocks))
-    for arch, (sizes, block_cls) in _ARCH_SPECS.items():
+    for arch, (sizes, block_cls) in ARCH_SPECS.items():
         if sizes == stage_sizes and (block_cls is Bottleneck) == bottleneck:
             return arch, width
     kind = "bottleneck" if bottleneck else "basic"
-    raise ValueError(f"{source}: ResNet with {kind} blocks per stage {stage_sizes} is not one of {list(_ARCH_SPECS)}")
+    raise ValueError(f"{source}: ResNet with {kind} blocks per stage {stage_sizes} is not one of {list(ARCH_SPECS)}")
 
 
 def from_torch_state_dict(

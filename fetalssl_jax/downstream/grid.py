@@ -23,7 +23,7 @@ import dataclasses
 import logging
 import math
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_collections
@@ -307,20 +307,16 @@ def _means_table(mode, label, inits, budgets, present, best) -> list[str]:
     out = [
         f"**{mode}**: test {label}, mean [95 % t-interval] over {seeds} (mean ± t_0.975,n-1 · sd / √n, "
         "scipy.stats.t); best mean of a column in bold\n",
-        "| init | " + " | ".join(budgets) + " |",
-        "|---|" + "---:|" * len(budgets),
     ]
-    for init in inits:
-        cells = []
-        for b in budgets:
-            if (init, b) not in present:
-                cells.append("-")
-                continue
-            interval, n = present[(init, b)]
-            text = _cell_text(interval, n)
-            cells.append(f"**{text}**" if interval.mean == best[b] else text)
-        out.append(f"| {init} | " + " | ".join(cells) + " |")
-    return [*out, ""]
+
+    def cell(init: str, b: str) -> str | None:
+        if (init, b) not in present:
+            return None
+        interval, n = present[(init, b)]
+        text = _cell_text(interval, n)
+        return f"**{text}**" if interval.mean == best[b] else text
+
+    return [*out, *_table_lines(inits, budgets, cell), ""]
 
 
 def _differences_table(mode, label, inits, budgets, differences, baseline) -> list[str]:
@@ -333,20 +329,21 @@ def _differences_table(mode, label, inits, budgets, differences, baseline) -> li
         f"**{mode}**: paired difference of test {label} to {baseline} (init - {baseline}, per seed: the "
         f"same seed draws the same label subset), mean [95 % t-interval] over {_seed_range(counts)}; "
         "* the interval excludes zero (not corrected for the number of comparisons)\n",
-        "| init | " + " | ".join(budgets) + " |",
-        "|---|" + "---:|" * len(budgets),
     ]
-    for init in others:
-        cells = []
-        for b in budgets:
-            if (init, mode, b) not in differences:
-                cells.append("-")
-                continue
-            interval, n = differences[(init, mode, b)]
-            star = "*" if n >= 2 and interval.excludes_zero else ""
-            cells.append(_cell_text(interval, n, "+.3f") + star)
-        out.append(f"| {init} | " + " | ".join(cells) + " |")
-    return [*out, ""]
+
+    def cell(init: str, b: str) -> str | None:
+        if (init, mode, b) not in differences:
+            return None
+        interval, n = differences[(init, mode, b)]
+        return _cell_text(interval, n, "+.3f") + ("*" if n >= 2 and interval.excludes_zero else "")
+
+    return [*out, *_table_lines(others, budgets, cell), ""]
+
+
+def _table_lines(inits: Sequence[str], budgets: Sequence[str], cell: Callable[[str, str], str | None]) -> list[str]:
+    """A markdown table of inits x budgets: header, separator and one row per init ('-' where `cell` is None)."""
+    rows = [f"| {init} | " + " | ".join(cell(init, b) or "-" for b in budgets) + " |" for init in inits]
+    return ["| init | " + " | ".join(budgets) + " |", "|---|" + "---:|" * len(budgets), *rows]
 
 
 def _column_winners(rows, mode, budgets, baseline, metric) -> list[str]:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from sklearn.model_selection import train_test_split
+from sklearn.utils.class_weight import compute_class_weight
 
 from fetalssl_jax.eval.few_label import draw_label_subsets
 
@@ -104,8 +105,10 @@ def label_subset(labels: np.ndarray, fraction: float, seed: int, class_names: Se
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """weight_c = N / count_c (the reference's class-weighted cross-entropy); float32 [num_classes]."""
-    counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(np.float64)
+    """weight_c = N / count_c (the reference's class-weighted cross-entropy; scikit-learn's "balanced" weights
+    N / (C * count_c) times C); float32 [num_classes]."""
+    counts = np.bincount(np.asarray(labels), minlength=num_classes)
     if np.any(counts == 0):
-        raise ValueError(f"class weights need every class in the training labels; counts: {counts.astype(int)}")
-    return (len(labels) / counts).astype(np.float32)
+        raise ValueError(f"class weights need every class in the training labels; counts: {counts}")
+    balanced = compute_class_weight("balanced", classes=np.arange(num_classes), y=np.asarray(labels))
+    return (balanced * num_classes).astype(np.float32)

@@ -246,3 +246,11 @@ def test_cosmetic_keys_never_block_reuse_or_resume_and_other_keys_are_named(repo
     with pytest.raises(CheckpointMismatchError, match="checkpoint of another config") as info:
         run_classification(classify_config(repo, "num_epochs=3,checkpoint_every_epochs=1"), other)
     assert "\n  seed: checkpoint has 5, config has 0" in str(info.value)
+    # a checkpoint of the classifier's former state class (its meta names no state layout) is refused by name
+    for meta_file in (other / "checkpoints").rglob("*"):
+        if meta_file.is_file() and b'"best"' in meta_file.read_bytes():
+            meta = json.loads(meta_file.read_text())
+            meta.pop("state")
+            meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointMismatchError, match="earlier fetalssl_jax, whose train state had another layout"):
+        run_classification(classify_config(repo, "num_epochs=3,checkpoint_every_epochs=1,seed=5"), other)

@@ -57,6 +57,9 @@ from fetalssl_jax.train.step import make_train_step
 log = logging.getLogger("fetalssl_jax")
 
 MODES = config_lib.CLASSIFY_MODES
+# A checkpoint's state is the shared `TrainState` (the classifier's own state class before it): written into the
+# checkpoint's meta, so that an older checkpoint is refused with a message instead of an orbax tree mismatch.
+STATE_LAYOUT = "TrainState"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,6 +391,11 @@ def _resumable_round(
     stored = meta.get("fingerprint") or config_lib.fingerprint(json.loads(meta["config"]), ignore)
     _refuse_differences(stored, fingerprint, f"{workdir} holds a classification checkpoint of another config",
                         "checkpoint", "use a new workdir")  # fmt: skip
+    if meta.get("state") != STATE_LAYOUT:
+        raise CheckpointMismatchError(
+            f"{workdir} holds a classification checkpoint of an earlier fetalssl_jax, whose train state had another "
+            f"layout (not a {STATE_LAYOUT}); use a new workdir"
+        )
     return start_round, meta
 
 
@@ -486,7 +494,7 @@ def _train_and_select(
         if schedule.should_checkpoint(config, r) or r + 1 == stop_after_epochs:
             checkpoints.save(r + 1, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), best_variables=ocp.args.StandardSave(best_variables),
-                meta=ocp.args.JsonSave({"fingerprint": fingerprint, "best": best}),
+                meta=ocp.args.JsonSave({"fingerprint": fingerprint, "best": best, "state": STATE_LAYOUT}),
             ))  # fmt: skip
         if r + 1 == stop_after_epochs:
             bar.close()

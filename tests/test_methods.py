@@ -109,7 +109,7 @@ def test_weighted_reconstruction_loss_is_the_mean_over_weighted_pixels():
 
 
 def test_unknown_autoencoder_options_are_named():
-    config = load_config(f"{REPO / 'configs' / 'inpaint.py'}:tiny")
+    config = load_config(f"{REPO / 'configs' / 'inpainting.py'}:tiny")
     set_by_path(config, "method_kwargs.erase", "blocks")
     with pytest.raises(ValueError, match=r"config.method_kwargs.erase = 'blocks': must be one of rectangle, patches"):
         get_method("inpainting")(config)

@@ -37,9 +37,14 @@ def environment(devices: int = 1) -> dict[str, str]:
 def launch(cmd, processes: int = 2) -> list[subprocess.Popen]:
     port = free_port()
     return [
-        subprocess.Popen(cmd + [f"--coordinator_address=localhost:{port}", f"--num_processes={processes}",
-                                f"--process_id={i}"], cwd=REPO, env=environment(), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)  # fmt: skip
+        subprocess.Popen(
+            cmd + [f"--coordinator_address=localhost:{port}", f"--num_processes={processes}", f"--process_id={i}"],
+            cwd=REPO,
+            env=environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
         for i in range(processes)
     ]
 

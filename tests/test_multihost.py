@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from conftest import REPO, free_port
 
 from fetalssl_jax.train.monitor import read_metrics
@@ -103,3 +104,30 @@ def test_classification_on_several_processes_is_a_clear_error(tmp_path):
         assert code == 1
         assert "config.task='classify' runs in one process" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_one_process_unless_a_launch_says_otherwise(monkeypatch):
+    from fetalssl_jax import distributed
+
+    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_STEP_NUM_TASKS",
+                 "OMPI_COMM_WORLD_SIZE"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")  # srun with one task: one process
+    assert distributed.initialize("auto") is False
+    assert distributed.initialize("off") is False
+    with pytest.raises(ValueError, match=r"--distributed=off contradicts"):
+        distributed.initialize("off", num_processes=2)
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
+    with pytest.raises(ValueError, match=r"\$JAX_NUM_PROCESSES='two' is not an integer"):
+        distributed.initialize("auto")
+    with pytest.raises(ValueError, match=r"--distributed='maybe'; choose one of \('auto', 'on', 'off'\)"):
+        distributed.initialize("maybe")
+
+
+def test_an_incomplete_multi_process_launch_is_a_clear_error(tmp_path):
+    cmd = [sys.executable, "-m", "fetalssl_jax.main", "--config", f"{REPO / 'configs' / 'barlow.py'}:tiny",
+           "--workdir", str(tmp_path / "run"), f"--coordinator_address=localhost:{free_port()}"]  # fmt: skip
+    process = subprocess.run(cmd, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=300)
+    assert process.returncode == 2
+    assert "error: could not start JAX on several processes: Number of processes must be defined" in process.stderr
+    assert "--num_processes" in process.stderr and not (tmp_path / "run").exists()

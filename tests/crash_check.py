@@ -2,8 +2,9 @@
 benchmarks/crash_safety.py (many).
 
 A trial starts `python -m fetalssl_jax.main` on the tiny Barlow Twins preset in a fresh workdir and kills it with
-SIGKILL either at a random point of a step (after a random number of logged steps, plus a random delay) or while
-orbax writes a checkpoint (as soon as the temporary directory of a checkpoint of a randomly chosen step appears).
+SIGKILL either at a random point of the steps (after a random number of logged steps, a random delay, and outside a
+checkpoint write) or while orbax writes a checkpoint (as soon as the temporary directory of a checkpoint of a
+randomly chosen step appears).
 The caller then restarts the run in its own process and compares the losses with an uninterrupted run.
 """
 
@@ -67,12 +68,14 @@ def kill_trial(workdir: pathlib.Path, cache_dir: pathlib.Path, mode: str, rng: r
                                stderr=subprocess.PIPE)  # fmt: skip
     target_steps = rng.randint(1, total_steps - 2)
     target_checkpoint = CHECKPOINT_EVERY * rng.randint(1, total_steps // CHECKPOINT_EVERY - 1)
-    delay = rng.uniform(0.0, 0.2)
+    delay = rng.uniform(0.0, 0.05)
     deadline = time.monotonic() + timeout
     try:
         while process.poll() is None and time.monotonic() < deadline:
             if mode == "step" and logged_steps(workdir) >= target_steps:
                 time.sleep(delay)
+                while writing_step(workdir) is not None:  # between checkpoint writes: inside the steps
+                    time.sleep(0.0005)
                 break
             if mode == "checkpoint" and (writing_step(workdir) or 0) >= target_checkpoint:
                 break

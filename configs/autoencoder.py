@@ -15,7 +15,7 @@ def autoencoder_config(method: str, randaugment_ops: int, randaugment_magnitude:
     c.method = method
     c.method_kwargs = config_lib.ConfigDict(
         dict(randaugment_ops=randaugment_ops, randaugment_magnitude=randaugment_magnitude, hflip_prob=0.5,
-             vflip_prob=0.5)
+             vflip_prob=0.5, bottleneck="map", inputs="randaugment")
     )  # fmt: skip
     c.optim.name = "adamw"
     c.optim.lr_weights = 1e-3

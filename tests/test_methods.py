@@ -2,12 +2,18 @@
 
 import json
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import REPO
 
 from fetalssl_jax.config_lib import load_config, set_by_path
 from fetalssl_jax.methods import get_method, registered_methods
+from fetalssl_jax.methods.autoencoder import EncoderDecoder, reconstruction_loss
+from fetalssl_jax.methods.inpainting import patch_mask
+from fetalssl_jax.models.resnet import BasicBlock
 from fetalssl_jax.train.loop import train
 from fetalssl_jax.train.monitor import read_metrics
 
@@ -49,3 +55,64 @@ def test_tiny_pretraining_end_to_end(method, tmp_path):
     assert all(np.isfinite(r["loss"]) for r in records)
     evaluation = json.loads((tmp_path / "eval.json").read_text())
     assert list(evaluation["knn_macro_f1"]) == [f"{method} (step 4)"]
+
+
+class _FixedPoolBackbone(nn.Module):
+    """A stand-in backbone whose pooled features are the same for every input while its map is the input's."""
+
+    width: int = 4
+    stage_sizes: tuple = (1, 1, 1, 1)
+    block_cls: type = BasicBlock
+
+    @nn.compact
+    def __call__(self, x, train=True, return_map=False):
+        feature_map = jax.image.resize(x[..., :1], (x.shape[0], 1, 1, 1), "linear") * jnp.ones((1, 1, 1, 32))
+        pooled = jnp.ones((x.shape[0], 32))
+        return (pooled, feature_map) if return_map else pooled
+
+
+@pytest.mark.parametrize("bottleneck, same", [("pooled", True), ("map", False)])
+def test_autoencoder_bottleneck_decodes_only_what_it_names(bottleneck, same):
+    # "pooled" decodes the pooled vector alone: inputs that differ only in what the map carries reconstruct
+    # the same image; "map" (the reference) decodes the map, so they differ
+    model = EncoderDecoder(_FixedPoolBackbone(), bottleneck=bottleneck)
+    a = jnp.zeros((2, 32, 32, 3))
+    b = jnp.full((2, 32, 32, 3), 3.0)
+    variables = model.init(jax.random.PRNGKey(0), a, train=False)
+    out_a, out_b = (model.apply(variables, x, train=False) for x in (a, b))
+    assert out_a.shape == (2, 32, 32, 3)
+    assert ("unpool" in variables["params"]) == (bottleneck == "pooled")
+    assert bool(jnp.allclose(out_a, out_b)) == same
+
+
+@pytest.mark.parametrize("size, patch, ratio", [(32, 8, 0.6), (30, 8, 0.5), (16, 4, 1.0)])
+def test_patch_mask_erases_exactly_the_asked_share_of_whole_squares(size, patch, ratio):
+    mask = np.asarray(patch_mask(jax.random.PRNGKey(1), 64, size, patch, ratio))
+    assert mask.shape == (64, size, size, 1) and set(np.unique(mask)) <= {0.0, 1.0}
+    grid = -(-size // patch)
+    for m in mask[..., 0]:
+        cells = [m[r * patch : (r + 1) * patch, c * patch : (c + 1) * patch] for r in range(grid) for c in range(grid)]
+        assert all(cell.min() == cell.max() for cell in cells)  # every square is erased whole or kept whole
+        assert sum(cell[0, 0] for cell in cells) == round(ratio * grid * grid)
+    # every square is erased in some sample (uniform choice, not a fixed pattern)
+    assert mask.max(axis=0).min() == 1.0
+
+
+def test_weighted_reconstruction_loss_is_the_mean_over_weighted_pixels():
+    rng = np.random.default_rng(0)
+    pred, target = rng.normal(size=(2, 4, 4, 3)), rng.normal(size=(2, 4, 4, 3))
+    weight = (rng.random((2, 4, 4, 1)) < 0.5).astype(np.float32)
+    expected = ((pred - target) ** 2 * weight).sum() / (weight.sum() * 3)
+    pred, target = jnp.asarray(pred), jnp.asarray(target)
+    np.testing.assert_allclose(reconstruction_loss(pred, target, weight), expected, rtol=1e-5)
+    np.testing.assert_allclose(reconstruction_loss(pred, target), ((pred - target) ** 2).mean(), rtol=1e-5)
+
+
+def test_unknown_autoencoder_options_are_named():
+    config = load_config(f"{REPO / 'configs' / 'inpaint.py'}:tiny")
+    set_by_path(config, "method_kwargs.erase", "blocks")
+    with pytest.raises(ValueError, match=r"config.method_kwargs.erase = 'blocks': must be one of rectangle, patches"):
+        get_method("inpainting")(config)
+    set_by_path(config, "method_kwargs.bottleneck", "vector")
+    with pytest.raises(ValueError, match=r"config.method_kwargs.bottleneck = 'vector': must be one of map, pooled"):
+        get_method("inpainting")(config)

@@ -11,67 +11,112 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fetalssl_jax.data.augment import augment_view
 from fetalssl_jax.data.randaugment import rand_augment_batch
 from fetalssl_jax.methods.base import Method, apply_model, register
 from fetalssl_jax.models.decoder import ResNetDecoder
 
 
-def reconstruction_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
-    """Mean squared error over every pixel and channel (float32)."""
-    return jnp.mean(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)))
+def reconstruction_loss(pred: jax.Array, target: jax.Array, weight: jax.Array | None = None) -> jax.Array:
+    """Mean squared error over every pixel and channel (float32); with `weight` [B, H, W, 1] (e.g. 1 on the erased
+    pixels, 0 elsewhere) the weighted mean over pixels and channels."""
+    sq = jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32))
+    if weight is None:
+        return jnp.mean(sq)
+    weight = jnp.broadcast_to(weight.astype(jnp.float32), sq.shape)
+    return jnp.sum(weight * sq) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
 class EncoderDecoder(nn.Module):
-    """backbone (its layer4 map) -> decoder -> image of the input's size."""
+    """backbone -> decoder -> image of the input's size.
+
+    `bottleneck` "map" decodes the layer4 map (the reference). "pooled" decodes the globally pooled features
+    (a linear layer brings them back to the map's shape): the vector that downstream tasks use is then the
+    code itself, not an average of a map whose information sits in its spatial layout.
+    """
 
     backbone: nn.Module
     dtype: jnp.dtype = jnp.float32
+    bottleneck: str = "map"
 
-    def setup(self):
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         b = self.backbone
         expansion = b.block_cls.expansion
-        self.decoder = ResNetDecoder(
+        decoder = ResNetDecoder(
             stage_channels=[b.width * 2**i * expansion for i in range(len(b.stage_sizes))],
             stage_sizes=tuple(b.stage_sizes),
             stem_channels=b.width,
             dtype=self.dtype,
+            name="decoder",
         )
-
-    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
-        _, feature_map = self.backbone(x, train=train, return_map=True)
-        out = self.decoder(feature_map, train=train)
+        pooled, feature_map = b(x, train=train, return_map=True)
+        if self.bottleneck == "pooled":
+            h, w, c = feature_map.shape[1:]
+            code = nn.Dense(h * w * c, dtype=self.dtype, name="unpool")(pooled)
+            feature_map = nn.relu(code.reshape(code.shape[0], h, w, c))
+        out = decoder(feature_map, train=train)
         if out.shape[1:3] != x.shape[1:3]:  # sizes that are not multiples of 32
             out = jax.image.resize(out, (out.shape[0], *x.shape[1:3], out.shape[-1]), "bilinear")
         return out
 
 
+BOTTLENECKS = ("map", "pooled")
+INPUTS = ("randaugment", "denoise")
+# What a denoising target leaves out of the input's view: the photometric nuisances. The geometry (crop, rotation,
+# flips) is drawn from the same uniforms, so input and target are pixel-aligned.
+_NUISANCE_OFF = {"ultrasound_prob": 0.0, "color_jitter_prob": 0.0, "blur_prob": 0.0, "solarize_prob": 0.0}
+
+
 @register
 class AutoEncoder(Method):
-    """`method_kwargs`: randaugment_ops, randaugment_magnitude, hflip_prob, vflip_prob."""
+    """`method_kwargs`: randaugment_ops, randaugment_magnitude, hflip_prob, vflip_prob, bottleneck, inputs.
+
+    `inputs` "randaugment" (the reference): input and target are the same RandAugmented frame. "denoise": the
+    input is a view of `config.augment.view1` (crop, rotation, flips, gain / TGC / speckle, jitter, blur) and the
+    target is the same view without its photometric nuisances: a denoising autoencoder (Vincent et al. 2008) whose
+    corruptions are those of ultrasound acquisition, so the code must not depend on them.
+    """
 
     name = "autoencoder"
 
+    def __init__(self, config, total_steps: int = 1):
+        super().__init__(config, total_steps)
+        self.bottleneck = self.kwargs.get("bottleneck", "map")
+        self.inputs = self.kwargs.get("inputs", "randaugment")
+        for key, value, allowed in (("bottleneck", self.bottleneck, BOTTLENECKS), ("inputs", self.inputs, INPUTS)):
+            if value not in allowed:
+                raise ValueError(f"config.method_kwargs.{key} = {value!r}: must be one of {', '.join(allowed)}")
+
     def build_model(self) -> nn.Module:
-        return EncoderDecoder(self.build_backbone(), self.dtype)
+        return EncoderDecoder(self.build_backbone(), self.dtype, self.bottleneck)
 
-    def augment(self, rng: jax.Array, frames: jax.Array) -> jax.Array:
-        """The clean network input: resize, RandAugment, flips, normalised (float [B, S, S, 3])."""
-        k = self.kwargs
-        return rand_augment_batch(
-            rng, frames[:, 0], k.randaugment_ops, k.randaugment_magnitude, self.config.data.image_size,
-            hflip_prob=k.hflip_prob, vflip_prob=k.vflip_prob,
-        )  # fmt: skip
+    def augment(self, rng: jax.Array, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(network input, clean target), normalised float [B, S, S, 3] each (see `inputs`)."""
+        k, size = self.kwargs, self.config.data.image_size
+        if self.inputs == "randaugment":
+            clean = rand_augment_batch(
+                rng, frames[:, 0], k.randaugment_ops, k.randaugment_magnitude, size,
+                hflip_prob=k.hflip_prob, vflip_prob=k.vflip_prob,
+            )  # fmt: skip
+            return clean, clean
+        view = self.config.augment.view1.to_dict()
+        clean_view = {**view, **_NUISANCE_OFF}
+        keys = jax.random.split(rng, frames.shape[0])
+        noisy = jax.vmap(lambda key, im: augment_view(key, im, view, size))(keys, frames[:, 0])
+        clean = jax.vmap(lambda key, im: augment_view(key, im, clean_view, size))(keys, frames[:, 0])
+        return noisy, clean
 
-    def make_inputs(self, rng: jax.Array, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(network input, reconstruction target): the same image for the plain autoencoder."""
-        clean = self.augment(rng, frames)
-        return clean.astype(self.dtype), clean
+    def make_inputs(self, rng: jax.Array, frames: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+        """(network input, reconstruction target, per-pixel loss weight or None for all pixels alike)."""
+        corrupted, clean = self.augment(rng, frames)
+        return corrupted.astype(self.dtype), clean, None
 
     def init_variables(self, rng, inputs):
         return dict(self.build_model().init(rng, inputs[0], train=True))
 
     def loss_fn(self, params, model_state, extra, inputs, rng, step):
         del rng, step
-        corrupted, target = inputs
+        corrupted, target, weight = inputs
         pred, model_state = apply_model(self.build_model(), params, model_state, corrupted, train=True)
-        return reconstruction_loss(pred, target), (model_state, extra, {})
+        return reconstruction_loss(pred, target, weight), (model_state, extra, {})

@@ -7,21 +7,54 @@ Input transform: resize, RandAugment(1 op, magnitude 1), flips, then erasing.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 from fetalssl_jax.data.randaugment import random_erasing_batch
 from fetalssl_jax.methods.autoencoder import AutoEncoder
 from fetalssl_jax.methods.base import register
 
+ERASE_MODES = ("rectangle", "patches")
+
+
+def patch_mask(key: jax.Array, batch: int, size: int, patch: int, ratio: float) -> jax.Array:
+    """float32 [batch, size, size, 1]: 1 on erased pixels. The image is cut into a grid of `patch` x `patch`
+    squares (the last row/column may be cut short) and exactly round(ratio * cells) of them, drawn uniformly
+    per sample, are erased."""
+    grid = -(-size // patch)
+    cells = grid * grid
+    count = min(cells, max(1, round(ratio * cells)))
+    ranks = jnp.argsort(jnp.argsort(jax.random.uniform(key, (batch, cells)), axis=1), axis=1)
+    erased = (ranks < count).astype(jnp.float32).reshape(batch, grid, grid)
+    pixels = jnp.repeat(jnp.repeat(erased, patch, axis=1), patch, axis=2)[:, :size, :size]
+    return pixels[..., None]
+
 
 @register
 class Inpainting(AutoEncoder):
-    """`method_kwargs`: as the autoencoder, plus erase_scale and erase_ratio (torchvision RandomErasing)."""
+    """`method_kwargs`: as the autoencoder, plus `erase`: "rectangle" (the reference: one RandomErasing rectangle,
+    `erase_scale`, `erase_ratio`; loss on every pixel) or "patches" (a fraction `mask_ratio` of a grid of squares
+    of side `patch_fraction` x image size, filled with N(0, 1) as RandomErasing fills; loss on the erased pixels
+    only, as masked autoencoders)."""
 
     name = "inpainting"
 
-    def make_inputs(self, rng: jax.Array, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def __init__(self, config, total_steps: int = 1):
+        super().__init__(config, total_steps)
+        self.erase = self.kwargs.get("erase", "rectangle")
+        if self.erase not in ERASE_MODES:
+            raise ValueError(f"config.method_kwargs.erase = {self.erase!r}: must be one of {', '.join(ERASE_MODES)}")
+
+    def make_inputs(self, rng: jax.Array, frames: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None]:
         augment_rng, erase_rng = jax.random.split(rng)
-        clean = self.augment(augment_rng, frames)
+        corrupted, clean = self.augment(augment_rng, frames)
         k = self.kwargs
-        erased = random_erasing_batch(erase_rng, clean, scale=tuple(k.erase_scale), ratio=tuple(k.erase_ratio))
-        return erased.astype(self.dtype), clean
+        if self.erase == "rectangle":
+            erased = random_erasing_batch(erase_rng, corrupted, scale=tuple(k.erase_scale), ratio=tuple(k.erase_ratio))
+            return erased.astype(self.dtype), clean, None
+        mask_rng, fill_rng = jax.random.split(erase_rng)
+        b, size = clean.shape[0], clean.shape[1]
+        patch = max(1, round(k.patch_fraction * size))
+        mask = patch_mask(mask_rng, b, size, patch, k.mask_ratio)
+        fill = jax.random.normal(fill_rng, clean.shape, clean.dtype)
+        erased = mask * fill + (1.0 - mask) * corrupted
+        return erased.astype(self.dtype), clean, mask

@@ -55,6 +55,7 @@ TRANSFORM_SETS: dict[str, tuple[tuple[bool, bool, bool], ...]] = {
     "rotations": _ROT,
     "flips": ((False, False, False), (False, False, True), (False, True, False), (False, True, True)),
     "rotations_flips": _ROT + _HFLIP_ROT,
+    "none": ((False, False, False),),  # order only: one class, the transform loss is 0
 }
 
 

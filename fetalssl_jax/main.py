@@ -3,7 +3,8 @@
 The config file decides everything (big_vision style), including what runs (`config.task`): pretraining
 (configs/barlow_twins.py ...), a plane classifier (configs/classify.py) or the paper's grid (configs/paper_grid.py).
 `--workdir` is where checkpoints, metrics, TensorBoard logs, exported weights and results land. Running the same
-command again resumes.
+command again resumes. Launched as several processes (srun, a TPU pod, `--coordinator_address` / `--num_processes` /
+`--process_id`), pretraining runs on every device of every process (fetalssl_jax/distributed.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file: path.py[:preset].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: workdirs/<method>[-<preset>]).")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "Several processes (hosts): 'auto' starts jax.distributed when the flags below, $JAX_COORDINATOR_ADDRESS, or "
+    "srun / mpirun with more than one task say so; 'on' always (JAX detects SLURM, TPU pods, Kubernetes); 'off' never.",
+)  # fmt: skip
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (several processes).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (several processes).", lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes-1.", lower_bound=0)
 
 
 class UsageError(Exception):
@@ -57,25 +66,44 @@ def main(argv: list[str]) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
+    import jax
+
+    from fetalssl_jax import distributed
+
+    try:
+        distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    is_main = jax.process_index() == 0
+    if not is_main:  # process 0 reports; the others only warn
+        logging.getLogger("fetalssl_jax").setLevel(logging.WARNING)
+    say = print if is_main else lambda *args, **kwargs: None
+
     from fetalssl_jax.config_lib import ConfigError
-    from fetalssl_jax.train.checkpoint import CheckpointMismatchError
+    from fetalssl_jax.train.checkpoint import CheckpointMismatchError, CheckpointWriteError
     from fetalssl_jax.train.loop import NonFiniteLossError
 
     config = _CONFIG.value
     workdir = _WORKDIR.value or default_workdir(config)
     task = config.get("task", "pretrain")
     try:
+        if task != "pretrain" and jax.process_count() > 1:
+            raise ValueError(
+                f"config.task={task!r} runs in one process (its models are small); launch it without "
+                "--coordinator_address / --num_processes / srun tasks, or with --distributed=off"
+            )
         if task == "pretrain":
             from fetalssl_jax.train.loop import train
 
             result = train(config, workdir)
-            print(f"{result.status} at step {result.step}; workdir: {os.path.abspath(workdir)}")
+            say(f"{result.status} at step {result.step}; workdir: {os.path.abspath(workdir)}")
         elif task == "classify":
             from fetalssl_jax.downstream.classification import run_classification
 
             results = run_classification(config, workdir)
             test = results["test"]
-            print(
+            say(
                 f"test: macro-F1 {test['macro_f1']:.3f}, balanced accuracy {test['balanced_accuracy']:.3f}, "
                 f"accuracy {test['accuracy']:.3f} (selected at step {results['best_step']}); "
                 f"workdir: {os.path.abspath(workdir)}"
@@ -84,15 +112,16 @@ def main(argv: list[str]) -> int:
             from fetalssl_jax.downstream.grid import run_grid
 
             run_grid(config, workdir)
-            print(f"grid finished; results.csv, results.md and the plot in {os.path.abspath(workdir)}")
+            say(f"grid finished; results.csv, results.md and the plot in {os.path.abspath(workdir)}")
         else:
             raise ValueError(f"config.task={task!r}; choose 'pretrain', 'classify' or 'grid'")
     except ConfigError as error:  # a usage error, found before anything was written: one line per problem
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)
         return 2
-    except (CheckpointMismatchError, NonFiniteLossError, FloatingPointError, FileNotFoundError, ValueError,
-            KeyError) as error:  # fmt: skip
+    # OSError: a missing file, an unwritable or full workdir
+    except (CheckpointMismatchError, CheckpointWriteError, NonFiniteLossError, FloatingPointError, OSError,
+            ValueError, KeyError) as error:  # fmt: skip
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import socket
 import sys
 
 import pytest
@@ -24,6 +25,13 @@ def tiny_config(**overrides):
     return config
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (the coordinator of a multi-process test)."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def repo() -> pathlib.Path:
     return REPO
@@ -32,3 +40,21 @@ def repo() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """Small TFDS datasets built by the builders: fetal_us_video/tiny_pairs and fetal_cardiac_planes/tiny."""
+    if str(REPO / "data_builders") not in sys.path:
+        sys.path.insert(0, str(REPO / "data_builders"))
+    from fetal_cardiac_planes.fetal_cardiac_planes_dataset_builder import FetalCardiacPlanes, FetalCardiacPlanesConfig
+    from fetal_us_video.fetal_us_video_dataset_builder import FetalUsVideo, FetalUsVideoConfig
+
+    d = tmp_path_factory.mktemp("tfds")
+    config = FetalUsVideoConfig(name="tiny_pairs", synthetic=True, image_size=32, max_gap=2, synthetic_videos=6,
+                                synthetic_frames=16, validation_fraction=0.34)  # fmt: skip
+    FetalUsVideo(config=config, data_dir=str(d)).download_and_prepare()
+    planes = FetalCardiacPlanesConfig(name="tiny", synthetic=True, image_size=32, synthetic_patients=10,
+                                      synthetic_frames_per_patient=10)  # fmt: skip
+    FetalCardiacPlanes(config=planes, data_dir=str(d)).download_and_prepare()
+    return d

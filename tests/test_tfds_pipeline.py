@@ -3,13 +3,12 @@ evaluation from a built fetal_cardiac_planes dataset, and 2 JAX processes (gloo)
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, tiny_config
+from conftest import REPO, free_port, tiny_config
 
 from fetalssl_jax.data import sources, synthetic
 from fetalssl_jax.data.tfds_source import RecordSampler
@@ -17,22 +16,7 @@ from fetalssl_jax.data.tfds_source import RecordSampler
 sys.path.insert(0, str(REPO / "data_builders"))
 tfds = pytest.importorskip("tensorflow_datasets")
 
-NAME = "fetal_us_video/tiny_pairs"
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from fetal_cardiac_planes.fetal_cardiac_planes_dataset_builder import FetalCardiacPlanes, FetalCardiacPlanesConfig
-    from fetal_us_video.fetal_us_video_dataset_builder import FetalUsVideo, FetalUsVideoConfig
-
-    d = tmp_path_factory.mktemp("tfds")
-    config = FetalUsVideoConfig(name="tiny_pairs", synthetic=True, image_size=32, max_gap=2, synthetic_videos=6,
-                                synthetic_frames=16, validation_fraction=0.34)  # fmt: skip
-    FetalUsVideo(config=config, data_dir=str(d)).download_and_prepare()
-    planes = FetalCardiacPlanesConfig(name="tiny", synthetic=True, image_size=32, synthetic_patients=10,
-                                      synthetic_frames_per_patient=10)  # fmt: skip
-    FetalCardiacPlanes(config=planes, data_dir=str(d)).download_and_prepare()
-    return d
+NAME = "fetal_us_video/tiny_pairs"  # built by the data_dir fixture (conftest.py)
 
 
 def test_records_are_the_generated_videos_split_by_patient(data_dir):
@@ -100,16 +84,10 @@ def test_classifier_trains_on_the_built_planes(data_dir, tmp_path):
     assert results["test"]["num_images"] == len(sources.labelled_splits(config)["test"].labels)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_train_like_one(data_dir, tmp_path):
     script = str(REPO / "tests" / "multiprocess_check.py")
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
-    port = _free_port()
+    port = free_port()
     common = [sys.executable, script, str(data_dir), NAME, "3"]
     run = dict(env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     procs = [subprocess.Popen(common + [str(tmp_path / f"p{i}.json"), str(i), "2", str(port)], **run) for i in range(2)]

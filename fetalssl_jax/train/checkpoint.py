@@ -25,6 +25,10 @@ class CheckpointMismatchError(RuntimeError, ValueError):
     fingerprint (`config_lib.fingerprint`) differs. A ValueError too: the config does not fit the workdir."""
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (a full disk, an unwritable workdir); the previous ones are intact."""
+
+
 def abstract_tree(tree: Any) -> Any:
     """Shapes, dtypes and shardings of a pytree of arrays, for restoring into the same placement."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
@@ -70,10 +74,18 @@ class Checkpointer:
         meta = {"identity": self.identity, "step": step, **(extra_meta or {})}
         if self.fingerprint is not None:
             meta["fingerprint"] = self.fingerprint
-        self.manager.save(
-            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        )
-        self.manager.wait_until_finished()
+        try:
+            self.manager.save(
+                step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+            )
+            self.manager.wait_until_finished()
+        except (OSError, ValueError) as error:  # tensorstore reports a failed write as a ValueError
+            latest = self.latest_step()
+            kept = f"the last good checkpoint (step {latest}) is kept" if latest is not None else "no checkpoint yet"
+            raise CheckpointWriteError(
+                f"could not write the checkpoint of step {step} in {self.directory} (full disk or unwritable "
+                f"workdir?): {error}\n{kept}; free space or fix the permissions, then run again to resume."
+            ) from error
         return step
 
     def check_resumable(self, step: int | None = None) -> None:
@@ -122,11 +134,15 @@ class Checkpointer:
 def export_backbone(
     directory: str | pathlib.Path, variables: dict[str, Any], description: dict[str, Any]
 ) -> pathlib.Path:
-    """Writes backbone variables ({'params', 'batch_stats'}) and a JSON description for downstream use."""
+    """Writes backbone variables ({'params', 'batch_stats'}) and a JSON description for downstream use.
+
+    Called by every process of a multi-process run (orbax synchronises them); process 0 writes."""
     directory = pathlib.Path(directory).absolute()
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(directory / "variables", jax.device_get(variables), force=True)
     checkpointer.wait_until_finished()
+    if jax.process_index() != 0:
+        return directory
     tmp = directory / "backbone.json.tmp"
     tmp.write_text(json.dumps(description, indent=2))
     tmp.replace(directory / "backbone.json")  # atomic rename

@@ -16,12 +16,13 @@ import logging
 import pathlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from fetalssl_jax import config_lib
 from fetalssl_jax.data import sources
@@ -58,15 +59,23 @@ class RunResult:
 
 
 @contextlib.contextmanager
-def preemption_signal() -> Iterator[threading.Event]:
-    """An event set by SIGTERM while the block runs (pre-emptible TPUs and spot GPUs send SIGTERM first)."""
+def preemption_signal() -> Iterator[Callable[[int], bool]]:
+    """`preempted(step)`: whether to stop after `step` because of a pre-emption notice (SIGTERM; pre-emptible TPUs
+    and spot GPUs send it first), while the block runs.
+
+    With several processes JAX's pre-emption service (started by jax.distributed) catches SIGTERM on any of them
+    and agrees on one step at which all stop; it must be asked at every step, by every process. With one, a SIGTERM
+    handler sets a flag."""
+    if jax.process_count() > 1:
+        yield multihost_utils.reached_preemption_sync_point
+        return
     event = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        yield event
+        yield lambda step: event.is_set()
         return
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: event.set())
     try:
-        yield event
+        yield lambda step: event.is_set()
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -131,7 +140,8 @@ class Evaluator:
 
     def __call__(self, state: TrainState, name: str, shots: tuple[int, ...] | None = None) -> FrozenEval:
         e = self.config.eval
-        inits = {f"{name} (step {int(state.step)})": backbone_variables(state), **self.baselines}
+        # on the host: every process evaluates the same replicated variables by itself, no collectives
+        inits = {f"{name} (step {int(state.step)})": jax.device_get(backbone_variables(state)), **self.baselines}
         result = evaluate_inits(
             self.backbone, inits, self.splits, self.config.data.image_size, len(sources.class_names(self.config)),
             baselines=tuple(n for n in (RANDOM_INIT, SSL_START) if n in inits), knn_k=e.knn_k,
@@ -251,7 +261,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_a
                     record(*pending)  # previous step's metrics: fetched while this step runs
                 pending = (step, metrics)
                 done = step + 1
-                stop = preempted.is_set() or done == stop_at_step
+                stop = preempted(done) or done == stop_at_step
                 periodic_eval = config.eval.every_steps > 0 and done % config.eval.every_steps == 0
                 if stop or done == total_steps or done % config.checkpoint_every_steps == 0 or periodic_eval:
                     record(*pending)
@@ -277,8 +287,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_a
         return RunResult(status, step, workdir)
 
     description = {"identity": method.identity(), "step": step, "image_size": config.data.image_size}
-    if is_main:
-        export_backbone(workdir / "backbone", backbone_variables(state), description)
+    export_backbone(workdir / "backbone", backbone_variables(state), description)  # every process: orbax syncs them
     result = evaluate(method.name)
     if is_main:
         table = format_table(result)

@@ -68,7 +68,7 @@ def main(argv: list[str]) -> int:
 
     import jax
 
-    from fetalssl_jax import distributed
+    from fetalssl_jax.runtime import distributed
 
     try:
         distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)

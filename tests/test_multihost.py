@@ -107,7 +107,7 @@ def test_classification_on_several_processes_is_a_clear_error(tmp_path):
 
 
 def test_one_process_unless_a_launch_says_otherwise(monkeypatch):
-    from fetalssl_jax import distributed
+    from fetalssl_jax.runtime import distributed
 
     for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_STEP_NUM_TASKS",
                  "OMPI_COMM_WORLD_SIZE"):  # fmt: skip

@@ -35,17 +35,13 @@ from fetalssl_jax.methods.base import Method
 from fetalssl_jax.models.resnet import random_backbone_variables
 from fetalssl_jax.runtime.sharding import batch_sharding, enable_compilation_cache, make_mesh, replicated
 from fetalssl_jax.train.checkpoint import Checkpointer, CheckpointMismatchError, export_backbone
-from fetalssl_jax.train.health import MIN_RELATIVE_CHANGE, relative_weight_change
+from fetalssl_jax.train.health import MIN_RELATIVE_CHANGE, check_finite, relative_weight_change
 from fetalssl_jax.train.monitor import Monitor
 from fetalssl_jax.train.optim import make_optimizer
 from fetalssl_jax.train.state import TrainState
 from fetalssl_jax.train.step import init_state, make_train_step
 
 log = logging.getLogger("fetalssl_jax")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss or the gradient became NaN or infinite."""
 
 
 @dataclasses.dataclass
@@ -218,12 +214,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_a
 
     def record(step: int, metrics: dict[str, jax.Array]) -> None:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not (np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"])):
-            kept = f"the last good checkpoint (step {last_checkpoint}) is kept" if last_checkpoint else "no checkpoint"
-            raise NonFiniteLossError(
-                f"loss {values['loss']} / gradient norm {values['grad_norm']} at step {step}: training stopped; "
-                f"{kept} in {checkpointer.directory}. Lower the learning rate or use float32 compute."
-            )
+        check_finite(step, values, last_checkpoint, checkpointer.directory)
         monitor.step(step, values)
         if "weight_change/all" in values:
             check_health(step, {k.split("/", 1)[1]: v for k, v in values.items() if k.startswith("weight_change/")})

@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
 
     from fetalssl_jax.config_lib import ConfigError
     from fetalssl_jax.train.checkpoint import CheckpointMismatchError, CheckpointWriteError
-    from fetalssl_jax.train.loop import NonFiniteLossError
+    from fetalssl_jax.train.health import NonFiniteLossError
 
     config = _CONFIG.value
     workdir = _WORKDIR.value or default_workdir(config)

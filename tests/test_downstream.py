@@ -254,3 +254,20 @@ def test_cosmetic_keys_never_block_reuse_or_resume_and_other_keys_are_named(repo
             meta_file.write_text(json.dumps(meta))
     with pytest.raises(CheckpointMismatchError, match="earlier fetalssl_jax, whose train state had another layout"):
         run_classification(classify_config(repo, "num_epochs=3,checkpoint_every_epochs=1,seed=5"), other)
+
+
+def test_a_checkpoint_numbered_by_round_as_before_the_shared_checkpointer_resumes(repo, finetune_run, tmp_path):
+    workdir, results = finetune_run
+    config = classify_config(repo, "num_epochs=3,checkpoint_every_epochs=1")
+    run_classification(config, tmp_path, stop_after_epochs=2)
+    (step_dir,) = [d for d in (tmp_path / "checkpoints").iterdir() if d.name.isdigit()]
+    assert int(step_dir.name) > 2  # numbered by optimiser step now: more than one step per epoch
+    step_dir.rename(step_dir.with_name("2"))  # the former numbering: validation rounds done
+    # a marked first line survives only a resume (a run from scratch rewrites metrics.jsonl from its start)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    marked = json.dumps({**json.loads(lines[0]), "marker": 1})
+    (tmp_path / "metrics.jsonl").write_text("\n".join([marked, *lines[1:]]) + "\n")
+    resumed = run_classification(config, tmp_path)
+    expected = (workdir / "metrics.jsonl").read_text().splitlines()
+    assert (tmp_path / "metrics.jsonl").read_text().splitlines() == [marked, *expected[1:]]
+    assert resumed["test"] == results["test"]

@@ -15,7 +15,8 @@ import pytest
 from conftest import tiny_config
 
 from fetalssl_jax.train.checkpoint import CheckpointMismatchError, load_backbone
-from fetalssl_jax.train.loop import NonFiniteLossError, train
+from fetalssl_jax.train.health import NonFiniteLossError
+from fetalssl_jax.train.loop import train
 from fetalssl_jax.train.monitor import read_metrics
 
 
@@ -221,3 +222,15 @@ def test_a_checkpoint_from_before_fingerprints_is_compared_with_config_json(tmp_
         new.check_resumable()
     assert "\n  seed: config.json has 0, config has 2\n" in str(info.value)
     new.close()
+
+
+def test_check_finite_stops_on_nan_or_inf_naming_the_step_and_the_kept_checkpoint():
+    from fetalssl_jax.train.health import check_finite
+
+    check_finite(3, {"loss": 1e30, "grad_norm": 0.0}, 2, "ckpt")  # large but finite: no error
+    with pytest.raises(
+        NonFiniteLossError, match=r"loss nan / gradient norm 1.0 at step 3: .*\(step 2\) is kept in ckpt"
+    ):
+        check_finite(3, {"loss": float("nan"), "grad_norm": 1.0}, 2, "ckpt")
+    with pytest.raises(NonFiniteLossError, match="gradient norm inf at step 0: training stopped; no checkpoint in"):
+        check_finite(0, {"loss": 1.0, "grad_norm": float("inf")}, None, "ckpt")

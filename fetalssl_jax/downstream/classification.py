@@ -33,7 +33,6 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-import tqdm
 
 from fetalssl_jax import config_lib
 from fetalssl_jax.data import sources
@@ -48,8 +47,9 @@ from fetalssl_jax.methods.base import apply_model
 from fetalssl_jax.models.classifier import Classifier, weighted_cross_entropy
 from fetalssl_jax.models.resnet import create_resnet
 from fetalssl_jax.runtime.sharding import batch_sharding, enable_compilation_cache, make_mesh, replicated
-from fetalssl_jax.train.checkpoint import CheckpointMismatchError, abstract_tree
-from fetalssl_jax.train.monitor import truncate_metrics
+from fetalssl_jax.train.checkpoint import Checkpointer, CheckpointMismatchError
+from fetalssl_jax.train.health import check_finite
+from fetalssl_jax.train.monitor import append_metrics, make_progress_bar, truncate_metrics
 from fetalssl_jax.train.optim import Optimizer
 from fetalssl_jax.train.state import TrainState
 from fetalssl_jax.train.step import make_train_step
@@ -276,13 +276,6 @@ def load_classifier(directory: str | pathlib.Path) -> tuple[Classifier, dict[str
     return spec.model(), variables, description, spec
 
 
-def _epoch_checkpoints(workdir: pathlib.Path) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, enable_async_checkpointing=False)
-    return ocp.CheckpointManager(
-        workdir.absolute() / "checkpoints", options=options, item_names=("state", "best_variables", "meta")
-    )
-
-
 def resolve_class_names(config: ml_collections.ConfigDict, splits: dict[str, Any]) -> tuple[str, ...]:
     """`config.classes`, or the labelled data's class names when it is empty; checked against the labels."""
     names = tuple(config.classes) or sources.class_names(config)
@@ -328,21 +321,25 @@ def run_classification(
     if (workdir / "results.json").is_file():
         return _finished_results(workdir, fingerprint, ignore)
     workdir.mkdir(parents=True, exist_ok=True)
-    checkpoints = _epoch_checkpoints(workdir)
-    start_round, meta = _resumable_round(checkpoints, workdir, fingerprint, ignore)
+    # the shared checkpointer, keeping the best weights so far beside the state; only the newest is needed
+    checkpointer = Checkpointer(workdir, {"task": "classification", "mode": config.mode}, keep=1,
+                                fingerprint=fingerprint, extra_items=("best_variables",))  # fmt: skip
+    _check_resumable(checkpointer, workdir)  # before anything is generated or written: a refusal costs nothing
     enable_compilation_cache(config.compilation_cache_dir)
     started = time.time()
     run = _prepare(config, workdir, sources.labelled_splits(config) if splits is None else splits)
     state = _initial_state(run)
-    best, best_variables = {"balanced_accuracy": -1.0}, None
-    if start_round:
-        state, best_variables, best = _restore(checkpoints, start_round, state, meta)
-        log.info("resuming %s after step %d", workdir, run.schedule.ends[start_round - 1])
-    truncate_metrics(run.metrics_file, run.schedule.ends[start_round - 1] + 1 if start_round else 0)
+    best, best_variables, start_round = {"balanced_accuracy": -1.0}, None, 0
+    if checkpointer.latest_step() is not None:
+        state, best_variables, best = _restore(checkpointer, state)
+        start_round = run.schedule.ends.index(int(state.step)) + 1
+        log.info("resuming %s after step %d", workdir, int(state.step))
+    truncate_metrics(run.metrics_file, int(state.step) + 1 if start_round else 0)
     run.metrics_file.touch()
-    finished = _train_and_select(run, state, checkpoints, start_round, best, best_variables, fingerprint,
-                                 stop_after_epochs)  # fmt: skip
-    checkpoints.close()
+    try:
+        finished = _train_and_select(run, state, checkpointer, start_round, best, best_variables, stop_after_epochs)
+    finally:
+        checkpointer.close()
     if finished is None:
         return {}
     return _test_and_report(run, *finished, started)
@@ -378,25 +375,19 @@ def _finished_results(workdir: pathlib.Path, fingerprint: dict[str, Any], ignore
     return json.loads((workdir / "results.json").read_text())
 
 
-def _resumable_round(
-    checkpoints: ocp.CheckpointManager, workdir: pathlib.Path, fingerprint: dict[str, Any], ignore: Sequence[str]
-) -> tuple[int, dict[str, Any] | None]:
-    """(validation rounds done, checkpoint metadata) of the checkpoint to resume, (0, None) without one. Checked
-    before anything is generated or written: a refused resume costs nothing."""
-    start_round = checkpoints.latest_step() or 0
-    if not start_round:
-        return 0, None
-    meta = checkpoints.restore(start_round, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-    # checkpoints written before fingerprints hold the whole config as a JSON string
-    stored = meta.get("fingerprint") or config_lib.fingerprint(json.loads(meta["config"]), ignore)
-    _refuse_differences(stored, fingerprint, f"{workdir} holds a classification checkpoint of another config",
-                        "checkpoint", "use a new workdir")  # fmt: skip
-    if meta.get("state") != STATE_LAYOUT:
+def _check_resumable(checkpointer: Checkpointer, workdir: pathlib.Path) -> None:
+    """CheckpointMismatchError if the newest checkpoint holds a train state of an earlier layout or was written by
+    another config (naming the keys). The layout is checked first: checkpoints older than the shared `TrainState`
+    (those written before fingerprints included) name no layout in their meta."""
+    step = checkpointer.latest_step()
+    if step is None:
+        return
+    if checkpointer.meta(step).get("state") != STATE_LAYOUT:
         raise CheckpointMismatchError(
             f"{workdir} holds a classification checkpoint of an earlier fetalssl_jax, whose train state had another "
             f"layout (not a {STATE_LAYOUT}); use a new workdir"
         )
-    return start_round, meta
+    checkpointer.check_resumable(step)
 
 
 def _prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path, splits: dict[str, Any]) -> _Run:
@@ -450,52 +441,50 @@ def _variables(state: TrainState) -> dict[str, Any]:
     return {"params": state.params, "batch_stats": state.model_state["batch_stats"]}
 
 
-def _restore(
-    checkpoints: ocp.CheckpointManager, start_round: int, state: TrainState, meta: dict[str, Any]
-) -> tuple[TrainState, dict[str, Any], dict[str, Any]]:
-    """(state, best variables, best validation) of the checkpoint after `start_round` rounds."""
+def _restore(checkpointer: Checkpointer, state: TrainState) -> tuple[TrainState, dict[str, Any], dict[str, Any]]:
+    """(state, best variables, best validation) of the newest checkpoint. Its round is found from the state's step:
+    checkpoints are numbered by optimiser step (before the shared Checkpointer: by round; both resume)."""
+    step = checkpointer.latest_step()
     template = jax.tree.map(np.asarray, jax.device_get(_variables(state)))
-    restored = checkpoints.restore(start_round, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_tree(state)), best_variables=ocp.args.StandardRestore(template),
-    ))  # fmt: skip
-    return restored.state, restored.best_variables, meta["best"]
+    state, extra = checkpointer.restore(step, state, {"best_variables": template})
+    return state, extra["best_variables"], checkpointer.meta(step)["best"]
 
 
 def _train_and_select(
-    run: _Run, state: TrainState, checkpoints: ocp.CheckpointManager, start_round: int, best: dict[str, Any],
-    best_variables: dict[str, Any] | None, fingerprint: dict[str, Any], stop_after_epochs: int | None,
+    run: _Run, state: TrainState, checkpointer: Checkpointer, start_round: int, best: dict[str, Any],
+    best_variables: dict[str, Any] | None, stop_after_epochs: int | None,
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:  # fmt: skip
     """Trains the remaining rounds, validating after each and keeping the best weights; (best, best variables),
     or None when stopped after `stop_after_epochs` rounds (checkpointed, as a pre-emption would)."""
     config, schedule = run.config, run.schedule
     _, _, train_step, _, _ = compiled_functions(run.spec)
-    bar = tqdm.tqdm(total=len(schedule.ends), unit="epoch" if not schedule.by_steps else "validation",
-                    disable=not config.progress_bar, dynamic_ncols=True, initial=start_round)  # fmt: skip
+    bar = make_progress_bar(len(schedule.ends), start_round, config.progress_bar,
+                       "epoch" if not schedule.by_steps else "validation")  # fmt: skip
+    last_checkpoint = checkpointer.latest_step()
     for r in range(start_round, len(schedule.ends)):
         bar.update(1)
-        losses = []
+        losses, grad_norms = [], []
         for step in range(schedule.ends[r - 1] if r else 0, schedule.ends[r]):
             idx = schedule.batch(len(run.labels), run.batch_size, config.seed, step)
             state, metrics = train_step(state, {"images": run.images[idx], "labels": run.labels[idx]})
             losses.append(metrics["loss"])
+            grad_norms.append(metrics["grad_norm"])
         record = {**schedule.round_record(r), "train_loss": float(np.mean(jax.device_get(losses)))}
-        if not np.isfinite(record["train_loss"]):
-            raise FloatingPointError(f"{run.workdir}: training loss became {record['train_loss']} by step "
-                                     f"{record['step']}")  # fmt: skip
+        # the round's mean loss and gradient norm: non-finite if any step's was (norms are never negative)
+        finite = {"loss": record["train_loss"], "grad_norm": float(np.mean(jax.device_get(grad_norms)))}
+        check_finite(schedule.ends[r] - 1, finite, last_checkpoint, checkpointer.directory)
         variables = _variables(state)
         valid_probs = predict_probabilities(run.spec, variables["params"], variables["batch_stats"],
                                             run.splits["valid"].images, config.eval_batch_size)  # fmt: skip
         valid = report.summary_metrics(run.splits["valid"].labels, valid_probs.argmax(1))
-        with open(run.metrics_file, "a") as f:
-            f.write(json.dumps({**record, **{f"valid_{k}": v for k, v in valid.items()}}) + "\n")
+        append_metrics(run.metrics_file, {**record, **{f"valid_{k}": v for k, v in valid.items()}})
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", valid_bal_acc=f"{valid['balanced_accuracy']:.3f}")
         if valid["balanced_accuracy"] > best["balanced_accuracy"]:  # ties keep the earlier validation
             best, best_variables = {**valid, **schedule.round_record(r)}, jax.device_get(variables)
         if schedule.should_checkpoint(config, r) or r + 1 == stop_after_epochs:
-            checkpoints.save(r + 1, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), best_variables=ocp.args.StandardSave(best_variables),
-                meta=ocp.args.JsonSave({"fingerprint": fingerprint, "best": best, "state": STATE_LAYOUT}),
-            ))  # fmt: skip
+            last_checkpoint = checkpointer.save(
+                state, {"best": best, "state": STATE_LAYOUT}, {"best_variables": best_variables}
+            )
         if r + 1 == stop_after_epochs:
             bar.close()
             return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -44,7 +45,8 @@ class Checkpointer:
 
     Every checkpoint's meta carries the run's `identity` (method, architecture) and `fingerprint` (the config less
     its cosmetic keys, `config_lib.fingerprint`). A checkpoint is resumed only by a config with the same
-    fingerprint; with `allow_extend` num_steps and num_epochs may differ.
+    fingerprint; with `allow_extend` num_steps and num_epochs may differ. `extra_items` names pytrees saved beside
+    the state (a classifier's best weights so far); pretraining and classification share this one class.
     """
 
     def __init__(
@@ -54,29 +56,39 @@ class Checkpointer:
         keep: int = 3,
         fingerprint: dict[str, Any] | None = None,
         allow_extend: bool = False,
+        extra_items: Sequence[str] = (),
     ):
         self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
         self.identity = json.loads(json.dumps(identity))  # tuples -> lists, as they come back from JSON
         self.fingerprint = fingerprint
         self.allow_extend = allow_extend
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        self.extra_items = tuple(extra_items)
+        item_names = ("state", *self.extra_items, "meta")
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=item_names)
 
     def latest_step(self) -> int | None:
         """Step of the newest complete checkpoint, or None."""
         return self.manager.latest_step()
 
-    def save(self, state: TrainState, extra_meta: dict[str, Any] | None = None) -> int:
-        """Writes the state at its step (no-op if that step is already saved); returns the step."""
+    def save(
+        self, state: TrainState, extra_meta: dict[str, Any] | None = None, extra_items: dict[str, Any] | None = None
+    ) -> int:
+        """Writes the state (and the `extra_items` named at construction) at its step (no-op if that step is already
+        saved); returns the step."""
         step = int(state.step)
         if step in self.manager.all_steps():
             return step
         meta = {"identity": self.identity, "step": step, **(extra_meta or {})}
         if self.fingerprint is not None:
             meta["fingerprint"] = self.fingerprint
+        items = {name: ocp.args.StandardSave(tree) for name, tree in (extra_items or {}).items()}
+        if set(items) != set(self.extra_items):
+            raise ValueError(f"save() got the items {sorted(items)}; this checkpointer saves {list(self.extra_items)}")
         try:
             self.manager.save(
-                step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta), **items),
             )
             self.manager.wait_until_finished()
         except (OSError, ValueError) as error:  # tensorstore reports a failed write as a ValueError
@@ -97,7 +109,7 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             return
-        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        meta = self.meta(step)
         found, source = meta.get("fingerprint"), "checkpoint"
         if found is None and self.fingerprint is not None:
             found, source = config_lib.stored_fingerprint(self.directory.parent / "config.json"), "config.json"
@@ -112,20 +124,33 @@ class Checkpointer:
         if {k for k, _, _ in differences} <= set(config_lib.LENGTH_KEYS):
             hint += " To train it for another length, set --config.allow_extend=True."
         raise CheckpointMismatchError(
-            f"{self.directory} holds a checkpoint (step {step}) of another config (a run resumes only with the "
+            f"{self.directory} holds a checkpoint of another config (step {step}; a run resumes only with the "
             "config that wrote it, up to cosmetic keys such as progress_bar, log_every_steps and eval.*). These keys "
             f"differ:\n{config_lib.format_differences(differences, source)}\n{hint}"
         )
+
+    def meta(self, step: int) -> dict[str, Any]:
+        """The JSON metadata of checkpoint `step` (identity, fingerprint and what `save` got as `extra_meta`)."""
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+    def restore(
+        self, step: int, state: TrainState, extra_templates: dict[str, Any] | None = None
+    ) -> tuple[TrainState, dict[str, Any]]:
+        """(state, extra items) of checkpoint `step`, checked with `check_resumable`: the state restored into the
+        placement of `state`, each extra item into the structure of its template."""
+        self.check_resumable(step)
+        extra = {name: ocp.args.StandardRestore(t) for name, t in (extra_templates or {}).items()}
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_tree(state)), **extra)
+        )
+        return restored.state, {name: restored[name] for name in extra}
 
     def restore_latest(self, state: TrainState) -> TrainState:
         """The newest checkpoint restored into the placement of `state`, or `state` itself if there is none."""
         step = self.latest_step()
         if step is None:
             return state
-        self.check_resumable(step)
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_tree(state)))
-        restored = self.manager.restore(step, args=args)
-        return restored.state
+        return self.restore(step, state)[0]
 
     def close(self) -> None:
         self.manager.close()

@@ -1,4 +1,5 @@
-"""Is the backbone actually training? Relative weight change from initialisation, per ResNet stage.
+"""Is the run training? A non-finite loss stops it; the relative weight change from initialisation, per ResNet
+stage, tells whether the backbone moves.
 
 LARS with the ImageNet trust coefficient (0.001) moves each weight by about 1e-4 of its norm per step: a run of a
 few hundred steps then leaves the convolutions within 2-3 % of their initial values and only BatchNorm moves. The
@@ -7,14 +8,36 @@ loop logs this measure and warns when the backbone has barely moved after the wa
 
 from __future__ import annotations
 
+import pathlib
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PyTree = Any
 MIN_RELATIVE_CHANGE = 0.05  # below this after warm-up, the run warns that the backbone has barely trained
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or the gradient became NaN or infinite."""
+
+
+def check_finite(
+    step: int, values: Mapping[str, float], last_checkpoint: int | None, checkpoints: str | pathlib.Path
+) -> None:
+    """NonFiniteLossError, naming the step and the last good checkpoint (kept in `checkpoints`), if the loss or the
+    gradient norm in `values` is NaN or infinite. Pretraining and classification check every step they record."""
+    loss, grad_norm = values["loss"], values["grad_norm"]
+    if np.isfinite(loss) and np.isfinite(grad_norm):
+        return
+    kept = f"the last good checkpoint (step {last_checkpoint}) is kept" if last_checkpoint else "no checkpoint"
+    raise NonFiniteLossError(
+        f"loss {loss} / gradient norm {grad_norm} at step {step}: training stopped; {kept} in {checkpoints}. Lower "
+        "the learning rate or use float32 compute."
+    )
 
 
 def stage_of(name: str) -> str:

@@ -35,17 +35,13 @@ from fetalssl_jax.methods.base import Method
 from fetalssl_jax.models.resnet import random_backbone_variables
 from fetalssl_jax.runtime.sharding import batch_sharding, enable_compilation_cache, make_mesh, replicated
 from fetalssl_jax.train.checkpoint import Checkpointer, CheckpointMismatchError, export_backbone
-from fetalssl_jax.train.health import MIN_RELATIVE_CHANGE, relative_weight_change
+from fetalssl_jax.train.health import MIN_RELATIVE_CHANGE, check_finite, relative_weight_change
 from fetalssl_jax.train.monitor import Monitor
 from fetalssl_jax.train.optim import make_optimizer
 from fetalssl_jax.train.state import TrainState
 from fetalssl_jax.train.step import init_state, make_train_step
 
 log = logging.getLogger("fetalssl_jax")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss or the gradient became NaN or infinite."""
 
 
 @dataclasses.dataclass
@@ -153,27 +149,37 @@ class Evaluator:
         return result
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_at_step: int | None = None) -> RunResult:
-    """Pretrains `config.method` in `workdir`, resuming from its newest checkpoint.
+@dataclasses.dataclass
+class _Run:
+    """What one pretraining run trains with, resolved from its config before the first step."""
 
-    `stop_at_step` ends the run after that step as SIGTERM would (checkpoint, then return 'preempted').
+    config: ml_collections.ConfigDict
+    workdir: pathlib.Path
+    method: Method
+    dataset: Any
+    sampler: BatchSampler | RecordSampler
+    total_steps: int
+    optimizer: Any
+    checkpointer: Checkpointer
+    mesh: jax.sharding.Mesh
 
-    The config is validated first (ConfigError, before anything is written, generated or compiled). A checkpoint in
-    `workdir` is resumed only if it was written by a config with the same fingerprint (up to cosmetic keys, see
-    `config_lib.fingerprint`; num_steps / num_epochs may change with `config.allow_extend`), otherwise
-    CheckpointMismatchError names every differing key.
-    """
+    @property
+    def is_main(self) -> bool:
+        return jax.process_index() == 0
+
+
+def _open_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> _Run:
+    """Validates the config and checks the workdir's checkpoint before the data is made (a refused resume costs
+    nothing), then makes the data, the method at the run's length and its optimiser."""
     config_lib.validate_pretraining(config)
-    workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    is_main = jax.process_index() == 0
     method_cls = get_method(config.method)
     probe = method_cls(config)  # what does not depend on the run's length (the identity, the kind of example)
     checkpointer = Checkpointer(
         workdir, probe.identity(), keep=config.keep_checkpoints,
         fingerprint=config_lib.fingerprint(config), allow_extend=bool(config.get("allow_extend", False)),
     )  # fmt: skip
-    checkpointer.check_resumable()  # before the data is made: a refused resume costs nothing
+    checkpointer.check_resumable()
     enable_compilation_cache(config.compilation_cache_dir)
     dataset = sources.pretraining_frames(config, probe.example_mode)
     sampler = make_sampler(config, probe, dataset, jax.process_index(), jax.process_count())
@@ -186,75 +192,93 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_a
         )
     method = method_cls(config, total_steps)
     optimizer = make_optimizer(config.optim, config.batch_size, sampler.steps_per_epoch, total_steps)
+    # config_lib.validate_pretraining checked that the batch divides over the mesh's devices
+    return _Run(config, workdir, method, dataset, sampler, total_steps, optimizer, checkpointer, make_mesh())
 
-    mesh = make_mesh()  # config_lib.validate_pretraining checked that the batch divides over its devices
-    data_sharding = batch_sharding(mesh)
-    example = jax.make_array_from_process_local_data(data_sharding, sampler.batch(0)["frames"])
-    state = init_state(method, optimizer, config.seed, example, mesh)
-    start_variables = jax.device_get(backbone_variables(state))  # the untrained start, a baseline of the evaluation
-    initial_params = jax.device_put(start_variables["params"], replicated(mesh))
-    weight_change = jax.jit(relative_weight_change)
 
-    state = checkpointer.restore_latest(state)
+def _start_state(run: _Run) -> tuple[TrainState, dict[str, Any]]:
+    """(state, untrained backbone variables): the state initialised from the seed, then restored from the newest
+    checkpoint if there is one; the untrained start is a baseline of the evaluation either way."""
+    config = run.config
+    example = jax.make_array_from_process_local_data(batch_sharding(run.mesh), run.sampler.batch(0)["frames"])
+    state = init_state(run.method, run.optimizer, config.seed, example, run.mesh)
+    start_variables = jax.device_get(backbone_variables(state))
+    state = run.checkpointer.restore_latest(state)
     start = int(state.step)
-    if is_main:
-        (workdir / "config.json").write_text(config_lib.config_json(config))
+    if run.is_main:
+        (run.workdir / "config.json").write_text(config_lib.config_json(config))
         log.info(
             "%s: %d examples, %d steps/epoch, %d steps, batch %d on %d devices, %s",
-            method.name, len(dataset), sampler.steps_per_epoch, total_steps, config.batch_size, mesh.size,
-            f"resuming at step {start}" if start else "starting",
+            run.method.name, len(run.dataset), run.sampler.steps_per_epoch, run.total_steps, config.batch_size,
+            run.mesh.size, f"resuming at step {start}" if start else "starting",
         )  # fmt: skip
+    return state, start_variables
 
-    monitor = Monitor(
-        workdir, start, total_steps, config.batch_size, config.log_every_steps, is_main, config.progress_bar
-    )
-    evaluator = Evaluator(config, method, start_variables)
-    warmup_steps = (
-        round(config.optim.warmup_epochs * sampler.steps_per_epoch) if config.optim.schedule == "warmup_cosine" else 0
-    )
-    health_check_step = min(total_steps, max(2 * warmup_steps, 50))
-    train_step = make_train_step(method, optimizer, mesh)
-    last_checkpoint = checkpointer.latest_step()
 
-    def record(step: int, metrics: dict[str, jax.Array]) -> None:
+class _Recorder:
+    """Checks, records and reports the metrics of each step: a non-finite loss stops the run (naming the last
+    checkpoint), the weight change is checked once, after twice the warm-up."""
+
+    def __init__(self, run: _Run, monitor: Monitor):
+        config = run.config
+        self.monitor = monitor
+        self.checkpoints = run.checkpointer.directory
+        self.last_checkpoint = run.checkpointer.latest_step()
+        warmup_steps = (
+            round(config.optim.warmup_epochs * run.sampler.steps_per_epoch)
+            if config.optim.schedule == "warmup_cosine"
+            else 0
+        )
+        self.health_check_step = min(run.total_steps, max(2 * warmup_steps, 50))
+
+    def __call__(self, step: int, metrics: dict[str, jax.Array]) -> None:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not (np.isfinite(values["loss"]) and np.isfinite(values["grad_norm"])):
-            kept = f"the last good checkpoint (step {last_checkpoint}) is kept" if last_checkpoint else "no checkpoint"
-            raise NonFiniteLossError(
-                f"loss {values['loss']} / gradient norm {values['grad_norm']} at step {step}: training stopped; "
-                f"{kept} in {checkpointer.directory}. Lower the learning rate or use float32 compute."
-            )
-        monitor.step(step, values)
+        check_finite(step, values, self.last_checkpoint, self.checkpoints)
+        self.monitor.step(step, values)
         if "weight_change/all" in values:
-            check_health(step, {k.split("/", 1)[1]: v for k, v in values.items() if k.startswith("weight_change/")})
+            change = {k.split("/", 1)[1]: v for k, v in values.items() if k.startswith("weight_change/")}
+            if step + 1 == self.health_check_step and change["all"] < MIN_RELATIVE_CHANGE:
+                log.warning(
+                    "after %d steps the backbone's convolutions moved only %.1f %% from their initial values (per "
+                    "stage: %s): it is barely training. Raise the learning rate or the LARS trust coefficient "
+                    "(config.optim.trust_coefficient), or shorten the warm-up.",
+                    step + 1, 100 * change["all"], ", ".join(f"{k} {100 * v:.1f} %" for k, v in change.items()),
+                )  # fmt: skip
 
-    def check_health(step: int, change: dict[str, float]) -> None:
-        if step + 1 == health_check_step and change["all"] < MIN_RELATIVE_CHANGE:
-            log.warning(
-                "after %d steps the backbone's convolutions moved only %.1f %% from their initial values (per stage: "
-                "%s): it is barely training. Raise the learning rate or the LARS trust coefficient "
-                "(config.optim.trust_coefficient), or shorten the warm-up.",
-                step + 1, 100 * change["all"], ", ".join(f"{k} {100 * v:.1f} %" for k, v in change.items()),
-            )  # fmt: skip
 
-    def evaluate(name: str, shots: tuple[int, ...] | None = None) -> FrozenEval:
-        result = evaluator(state, name, shots)
-        if is_main:
-            row = next(iter(result.knn))
-            values = {"eval/knn_macro_f1": result.knn[row].mean, "eval/effective_rank": result.effective_rank[row]}
-            for k, score in result.few_label.scores[row].items():
-                values[f"eval/probe_{shot_name(k).replace('/', '_per_')}_macro_f1"] = score.mean
-            monitor.evaluation(int(state.step), values)
-        return result
+def _evaluate(
+    run: _Run, evaluator: Evaluator, monitor: Monitor, state: TrainState, shots: tuple[int, ...] | None = None
+) -> FrozenEval:
+    """The frozen-backbone evaluation of `state`, logged (process 0) as a record of kind 'eval'."""
+    result = evaluator(state, run.method.name, shots)
+    if run.is_main:
+        row = next(iter(result.knn))
+        values = {"eval/knn_macro_f1": result.knn[row].mean, "eval/effective_rank": result.effective_rank[row]}
+        for k, score in result.few_label.scores[row].items():
+            values[f"eval/probe_{shot_name(k).replace('/', '_per_')}_macro_f1"] = score.mean
+        monitor.evaluation(int(state.step), values)
+    return result
 
-    status = "finished"
-    batches = device_batches(sampler, start, data_sharding, config.data.prefetch)
+
+def _train_steps(
+    run: _Run, state: TrainState, start_params: Any, record: _Recorder, evaluate: Callable[..., FrozenEval],
+    stop_at_step: int | None,
+) -> tuple[TrainState, str]:  # fmt: skip
+    """(state, 'finished' or 'preempted'): the steps from the state's to the end or a stop, checkpointing every
+    `checkpoint_every_steps`, before a periodic evaluation and at the end. A step's metrics are fetched while the
+    next one runs; a checkpoint is written only after those of its step were checked. The weight change is measured
+    from `start_params`, the untrained backbone's."""
+    config, total_steps = run.config, run.total_steps
+    train_step = make_train_step(run.method, run.optimizer, run.mesh)
+    initial_params = jax.device_put(start_params, replicated(run.mesh))
+    weight_change = jax.jit(relative_weight_change)
+    batches = device_batches(run.sampler, int(state.step), batch_sharding(run.mesh), config.data.prefetch)
     try:
         with preemption_signal() as preempted:
             pending = None
-            for step in range(start, total_steps):
+            for step in range(int(state.step), total_steps):
                 state, metrics = train_step(state, next(batches))
-                if step % config.log_every_steps == 0 or step + 1 == health_check_step:
+                if step % config.log_every_steps == 0 or step + 1 == record.health_check_step:
                     change = weight_change(state.params["backbone"], initial_params)
                     metrics = {**metrics, **{f"weight_change/{k}": v for k, v in change.items()}}
                 if pending is not None:
@@ -266,32 +290,51 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_a
                 if stop or done == total_steps or done % config.checkpoint_every_steps == 0 or periodic_eval:
                     record(*pending)
                     pending = None
-                    last_checkpoint = checkpointer.save(state)
+                    record.last_checkpoint = run.checkpointer.save(state)
                 if periodic_eval and done < total_steps:
-                    evaluate(method.name, tuple(config.eval.monitor_shots))
+                    evaluate(state, tuple(config.eval.monitor_shots))
                 if stop:
-                    status = "preempted"
-                    break
+                    return state, "preempted"
             if pending is not None:
                 record(*pending)
-            if status == "finished":
-                last_checkpoint = checkpointer.save(state)
+            record.last_checkpoint = run.checkpointer.save(state)
+            return state, "finished"
     finally:
         batches.close()
-        monitor.close()
-        checkpointer.close()
 
+
+def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_at_step: int | None = None) -> RunResult:
+    """Pretrains `config.method` in `workdir`, resuming from its newest checkpoint.
+
+    `stop_at_step` ends the run after that step as SIGTERM would (checkpoint, then return 'preempted').
+
+    The config is validated first (ConfigError, before anything is written, generated or compiled). A checkpoint in
+    `workdir` is resumed only if it was written by a config with the same fingerprint (up to cosmetic keys, see
+    `config_lib.fingerprint`; num_steps / num_epochs may change with `config.allow_extend`), otherwise
+    CheckpointMismatchError names every differing key.
+    """
+    run = _open_run(config, pathlib.Path(workdir))
+    state, start_variables = _start_state(run)
+    monitor = Monitor(run.workdir, int(state.step), run.total_steps, config.batch_size, config.log_every_steps,
+                      run.is_main, config.progress_bar)  # fmt: skip
+    evaluator = Evaluator(config, run.method, start_variables)
+    evaluate = functools.partial(_evaluate, run, evaluator, monitor)
+    try:
+        state, status = _train_steps(run, state, start_variables["params"], _Recorder(run, monitor), evaluate,
+                                     stop_at_step)  # fmt: skip
+    finally:
+        monitor.close()
+        run.checkpointer.close()
     step = int(state.step)
     if status == "preempted":
-        log.warning("stopped at step %d; checkpoint saved in %s; run again to resume", step, checkpointer.directory)
-        return RunResult(status, step, workdir)
-
-    description = {"identity": method.identity(), "step": step, "image_size": config.data.image_size}
-    export_backbone(workdir / "backbone", backbone_variables(state), description)  # every process: orbax syncs them
-    result = evaluate(method.name)
-    if is_main:
+        log.warning("stopped at step %d; checkpoint saved in %s; run again to resume", step, run.checkpointer.directory)
+        return RunResult(status, step, run.workdir)
+    description = {"identity": run.method.identity(), "step": step, "image_size": config.data.image_size}
+    export_backbone(run.workdir / "backbone", backbone_variables(state), description)  # every process: orbax syncs
+    result = evaluate(state)
+    if run.is_main:
         table = format_table(result)
         print(f"\nFrozen-backbone evaluation on the labelled test split (patients unseen in training):\n{table}\n")
-        (workdir / "eval.json").write_text(json.dumps(result.to_dict(), indent=2))
-        (workdir / "eval.md").write_text(table + "\n")
-    return RunResult(status, step, workdir, result)
+        (run.workdir / "eval.json").write_text(json.dumps(result.to_dict(), indent=2))
+        (run.workdir / "eval.md").write_text(table + "\n")
+    return RunResult(status, step, run.workdir, result)

@@ -12,6 +12,17 @@ import tqdm
 from fetalssl_jax.runtime.tensorflow import import_tensorflow
 
 
+def append_metrics(metrics_file: pathlib.Path, record: Mapping[str, object]) -> None:
+    """Appends one record as a line of metrics.jsonl."""
+    with metrics_file.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def make_progress_bar(total: int, initial: int, enabled: bool, unit: str = "step") -> tqdm.tqdm:
+    """The terminal progress bar of a run (disabled: a no-op object with the same methods)."""
+    return tqdm.tqdm(total=total, initial=initial, disable=not enabled, unit=unit, dynamic_ncols=True)
+
+
 def truncate_metrics(metrics_file: pathlib.Path, start_step: int) -> None:
     """Drops the records of steps >= `start_step` from a metrics.jsonl (written after the checkpoint a run resumes
     from, so a resumed run's file reads as an uninterrupted one's); atomic. No file: nothing to do."""
@@ -46,13 +57,7 @@ class Monitor:
         self._images_per_s = 0.0
         if enabled:
             truncate_metrics(self.metrics_file, start_step)
-        self.bar = tqdm.tqdm(
-            total=total_steps,
-            initial=start_step,
-            disable=not (enabled and progress_bar),
-            unit="step",
-            dynamic_ncols=True,
-        )
+        self.bar = make_progress_bar(total_steps, start_step, enabled and progress_bar)
 
     @property
     def writer(self):
@@ -73,8 +78,7 @@ class Monitor:
         """A periodic evaluation at `step`: a metrics.jsonl line of kind 'eval' and TensorBoard scalars."""
         if not self.enabled:
             return
-        with self.metrics_file.open("a") as f:
-            f.write(json.dumps({"step": step, "kind": "eval", **{k: float(v) for k, v in values.items()}}) + "\n")
+        append_metrics(self.metrics_file, {"step": step, "kind": "eval", **{k: float(v) for k, v in values.items()}})
         self.scalars(step, values)
 
     def step(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -87,8 +91,7 @@ class Monitor:
         if not self.enabled:
             return
         record = {"step": step, **{k: float(v) for k, v in metrics.items()}, "images_per_s": self._images_per_s}
-        with self.metrics_file.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_metrics(self.metrics_file, record)
         self.bar.update(1)
         if step % self.log_every == 0:
             self.bar.set_postfix(

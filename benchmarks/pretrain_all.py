@@ -31,11 +31,10 @@ SHOTS = 10
 
 
 def _config_file(name: str) -> pathlib.Path:
-    for candidate in (name, {"barlow_twins": "barlow", "inpainting": "inpaint"}.get(name, name)):
-        path = REPO / "configs" / f"{candidate}.py"
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"no config for method {name!r} in {REPO / 'configs'}")
+    path = REPO / "configs" / f"{name}.py"  # config files are named after their methods
+    if not path.is_file():
+        raise FileNotFoundError(f"no config for method {name!r}: {path} does not exist")
+    return path
 
 
 def main() -> None:

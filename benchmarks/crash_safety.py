@@ -3,7 +3,7 @@
 Each trial runs the CLI on the tiny Barlow Twins preset (12 steps, a checkpoint every 2), kills it with SIGKILL at a
 random point of a step or while orbax writes a checkpoint (alternately), checks that the newest complete checkpoint
 is the one loaded, restarts the run to the end and compares its losses with an uninterrupted run's (exactly).
-Prints one line per trial and exits 1 if any trial fails. tests/test_crash_safety.py runs two such trials.
+Prints one line per trial and exits 1 if any trial fails. tests/train/test_crash_safety.py runs two such trials.
 """
 
 from __future__ import annotations

@@ -116,3 +116,31 @@ def test_unknown_autoencoder_options_are_named():
     set_by_path(config, "method_kwargs.bottleneck", "vector")
     with pytest.raises(ValueError, match=r"config.method_kwargs.bottleneck = 'vector': must be one of map, pooled"):
         get_method("inpainting")(config)
+
+
+def test_denoising_autoencoder_target_is_the_same_view_without_the_nuisance():
+    # input and target come from the same crop / rotation / flip draws: with gain as the only nuisance, the two are
+    # pixel-aligned (black where the other is black, the same intensity order) but not equal; a misaligned crop or
+    # rotation would break both
+    from scipy.stats import spearmanr
+
+    from fetalssl_jax.data.augment import IMAGENET_MEAN, IMAGENET_STD
+
+    config = load_config(f"{REPO / 'configs' / 'autoencoder.py'}:tiny")
+    set_by_path(config, "method_kwargs.inputs", "denoise")
+    with config.augment.unlocked():
+        config.augment.view1.update(dict(
+            crop_scale=(0.3, 1.0), rotation_prob=1.0, rotation_deg=180.0, flip_prob=0.5, ultrasound_prob=1.0,
+            gain_db=6.0, tgc_db=0.0, speckle=0.0, color_jitter_prob=0.0, blur_prob=0.0, solarize_prob=0.0,
+        ))  # fmt: skip
+    method = get_method("autoencoder")(config)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(1, 256, size=(8, 1, 48, 48, 1), dtype=np.uint8)
+    frames[:, :, :, :16] = 0  # a black band, as outside the fan
+    noisy, clean = jax.jit(method.augment)(jax.random.PRNGKey(3), frames)
+    mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
+    noisy, clean = (np.asarray(x)[..., 0] * std[0] + mean[0] for x in (noisy, clean))
+    assert not np.allclose(noisy, clean, atol=1e-3)
+    for a, b in zip(noisy, clean, strict=True):
+        assert np.mean((a < 1e-3) == (b < 1e-3)) > 0.99  # up to resampling's near-zero values at the band's edge
+        assert spearmanr(a.ravel(), b.ravel()).statistic > 0.99

@@ -4,7 +4,7 @@ The config file decides everything (big_vision style), including what runs (`con
 (configs/barlow_twins.py ...), a plane classifier (configs/classify.py) or the paper's grid (configs/paper_grid.py).
 `--workdir` is where checkpoints, metrics, TensorBoard logs, exported weights and results land. Running the same
 command again resumes. Launched as several processes (srun, a TPU pod, `--coordinator_address` / `--num_processes` /
-`--process_id`), pretraining runs on every device of every process (fetalssl_jax/distributed.py).
+`--process_id`), pretraining runs on every device of every process (fetalssl_jax/runtime/distributed.py).
 """
 
 from __future__ import annotations

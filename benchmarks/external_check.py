@@ -34,8 +34,9 @@ SHOTS = 10
 
 
 # ---- 1. files -----------------------------------------------------------------------------------------------------
-def write_scans(root: pathlib.Path, seed: int, num_videos: int, num_patients: int, size: int) -> None:
-    """Videos (mp4 / DICOM alternately) and labelled PNG planes of patients from generator seed `seed`."""
+def write_scans(root: pathlib.Path, seed: int, num_videos: int, num_patients: int, size: int, margin: float) -> None:
+    """Videos (mp4 / DICOM alternately) and labelled PNG planes of patients from generator seed `seed`; the mp4s
+    have black bands of `margin` x size left and right (a screen capture)."""
     sys.path.insert(0, str(REPO / "tests"))
     from us_fixtures import write_dicom, write_png, write_video
 
@@ -47,8 +48,8 @@ def write_scans(root: pathlib.Path, seed: int, num_videos: int, num_patients: in
             # 64 kept frames after the builder's frame skip of 5: 320 raw frames at 25 fps
             frames = synthetic.generate_video(i, 320, size, seed=seed, frame_skip=1).frames
             if i % 2 == 0:
-                margin = size // 6  # a 4:3 screen capture: black bands left and right of the square image
-                frames = np.pad(frames, ((0, 0), (0, 0), (margin, margin)))
+                band = round(margin * size)  # 1/6: a 4:3 screen capture, black bands beside the square image
+                frames = np.pad(frames, ((0, 0), (0, 0), (band, band)))
                 write_video(videos / "mp4" / f"scan_{i:03d}.mp4", frames)
             else:
                 write_dicom(videos / "dicom" / f"scan_{i:03d}.dcm", frames, jpeg=True)
@@ -192,6 +193,7 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=150)
     parser.add_argument("--size", type=int, default=128, help="side of the written scans in pixels")
     parser.add_argument("--config", default=str(REPO / "configs" / "barlow_twins.py"))
+    parser.add_argument("--screen_margin", type=float, default=1 / 6, help="black band beside each mp4, x size")
     args = parser.parse_args()
     root = pathlib.Path(args.workdir)
 
@@ -204,7 +206,7 @@ def main() -> None:
     from fetalssl_jax.downstream.export import export_torch
     from fetalssl_jax.train.loop import RANDOM_INIT, SSL_START, train
 
-    write_scans(root, args.seed, args.videos, args.patients, args.size)
+    write_scans(root, args.seed, args.videos, args.patients, args.size, args.screen_margin)
     data_dir = build(root)
     rows = []
     for steps in (int(s) for s in args.steps.split(",")):

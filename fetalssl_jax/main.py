@@ -133,7 +133,16 @@ def run() -> None:
     from fetalssl_jax.runtime.hugepages import reexec_with_hugepages
 
     reexec_with_hugepages()  # once, before any work: XLA's CPU buffers on huge pages (runtime/hugepages.py)
-    sys.exit(main(sys.argv))
+    status = main(sys.argv)
+    if status == 1:
+        # A run that failed has written what it keeps (checkpoints, metrics) before main returned. After a failed
+        # checkpoint write, orbax / tensorstore threads can abort the interpreter's shutdown (SIGABRT, "exception
+        # not rethrown", seen in CI), turning a clear error into a crash: leave without that shutdown.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

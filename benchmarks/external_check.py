@@ -7,7 +7,7 @@
    capture) and as DICOM cine loops, and labelled plane images as PNG files with a `labels.csv`
    (`image_name`, `class`, `patient_id`).
 2. Builds them with the TFDS builders (`fetal_us_video --config pairs`, frame skip 5, and
-   `fetal_cardiac_planes --config csv`).
+   `fetal_cardiac_planes --config csv`; `--fit crop_pad`: both cropped to the scan's content, for the captures).
 3. Pretrains the default Barlow Twins config (`configs/barlow_twins.py`) on the built videos for each number of
    `--steps`, and reads its own end-of-run table (kNN, 10-per-class probe vs both random baselines).
 4. Exports each backbone with torchvision names (`.safetensors`) and probes it with code that shares nothing with
@@ -71,19 +71,24 @@ def write_scans(root: pathlib.Path, seed: int, num_videos: int, num_patients: in
 
 
 # ---- 2. builders ----------------------------------------------------------------------------------------------------
-def build(root: pathlib.Path) -> pathlib.Path:
-    """Builds fetal_us_video/pairs and fetal_cardiac_planes/csv into root/tfds; returns that data_dir."""
+def build(root: pathlib.Path, fit: str) -> tuple[pathlib.Path, str, str]:
+    """Builds fetal_us_video/pairs and fetal_cardiac_planes/csv (with `fit`: configs pairs_<fit>, csv_<fit> unless
+    it is the default) into root/tfds; returns that data_dir and the two dataset names."""
     import tensorflow_datasets as tfds
 
     sys.path.insert(0, str(REPO / "data_builders"))
-    from fetal_cardiac_planes.fetal_cardiac_planes_dataset_builder import FetalCardiacPlanes
-    from fetal_us_video.fetal_us_video_dataset_builder import FetalUsVideo
+    from fetal_cardiac_planes.fetal_cardiac_planes_dataset_builder import FetalCardiacPlanes, FetalCardiacPlanesConfig
+    from fetal_us_video.fetal_us_video_dataset_builder import FetalUsVideo, FetalUsVideoConfig
 
-    data_dir = root / "tfds"
-    for cls, config, manual in ((FetalUsVideo, "pairs", "videos"), (FetalCardiacPlanes, "csv", "planes")):
+    data_dir, names = root / "tfds", []
+    suffix = "" if fit == "stretch" else f"_{fit}"
+    videos = FetalUsVideoConfig(name=f"pairs{suffix}", fit=fit)
+    planes = FetalCardiacPlanesConfig(name=f"csv{suffix}", fit=fit)
+    for cls, config, manual in ((FetalUsVideo, videos, "videos"), (FetalCardiacPlanes, planes, "planes")):
         builder = cls(config=config, data_dir=str(data_dir))
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(root / manual)))
-    return data_dir
+        names.append(f"{builder.name}/{config.name}")
+    return data_dir, names[0], names[1]
 
 
 # ---- 4. a probe that shares nothing with the package ----------------------------------------------------------------
@@ -194,6 +199,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="side of the written scans in pixels")
     parser.add_argument("--config", default=str(REPO / "configs" / "barlow_twins.py"))
     parser.add_argument("--screen_margin", type=float, default=1 / 6, help="black band beside each mp4, x size")
+    parser.add_argument("--fit", default="stretch", help="the builders' fit: stretch (default), crop_pad or pad")
     args = parser.parse_args()
     root = pathlib.Path(args.workdir)
 
@@ -207,7 +213,7 @@ def main() -> None:
     from fetalssl_jax.train.loop import RANDOM_INIT, SSL_START, train
 
     write_scans(root, args.seed, args.videos, args.patients, args.size, args.screen_margin)
-    data_dir = build(root)
+    data_dir, videos_name, planes_name = build(root, args.fit)
     rows = []
     for steps in (int(s) for s in args.steps.split(",")):
         config = load_config(args.config)
@@ -216,9 +222,9 @@ def main() -> None:
             config.progress_bar = False
             config.eval.shots = (SHOTS,)
             config.data.source = "tfds"
-            config.data.name = "fetal_us_video/pairs"
+            config.data.name = videos_name
             config.data.data_dir = str(data_dir)
-            config.eval.dataset = "fetal_cardiac_planes/csv"
+            config.eval.dataset = planes_name
             config.eval.data_dir = str(data_dir)
         run = root / f"barlow_{steps}"
         result = train(config, run)

@@ -33,7 +33,9 @@ SPLITS = ("train", "validation", "test")
 @dataclasses.dataclass(eq=False)
 class FetalCardiacPlanesConfig(tfds.core.BuilderConfig):
     """layout: 'csv' (`csv_name` in the manual folder) or 'folders' (class sub-folders); synthetic: the embedded
-    generated labelled set. on_error: 'raise' or 'skip' (bad rows/images logged and counted)."""
+    generated labelled set. on_error: 'raise' or 'skip' (bad rows/images logged and counted). fit: how an image
+    becomes a square (`readers.resize_frames`): 'stretch' (the reference's resize), 'crop_pad' (content box, then
+    black padding) or 'pad'; use the fit the videos were built with."""
 
     layout: str = "csv"
     csv_name: str = "labels.csv"
@@ -43,15 +45,18 @@ class FetalCardiacPlanesConfig(tfds.core.BuilderConfig):
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     split_seed: int = 0
     on_error: str = "raise"
+    fit: str = "stretch"
     synthetic: bool = False
     synthetic_patients: int = 60
     synthetic_frames_per_patient: int = 20
 
 
-def _image_record(item: tuple[readers.LabelledImage, str, str], root: str, size: int) -> list[tuple[str, dict]]:
+def _image_record(
+    item: tuple[readers.LabelledImage, str, str], root: str, size: int, fit: str
+) -> list[tuple[str, dict]]:
     image, image_id, patient = item
     pixels = readers.read_image_file(pathlib.Path(root) / image.relpath, image.relpath)
-    pixels = readers.resize_frames(pixels[None], size)[0][..., None]
+    pixels = readers.resize_frames(pixels[None], size, fit)[0][..., None]
     return [(image_id, {"image": pixels, "label": image.label, "patient_id": patient, "image_id": image_id})]
 
 
@@ -82,6 +87,10 @@ class FetalCardiacPlanes(BeamOrLocalBuilder):
         c = self.builder_config
         if c.layout not in ("csv", "folders"):
             raise ValueError(f"fetal_cardiac_planes config {c.name!r}: layout must be 'csv' or 'folders'")
+        if c.fit not in readers.FITS:
+            raise ValueError(
+                f"fetal_cardiac_planes config {c.name!r}: fit must be one of {readers.FITS}, got {c.fit!r}"
+            )
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(
                 {
@@ -125,7 +134,7 @@ class FetalCardiacPlanes(BeamOrLocalBuilder):
         ]
         groups = [patient if has_patients else image_id for _, image_id, patient in items]
         split = readers.split_groups(groups, dict(zip(SPLITS, c.split_fractions, strict=True)), c.split_seed)
-        make = functools.partial(_image_record, root=str(root), size=c.image_size)
+        make = functools.partial(_image_record, root=str(root), size=c.image_size, fit=c.fit)
         return {
             s: self._generate_examples([it for it, g in zip(items, groups, strict=True) if split[g] == s],
                                        SkippingExamples(make, c.on_error, "images"), s)

@@ -7,9 +7,14 @@
 
 The manual folder holds videos in any of the formats of `fetalssl_jax.data.build.readers` (mp4/avi, DICOM cine loops,
 HDF5 with one dataset per video, .npy/.npz, folders of frame images), in any sub-folders. Every `frame_skip`-th
-frame is kept, converted to one gray channel and resized to `image_size` squared. Videos (never frames) are split
-into train and validation. Records carry a salted hash of the video's relative path as `video_id`, never a file
-name or a DICOM tag (salt: $FETALSSL_ID_SALT, else `<manual_dir>/.id_salt`).
+frame is kept, converted to one gray channel and resized to `image_size` squared (`fit`: stretched as the
+reference does, or cropped to the scan's content and padded, for screen captures; `readers.resize_frames`).
+Videos (never frames) are split into train and validation. Records carry a salted hash of the video's relative path
+as `video_id`, never a file name or a DICOM tag (salt: $FETALSSL_ID_SALT, else `<manual_dir>/.id_salt`).
+
+Screen captures (black bands, captions) beside plane images exported without them:
+  tfds build data_builders/fetal_us_video --manual_dir DIR --config '{"name": "pairs_crop", "fit": "crop_pad"}'
+and build the planes with the same fit.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ class FetalUsVideoConfig(tfds.core.BuilderConfig):
         or 'frames' (single frames).
     synthetic: write the embedded generated videos instead of reading the manual folder.
     on_error: 'raise' stops at the first bad video, naming it; 'skip' logs it and counts it in metadata.json.
+    fit: how a frame becomes a square (`readers.resize_frames`): 'stretch' (the reference's resize), 'crop_pad'
+        (the content box, then black padding: aspect kept, capture margins dropped) or 'pad'. Build the labelled
+        planes with the same fit.
     """
 
     record: str = "pairs"
@@ -48,6 +56,7 @@ class FetalUsVideoConfig(tfds.core.BuilderConfig):
     validation_fraction: float = 0.1
     split_seed: int = 0
     on_error: str = "raise"
+    fit: str = "stretch"
     synthetic: bool = False
     synthetic_videos: int = 48
     synthetic_frames: int = 64  # kept frames per generated video (frame skip already applied when rendering)
@@ -60,6 +69,8 @@ def _check_config(c: FetalUsVideoConfig) -> None:
                          ("clip_stride", 1), ("synthetic_videos", 2), ("synthetic_frames", 1)):  # fmt: skip
         if int(getattr(c, key)) < minimum:
             raise ValueError(f"fetal_us_video config {c.name!r}: {key} must be >= {minimum}, got {getattr(c, key)}")
+    if c.fit not in readers.FITS:
+        raise ValueError(f"fetal_us_video config {c.name!r}: fit must be one of {readers.FITS}, got {c.fit!r}")
     if not 0.0 <= c.validation_fraction < 1.0:
         raise ValueError(f"fetal_us_video config {c.name!r}: validation_fraction must be in [0, 1)")
 
@@ -95,7 +106,7 @@ def records_of_video(
 
 def _real_video_records(item: tuple[readers.VideoRef, str], c: FetalUsVideoConfig) -> list[tuple[str, dict]]:
     ref, video_id = item
-    frames, kept = readers.prepare_video(readers.read_video(ref), ref.name, c.image_size, c.frame_skip)
+    frames, kept = readers.prepare_video(readers.read_video(ref), ref.name, c.image_size, c.frame_skip, c.fit)
     return records_of_video(frames, kept, video_id, c)
 
 

@@ -194,3 +194,34 @@ def test_planes_bad_rows_and_class_folders(tmp_path):
     records = all_records(build(FetalCardiacPlanes, folders, root, tmp_path / "d4"))
     labels = sorted(int(r["label"]) for rs in records.values() for r in rs)
     assert labels == sorted(readers.class_index(r["class"], FetalCardiacPlanesConfig.classes) for r in rows)
+
+
+def test_a_screen_capture_and_a_square_export_of_one_scan_build_alike(tmp_path):
+    """Invariance: the same sweep as a 4:3 screen capture (black bands, a caption) and as a square mp4 gives the
+    same frames with fit='crop_pad' (content crop + pad); the default stretch (the reference's) makes them differ."""
+    from fetalssl_jax.data import synthetic
+
+    scan = synthetic.generate_video(0, 6, 48, seed=3, frame_skip=1).frames
+    capture = np.pad(scan, ((0, 0), (0, 0), (8, 8)))
+    capture[:, 2:5, 1:6] = 255  # a caption at the top left, as scanners print the patient's details
+    manual = tmp_path / "manual"
+    write_video(manual / "square" / "scan.mp4", scan)
+    write_video(manual / "capture" / "scan.mp4", capture)
+    salt = readers.id_salt(manual)
+    ids = {readers.salted_hash(f"{kind}/scan.mp4", salt): kind for kind in ("square", "capture")}
+
+    def frames(fit):
+        config = FetalUsVideoConfig(name=f"t_{fit}", record="frames", image_size=32, frame_skip=1,
+                                    validation_fraction=0.0, fit=fit)  # fmt: skip
+        records = all_records(build(FetalUsVideo, config, manual, tmp_path / fit))["train"]
+        out = {kind: [] for kind in ids.values()}
+        for r in sorted(records, key=lambda r: int(r["frame_index"])):
+            out[ids[r["video_id"]]].append(r["image"][..., 0].astype(float))
+        return {kind: np.stack(v) for kind, v in out.items()}
+
+    cropped, stretched = frames("crop_pad"), frames("stretch")
+    # codec error only (MPEG-4: a grey level or two on average) against ten levels and more when stretched
+    assert np.abs(cropped["capture"] - cropped["square"]).mean() < 2
+    assert np.abs(stretched["capture"] - stretched["square"]).mean() > 8
+    with pytest.raises(ValueError, match="fit must be one of .*'squash'"):
+        build(FetalUsVideo, FetalUsVideoConfig(name="t_bad_fit", fit="squash"), manual, tmp_path / "bad")

@@ -56,7 +56,7 @@ def test_list_videos_expands_hdf5_and_npz_and_finds_frame_folders(tmp_path):
 
 def test_preprocessing_skip_grayscale_resize():
     rgb = np.random.default_rng(0).integers(0, 256, (11, 20, 30, 3), dtype=np.uint8)
-    out, kept = readers.prepare_video(rgb, "x", image_size=16, frame_skip=5)
+    out, kept = readers.prepare_video(rgb, "x", image_size=16, frame_skip=5)  # default: the reference's stretch
     np.testing.assert_array_equal(kept, [0, 5, 10])
     assert out.shape == (3, 16, 16, 1) and out.dtype == np.uint8
     # independent: PIL's own RGB -> L conversion (BT.601) and bilinear resize, within rounding
@@ -65,6 +65,59 @@ def test_preprocessing_skip_grayscale_resize():
         np.testing.assert_allclose(np.asarray(gray), readers.to_grayscale(rgb[k : k + 1])[0], atol=1)
         expected = np.asarray(gray.resize((16, 16), Image.BILINEAR)).astype(int)
         assert np.abs(out[i, ..., 0].astype(int) - expected).max() <= 1
+
+
+def _screen_capture(rng, frames: int = 3, side: int = 30, band: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(capture [T, side, side + 2 band], scan [T, side, side]): a square scan of bright texture between black
+    bands, with a caption of bright text in the left band and compression-like noise below the threshold."""
+    scan = rng.integers(40, 256, (frames, side, side), dtype=np.uint8)
+    capture = rng.integers(0, readers.CONTENT_THRESHOLD + 1, (frames, side, side + 2 * band), dtype=np.uint8)
+    capture[:, :, band : band + side] = scan
+    capture[:, 2:4, 1:3] = 250  # a caption: a small bright region in the band, 5 px from the scan
+    return capture, scan
+
+
+def test_crop_pad_keeps_the_scan_and_drops_the_bands_of_a_screen_capture():
+    capture, scan = _screen_capture(np.random.default_rng(1))
+    # at the scan's own size: the square scan, untouched
+    np.testing.assert_array_equal(readers.resize_frames(capture, 30, fit="crop_pad"), scan)
+    # independent: PIL's resize of the scan alone
+    for i, frame in enumerate(readers.resize_frames(capture, 15, fit="crop_pad")):
+        expected = np.asarray(Image.fromarray(scan[i]).resize((15, 15), Image.BILINEAR)).astype(int)
+        assert np.abs(frame.astype(int) - expected).max() <= 1
+    # 'pad' keeps the bands: 8 black rows above and below the 30 x 46 capture, then the resize
+    padded = readers.resize_frames(capture, 23, fit="pad")
+    for i, frame in enumerate(padded):
+        square = np.zeros((46, 46), np.uint8)
+        square[8:38] = capture[i]
+        expected = np.asarray(Image.fromarray(square).resize((23, 23), Image.BILINEAR)).astype(int)
+        assert np.abs(frame.astype(int) - expected).max() <= 1
+    with pytest.raises(ValueError, match="fit='squash'.*crop_pad"):
+        readers.resize_frames(capture, 20, fit="squash")
+
+
+def test_crop_pad_uses_one_box_per_video_and_pads_a_wide_sector_to_a_centred_square():
+    # a sector 12 rows high and 20 wide that moves: frame 0 lights columns 4..13, frame 1 columns 14..23
+    frames = np.zeros((2, 24, 28), np.uint8)
+    frames[0, 6:18, 4:14] = 200
+    frames[1, 6:18, 14:24] = 100
+    assert readers.content_box(frames.max(axis=0)) == (6, 18, 4, 24)
+    out = readers.resize_frames(frames, 20, fit="crop_pad")  # box 12 x 20 -> 4 black rows above and below -> 20 x 20
+    expected = np.zeros((2, 20, 20), np.uint8)
+    expected[0, 4:16, 0:10] = 200
+    expected[1, 4:16, 10:20] = 100
+    np.testing.assert_array_equal(out, expected)
+    # nothing above the threshold: the whole frame, padded
+    dark = np.full((1, 10, 20), readers.CONTENT_THRESHOLD, np.uint8)
+    assert readers.content_box(dark[0]) == (0, 10, 0, 20)
+    np.testing.assert_array_equal(readers.resize_frames(dark, 20, fit="crop_pad")[0, 5:15], dark[0])
+
+
+def test_prepare_video_crops_every_frame_of_a_capture_alike():
+    capture, scan = _screen_capture(np.random.default_rng(2), frames=6)
+    out, kept = readers.prepare_video(capture, "capture.mp4", image_size=30, frame_skip=2, fit="crop_pad")
+    np.testing.assert_array_equal(kept, [0, 2, 4])
+    np.testing.assert_array_equal(out[..., 0], scan[::2])
 
 
 def test_salted_hash_and_salt_sources(tmp_path):

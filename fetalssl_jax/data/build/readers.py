@@ -381,11 +381,60 @@ def to_grayscale(frames: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(rgb @ _LUMA), 0, 255).astype(np.uint8)
 
 
-def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+FITS = ("crop_pad", "pad", "stretch")
+# A pixel brighter than this (of 255) is image content; compressed black bands of screen captures stay below it.
+CONTENT_THRESHOLD = 8
+
+
+def content_box(image: np.ndarray, threshold: int = CONTENT_THRESHOLD) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right), bottom/right exclusive: the bounding box of the image's content in a gray
+    uint8 [H, W] image (for a video: its maximum over frames, so every frame gets the same box).
+
+    Content is the pixels above `threshold` in the large connected regions: the scan sector. Small regions (text,
+    calipers, logos in the black bands of a screen capture) are ignored: a region counts when its area, after
+    joining pixels two apart, is at least a fifth of the largest one's. An image without content, or whose
+    content covers less than 5 % of it, gets the whole image.
+    """
+    from scipy import ndimage
+
+    h, w = image.shape
+    mask = image > threshold
+    # Speckle and dark chambers break the sector into pieces: join pixels two apart before labelling.
+    joined = ndimage.binary_dilation(mask, iterations=2)
+    labels, count = ndimage.label(joined, structure=np.ones((3, 3), bool))
+    if count == 0:
+        return 0, h, 0, w
+    areas = np.bincount(labels.ravel())[1:]
+    keep = np.flatnonzero(areas >= 0.2 * areas.max()) + 1
+    rows, cols = np.nonzero(mask & np.isin(labels, keep))
+    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    if (bottom - top) * (right - left) < 0.05 * h * w:
+        return 0, h, 0, w
+    return int(top), int(bottom), int(left), int(right)
+
+
+def resize_frames(frames: np.ndarray, size: int, fit: str = "stretch") -> np.ndarray:
     """uint8 [T, size, size] from grayscale uint8 [T, H, W]: PIL bilinear (antialiased when shrinking).
 
-    Ultrasound frames are stretched to the square, as the reference resizes to 256 x 256.
+    `fit` says how a frame that is not a square of content becomes one:
+    - 'stretch' (default): resize to the square, as the reference does and as code that only resizes a PNG does;
+      videos and plane images of one geometry match (a 4:3 frame's anatomy becomes 25 % narrower in both);
+    - 'crop_pad': crop to the content box of the frames' maximum (`content_box`: the black bands and text
+      margins of a screen capture go), pad the shorter side with black to a centred square, resize. The anatomy
+      keeps its aspect and fills the image alike whatever the export's margins: for videos and planes exported
+      with different geometries (a screen-captured mp4 beside cropped plane images);
+    - 'pad': pad to a centred square with black, resize (aspect kept, margins kept).
     """
+    if fit not in FITS:
+        raise ValueError(f"fit={fit!r}; choose one of {FITS}")
+    if fit == "crop_pad":
+        top, bottom, left, right = content_box(frames.max(axis=0))
+        frames = frames[:, top:bottom, left:right]
+    if fit in ("crop_pad", "pad"):
+        h, w = frames.shape[1:]
+        side = max(h, w)
+        dh, dw = side - h, side - w
+        frames = np.pad(frames, ((0, 0), (dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2)))
     if frames.shape[1:] == (size, size):
         return frames
     from PIL import Image
@@ -393,14 +442,16 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BILINEAR)) for f in frames])
 
 
-def prepare_video(frames: np.ndarray, name: str, image_size: int, frame_skip: int) -> tuple[np.ndarray, np.ndarray]:
+def prepare_video(
+    frames: np.ndarray, name: str, image_size: int, frame_skip: int, fit: str = "stretch"
+) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 [T', image_size, image_size, 1], int32 [T'] original frame numbers): every `frame_skip`-th frame
-    (0, k, 2k, ...), grayscale, resized."""
+    (0, k, 2k, ...), grayscale, made square by `fit` (`resize_frames`) with one box for the whole video."""
     if frame_skip < 1:
         raise ValueError(f"frame_skip must be >= 1, got {frame_skip}")
     frames = check_frames(frames, name)
     kept = np.arange(0, len(frames), frame_skip, dtype=np.int32)
-    gray = resize_frames(to_grayscale(frames[kept]), image_size)
+    gray = resize_frames(to_grayscale(frames[kept]), image_size, fit)
     return gray[..., None], kept
 
 

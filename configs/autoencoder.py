@@ -15,8 +15,11 @@ def autoencoder_config(method: str, randaugment_ops: int, randaugment_magnitude:
     c.method = method
     c.method_kwargs = config_lib.ConfigDict(
         dict(randaugment_ops=randaugment_ops, randaugment_magnitude=randaugment_magnitude, hflip_prob=0.5,
-             vflip_prob=0.5, bottleneck="map", inputs="randaugment")
+             vflip_prob=0.5, bottleneck="map", inputs="randaugment", target="pixels")
     )  # fmt: skip
+    # target "patch_norm" (each square normalised, as masked autoencoders) and inpainting's erase "patches": the
+    # square's side over the image's (8 px at 64 px)
+    c.method_kwargs.patch_fraction = 0.125
     c.optim.name = "adamw"
     c.optim.lr_weights = 1e-3
     c.optim.lr_batch_scaling = False

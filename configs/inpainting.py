@@ -20,5 +20,4 @@ def get_config(arg: str | None = None):
     c.method_kwargs.erase_ratio = (0.3, 3.3)
     c.method_kwargs.erase = "rectangle"  # the reference; "patches": a masked-autoencoder grid (below)
     c.method_kwargs.mask_ratio = 0.6  # erase = "patches": fraction of the grid's squares erased
-    c.method_kwargs.patch_fraction = 0.125  # erase = "patches": square side / image side (8 px at 64 px)
     return config_lib.apply_preset(c, arg, autoencoder.PRESETS)

@@ -27,6 +27,25 @@ def reconstruction_loss(pred: jax.Array, target: jax.Array, weight: jax.Array | 
     return jnp.sum(weight * sq) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
+def normalize_patches(target: jax.Array, patch: int, eps: float = 1e-6) -> jax.Array:
+    """The target with every `patch` x `patch` square (all channels together; the last row/column of squares may
+    be cut short) shifted to mean 0 and scaled to variance 1: the masked autoencoder's normalised pixels (He et al.
+    2022, sec. 4.1), which make the loss weigh local structure, not overall brightness. Size kept."""
+    b, h, w, c = target.shape
+    gh, gw = -(-h // patch), -(-w // patch)
+    x = target.astype(jnp.float32)
+    # Squares cut short at the edge: pad with the edge value, then weigh only real pixels.
+    padded = jnp.pad(x, ((0, 0), (0, gh * patch - h), (0, gw * patch - w), (0, 0)))
+    real = jnp.pad(jnp.ones((1, h, w, 1), jnp.float32), ((0, 0), (0, gh * patch - h), (0, gw * patch - w), (0, 0)))
+    cells = padded.reshape(b, gh, patch, gw, patch, c)
+    weights = jnp.broadcast_to(real.reshape(1, gh, patch, gw, patch, 1), cells.shape)
+    count = jnp.sum(weights, axis=(2, 4, 5), keepdims=True)
+    mean = jnp.sum(cells * weights, axis=(2, 4, 5), keepdims=True) / count
+    var = jnp.sum(jnp.square(cells - mean) * weights, axis=(2, 4, 5), keepdims=True) / count
+    normed = ((cells - mean) / jnp.sqrt(var + eps)).reshape(b, gh * patch, gw * patch, c)
+    return normed[:, :h, :w].astype(target.dtype)
+
+
 class EncoderDecoder(nn.Module):
     """backbone -> decoder -> image of the input's size.
 
@@ -63,6 +82,7 @@ class EncoderDecoder(nn.Module):
 
 BOTTLENECKS = ("map", "pooled")
 INPUTS = ("randaugment", "denoise")
+TARGETS = ("pixels", "patch_norm")
 # What a denoising target leaves out of the input's view: the photometric nuisances. The geometry (crop, rotation,
 # flips) is drawn from the same uniforms, so input and target are pixel-aligned.
 _NUISANCE_OFF = {"ultrasound_prob": 0.0, "color_jitter_prob": 0.0, "blur_prob": 0.0, "solarize_prob": 0.0}
@@ -70,7 +90,10 @@ _NUISANCE_OFF = {"ultrasound_prob": 0.0, "color_jitter_prob": 0.0, "blur_prob": 
 
 @register
 class AutoEncoder(Method):
-    """`method_kwargs`: randaugment_ops, randaugment_magnitude, hflip_prob, vflip_prob, bottleneck, inputs.
+    """`method_kwargs`: randaugment_ops, randaugment_magnitude, hflip_prob, vflip_prob, bottleneck, inputs, target.
+
+    `target` "pixels" (the reference) or "patch_norm": every square of side `patch_fraction` x image size of the
+    target normalised to mean 0, variance 1 (`normalize_patches`).
 
     `inputs` "randaugment" (the reference): input and target are the same RandAugmented frame. "denoise": the
     input is a view of `config.augment.view1` (crop, rotation, flips, gain / TGC / speckle, jitter, blur) and the
@@ -84,7 +107,9 @@ class AutoEncoder(Method):
         super().__init__(config, total_steps)
         self.bottleneck = self.kwargs.get("bottleneck", "map")
         self.inputs = self.kwargs.get("inputs", "randaugment")
-        for key, value, allowed in (("bottleneck", self.bottleneck, BOTTLENECKS), ("inputs", self.inputs, INPUTS)):
+        self.target = self.kwargs.get("target", "pixels")
+        for key, value, allowed in (("bottleneck", self.bottleneck, BOTTLENECKS), ("inputs", self.inputs, INPUTS),
+                                    ("target", self.target, TARGETS)):  # fmt: skip
             if value not in allowed:
                 raise ValueError(f"config.method_kwargs.{key} = {value!r}: must be one of {', '.join(allowed)}")
 
@@ -118,5 +143,7 @@ class AutoEncoder(Method):
     def loss_fn(self, params, model_state, extra, inputs, rng, step):
         del rng, step
         corrupted, target, weight = inputs
+        if self.target == "patch_norm":
+            target = normalize_patches(target, max(1, round(self.kwargs.patch_fraction * target.shape[1])))
         pred, model_state = apply_model(self.build_model(), params, model_state, corrupted, train=True)
         return reconstruction_loss(pred, target, weight), (model_state, extra, {})

@@ -11,7 +11,7 @@ from conftest import REPO
 
 from fetalssl_jax.config_lib import load_config, set_by_path
 from fetalssl_jax.methods import get_method, registered_methods
-from fetalssl_jax.methods.autoencoder import EncoderDecoder, reconstruction_loss
+from fetalssl_jax.methods.autoencoder import EncoderDecoder, normalize_patches, reconstruction_loss
 from fetalssl_jax.methods.inpainting import patch_mask
 from fetalssl_jax.models.resnet import BasicBlock
 from fetalssl_jax.train.loop import train
@@ -108,6 +108,20 @@ def test_weighted_reconstruction_loss_is_the_mean_over_weighted_pixels():
     np.testing.assert_allclose(reconstruction_loss(pred, target), ((pred - target) ** 2).mean(), rtol=1e-5)
 
 
+@pytest.mark.parametrize("size, patch", [(16, 4), (10, 4)])
+def test_patch_normalised_target_is_each_square_standardised(size, patch):
+    # independent: a loop over the squares (cut short at the edge) with numpy's mean and population variance
+    target = np.random.default_rng(3).normal(2.0, 3.0, (2, size, size, 3)).astype(np.float32)
+    expected = np.empty_like(target)
+    for r in range(0, size, patch):
+        for c in range(0, size, patch):
+            cell = target[:, r : r + patch, c : c + patch]
+            mean = cell.mean(axis=(1, 2, 3), keepdims=True)
+            var = cell.var(axis=(1, 2, 3), keepdims=True)
+            expected[:, r : r + patch, c : c + patch] = (cell - mean) / np.sqrt(var + 1e-6)
+    np.testing.assert_allclose(normalize_patches(jnp.asarray(target), patch), expected, atol=1e-4)
+
+
 def test_unknown_autoencoder_options_are_named():
     config = load_config(f"{REPO / 'configs' / 'inpainting.py'}:tiny")
     set_by_path(config, "method_kwargs.erase", "blocks")
@@ -115,6 +129,10 @@ def test_unknown_autoencoder_options_are_named():
         get_method("inpainting")(config)
     set_by_path(config, "method_kwargs.bottleneck", "vector")
     with pytest.raises(ValueError, match=r"config.method_kwargs.bottleneck = 'vector': must be one of map, pooled"):
+        get_method("inpainting")(config)
+    set_by_path(config, "method_kwargs.bottleneck", "map")
+    set_by_path(config, "method_kwargs.target", "edges")
+    with pytest.raises(ValueError, match=r"config.method_kwargs.target = 'edges': must be one of pixels, patch_norm"):
         get_method("inpainting")(config)
 
 

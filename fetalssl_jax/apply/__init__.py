@@ -1,0 +1,1 @@
+"""Use a trained backbone or classifier on new scans: embed, predict, select."""

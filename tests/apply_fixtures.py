@@ -11,17 +11,14 @@ import numpy as np
 ARCH, WIDTH, SIZE = "resnet10", 8, 32
 
 
-def random_backbone(seed: int = 0):
-    """A torchvision-init width-8 ResNet-10 at 32 px."""
+def random_backbone(seed: int = 0, directory: pathlib.Path | None = None):
+    """A torchvision-init width-8 ResNet-10 at 32 px; with a `directory`, exported there and loaded from it."""
     from fetalssl_jax.apply import load_backbone
     from fetalssl_jax.downstream.backbones import resolve_backbone
     from fetalssl_jax.train.checkpoint import export_backbone
 
-    if seed == 0:
+    if directory is None:
         return load_backbone("random", arch=ARCH, width=WIDTH, image_size=SIZE)
-    import tempfile
-
-    directory = pathlib.Path(tempfile.mkdtemp()) / "backbone"
     variables = resolve_backbone("random", ARCH, WIDTH, seed).variables
     export_backbone(directory, variables, {"identity": {"arch": ARCH, "width": WIDTH}, "image_size": SIZE})
     return load_backbone(directory)

@@ -91,6 +91,6 @@ def test_a_budget_larger_than_the_frames_is_an_error(scans, tmp_path):
         run_select(config, tmp_path)
     config = _select_config(backbone=backbone, input=str(root / "P0000"), budget=7, frame_skip=2, min_gap=10)
     with pytest.raises(ValueError, match=r"budget 7 is more than the 2 frames that can be chosen .*min_gap=10"):
-        run_select(config, tmp_path)  # frames 0 and 10 of each video: the rest are within 10 frames of them
+        run_select(config, tmp_path)  # one frame per video: all others are within 10 frame numbers of it
     with pytest.raises(ValueError, match=r"budget = 0: must be a positive integer"):
         select(np.zeros((3, 2)), 0)

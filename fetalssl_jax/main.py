@@ -4,8 +4,9 @@ The config file decides everything (big_vision style), including what runs (`con
 (configs/barlow_twins.py ...), a plane classifier (configs/classify.py), the paper's grid (configs/paper_grid.py), and
 the tools: embed, predict, select (configs/embed.py, predict.py, select.py: your own scans), gradcam, tsne, export.
 `--workdir` is where checkpoints, metrics, TensorBoard logs, exported weights and results land. Running the same
-command again resumes a training run. Launched as several processes (srun, a TPU pod, `--coordinator_address` / `--num_processes` /
-`--process_id`), pretraining runs on every device of every process (fetalssl_jax/runtime/distributed.py).
+command again resumes a training run. Launched as several processes (srun, a TPU pod, `--coordinator_address` /
+`--num_processes` / `--process_id`), pretraining runs on every device of every process
+(fetalssl_jax/runtime/distributed.py).
 """
 
 from __future__ import annotations

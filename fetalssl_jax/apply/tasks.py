@@ -20,7 +20,7 @@ from fetalssl_jax.apply.embedding import embed_input, map_blocks
 from fetalssl_jax.apply.files import save_png, write_csv
 from fetalssl_jax.apply.inputs import NO_LABEL, Input, open_input
 from fetalssl_jax.apply.labelling import export_for_labelling
-from fetalssl_jax.apply.loading import Backbone, check_class_names, load_backbone, load_classifier
+from fetalssl_jax.apply.loading import Backbone, PlaneClassifier, check_class_names, load_backbone, load_classifier
 from fetalssl_jax.downstream.report import write_json
 from fetalssl_jax.runtime.sharding import enable_compilation_cache
 
@@ -81,7 +81,13 @@ def run_predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) 
     frame probabilities, best frames (PNG), a timeline plot and summary.json (in `workdir/<source_id>/` when the
     input holds several videos)."""
     workdir, data = _start(config, workdir)
-    classifier = load_classifier(config.classifier)
+    return predict_input(load_classifier(config.classifier), data, workdir, config)
+
+
+def predict_input(
+    classifier: PlaneClassifier, data: Input, workdir: pathlib.Path, config: ml_collections.ConfigDict
+) -> str:
+    """The reports of `run_predict` for a loaded classifier; `config` holds the predict config's keys."""
     if data.class_names:
         check_class_names(classifier, data.class_names, data.description)
     probabilities = planes.probabilities_fn(classifier, config.batch_size)

@@ -15,7 +15,6 @@ import pathlib
 from typing import Any
 
 import flax.linen as nn
-import numpy as np
 
 from fetalssl_jax.downstream import classification
 from fetalssl_jax.downstream.backbones import resolve_backbone
@@ -166,7 +165,6 @@ def load_classifier(path: str | pathlib.Path) -> PlaneClassifier:
             holds, hint = ("a file" if path.is_file() else describe_directory(path)), ""
         raise ValueError(f"{path} holds {holds}; a classifier is {CLASSIFIER_FORMS}{hint}")
     _, variables, description, spec = classification.load_classifier(path)
-    variables = {k: dict(v) for k, v in variables.items()}
     return PlaneClassifier(spec, variables, tuple(description["classes"]), str(path))
 
 
@@ -178,10 +176,3 @@ def check_class_names(classifier: PlaneClassifier, names: tuple[str, ...] | list
             f"{list(names)}; its predictions would be read with the wrong names: use a classifier trained on "
             "these classes"
         )
-
-
-def as_numpy(tree: Any) -> Any:
-    """Variables as numpy arrays (restored orbax trees may hold jax arrays)."""
-    import jax
-
-    return jax.tree.map(np.asarray, tree)

@@ -16,22 +16,12 @@ into --workdir.
 
 from fetalssl_jax import config_lib
 
-
-def tiny(c) -> None:
-    """Tests: small batches, no progress bar."""
-    c.batch_size = 16
-    c.progress_bar = False
-
-
-PRESETS = {"default": lambda c: None, "tiny": tiny}
+PRESETS = {"default": lambda c: None, "tiny": config_lib.tiny_tool_preset}
 
 
 def get_config(arg: str | None = None):
     """Embed config; `arg` names a preset (default, tiny) optionally followed by ,key=value."""
-    c = config_lib.ConfigDict()
-    c.task = "embed"
-    c.method = "embed"  # names the default workdir
+    c = config_lib.tool_config("embed")
     config_lib.backbone_keys(c)
     config_lib.input_keys(c)
-    c.compilation_cache_dir = config_lib.base_config().compilation_cache_dir
     return config_lib.apply_preset(c, arg, PRESETS)

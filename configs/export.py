@@ -18,9 +18,7 @@ PRESETS = {"default": lambda c: None}
 
 def get_config(arg: str | None = None):
     """Export config; `arg` names a preset (default) optionally followed by ,key=value."""
-    c = config_lib.ConfigDict()
-    c.task = "export"
-    c.method = "export"  # names the default workdir
+    c = config_lib.tool_config("export")
     c.backbone = ""
     c.format = "safetensors"  # or "npz"
     return config_lib.apply_preset(c, arg, PRESETS)

@@ -21,9 +21,7 @@ PRESETS = {"default": lambda c: None, "tiny": tiny}
 
 def get_config(arg: str | None = None):
     """Grad-CAM config; `arg` names a preset (default, tiny) optionally followed by ,key=value."""
-    c = config_lib.ConfigDict()
-    c.task = "gradcam"
-    c.method = "gradcam"  # names the default workdir
+    c = config_lib.tool_config("gradcam")
     c.classifier = ""  # a classification run's workdir (its test split is read from its config.json)
     c.num_images = 16
     c.stage = 4

@@ -18,26 +18,16 @@ classifier's is an error.
 
 from fetalssl_jax import config_lib
 
-
-def tiny(c) -> None:
-    """Tests: small batches, no progress bar."""
-    c.batch_size = 16
-    c.progress_bar = False
-
-
-PRESETS = {"default": lambda c: None, "tiny": tiny}
+PRESETS = {"default": lambda c: None, "tiny": config_lib.tiny_tool_preset}
 
 
 def get_config(arg: str | None = None):
     """Predict config; `arg` names a preset (default, tiny) optionally followed by ,key=value."""
-    c = config_lib.ConfigDict()
-    c.task = "predict"
-    c.method = "predict"  # names the default workdir
+    c = config_lib.tool_config("predict")
     c.classifier = ""  # a classification run's workdir (or its classifier/ directory)
     config_lib.input_keys(c)
     c.smooth_window = 1  # kept frames averaged around each frame (centred); 1: no smoothing
     c.threshold = 0.5  # a plane is found where its (smoothed) probability reaches this
     c.top_k = 1  # best frames per plane
     c.min_separation = 5  # kept frames between two best frames of one plane
-    c.compilation_cache_dir = config_lib.base_config().compilation_cache_dir
     return config_lib.apply_preset(c, arg, PRESETS)

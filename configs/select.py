@@ -19,9 +19,8 @@ from fetalssl_jax import config_lib
 
 def tiny(c) -> None:
     """Tests: small batches, a small budget, no progress bar."""
-    c.batch_size = 16
+    config_lib.tiny_tool_preset(c)
     c.budget = 6
-    c.progress_bar = False
 
 
 PRESETS = {"default": lambda c: None, "tiny": tiny}
@@ -29,9 +28,7 @@ PRESETS = {"default": lambda c: None, "tiny": tiny}
 
 def get_config(arg: str | None = None):
     """Select config; `arg` names a preset (default, tiny) optionally followed by ,key=value."""
-    c = config_lib.ConfigDict()
-    c.task = "select"
-    c.method = "select"  # names the default workdir
+    c = config_lib.tool_config("select")
     config_lib.backbone_keys(c)
     config_lib.input_keys(c)
     c.budget = 25  # frames to label, in total
@@ -39,5 +36,4 @@ def get_config(arg: str | None = None):
     # to a chosen one are not chosen: neighbouring frames are near-duplicates
     c.min_gap = 10
     c.seed = 0  # draws the first frame
-    c.compilation_cache_dir = config_lib.base_config().compilation_cache_dir
     return config_lib.apply_preset(c, arg, PRESETS)

@@ -27,6 +27,7 @@ from typing import Any
 import ml_collections
 
 ConfigDict = ml_collections.ConfigDict
+COMPILATION_CACHE_DIR = "~/.cache/fetalssl_jax/xla"  # JAX's persistent compilation cache of every run
 
 
 def base_config() -> ConfigDict:
@@ -91,7 +92,7 @@ def base_config() -> ConfigDict:
     # (and EMA) schedule, so a longer run is not the continuation of the shorter one it resumes.
     c.allow_extend = False
     # XLA's persistent compilation cache: a second run of the same config starts without recompiling. "" disables.
-    c.compilation_cache_dir = "~/.cache/fetalssl_jax/xla"
+    c.compilation_cache_dir = COMPILATION_CACHE_DIR
 
     c.eval = ConfigDict()
     c.eval.every_steps = -1  # <= 0: only at the end
@@ -638,8 +639,22 @@ INPUT_TYPES = ("auto", "videos", "images")  # how `input` is read (apply/inputs.
 EXPORT_FORMATS = ("safetensors", "npz")
 
 
+def tool_config(task: str) -> ConfigDict:
+    """The start of a tool's config: its task, and `method`, which names its default workdir (workdirs/<task>)."""
+    c = ConfigDict()
+    c.task = task
+    c.method = task
+    return c
+
+
+def tiny_tool_preset(c: ConfigDict) -> None:
+    """Tests: small batches, no progress bar."""
+    c.batch_size = 16
+    c.progress_bar = False
+
+
 def input_keys(c: ConfigDict) -> None:
-    """The keys of the tasks that read scans (embed, predict, select): what to read and how."""
+    """The keys of the tasks that read scans (embed, predict, select): what to read, how, and the compiler cache."""
     c.input = ""  # a video or image file, a folder (recursively), or tfds:<name> (a built dataset)
     c.input_type = "auto"  # "auto": a folder with videos is read as videos, else as images; or "videos" / "images"
     c.data_dir = ""  # of a tfds: input ("": TFDS's default)
@@ -647,6 +662,7 @@ def input_keys(c: ConfigDict) -> None:
     c.frame_skip = 5  # videos: every 5th frame, as the TFDS builder and the paper
     c.batch_size = 64  # frames per compiled batch (the last one padded)
     c.progress_bar = True
+    c.compilation_cache_dir = COMPILATION_CACHE_DIR  # "" disables
 
 
 def backbone_keys(c: ConfigDict) -> None:

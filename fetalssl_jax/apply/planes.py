@@ -15,6 +15,7 @@ from scipy.ndimage import uniform_filter1d
 from fetalssl_jax.apply.embedding import as_frames
 from fetalssl_jax.apply.loading import PlaneClassifier
 from fetalssl_jax.downstream.classification import predict_probabilities
+from fetalssl_jax.downstream.report import save_figure
 
 
 def predict(
@@ -110,7 +111,4 @@ def plot_timeline(
     ax.legend(fontsize=8, ncol=len(class_names), loc="upper center", bbox_to_anchor=(0.5, -0.2))
     ax.set_title(title or "plane probabilities (circles: best frames)")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)

@@ -15,6 +15,8 @@ import numpy as np
 from sklearn.manifold import TSNE
 from sklearn.preprocessing import StandardScaler
 
+from fetalssl_jax.downstream.report import save_figure
+
 
 def tsne_embedding(features: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
     """2-D t-SNE (scikit-learn, PCA init) of standardised features [N, F]; perplexity capped below N."""
@@ -45,10 +47,7 @@ def plot_embedding(
     ax.legend(fontsize=8, markerscale=2)
     ax.set_title(title or "t-SNE of frozen features")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def embed_backbone(config, out_dir: str | pathlib.Path, split: str = "test") -> pathlib.Path:

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fetalssl_jax.downstream.report import save_figure
 from fetalssl_jax.models.classifier import Classifier
 
 
@@ -113,10 +114,7 @@ def overlay_grid(
                      color="black" if ok else "red")  # fmt: skip
     fig.suptitle("Grad-CAM: true / predicted plane")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def gradcam_for_run(workdir: str | pathlib.Path, num_images: int = 16, stage: int = 4, out: str | None = None,

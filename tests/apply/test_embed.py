@@ -6,6 +6,7 @@ import csv
 import numpy as np
 import pytest
 from apply_fixtures import SIZE, random_backbone
+from conftest import REPO
 from us_fixtures import moving_frames, write_png, write_video
 
 from fetalssl_jax.apply import Embeddings, embed, embed_input, open_input
@@ -117,3 +118,40 @@ def test_bad_inputs_are_named(backbone, tmp_path):
     data = open_input(str(scans))
     with pytest.raises(readers.DataError, match=r"^broken\.mp4: unreadable or truncated video"):
         embed_input(backbone, data, progress=False)
+
+
+def test_a_built_video_dataset_gives_each_record_its_video_id_and_frame(backbone, data_dir):
+    from fetalssl_jax.data.tfds_source import _data_source, load_builder
+
+    data = open_input("tfds:fetal_us_video/tiny_pairs", data_dir=str(data_dir), split="train")
+    embeddings = embed_input(backbone, data, batch_size=16, progress=False)
+    source = _data_source(load_builder("fetal_us_video/tiny_pairs", str(data_dir)), "train", "tiny_pairs")
+    records = source.__getitems__(list(range(len(source))))
+    assert list(embeddings.source_ids) == [r["video_id"].decode() for r in records]
+    np.testing.assert_array_equal(embeddings.frame_index, [r["frame_index1"] for r in records])
+    frames = np.stack([r["frame1"] for r in records])
+    np.testing.assert_array_equal(embeddings.features, _evaluator(backbone, frames, 16))
+    assert embeddings.class_names == () and np.all(embeddings.labels == -1)
+
+
+def test_the_embed_command_and_a_file_of_several_videos(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from fetalssl_jax import main as cli
+
+    monkeypatch.setenv("FETALSSL_ID_SALT", "pepper")
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "two.npz", a=rng.integers(0, 256, (4, 32, 32), dtype=np.uint8),
+             b=rng.integers(0, 256, (6, 32, 32), dtype=np.uint8))  # fmt: skip
+    out = tmp_path / "out"
+    argv = ["fetalssl-train", "--config", f"{REPO / 'configs' / 'embed.py'}:tiny", "--config.backbone=random",
+            "--config.model.arch=resnet10", "--config.model.width=8", "--config.image_size=32",
+            f"--config.input={tmp_path / 'two.npz'}", "--config.frame_skip=2", "--workdir", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads the --config.* overrides from sys.argv
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.strip() == f"5 frames x 64 features of random: {out / 'embeddings.npz'}"
+    embeddings = Embeddings.load(out)
+    ids = [readers.salted_hash(f"two.npz::{key}", "pepper") for key in "aab" + "bb"]
+    assert list(embeddings.source_ids) == ids and list(embeddings.frame_index) == [0, 2, 0, 2, 4]
+    with open(out / "sources.csv") as f:
+        assert list(csv.reader(f)) == [["source_id", "path"], [ids[0], "two.npz::a"], [ids[2], "two.npz::b"]]

@@ -6,6 +6,7 @@ import csv
 import numpy as np
 import pytest
 from apply_fixtures import random_backbone
+from conftest import REPO
 from PIL import Image
 from us_fixtures import moving_frames, write_png, write_video
 
@@ -17,7 +18,7 @@ from fetalssl_jax.data.synthetic import PLANES, generate_videos
 
 
 def _select_config(**overrides):
-    config = load_config("configs/select.py:tiny")
+    config = load_config(f"{REPO / 'configs' / 'select.py'}:tiny")
     for key, value in overrides.items():
         set_by_path(config, key, value)
     return config

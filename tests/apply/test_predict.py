@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 from apply_fixtures import SIZE, random_backbone, save_classifier_run
+from conftest import REPO
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
@@ -53,7 +54,7 @@ def sweep(tmp_path_factory):
 
 
 def _predict_config(**overrides):
-    config = load_config("configs/predict.py:tiny")
+    config = load_config(f"{REPO / 'configs' / 'predict.py'}:tiny")
     for key, value in overrides.items():
         set_by_path(config, key, value)
     return config

@@ -7,8 +7,8 @@ read: the local key to the ids in the other files, which never name a file; keep
 
 from __future__ import annotations
 
-import logging
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
@@ -24,31 +24,30 @@ from fetalssl_jax.apply.loading import Backbone, PlaneClassifier, check_class_na
 from fetalssl_jax.downstream.report import write_json
 from fetalssl_jax.runtime.sharding import enable_compilation_cache
 
-log = logging.getLogger("fetalssl_jax")
 
-
-def _start(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> tuple[pathlib.Path, Input]:
-    """Validates the config, opens its input and writes config.json; the workdir."""
+def _start(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, load: Callable[[], Any]):
+    """Validates the config, opens its input and loads its model (`load()`), all before anything is written; then
+    writes config.json and sources.csv. (workdir, input, model)."""
     config_lib.validate_tool(config)
     data = open_input(config.input, config.input_type, config.data_dir, config.split)
+    model = load()
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config_lib.config_json(config))
     if data.sources():
         write_csv(workdir / "sources.csv", ("source_id", "path"), data.sources())
     enable_compilation_cache(config.compilation_cache_dir)
-    return workdir, data
+    return workdir, data, model
 
 
-def _backbone(config: ml_collections.ConfigDict) -> Backbone:
-    return load_backbone(config.backbone, arch=config.model.arch or None, width=config.model.width or None,
-                         image_size=config.image_size or None)  # fmt: skip
+def _backbone(config: ml_collections.ConfigDict) -> Callable[[], Backbone]:
+    return lambda: load_backbone(config.backbone, arch=config.model.arch or None, width=config.model.width or None,
+                                 image_size=config.image_size or None)  # fmt: skip
 
 
 def run_embed(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> str:
     """Frozen features of every frame of `config.input` -> embeddings.npz / embeddings.csv in `workdir`."""
-    workdir, data = _start(config, workdir)
-    backbone = _backbone(config)
+    workdir, data, backbone = _start(config, workdir, _backbone(config))
     embeddings = embed_input(backbone, data, config.frame_skip, config.batch_size, config.progress_bar)
     path = embeddings.save(workdir)
     return f"{len(embeddings)} frames x {embeddings.features.shape[1]} features of {backbone.source}: {path}"
@@ -60,8 +59,7 @@ def run_select(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
     labels.csv, the embeddings and `selection.csv` (rows in the order of choice) to `workdir`."""
     from fetalssl_jax.apply import select
 
-    workdir, data = _start(config, workdir)
-    backbone = _backbone(config)
+    workdir, data, backbone = _start(config, workdir, _backbone(config))
     embeddings = embed_input(backbone, data, config.frame_skip, config.batch_size, config.progress_bar)
     embeddings.save(workdir)
     chosen = select(embeddings, config.budget, min_gap=config.min_gap, seed=config.seed)
@@ -80,8 +78,8 @@ def run_predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) 
     """`config.classifier` on `config.input`: predictions.csv for images and datasets; for videos, per video the
     frame probabilities, best frames (PNG), a timeline plot and summary.json (in `workdir/<source_id>/` when the
     input holds several videos)."""
-    workdir, data = _start(config, workdir)
-    return predict_input(load_classifier(config.classifier), data, workdir, config)
+    workdir, data, classifier = _start(config, workdir, lambda: load_classifier(config.classifier))
+    return predict_input(classifier, data, workdir, config)
 
 
 def predict_input(

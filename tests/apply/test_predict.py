@@ -120,3 +120,11 @@ def test_images_give_predictions_and_other_class_names_are_refused(sweep, data_d
     )
     with pytest.raises(ValueError, match=refused):
         run_predict(config, tmp_path / "refused")
+
+
+def test_a_model_of_the_wrong_kind_stops_predict_before_anything_is_written(sweep, tmp_path):
+    root, *_ = sweep
+    config = _predict_config(classifier=str(root / "scans"), input=str(root / "scans" / "sweep.npy"))
+    with pytest.raises(ValueError, match=r"scans holds no model files \(entries: \['sweep.npy'\]\); a classifier is"):
+        run_predict(config, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -134,22 +134,22 @@ def test_a_built_video_dataset_gives_each_record_its_video_id_and_frame(backbone
     assert embeddings.class_names == () and np.all(embeddings.labels == -1)
 
 
-def test_the_embed_command_and_a_file_of_several_videos(tmp_path, monkeypatch, capsys):
-    import sys
+def test_the_embed_command_and_a_file_of_several_videos(python, tmp_path):
+    import os
+    import subprocess
 
-    from fetalssl_jax import main as cli
-
-    monkeypatch.setenv("FETALSSL_ID_SALT", "pepper")
     rng = np.random.default_rng(3)
     np.savez(tmp_path / "two.npz", a=rng.integers(0, 256, (4, 32, 32), dtype=np.uint8),
              b=rng.integers(0, 256, (6, 32, 32), dtype=np.uint8))  # fmt: skip
     out = tmp_path / "out"
-    argv = ["fetalssl-train", "--config", f"{REPO / 'configs' / 'embed.py'}:tiny", "--config.backbone=random",
-            "--config.model.arch=resnet10", "--config.model.width=8", "--config.image_size=32",
-            f"--config.input={tmp_path / 'two.npz'}", "--config.frame_skip=2", "--workdir", str(out)]  # fmt: skip
-    monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads the --config.* overrides from sys.argv
-    assert cli.main(argv) == 0
-    assert capsys.readouterr().out.strip() == f"5 frames x 64 features of random: {out / 'embeddings.npz'}"
+    cmd = [python, "-m", "fetalssl_jax.main", "--config", f"{REPO / 'configs' / 'embed.py'}:tiny",
+           "--config.backbone=random", "--config.model.arch=resnet10", "--config.model.width=8",
+           "--config.image_size=32", f"--config.input={tmp_path / 'two.npz'}", "--config.frame_skip=2",
+           "--workdir", str(out)]  # fmt: skip
+    env = {**os.environ, "FETALSSL_ID_SALT": "pepper"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"5 frames x 64 features of random: {out / 'embeddings.npz'}"
     embeddings = Embeddings.load(out)
     ids = [readers.salted_hash(f"two.npz::{key}", "pepper") for key in "aab" + "bb"]
     assert list(embeddings.source_ids) == ids and list(embeddings.frame_index) == [0, 2, 0, 2, 4]

@@ -4,7 +4,6 @@ the experiment grid and the PyTorch export (the last three as tasks of the comma
 import csv
 import json
 import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -195,17 +194,16 @@ def test_tsne_task_writes_the_points_of_the_split(repo, tmp_path):
 
 
 # ---- export for PyTorch ------------------------------------------------------------------------------------------
-def test_export_of_a_fine_tuned_backbone_round_trips(repo, finetune_run, tmp_path, monkeypatch, capsys):
-    from fetalssl_jax import main as cli
+def test_export_of_a_fine_tuned_backbone_round_trips(python, repo, finetune_run, tmp_path):
     from fetalssl_jax.models import torch_io
 
     workdir, _ = finetune_run
     out = tmp_path / "backbone.safetensors"
-    argv = ["fetalssl-train", "--config", str(repo / "configs" / "export.py"), f"--config.backbone={workdir}",
-            "--workdir", str(tmp_path)]  # fmt: skip
-    monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads the --config.* overrides from sys.argv
-    assert cli.main(argv) == 0
-    assert capsys.readouterr().out.strip() == f"wrote {out}"
+    cmd = [python, "-m", "fetalssl_jax.main", "--config", str(repo / "configs" / "export.py"),
+           f"--config.backbone={workdir}", "--workdir", str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"wrote {out}"
     sd = torch_io.load_state_dict_file(out)
     assert torch_io.infer_resnet(sd) == ("resnet10", 8)
     _, variables, _, _ = load_classifier(workdir)

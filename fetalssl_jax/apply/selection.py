@@ -5,9 +5,9 @@ taken so far, so the chosen set covers the embeddings; its covering radius (the 
 nearest chosen frame) is at most twice the smallest radius any N frames can reach.
 
 - **Distance**: L2 between L2-normalised features (a monotone function of the cosine). A frame's feature norm
-  follows its overall brightness and gain more than its anatomy, and the nearest-neighbour and contrastive
-  evaluations of SSL features compare directions; unnormalised, the darkest and brightest frames are the
-  farthest points and k-center would spend the budget on them. `normalize=False` keeps raw L2.
+  tells the scan more than the plane (docs/design.md has the measurement), and SSL features are compared by
+  direction (kNN, contrastive losses); unnormalised, frames of extreme norm are the farthest points and k-center
+  would spend the budget on them. `normalize=False` keeps raw L2.
 - **First centre**: drawn uniformly from the eligible rows with `seed` (the paper's start without a labelled set);
   the factor-2 bound holds for any first centre, and a seeded start makes the seed mean something, so repeated
   selections measure the method's spread and not one lucky pick. Frames already labelled (`labelled`) are the

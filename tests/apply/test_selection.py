@@ -127,6 +127,18 @@ def test_selection_runs_out_when_min_gap_excludes_the_rest():
         k_center_greedy(x, 2, positions=np.arange(5), min_gap=1, labelled=[0])
 
 
+def test_random_selection_runs_out_or_keeps_the_gap():
+    # Frames 0, 1, 2 of one video with min_gap=1: {0, 2} is the only pair; a draw that starts with frame 1 is stuck.
+    outcomes = set()
+    for seed in range(20):
+        try:
+            outcomes.add(tuple(sorted(random_selection(3, 2, seed, positions=np.arange(3), min_gap=1))))
+        except ValueError as error:
+            assert "no eligible frame left after 1 of budget 2" in str(error)
+            outcomes.add("ran out")
+    assert outcomes == {(0, 2), "ran out"}
+
+
 def test_spread_over_groups_hand_worked():
     # Row 0 (group A, 0 deg) is labelled. Row 1 (A, 180 deg) is the farthest (2.0), row 2 (B, 170 deg) nearly as
     # far (1.992): within the 10 % tolerance B, with no pick yet, wins; then row 3 (B, 60 deg, distance 1.0 from

@@ -23,8 +23,9 @@ nearest chosen frame) is at most twice the smallest radius any N frames can reac
   different its planes are.
 
 Everything is deterministic for a seed (ties fall to the lowest row). Distances to one new centre are one
-matrix-vector product per step and the covering radius is computed in row chunks, so 100k x 512 features need
-no N x N matrix. numpy only: scikit-learn has no k-center/core-set selection.
+matrix-vector product per step; the covering radius and the distances to labelled rows are computed in blocks of
+at most BLOCK distances, so 100k x 512 features need no N x N matrix. numpy only: scikit-learn has no
+k-center/core-set selection.
 """
 
 from __future__ import annotations

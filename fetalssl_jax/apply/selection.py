@@ -74,6 +74,11 @@ def _nearest(x: np.ndarray, sq_norms: np.ndarray, centres: np.ndarray) -> np.nda
     return out
 
 
+def _check_tolerance(group_tolerance: float) -> None:
+    if not 0 <= group_tolerance < 1:
+        raise ValueError(f"group_tolerance must be in [0, 1), got {group_tolerance}")
+
+
 class _Eligibility:
     """Which rows may still be chosen: not chosen yet, and not within `min_gap` frames of a chosen frame of the
     same group. Also counts the picks of each group."""
@@ -104,6 +109,24 @@ class _Eligibility:
             members = self.members[g]
             near = np.abs(self.positions[members] - self.positions[row]) <= self.min_gap
             self.eligible[members[near]] = False
+
+    def take_labelled(self, labelled: np.ndarray | None) -> np.ndarray:
+        """Takes the rows labelled already (validated, sorted, unique) and returns them."""
+        num = len(self.eligible)
+        rows = np.unique(np.asarray([] if labelled is None else labelled, dtype=np.int64))
+        if len(rows) and (rows.min() < 0 or rows.max() >= num):
+            raise ValueError(f"labelled rows must be in [0, {num}), got {rows.min()}..{rows.max()}")
+        for row in rows:
+            self.take(row)
+        return rows
+
+    def spread_pick(self, candidates: np.ndarray, score: np.ndarray, tolerance: float) -> int:
+        """Among `candidates` scoring at least (1 - tolerance) x the best `score` (higher is better), the one whose
+        group has the fewest picks, then the best scoring, then the lowest row."""
+        close = score >= (1.0 - tolerance) * score.max()
+        rows, score = candidates[close], score[close]
+        # lexsort: last key first.
+        return int(rows[np.lexsort((rows, -score, self.picks[self.group[rows]]))[0]])
 
     def most_choosable(self) -> int:
         """The largest number of eligible rows that can all be chosen (per group, the greedy sweep over sorted
@@ -172,14 +195,9 @@ def k_center_greedy(
     """
     x = _points(embeddings, normalize)
     num = len(x)
-    if not 0 <= group_tolerance < 1:
-        raise ValueError(f"group_tolerance must be in [0, 1), got {group_tolerance}")
+    _check_tolerance(group_tolerance)
     rules = _Eligibility(num, groups, positions, min_gap)
-    start = np.unique(np.asarray([] if labelled is None else labelled, dtype=np.int64))
-    if len(start) and (start.min() < 0 or start.max() >= num):
-        raise ValueError(f"labelled rows must be in [0, {num}), got {start.min()}..{start.max()}")
-    for row in start:
-        rules.take(row)
+    start = rules.take_labelled(labelled)
     budget = rules.check_budget(budget, num, len(start))
 
     sq_norms = np.einsum("ij,ij->i", x, x)
@@ -192,11 +210,7 @@ def k_center_greedy(
         if not chosen and not len(start):
             row = int(np.random.default_rng(seed).choice(candidates))
         else:
-            far = nearest[candidates]
-            close_enough = candidates[far >= (1.0 - group_tolerance) * far.max()]
-            # lexsort: last key first; fewest picks of the group, then farthest, then lowest row.
-            order = np.lexsort((close_enough, -nearest[close_enough], rules.picks[rules.group[close_enough]]))
-            row = int(close_enough[order[0]])
+            row = rules.spread_pick(candidates, nearest[candidates], group_tolerance)
         chosen.append(row)
         rules.take(row)
         nearest = np.minimum(nearest, _distances(x, sq_norms, x[row][None])[:, 0])

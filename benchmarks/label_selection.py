@@ -1,4 +1,5 @@
-"""Does choosing which frames to label pay? k-center greedy vs random choice, same classifier, same test patients.
+"""Does choosing which frames to label pay? Typical frames of k-means clusters and k-center greedy vs random choice,
+same classifier, same test patients.
 
   python benchmarks/label_selection.py --inits /work/exp/line1,random [--pools labelled,videos] [--budgets 10,25,50]
       [--seeds 20] [--min_gap 4] [--config configs/barlow_twins.py:default] [--set KEY=VALUE] [--out DIR]
@@ -10,17 +11,18 @@ Two pools of frames to choose from, their labels hidden from the selection and s
   The frames have no positions, so `min_gap` does not apply.
 - `videos`: every frame of the unlabelled pretraining videos the config generates (`data.*`, embedded source only:
   48 sweeps of 24 patients x 64 frames by default), labelled with each frame's dominant plane, as an annotator
-  would. Neighbouring frames are near-duplicates; groups: videos, positions: frame index, `--min_gap` for both arms.
+  would. Neighbouring frames are near-duplicates; groups: videos, positions: frame index, `--min_gap` for all arms.
 
 The test split's patients are in neither pool. For each init (a pretraining workdir, an exported backbone, a weights
 file, or `random`): frozen pooled features (eval/frozen.extract_features, the evaluator's features); for each budget
-N (labelled frames in total, not per class) and seed s, N frames chosen by `k_center_greedy(features, N, groups,
-positions, min_gap, seed=s)` and by `random_selection(pool, N, s, groups, positions, min_gap)`; the same
-classifier on both, a logistic regression on the chosen frames' features standardised with the whole pool's
-statistics (as eval/few_label.py's probe); macro-F1 on the test patients. Intervals: 95 % percentile bootstrap over
-the seeds and the test patients (eval/few_label.Resamples), both arms on the same replicates, so the difference is
-paired. Also reported: how many of the classes the chosen frames cover (mean, and the share of seeds that cover
-all) and the covering radius.
+N (labelled frames in total, not per class) and seed s, N frames chosen by each strategy of
+`apply.selection.STRATEGIES` (`typical_clusters`, `k_center_greedy`, `random_rows`: random_selection) with the same
+groups, positions, min_gap and seed s; the same classifier on all, a logistic regression on the chosen frames'
+features standardised with the whole pool's statistics (as eval/few_label.py's probe); macro-F1 on the test
+patients. Intervals: 95 % percentile bootstrap over the seeds and the test patients (eval/few_label.Resamples), all
+arms on the same replicates, so the differences (to random choice; typical - k-center in the .json) are paired.
+Also reported: how many of the classes the chosen frames cover (mean, and the share of seeds that cover all) and
+the covering radius.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import time
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from fetalssl_jax.apply.selection import covering_radius, k_center_greedy, random_selection
+from fetalssl_jax.apply.selection import STRATEGIES, covering_radius
 from fetalssl_jax.config_lib import load_config, parse_value, set_by_path
 from fetalssl_jax.data import sources, synthetic
 from fetalssl_jax.downstream.backbones import resolve_backbone
@@ -50,7 +52,8 @@ from fetalssl_jax.eval.frozen import extract_features
 from fetalssl_jax.models.resnet import create_resnet
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-ARMS = ("k-center", "random")
+ARMS = ("typical", "k-center", "random")  # names in STRATEGIES; the differences are to the last
+COMPARED = [(a, ARMS[-1]) for a in ARMS[:-1]] + [("typical", "k-center")]
 POOLS = ("labelled", "videos")
 
 
@@ -110,7 +113,7 @@ def _confusion(train_z, train_y, chosen, test_z, test_y, test_groups, num_classe
 
 
 def evaluate(pool: Pool, features, test, budgets, seeds, num_classes, replicates, max_iter) -> list[dict]:
-    """One row per budget: both arms' macro-F1 and the paired difference, with coverage of the chosen frames."""
+    """One row per budget: each arm's macro-F1 and the paired differences, with coverage of the chosen frames."""
     train_x, test_x = features
     train_z, test_z = standardise(train_x, test_x)
     test_groups = np.asarray(test.patient_ids).astype(str)
@@ -120,12 +123,7 @@ def evaluate(pool: Pool, features, test, budgets, seeds, num_classes, replicates
         resamples = Resamples.make(seeds, len(np.unique(test_groups)), replicates, seed=budget)
         boot, point, about = {}, {}, {}
         for arm in ARMS:
-            picks = [
-                k_center_greedy(train_x, budget, seed=s, **rules)
-                if arm == "k-center"
-                else random_selection(len(train_x), budget, s, **rules)
-                for s in range(seeds)
-            ]
+            picks = [STRATEGIES[arm](train_x, budget, seed=s, **rules) for s in range(seeds)]
             conf = np.stack(
                 [_confusion(train_z, pool.labels, c, test_z, test.labels, test_groups, num_classes, max_iter)
                  for c in picks]
@@ -140,8 +138,8 @@ def evaluate(pool: Pool, features, test, budgets, seeds, num_classes, replicates
                 "groups_mean": float(np.mean([len(np.unique(pool.groups[c])) for c in picks])),
                 "covering_radius_mean": float(np.mean([covering_radius(train_x, c) for c in picks])),
             }
-        difference = interval(point["k-center"] - point["random"], boot["k-center"] - boot["random"])
-        rows.append({"pool": pool.name, "budget": budget, "seeds": seeds, **about, "difference": vars(difference)})
+        differences = {f"{a} - {b}": vars(interval(point[a] - point[b], boot[a] - boot[b])) for a, b in COMPARED}
+        rows.append({"pool": pool.name, "budget": budget, "seeds": seeds, **about, "differences": differences})
     return rows
 
 
@@ -151,23 +149,26 @@ def _cell(i: dict, signed: bool = False) -> str:
 
 
 def format_table(rows: list[dict], num_classes: int) -> str:
-    """Markdown: macro-F1 of both arms, the paired difference (no difference where its interval contains 0)."""
+    """Markdown: macro-F1 of every arm, the paired differences to random choice (no difference where the interval
+    contains 0), and per arm (in ARMS order) the classes covered and the covering radius."""
+    arms = " / ".join(ARMS)
+    compared = COMPARED[: len(ARMS) - 1]
     columns = [
-        "backbone", "pool", "labelled frames", "k-center macro-F1", "random macro-F1", "k-center - random",
-        f"classes covered (of {num_classes}): k-center / random", "seeds covering all: k-center / random",
-        "covering radius: k-center / random",
+        "backbone", "pool", "labelled frames", *(f"{a} macro-F1" for a in ARMS), *(f"{a} - {b}" for a, b in compared),
+        f"classes covered (of {num_classes}): {arms}", f"seeds covering all: {arms}", f"covering radius: {arms}",
     ]  # fmt: skip
     lines = ["| " + " | ".join(columns) + " |", "|---|---|" + "---:|" * (len(columns) - 2)]
     for r in rows:
-        d = r["difference"]
-        verdict = "" if d["low"] > 0 or d["high"] < 0 else " (no difference)"
-        k, rnd = r["k-center"], r["random"]
-        lines.append(
-            f"| {r['init']} | {r['pool']} | {r['budget']} | {_cell(k['macro_f1'])} | {_cell(rnd['macro_f1'])} | "
-            f"{_cell(d, True)}{verdict} | {k['classes_mean']:.2f} / {rnd['classes_mean']:.2f} | "
-            f"{100 * k['all_classes']:.0f} % / {100 * rnd['all_classes']:.0f} % | "
-            f"{k['covering_radius_mean']:.3f} / {rnd['covering_radius_mean']:.3f} |"
-        )
+        cells = [r["init"], r["pool"], str(r["budget"]), *(_cell(r[a]["macro_f1"]) for a in ARMS)]
+        for a, b in compared:
+            d = r["differences"][f"{a} - {b}"]
+            cells.append(_cell(d, True) + ("" if d["low"] > 0 or d["high"] < 0 else " (no difference)"))
+        cells += [
+            " / ".join(f"{r[a]['classes_mean']:.2f}" for a in ARMS),
+            " / ".join(f"{100 * r[a]['all_classes']:.0f} %" for a in ARMS),
+            " / ".join(f"{r[a]['covering_radius_mean']:.3f}" for a in ARMS),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -215,8 +216,8 @@ def main() -> None:
     header = (
         "Pools: " + "; ".join(f"{p.name}: {p.description}" for p in pools) + f". Test: {len(test.labels)} frames of "
         f"{len(np.unique(test.patient_ids))} other patients. {args.seeds} seeds; macro-F1 of a logistic regression "
-        "on the chosen frames' frozen features [95 % bootstrap interval over seeds and test patients; the difference "
-        "is paired]."
+        "on the chosen frames' frozen features [95 % bootstrap interval over seeds and test patients; the differences "
+        "are paired]."
     )
     table = format_table(rows, num_classes)
     print(f"\n{header}\n\n{table}")

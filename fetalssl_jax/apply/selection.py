@@ -31,11 +31,17 @@ k-center/core-set selection.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 
 import numpy as np
+import sklearn
+from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.neighbors import NearestNeighbors
 
 BLOCK = 1 << 22  # floats per block of a rows x centres distance matrix (32 MB in float64)
 CENTRES_PER_BLOCK = 4096
+KMEANS_ROWS = 20_000  # above this many rows MiniBatchKMeans (100k x 512, 60 clusters: 20 s instead of 80 s)
+KMEANS_INITS = 3  # seeded k-means++ starts, the lowest inertia kept
 
 
 def _points(embeddings: np.ndarray, normalize: bool) -> np.ndarray:
@@ -252,3 +258,114 @@ def random_selection(
             if len(chosen) == budget:
                 return np.asarray(chosen, dtype=np.int64)
     raise rules.ran_out(len(chosen), budget)
+
+
+def _cluster_labels(x: np.ndarray, clusters: int, seed: int) -> np.ndarray:
+    """k-means cluster of every row (scikit-learn; MiniBatchKMeans above KMEANS_ROWS rows), seeded."""
+    if len(x) > KMEANS_ROWS:
+        model = MiniBatchKMeans(clusters, n_init=KMEANS_INITS, batch_size=4096, random_state=seed)
+    else:
+        model = KMeans(clusters, n_init=KMEANS_INITS, random_state=seed)
+    return model.fit_predict(x)
+
+
+def _mean_neighbour_distance(x: np.ndarray, neighbours: int) -> np.ndarray:
+    """Per row, the mean L2 distance to its `neighbours` nearest other rows of `x` (all others if fewer; 0 for a
+    single row). scikit-learn's brute-force search works through the distances in chunks of at most BLOCK floats."""
+    k = min(neighbours, len(x) - 1)
+    if k == 0:
+        return np.zeros(len(x), dtype=x.dtype)
+    with sklearn.config_context(working_memory=BLOCK * 8 / 2**20):
+        distances, _ = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(x).kneighbors()
+    return distances.mean(1)
+
+
+def typical_clusters(
+    embeddings: np.ndarray,
+    budget: int,
+    *,
+    groups: np.ndarray | None = None,
+    positions: np.ndarray | None = None,
+    min_gap: int = 0,
+    seed: int = 0,
+    neighbours: int = 20,
+    group_tolerance: float = 0.1,
+    labelled: np.ndarray | None = None,
+    normalize: bool = True,
+) -> np.ndarray:
+    """`budget` row indices of `embeddings` [rows, features] chosen by typicality in k-means clusters (TypiClust,
+    Hacohen, Dekel & Weinshall 2022), in order of choice.
+
+    k-means (seeded) splits the rows into len(labelled) + budget clusters. Each pick goes to the cluster with the
+    fewest labelled or chosen rows, then the largest (then the one whose lowest row is lowest), among those with an
+    eligible row, and takes its most typical eligible frame: typicality is the inverse of the mean L2 distance to the
+    `neighbours` nearest other rows of the same cluster (all of them counted, eligible or not: it measures the data's
+    density). So the budget goes to the dense middles of the largest uncovered regions, not to outliers as k-center's
+    farthest points do at small budgets (the paper's low-budget regime).
+
+    Args:
+      groups, positions, min_gap, group_tolerance, labelled, normalize: as in `k_center_greedy`; the group spread
+        acts among the frames at least (1 - group_tolerance) x as typical as the cluster's most typical eligible one.
+      seed: seeds k-means (its k-means++ starts).
+      neighbours: K of the typicality (20 in the paper); fewer in a cluster of K rows or less.
+
+    Raises ValueError as `k_center_greedy` does, and for neighbours below 1.
+    """
+    x = _points(embeddings, normalize)
+    num = len(x)
+    neighbours = operator.index(neighbours)
+    if neighbours < 1:
+        raise ValueError(f"neighbours must be at least 1, got {neighbours}")
+    _check_tolerance(group_tolerance)
+    rules = _Eligibility(num, groups, positions, min_gap)
+    start = rules.take_labelled(labelled)
+    budget = rules.check_budget(budget, num, len(start))
+
+    count = min(len(start) + budget, num)
+    cluster = _cluster_labels(x, count, seed)
+    size = np.bincount(cluster, minlength=count)
+    lowest_row = np.full(count, num)
+    np.minimum.at(lowest_row, cluster, np.arange(num))
+    taken = np.bincount(cluster[start], minlength=count)
+    # lexsort: last key first; fewest labelled or chosen rows, then largest, then lowest first row.
+    order = np.lexsort((lowest_row, -size, taken))
+    spread: dict[int, np.ndarray] = {}  # cluster -> mean distance of its rows to their nearest neighbours in it
+    chosen: list[int] = []
+    for _ in range(budget):
+        open_clusters = np.bincount(cluster[rules.eligible], minlength=count) > 0
+        if not open_clusters.any():
+            raise rules.ran_out(len(chosen), budget)
+        c = int(order[open_clusters[order]][0])
+        members = np.flatnonzero(cluster == c)
+        if c not in spread:
+            spread[c] = _mean_neighbour_distance(x[members], neighbours)
+        eligible = rules.eligible[members]
+        with np.errstate(divide="ignore"):  # 0: duplicates, typicality inf
+            typicality = 1.0 / spread[c][eligible]
+        row = rules.spread_pick(members[eligible], typicality, group_tolerance)
+        chosen.append(row)
+        rules.take(row)
+        taken[c] += 1
+        order = np.lexsort((lowest_row, -size, taken))
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def random_rows(
+    embeddings: np.ndarray,
+    budget: int,
+    *,
+    groups: np.ndarray | None = None,
+    positions: np.ndarray | None = None,
+    min_gap: int = 0,
+    seed: int = 0,
+) -> np.ndarray:
+    """`random_selection` of the rows of `embeddings` with the strategies' signature (the features are not used)."""
+    return random_selection(len(_points(embeddings, False)), budget, seed, groups, positions, min_gap)
+
+
+# name -> strategy; each takes (embeddings, budget, *, groups, positions, min_gap, seed) and returns row indices.
+STRATEGIES: dict[str, Callable[..., np.ndarray]] = {
+    "typical": typical_clusters,
+    "k-center": k_center_greedy,
+    "random": random_rows,
+}

@@ -1,5 +1,12 @@
 """Label-budget selection: which N frames of an unlabelled corpus to label.
 
+Two strategies and a baseline, by name in STRATEGIES (one signature: embeddings, budget, groups, positions, min_gap,
+seed), all under the same eligibility rules (min_gap, spread over groups, labelled rows):
+
+- `typical_clusters` (TypiClust): the most typical frame of each of the largest k-means clusters not yet covered.
+- `k_center_greedy` (core set): each next frame the one farthest from all chosen so far.
+- `random_rows` / `random_selection`: uniform, the baseline.
+
 k-center greedy (Sener & Savarese 2018, the core-set approach): repeatedly take the frame farthest from every frame
 taken so far, so the chosen set covers the embeddings; its covering radius (the largest distance of any frame to its
 nearest chosen frame) is at most twice the smallest radius any N frames can reach.
@@ -24,8 +31,18 @@ nearest chosen frame) is at most twice the smallest radius any N frames can reac
 
 Everything is deterministic for a seed (ties fall to the lowest row). Distances to one new centre are one
 matrix-vector product per step; the covering radius and the distances to labelled rows are computed in blocks of
-at most BLOCK distances, so 100k x 512 features need no N x N matrix. numpy only: scikit-learn has no
+at most BLOCK distances, so 100k x 512 features need no N x N matrix. k-center is numpy: scikit-learn has no
 k-center/core-set selection.
+
+Typical frames (Hacohen, Dekel & Weinshall 2022, "Active learning on a budget", TypiClust): at budgets of a few
+frames per class, the farthest frames k-center takes are outliers, and the paper finds the opposite, choosing dense
+typical examples, better in this low-budget regime. k-means (scikit-learn, seeded, KMEANS_INITS starts, MiniBatchKMeans
+above KMEANS_ROWS rows) on the same normalised features splits the rows into labelled + budget clusters; the budget
+goes to the largest clusters without a labelled or chosen frame, one frame each, the cluster's most typical eligible
+frame (the inverse mean distance to its `neighbours` nearest rows of the cluster, scikit-learn's brute-force search,
+chunked). The near-duplicate and group-spread rules are k-center's, with "nearly as typical" for "nearly as far".
+In neighbouring video frames the nearest neighbours are mostly the frame's own neighbours in time, so typicality
+there can favour slow stretches of a sweep; min_gap keeps the picks apart, not the density estimate.
 """
 
 from __future__ import annotations

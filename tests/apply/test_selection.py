@@ -117,9 +117,10 @@ def test_min_gap_respected_within_groups_only():
     groups = np.repeat([10, 20, 30], 40)
     positions = np.tile(np.arange(40), 3)
     for seed in range(4):
-        for chosen in [
-            strategy(x, 20, groups=groups, positions=positions, min_gap=3, seed=seed) for strategy in STRATEGIES.values()
-        ] + [random_selection(120, 20, seed, groups=groups, positions=positions, min_gap=3)]:
+        rules = dict(groups=groups, positions=positions, min_gap=3)
+        for chosen in [strategy(x, 20, seed=seed, **rules) for strategy in STRATEGIES.values()] + [
+            random_selection(120, 20, seed, **rules)
+        ]:
             assert len(set(chosen.tolist())) == 20
             for a, b in itertools.combinations(chosen, 2):
                 assert groups[a] != groups[b] or abs(positions[a] - positions[b]) > 3
@@ -294,7 +295,8 @@ def test_typical_clusters_skips_frames_near_a_chosen_one():
 
 def test_typical_clusters_spreads_near_ties_over_groups():
     # Row 0 (group A, 180 deg) is labelled: its cluster is covered. In the other cluster row 1 (A, 0 deg) is the most
-    # typical and row 2 (B, 2 deg; 33 deg summed to the others, row 1: 31) within 10 % of it: B, with no pick yet, wins; without tolerance row 1 does.
+    # typical (31 deg summed to the others) and row 2 (B, 2 deg: 33) within 10 % of it: B, with no pick yet, wins;
+    # without tolerance row 1 does.
     x = _circle([180, 0, 2, -9, -5, 4, 8, -3])
     groups = np.array(list("AABAAAAA"))
     z = _unit(x)[1:]

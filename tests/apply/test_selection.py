@@ -319,3 +319,4 @@ def test_strategies_share_one_signature():
         chosen = strategy(x, 7, groups=groups, positions=positions, min_gap=1, seed=3)
         assert chosen.dtype == np.int64 and len(set(chosen.tolist())) == 7, name
     np.testing.assert_array_equal(random_rows(x, 7, seed=3), random_selection(60, 7, 3))
+    assert selection.DEFAULT_STRATEGY in STRATEGIES

@@ -1,13 +1,21 @@
 """Label-budget selection: which N frames of an unlabelled corpus to label.
 
+Two strategies and a baseline, by name in STRATEGIES (one signature: embeddings, budget, groups, positions, min_gap,
+seed; DEFAULT_STRATEGY is "typical"), all under the same eligibility rules (min_gap, spread over groups, labelled
+rows):
+
+- `typical_clusters` (TypiClust): the most typical frame of each of the largest k-means clusters not yet covered.
+- `k_center_greedy` (core set): each next frame the one farthest from all chosen so far.
+- `random_rows` / `random_selection`: uniform, the baseline.
+
 k-center greedy (Sener & Savarese 2018, the core-set approach): repeatedly take the frame farthest from every frame
 taken so far, so the chosen set covers the embeddings; its covering radius (the largest distance of any frame to its
 nearest chosen frame) is at most twice the smallest radius any N frames can reach.
 
 - **Distance**: L2 between L2-normalised features (a monotone function of the cosine). A frame's feature norm
-  follows its overall brightness and gain more than its anatomy, and the nearest-neighbour and contrastive
-  evaluations of SSL features compare directions; unnormalised, the darkest and brightest frames are the
-  farthest points and k-center would spend the budget on them. `normalize=False` keeps raw L2.
+  tells the scan more than the plane (docs/design.md has the measurement), and SSL features are compared by
+  direction (kNN, contrastive losses); unnormalised, frames of extreme norm are the farthest points and k-center
+  would spend the budget on them. `normalize=False` keeps raw L2.
 - **First centre**: drawn uniformly from the eligible rows with `seed` (the paper's start without a labelled set);
   the factor-2 bound holds for any first centre, and a seeded start makes the seed mean something, so repeated
   selections measure the method's spread and not one lucky pick. Frames already labelled (`labelled`) are the
@@ -23,18 +31,35 @@ nearest chosen frame) is at most twice the smallest radius any N frames can reac
   different its planes are.
 
 Everything is deterministic for a seed (ties fall to the lowest row). Distances to one new centre are one
-matrix-vector product per step and the covering radius is computed in row chunks, so 100k x 512 features need
-no N x N matrix. numpy only: scikit-learn has no k-center/core-set selection.
+matrix-vector product per step; the covering radius and the distances to labelled rows are computed in blocks of
+at most BLOCK distances, so 100k x 512 features need no N x N matrix. k-center is numpy: scikit-learn has no
+k-center/core-set selection.
+
+Typical frames (Hacohen, Dekel & Weinshall 2022, "Active learning on a budget", TypiClust): at budgets of a few
+frames per class, the farthest frames k-center takes are outliers, and the paper finds the opposite, choosing dense
+typical examples, better in this low-budget regime. k-means (scikit-learn, seeded, KMEANS_INITS starts, MiniBatchKMeans
+above KMEANS_ROWS rows) on the same normalised features splits the rows into labelled + budget clusters; the budget
+goes to the largest clusters without a labelled or chosen frame, one frame each, the cluster's most typical eligible
+frame (the inverse mean distance to its `neighbours` nearest rows of the cluster, scikit-learn's brute-force search,
+chunked). The near-duplicate and group-spread rules are k-center's, with "nearly as typical" for "nearly as far".
+In neighbouring video frames the nearest neighbours are mostly the frame's own neighbours in time, so typicality
+there can favour slow stretches of a sweep; min_gap keeps the picks apart, not the density estimate.
 """
 
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 
 import numpy as np
+import sklearn
+from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.neighbors import NearestNeighbors
 
 BLOCK = 1 << 22  # floats per block of a rows x centres distance matrix (32 MB in float64)
 CENTRES_PER_BLOCK = 4096
+KMEANS_ROWS = 20_000  # above this many rows MiniBatchKMeans (100k x 512, 60 clusters: 20 s instead of 80 s)
+KMEANS_INITS = 3  # seeded k-means++ starts, the lowest inertia kept
 
 
 def _points(embeddings: np.ndarray, normalize: bool) -> np.ndarray:
@@ -73,6 +98,11 @@ def _nearest(x: np.ndarray, sq_norms: np.ndarray, centres: np.ndarray) -> np.nda
     return out
 
 
+def _check_tolerance(group_tolerance: float) -> None:
+    if not 0 <= group_tolerance < 1:
+        raise ValueError(f"group_tolerance must be in [0, 1), got {group_tolerance}")
+
+
 class _Eligibility:
     """Which rows may still be chosen: not chosen yet, and not within `min_gap` frames of a chosen frame of the
     same group. Also counts the picks of each group."""
@@ -103,6 +133,24 @@ class _Eligibility:
             members = self.members[g]
             near = np.abs(self.positions[members] - self.positions[row]) <= self.min_gap
             self.eligible[members[near]] = False
+
+    def take_labelled(self, labelled: np.ndarray | None) -> np.ndarray:
+        """Takes the rows labelled already (validated, sorted, unique) and returns them."""
+        num = len(self.eligible)
+        rows = np.unique(np.asarray([] if labelled is None else labelled, dtype=np.int64))
+        if len(rows) and (rows.min() < 0 or rows.max() >= num):
+            raise ValueError(f"labelled rows must be in [0, {num}), got {rows.min()}..{rows.max()}")
+        for row in rows:
+            self.take(row)
+        return rows
+
+    def spread_pick(self, candidates: np.ndarray, score: np.ndarray, tolerance: float) -> int:
+        """Among `candidates` scoring at least (1 - tolerance) x the best `score` (higher is better), the one whose
+        group has the fewest picks, then the best scoring, then the lowest row."""
+        close = score >= (1.0 - tolerance) * score.max()
+        rows, score = candidates[close], score[close]
+        # lexsort: last key first.
+        return int(rows[np.lexsort((rows, -score, self.picks[self.group[rows]]))[0]])
 
     def most_choosable(self) -> int:
         """The largest number of eligible rows that can all be chosen (per group, the greedy sweep over sorted
@@ -171,14 +219,9 @@ def k_center_greedy(
     """
     x = _points(embeddings, normalize)
     num = len(x)
-    if not 0 <= group_tolerance < 1:
-        raise ValueError(f"group_tolerance must be in [0, 1), got {group_tolerance}")
+    _check_tolerance(group_tolerance)
     rules = _Eligibility(num, groups, positions, min_gap)
-    start = np.unique(np.asarray([] if labelled is None else labelled, dtype=np.int64))
-    if len(start) and (start.min() < 0 or start.max() >= num):
-        raise ValueError(f"labelled rows must be in [0, {num}), got {start.min()}..{start.max()}")
-    for row in start:
-        rules.take(row)
+    start = rules.take_labelled(labelled)
     budget = rules.check_budget(budget, num, len(start))
 
     sq_norms = np.einsum("ij,ij->i", x, x)
@@ -191,11 +234,7 @@ def k_center_greedy(
         if not chosen and not len(start):
             row = int(np.random.default_rng(seed).choice(candidates))
         else:
-            far = nearest[candidates]
-            close_enough = candidates[far >= (1.0 - group_tolerance) * far.max()]
-            # lexsort: last key first; fewest picks of the group, then farthest, then lowest row.
-            order = np.lexsort((close_enough, -nearest[close_enough], rules.picks[rules.group[close_enough]]))
-            row = int(close_enough[order[0]])
+            row = rules.spread_pick(candidates, nearest[candidates], group_tolerance)
         chosen.append(row)
         rules.take(row)
         nearest = np.minimum(nearest, _distances(x, sq_norms, x[row][None])[:, 0])
@@ -237,3 +276,118 @@ def random_selection(
             if len(chosen) == budget:
                 return np.asarray(chosen, dtype=np.int64)
     raise rules.ran_out(len(chosen), budget)
+
+
+def _cluster_labels(x: np.ndarray, clusters: int, seed: int) -> np.ndarray:
+    """k-means cluster of every row (scikit-learn; MiniBatchKMeans above KMEANS_ROWS rows), seeded."""
+    if len(x) > KMEANS_ROWS:
+        model = MiniBatchKMeans(clusters, n_init=KMEANS_INITS, batch_size=4096, random_state=seed)
+    else:
+        model = KMeans(clusters, n_init=KMEANS_INITS, random_state=seed)
+    return model.fit_predict(x)
+
+
+def _mean_neighbour_distance(x: np.ndarray, neighbours: int) -> np.ndarray:
+    """Per row, the mean L2 distance to its `neighbours` nearest other rows of `x` (all others if fewer; 0 for a
+    single row). scikit-learn's brute-force search works through the distances in chunks of at most BLOCK floats."""
+    k = min(neighbours, len(x) - 1)
+    if k == 0:
+        return np.zeros(len(x), dtype=x.dtype)
+    with sklearn.config_context(working_memory=BLOCK * 8 / 2**20):
+        distances, _ = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(x).kneighbors()
+    return distances.mean(1)
+
+
+def typical_clusters(
+    embeddings: np.ndarray,
+    budget: int,
+    *,
+    groups: np.ndarray | None = None,
+    positions: np.ndarray | None = None,
+    min_gap: int = 0,
+    seed: int = 0,
+    neighbours: int = 20,
+    group_tolerance: float = 0.1,
+    labelled: np.ndarray | None = None,
+    normalize: bool = True,
+) -> np.ndarray:
+    """`budget` row indices of `embeddings` [rows, features] chosen by typicality in k-means clusters (TypiClust,
+    Hacohen, Dekel & Weinshall 2022), in order of choice.
+
+    k-means (seeded) splits the rows into len(labelled) + budget clusters. Each pick goes to the cluster with the
+    fewest labelled or chosen rows, then the largest (then the one whose lowest row is lowest), among those with an
+    eligible row, and takes its most typical eligible frame: typicality is the inverse of the mean L2 distance to the
+    `neighbours` nearest other rows of the same cluster (all of them counted, eligible or not: it measures the data's
+    density). So the budget goes to the dense middles of the largest uncovered regions, not to outliers as k-center's
+    farthest points do at small budgets (the paper's low-budget regime).
+
+    Args:
+      groups, positions, min_gap, group_tolerance, labelled, normalize: as in `k_center_greedy`; the group spread
+        acts among the frames at least (1 - group_tolerance) x as typical as the cluster's most typical eligible one.
+      seed: seeds k-means (its k-means++ starts).
+      neighbours: K of the typicality (20 in the paper); fewer in a cluster of K rows or less.
+
+    Raises ValueError as `k_center_greedy` does, and for neighbours below 1.
+    """
+    x = _points(embeddings, normalize)
+    num = len(x)
+    neighbours = operator.index(neighbours)
+    if neighbours < 1:
+        raise ValueError(f"neighbours must be at least 1, got {neighbours}")
+    _check_tolerance(group_tolerance)
+    rules = _Eligibility(num, groups, positions, min_gap)
+    start = rules.take_labelled(labelled)
+    budget = rules.check_budget(budget, num, len(start))
+
+    count = min(len(start) + budget, num)
+    cluster = _cluster_labels(x, count, seed)
+    size = np.bincount(cluster, minlength=count)
+    lowest_row = np.full(count, num)
+    np.minimum.at(lowest_row, cluster, np.arange(num))
+    taken = np.bincount(cluster[start], minlength=count)
+    # lexsort: last key first; fewest labelled or chosen rows, then largest, then lowest first row.
+    order = np.lexsort((lowest_row, -size, taken))
+    spread: dict[int, np.ndarray] = {}  # cluster -> mean distance of its rows to their nearest neighbours in it
+    chosen: list[int] = []
+    for _ in range(budget):
+        open_clusters = np.bincount(cluster[rules.eligible], minlength=count) > 0
+        if not open_clusters.any():
+            raise rules.ran_out(len(chosen), budget)
+        c = int(order[open_clusters[order]][0])
+        members = np.flatnonzero(cluster == c)
+        if c not in spread:
+            spread[c] = _mean_neighbour_distance(x[members], neighbours)
+        eligible = rules.eligible[members]
+        with np.errstate(divide="ignore"):  # 0: duplicates, typicality inf
+            typicality = 1.0 / spread[c][eligible]
+        row = rules.spread_pick(members[eligible], typicality, group_tolerance)
+        chosen.append(row)
+        rules.take(row)
+        taken[c] += 1
+        order = np.lexsort((lowest_row, -size, taken))
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def random_rows(
+    embeddings: np.ndarray,
+    budget: int,
+    *,
+    groups: np.ndarray | None = None,
+    positions: np.ndarray | None = None,
+    min_gap: int = 0,
+    seed: int = 0,
+) -> np.ndarray:
+    """`random_selection` of the rows of `embeddings` with the strategies' signature (the features are not used)."""
+    return random_selection(len(_points(embeddings, False)), budget, seed, groups, positions, min_gap)
+
+
+# The measured winner at 10-50 frames on raw sweeps with a pretrained backbone, never worse than random choice
+# (README "Choosing which frames to label"; benchmarks/label_selection.py).
+DEFAULT_STRATEGY = "typical"
+
+# name -> strategy; each takes (embeddings, budget, *, groups, positions, min_gap, seed) and returns row indices.
+STRATEGIES: dict[str, Callable[..., np.ndarray]] = {
+    "typical": typical_clusters,
+    "k-center": k_center_greedy,
+    "random": random_rows,
+}

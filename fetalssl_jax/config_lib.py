@@ -672,11 +672,16 @@ def backbone_keys(c: ConfigDict) -> None:
     c.image_size = 0  # 0: the size the backbone was trained at (a weights file needs it)
 
 
-def tool_problems(config: ConfigDict, prefix: str = "config") -> list[str]:
-    """Every problem of an embed / predict / select / gradcam / tsne / export config (keys it lacks are skipped)."""
+def tool_problems(
+    config: ConfigDict, prefix: str = "config", choices: Mapping[str, Sequence[str]] | None = None
+) -> list[str]:
+    """Every problem of an embed / predict / select / gradcam / tsne / export config (keys it lacks are skipped).
+    `choices`: {key: allowed values} that only a layer above knows (select's strategies)."""
     from fetalssl_jax.models.resnet import RESNET_ARCHS
 
     c = _Checks(config, prefix)
+    for key, allowed in (choices or {}).items():
+        c.one_of(key, tuple(allowed))
     c.one_of("task", TOOL_TASKS)
     for key in ("backbone", "classifier", "input"):
         value = c.get(key)
@@ -715,9 +720,10 @@ def _raise_if(problems: list[str]) -> None:
         raise ConfigError(problems)
 
 
-def validate_tool(config: ConfigDict) -> None:
-    """Raises ConfigError listing every problem of an embed / predict / select / gradcam / tsne / export config."""
-    _raise_if(tool_problems(config))
+def validate_tool(config: ConfigDict, choices: Mapping[str, Sequence[str]] | None = None) -> None:
+    """Raises ConfigError listing every problem of an embed / predict / select / gradcam / tsne / export config
+    (`choices`: as `tool_problems`)."""
+    _raise_if(tool_problems(config, choices=choices))
 
 
 def validate_pretraining(config: ConfigDict) -> None:

@@ -20,6 +20,7 @@ from fetalssl_jax.apply.embedding import Embeddings, embed, embed_input
 from fetalssl_jax.apply.inputs import FrameBlock, Input, open_input
 from fetalssl_jax.apply.loading import Backbone, PlaneClassifier, load_backbone, load_classifier
 from fetalssl_jax.apply.planes import best_frames, predict, smooth
+from fetalssl_jax.apply.selection import DEFAULT_STRATEGY, STRATEGIES
 
 __all__ = [
     "Backbone",
@@ -36,6 +37,7 @@ __all__ = [
     "predict",
     "select",
     "smooth",
+    "STRATEGIES",
 ]
 
 
@@ -43,18 +45,19 @@ def select(
     embeddings: np.ndarray | Embeddings,
     budget: int,
     *,
+    strategy: str = DEFAULT_STRATEGY,
     groups: np.ndarray | None = None,
     positions: np.ndarray | None = None,
     min_gap: int = 0,
     seed: int = 0,
 ) -> np.ndarray:
-    """Row indices of `budget` frames that cover the embeddings, in the order of choice: k-center greedy
-    (`apply/selection.py`). `groups` (video or patient per row) spreads the choice over videos, `positions` (frame
-    number per row) with `min_gap` skips frames of a group closer than that to a chosen one. An `Embeddings` brings
-    its own groups (source ids) and positions (frame indices). A budget larger than the number of rows is an
-    error."""
-    from fetalssl_jax.apply.selection import k_center_greedy
-
+    """Row indices of `budget` frames to label, in the order of choice, by `strategy` (`apply/selection.py`:
+    'typical', the default: the most typical frames of k-means clusters; 'k-center': a covering of the embeddings;
+    'random'). `groups` (video or patient per row) spreads the choice over videos, `positions` (frame number per row)
+    with `min_gap` skips frames of a group within that many frames of a chosen one. An `Embeddings` brings its own
+    groups (source ids) and positions (frame indices). A budget larger than the number of rows is an error."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy = {strategy!r}: must be one of {', '.join(map(repr, STRATEGIES))}")
     if isinstance(embeddings, Embeddings):
         groups = embeddings.source_ids if groups is None else groups
         positions = embeddings.frame_index if positions is None else positions
@@ -64,5 +67,5 @@ def select(
         raise ValueError(f"budget = {budget!r}: must be a positive integer (frames to label)")
     if budget > n:
         raise ValueError(f"budget = {budget}: the input has only {n} frames; choose a budget <= {n}")
-    return np.asarray(k_center_greedy(np.asarray(embeddings), int(budget), groups=groups, positions=positions,
-                                      min_gap=min_gap, seed=seed))  # fmt: skip
+    return np.asarray(STRATEGIES[strategy](np.asarray(embeddings), int(budget), groups=groups, positions=positions,
+                                           min_gap=min_gap, seed=seed))  # fmt: skip

@@ -21,6 +21,7 @@ from fetalssl_jax.apply.files import save_png, write_csv
 from fetalssl_jax.apply.inputs import NO_LABEL, Input, open_input
 from fetalssl_jax.apply.labelling import export_for_labelling
 from fetalssl_jax.apply.loading import Backbone, PlaneClassifier, check_class_names, load_backbone, load_classifier
+from fetalssl_jax.apply.selection import STRATEGIES
 from fetalssl_jax.downstream.report import write_json
 from fetalssl_jax.runtime.sharding import enable_compilation_cache
 
@@ -28,7 +29,7 @@ from fetalssl_jax.runtime.sharding import enable_compilation_cache
 def _start(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, load: Callable[[], Any]):
     """Validates the config, opens its input and loads its model (`load()`), all before anything is written; then
     writes config.json and sources.csv. (workdir, input, model)."""
-    config_lib.validate_tool(config)
+    config_lib.validate_tool(config, {"strategy": tuple(STRATEGIES)})
     data = open_input(config.input, config.input_type, config.data_dir, config.split)
     model = load()
     workdir = pathlib.Path(workdir)
@@ -54,15 +55,15 @@ def run_embed(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
 
 
 def run_select(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> str:
-    """Embeds `config.input`, chooses `config.budget` frames that cover it (k-center greedy over the embeddings,
-    spread over videos, neighbours of a chosen frame skipped) and writes them to `workdir/to_label/` as PNGs and
+    """Embeds `config.input`, chooses `config.budget` frames by `config.strategy` (`apply/selection.py`: spread
+    over videos, neighbours of a chosen frame skipped) and writes them to `workdir/to_label/` as PNGs and
     labels.csv, the embeddings and `selection.csv` (rows in the order of choice) to `workdir`."""
     from fetalssl_jax.apply import select
 
     workdir, data, backbone = _start(config, workdir, _backbone(config))
     embeddings = embed_input(backbone, data, config.frame_skip, config.batch_size, config.progress_bar)
     embeddings.save(workdir)
-    chosen = select(embeddings, config.budget, min_gap=config.min_gap, seed=config.seed)
+    chosen = select(embeddings, config.budget, strategy=config.strategy, min_gap=config.min_gap, seed=config.seed)
     write_csv(workdir / "selection.csv", ("order", "row", "source_id", "frame_index"),
               [(k, int(r), embeddings.source_ids[r], int(embeddings.frame_index[r])) for k, r in
                enumerate(chosen)])  # fmt: skip

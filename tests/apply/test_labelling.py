@@ -95,3 +95,28 @@ def test_a_budget_larger_than_the_frames_is_an_error(scans, tmp_path):
         run_select(config, tmp_path)  # one frame per video: all others are within 10 frame numbers of it
     with pytest.raises(ValueError, match=r"budget = 0: must be a positive integer"):
         select(np.zeros((3, 2)), 0)
+
+
+def test_the_strategy_is_chosen_by_name_and_checked_with_the_other_keys(scans, tmp_path):
+    from fetalssl_jax.apply.selection import k_center_greedy
+    from fetalssl_jax.config_lib import ConfigError
+
+    root, _, backbone = scans
+    config = _select_config(backbone=backbone, input=str(root), budget=5, frame_skip=2, strategy="k-center")
+    run_select(config, tmp_path / "k")
+    embeddings = Embeddings.load(tmp_path / "k")
+    with open(tmp_path / "k" / "selection.csv") as f:
+        chosen = [int(r["row"]) for r in csv.DictReader(f)]
+    expected = k_center_greedy(embeddings.features, 5, groups=embeddings.source_ids, positions=embeddings.frame_index,
+                               min_gap=config.min_gap, seed=0)  # fmt: skip
+    assert chosen == list(expected)
+    bad = _select_config(backbone=backbone, input=str(root), strategy="best", budget=0)
+    with pytest.raises(ConfigError) as error:
+        run_select(bad, tmp_path / "bad")
+    assert sorted(error.value.problems) == [
+        "config.budget = 0: must be a positive integer",
+        "config.strategy = 'best': must be one of 'typical', 'k-center', 'random'",
+    ]
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(ValueError, match="strategy = 'best': must be one of 'typical', 'k-center', 'random'"):
+        select(embeddings, 3, strategy="best")

@@ -27,6 +27,7 @@ from typing import Any
 import ml_collections
 
 ConfigDict = ml_collections.ConfigDict
+COMPILATION_CACHE_DIR = "~/.cache/fetalssl_jax/xla"  # JAX's persistent compilation cache of every run
 
 
 def base_config() -> ConfigDict:
@@ -91,7 +92,7 @@ def base_config() -> ConfigDict:
     # (and EMA) schedule, so a longer run is not the continuation of the shorter one it resumes.
     c.allow_extend = False
     # XLA's persistent compilation cache: a second run of the same config starts without recompiling. "" disables.
-    c.compilation_cache_dir = "~/.cache/fetalssl_jax/xla"
+    c.compilation_cache_dir = COMPILATION_CACHE_DIR
 
     c.eval = ConfigDict()
     c.eval.every_steps = -1  # <= 0: only at the end
@@ -633,9 +634,96 @@ def grid_problems(config: ConfigDict, prefix: str = "config") -> list[str]:
     return c.problems
 
 
+TOOL_TASKS = ("embed", "predict", "select", "gradcam", "tsne", "export")
+INPUT_TYPES = ("auto", "videos", "images")  # how `input` is read (apply/inputs.py)
+EXPORT_FORMATS = ("safetensors", "npz")
+
+
+def tool_config(task: str) -> ConfigDict:
+    """The start of a tool's config: its task, and `method`, which names its default workdir (workdirs/<task>)."""
+    c = ConfigDict()
+    c.task = task
+    c.method = task
+    return c
+
+
+def tiny_tool_preset(c: ConfigDict) -> None:
+    """Tests: small batches, no progress bar."""
+    c.batch_size = 16
+    c.progress_bar = False
+
+
+def input_keys(c: ConfigDict) -> None:
+    """The keys of the tasks that read scans (embed, predict, select): what to read, how, and the compiler cache."""
+    c.input = ""  # a video or image file, a folder (recursively), or tfds:<name> (a built dataset)
+    c.input_type = "auto"  # "auto": a folder with videos is read as videos, else as images; or "videos" / "images"
+    c.data_dir = ""  # of a tfds: input ("": TFDS's default)
+    c.split = "train"  # of a tfds: input
+    c.frame_skip = 5  # videos: every 5th frame, as the TFDS builder and the paper
+    c.batch_size = 64  # frames per compiled batch (the last one padded)
+    c.progress_bar = True
+    c.compilation_cache_dir = COMPILATION_CACHE_DIR  # "" disables
+
+
+def backbone_keys(c: ConfigDict) -> None:
+    """Where a backbone comes from; its architecture, width and input size are read from the files when empty."""
+    c.backbone = ""  # pretraining workdir, exported backbone, classification run, .safetensors/.npz, or "random"
+    c.model = ConfigDict({"arch": "", "width": 0})  # "" / 0: from the files; given: must match them
+    c.image_size = 0  # 0: the size the backbone was trained at (a weights file needs it)
+
+
+def tool_problems(
+    config: ConfigDict, prefix: str = "config", choices: Mapping[str, Sequence[str]] | None = None
+) -> list[str]:
+    """Every problem of an embed / predict / select / gradcam / tsne / export config (keys it lacks are skipped).
+    `choices`: {key: allowed values} that only a layer above knows (select's strategies)."""
+    from fetalssl_jax.models.resnet import RESNET_ARCHS
+
+    c = _Checks(config, prefix)
+    for key, allowed in (choices or {}).items():
+        c.one_of(key, tuple(allowed))
+    c.one_of("task", TOOL_TASKS)
+    for key in ("backbone", "classifier", "input"):
+        value = c.get(key)
+        if value is not _MISSING and not (isinstance(value, str) and value.strip()):
+            c.fail(key, value, f"must name a {'file or folder' if key == 'input' else 'model'} (it is empty)")
+    c.one_of("input_type", INPUT_TYPES)
+    if c.get("task") == "tsne":  # a backbone as classification takes it (`init`), on the labelled data
+        init = c.get("init")
+        if not (isinstance(init, str) and init.strip()):
+            c.fail("init", init, "must be 'random', a pretraining workdir, a backbone directory or a weights file")
+        c.model()
+        c.labelled_data()
+        c.integer("eval_batch_size")
+    else:
+        if c.get("model.arch") not in (_MISSING, ""):
+            c.one_of("model.arch", RESNET_ARCHS)
+        c.integer("model.width", 0, "0: from the files")
+    size = c.get("image_size")
+    if size is not _MISSING and not (_is_int(size) and (size == 0 or size >= MIN_IMAGE_SIZE)):
+        c.fail("image_size", size, f"must be 0 (from the files) or an integer >= {MIN_IMAGE_SIZE}")
+    for key in ("frame_skip", "batch_size", "budget", "smooth_window", "top_k", "min_separation", "num_images"):
+        c.integer(key)
+    for key in ("min_gap", "seed"):
+        c.integer(key, 0)
+    c.probability("threshold")
+    stage = c.get("stage")
+    if stage is not _MISSING and not (_is_int(stage) and 1 <= stage <= 4):
+        c.fail("stage", stage, "must be a ResNet stage 1..4 (layer1..layer4)")
+    c.one_of("format", EXPORT_FORMATS)
+    c.boolean("progress_bar")
+    return c.problems
+
+
 def _raise_if(problems: list[str]) -> None:
     if problems:
         raise ConfigError(problems)
+
+
+def validate_tool(config: ConfigDict, choices: Mapping[str, Sequence[str]] | None = None) -> None:
+    """Raises ConfigError listing every problem of an embed / predict / select / gradcam / tsne / export config
+    (`choices`: as `tool_problems`)."""
+    _raise_if(tool_problems(config, choices=choices))
 
 
 def validate_pretraining(config: ConfigDict) -> None:

@@ -1,10 +1,12 @@
 """Command line: `python -m fetalssl_jax.main --config configs/barlow_twins.py[:preset] [--config.key=value ...]`.
 
 The config file decides everything (big_vision style), including what runs (`config.task`): pretraining
-(configs/barlow_twins.py ...), a plane classifier (configs/classify.py) or the paper's grid (configs/paper_grid.py).
+(configs/barlow_twins.py ...), a plane classifier (configs/classify.py), the paper's grid (configs/paper_grid.py), and
+the tools: embed, predict, select (configs/embed.py, predict.py, select.py: your own scans), gradcam, tsne, export.
 `--workdir` is where checkpoints, metrics, TensorBoard logs, exported weights and results land. Running the same
-command again resumes. Launched as several processes (srun, a TPU pod, `--coordinator_address` / `--num_processes` /
-`--process_id`), pretraining runs on every device of every process (fetalssl_jax/runtime/distributed.py).
+command again resumes a training run. Launched as several processes (srun, a TPU pod, `--coordinator_address` /
+`--num_processes` / `--process_id`), pretraining runs on every device of every process
+(fetalssl_jax/runtime/distributed.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,17 @@ _DISTRIBUTED = flags.DEFINE_enum(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (several processes).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (several processes).", lower_bound=1)
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes-1.", lower_bound=0)
+
+
+# The tools: task -> (module, function(config, workdir) -> the line to print)
+TOOLS = {
+    "embed": ("fetalssl_jax.apply.tasks", "run_embed"),
+    "predict": ("fetalssl_jax.apply.tasks", "run_predict"),
+    "select": ("fetalssl_jax.apply.tasks", "run_select"),
+    "gradcam": ("fetalssl_jax.downstream.gradcam", "run_gradcam"),
+    "tsne": ("fetalssl_jax.downstream.embedding", "run_tsne"),
+    "export": ("fetalssl_jax.downstream.export", "run_export"),
+}
 
 
 class UsageError(Exception):
@@ -55,7 +68,7 @@ def default_workdir(config) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """Runs one experiment (pretraining, classification or grid, by `config.task`); returns the exit status."""
+    """Runs one experiment or tool (by `config.task`); returns the exit status."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("fetalssl_jax").setLevel(logging.INFO)  # ours; orbax and absl stay at WARNING
     try:
@@ -113,8 +126,13 @@ def main(argv: list[str]) -> int:
 
             run_grid(config, workdir)
             say(f"grid finished; results.csv, results.md and the plot in {os.path.abspath(workdir)}")
+        elif task in TOOLS:
+            import importlib
+
+            module, function = TOOLS[task]
+            say(getattr(importlib.import_module(module), function)(config, workdir))
         else:
-            raise ValueError(f"config.task={task!r}; choose 'pretrain', 'classify' or 'grid'")
+            raise ValueError(f"config.task={task!r}; choose one of {['pretrain', 'classify', 'grid', *TOOLS]}")
     except ConfigError as error:  # a usage error, found before anything was written: one line per problem
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)

@@ -18,12 +18,15 @@ from fetalssl_jax.config_lib import (
     validate_classification,
     validate_grid,
     validate_pretraining,
+    validate_tool,
 )
 
 CONFIGS = REPO / "configs"
 BT = "barlow_twins"
 PRETRAINING = ("barlow_twins", "vicreg", "simclr", "moco", "byol", "autoencoder", "inpainting", "reorder")
 VALIDATORS = {"pretrain": validate_pretraining, "classify": validate_classification, "grid": validate_grid}
+TOOLS = ("embed", "predict", "select", "gradcam", "tsne", "export")
+VALIDATORS.update(dict.fromkeys(TOOLS, validate_tool))
 
 
 def _config(name: str, preset: str = "tiny", **overrides):
@@ -170,6 +173,33 @@ def test_grid_rule(overrides, expected):
     assert _problems(_config("paper_grid", **overrides)) == [expected]
 
 
+TOOL_CASES = [
+    ("embed", {"input": ""}, "config.input = '': must name a file or folder (it is empty)"),
+    ("embed", {"backbone": " "}, "config.backbone = ' ': must name a model (it is empty)"),
+    ("embed", {"input_type": "movies"}, "config.input_type = 'movies': must be one of 'auto', 'videos', 'images'"),
+    ("embed", {"image_size": 16}, "config.image_size = 16: must be 0 (from the files) or an integer >= 32"),
+    ("embed", {"model.arch": "vit"}, "config.model.arch = 'vit': must be one of 'resnet10', 'resnet18', 'resnet34', "
+                                     "'resnet50', 'resnet101', 'resnet152'"),
+    ("embed", {"frame_skip": 0}, "config.frame_skip = 0: must be a positive integer"),
+    ("select", {"budget": 0}, "config.budget = 0: must be a positive integer"),
+    ("select", {"min_gap": -1}, "config.min_gap = -1: must be an integer >= 0"),
+    ("predict", {"threshold": 2.0}, "config.threshold = 2.0: must be a probability in [0, 1]"),
+    ("predict", {"smooth_window": 0}, "config.smooth_window = 0: must be a positive integer"),
+    ("gradcam", {"stage": 5}, "config.stage = 5: must be a ResNet stage 1..4 (layer1..layer4)"),
+    ("export", {"format": "pt"}, "config.format = 'pt': must be one of 'safetensors', 'npz'"),
+    ("tsne", {"init": ""}, "config.init = '': must be 'random', a pretraining workdir, a backbone directory or a "
+                           "weights file"),
+]  # fmt: skip
+FILLED = {"embed": {"backbone": "b", "input": "i"}, "select": {"backbone": "b", "input": "i"},
+          "predict": {"classifier": "c", "input": "i"}, "gradcam": {"classifier": "c"}, "export": {"backbone": "b"},
+          "tsne": {}}  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "overrides", "expected"), TOOL_CASES, ids=lambda v: str(v)[:40])
+def test_tool_rule(name, overrides, expected):
+    assert _problems(_config(name, "default", **{**FILLED[name], **overrides})) == [expected]
+
+
 def test_every_problem_is_reported_at_once_one_per_line():
     config = _config(BT, batch_size=-4, checkpoint_every_steps=0, **{"model.dtype": "half"})
     assert sorted(_problems(config)) == sorted([
@@ -184,6 +214,27 @@ def test_every_problem_is_reported_at_once_one_per_line():
 def test_the_projects_own_configs_are_valid(name, preset):
     config = _config(name, preset)
     VALIDATORS[config.get("task", "pretrain")](config)
+
+
+@pytest.mark.parametrize("name", TOOLS)
+def test_the_tool_configs_are_valid_once_their_paths_are_given(name):
+    validate_tool(_config(name, "default", **FILLED[name]))
+    if FILLED[name]:
+        problems = _problems(_config(name, "default"))
+        assert all(p.endswith("(it is empty)") for p in problems) and len(problems) == len(FILLED[name])
+
+
+def test_a_tool_command_exits_2_and_writes_nothing(tmp_path):
+    import subprocess
+
+    workdir = tmp_path / "run"
+    # a subprocess: absl's flags of one config's keys cannot be defined again for another config in one process
+    cmd = [sys.executable, "-m", "fetalssl_jax.main", "--config", f"{CONFIGS / 'predict.py'}", "--workdir",
+           str(workdir), "--config.classifier=runs/c", "--config.input=scan.mp4", "--config.threshold=1.5"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["error: config.threshold = 1.5: must be a probability in [0, 1]"]
+    assert not workdir.exists()
 
 
 @pytest.mark.parametrize(

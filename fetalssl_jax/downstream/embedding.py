@@ -1,21 +1,21 @@
 """t-SNE of frozen backbone features, coloured by plane: does a backbone separate the planes without labels?
 
-  python -m fetalssl_jax.downstream.embedding --config configs/classify.py --config.init=workdirs/barlow_twins
+  python -m fetalssl_jax.main --config configs/tsne.py --config.init=workdirs/barlow_twins --workdir runs/tsne
 
-writes ``tsne_<split>.png`` and ``tsne_<split>.npz`` (the 2-D points, labels and patient ids) into ``--out_dir``
-(default: the current directory). Any backbone `config.init` accepts works: random, a pretraining workdir, an
-exported backbone, a weights file.
+writes ``tsne_<split>.png`` and ``tsne_<split>.npz`` (the 2-D points, labels and patient ids) into the workdir.
+Any backbone `config.init` accepts works: random, a pretraining workdir, an exported backbone, a weights file.
 """
 
 from __future__ import annotations
 
 import pathlib
-import sys
 from collections.abc import Sequence
 
 import numpy as np
 from sklearn.manifold import TSNE
 from sklearn.preprocessing import StandardScaler
+
+from fetalssl_jax.downstream.report import save_figure
 
 
 def tsne_embedding(features: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
@@ -47,10 +47,7 @@ def plot_embedding(
     ax.legend(fontsize=8, markerscale=2)
     ax.set_title(title or "t-SNE of frozen features")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def embed_backbone(config, out_dir: str | pathlib.Path, split: str = "test") -> pathlib.Path:
@@ -78,27 +75,9 @@ def embed_backbone(config, out_dir: str | pathlib.Path, split: str = "test") -> 
     return path
 
 
-def main(argv: Sequence[str]) -> int:
-    """Command line (absl flags, a classification config for the backbone and the labelled data)."""
-    from absl import flags
-    from ml_collections import config_flags
+def run_tsne(config, workdir: str | pathlib.Path) -> str:
+    """The `tsne` task (configs/tsne.py): t-SNE of `config.init`'s features on `config.split`, in `workdir`."""
+    from fetalssl_jax.config_lib import validate_tool
 
-    config_flag = config_flags.DEFINE_config_file("config", None, "configs/classify.py[:preset]", lock_config=True)
-    out_flag = flags.DEFINE_string("out_dir", ".", "where tsne_<split>.png/.npz go")
-    split_flag = flags.DEFINE_string("split", "test", "labelled split to embed")
-    flags.FLAGS(argv)
-    if config_flag.value is None:
-        print("error: --config is required, e.g. --config configs/classify.py --config.init=workdirs/barlow_twins",
-              file=sys.stderr)  # fmt: skip
-        return 2
-    try:
-        path = embed_backbone(config_flag.value, out_flag.value, split_flag.value)
-    except (FileNotFoundError, ValueError, KeyError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    validate_tool(config)
+    return f"wrote {embed_backbone(config, workdir, config.split)}"

@@ -1,21 +1,19 @@
 """Export a trained backbone for PyTorch users: a ``.safetensors`` state dict with torchvision ResNet names.
 
-  python -m fetalssl_jax.downstream.export --backbone workdirs/barlow_twins --out barlow_resnet18.safetensors
+  python -m fetalssl_jax.main --config configs/export.py --config.backbone=workdirs/barlow_twins --workdir runs/export
 
-`--backbone` is a pretraining workdir, an exported backbone directory, or a classification run (its fine-tuned
-backbone). In PyTorch::
+writes ``backbone.safetensors`` into the workdir. `config.backbone` is a pretraining workdir, an exported backbone
+directory, or a classification run (its fine-tuned backbone). In PyTorch::
 
     from safetensors.torch import load_file
     model = torchvision.models.resnet18()
-    missing, unexpected = model.load_state_dict(load_file("barlow_resnet18.safetensors"), strict=False)
+    missing, unexpected = model.load_state_dict(load_file("runs/export/backbone.safetensors"), strict=False)
     # missing == ['fc.weight', 'fc.bias']: the classifier head is not part of a backbone
 """
 
 from __future__ import annotations
 
 import pathlib
-import sys
-from collections.abc import Sequence
 from typing import Any
 
 from fetalssl_jax.models import torch_io
@@ -45,22 +43,10 @@ def export_torch(backbone: str | pathlib.Path, out: str | pathlib.Path) -> pathl
     return torch_io.save_state_dict_file(out, torch_io.to_torch_state_dict(variables))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line."""
-    import argparse
+def run_export(config, workdir: str | pathlib.Path) -> str:
+    """The `export` task (configs/export.py): `<workdir>/backbone.<config.format>`."""
+    from fetalssl_jax.config_lib import validate_tool
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backbone", required=True, help="pretraining workdir, backbone directory or classifier run")
-    parser.add_argument("--out", required=True, help="output .safetensors (or .npz) file")
-    args = parser.parse_args(argv)
-    try:
-        path = export_torch(args.backbone, args.out)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    validate_tool(config)
+    path = export_torch(config.backbone, pathlib.Path(workdir) / f"backbone.{config.format}")
+    return f"wrote {path}"

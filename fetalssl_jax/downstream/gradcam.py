@@ -5,17 +5,16 @@ perturbed through a Flax method interceptor, so no model code changes for it: th
 with respect to that activation, averaged over space, weights its channels; the ReLU of the weighted sum is the
 map, upsampled to the image and scaled to [0, 1] per image.
 
-  python -m fetalssl_jax.downstream.gradcam --workdir workdirs/classify --num_images 16 [--stage 3]
+  python -m fetalssl_jax.main --config configs/gradcam.py --config.classifier=workdirs/classify --workdir runs/cam
 
 writes ``gradcam.png`` (test images with the map over them, true and predicted plane in the titles) into the
-classifier's workdir.
+workdir.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fetalssl_jax.downstream.report import save_figure
 from fetalssl_jax.models.classifier import Classifier
 
 
@@ -114,10 +114,7 @@ def overlay_grid(
                      color="black" if ok else "red")  # fmt: skip
     fig.suptitle("Grad-CAM: true / predicted plane")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def gradcam_for_run(workdir: str | pathlib.Path, num_images: int = 16, stage: int = 4, out: str | None = None,
@@ -153,25 +150,12 @@ def gradcam_for_run(workdir: str | pathlib.Path, num_images: int = 16, stage: in
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: writes the Grad-CAM grid of a classification run."""
-    import argparse
+def run_gradcam(config, workdir: str | pathlib.Path) -> str:
+    """The `gradcam` task (configs/gradcam.py): the Grad-CAM grid of `config.classifier` in `workdir`."""
+    from fetalssl_jax.config_lib import validate_tool
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workdir", required=True, help="a classification run's workdir")
-    parser.add_argument("--num_images", type=int, default=16)
-    parser.add_argument("--stage", type=int, default=4, help="ResNet stage whose output is explained (1-4)")
-    parser.add_argument("--out", default=None, help="PNG path (default: <workdir>/gradcam.png)")
-    parser.add_argument("--seed", type=int, default=0, help="which test images are picked")
-    args = parser.parse_args(argv)
-    try:
-        path = gradcam_for_run(args.workdir, args.num_images, args.stage, args.out, args.seed)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    validate_tool(config)
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = gradcam_for_run(config.classifier, config.num_images, config.stage, workdir / "gradcam.png", config.seed)
+    return f"wrote {path}"

@@ -44,6 +44,7 @@ from fetalssl_jax.config_lib import (
 from fetalssl_jax.data import sources
 from fetalssl_jax.downstream.classification import resolve_class_names, run_classification
 from fetalssl_jax.downstream.labels import budget_dirname, budget_name, choose_labels
+from fetalssl_jax.downstream.report import save_figure
 from fetalssl_jax.eval.few_label import Interval
 from fetalssl_jax.train.checkpoint import CheckpointMismatchError
 
@@ -412,10 +413,7 @@ def plot_results(rows: Sequence[dict[str, Any]], path: pathlib.Path, metric: str
     axes[0][0].set_ylabel(f"test {METRIC_NAMES.get(metric, metric)} (band: 95 % t-interval over seeds)")
     axes[0][-1].legend(fontsize=8, loc="best")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def write_results(rows: Sequence[dict[str, Any]], workdir: pathlib.Path, baseline: str = "random") -> None:

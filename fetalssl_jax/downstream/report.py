@@ -48,6 +48,17 @@ def write_json(path: pathlib.Path, data: Any) -> None:
     tmp.replace(path)
 
 
+def save_figure(fig, path: pathlib.Path, dpi: int = 120) -> None:
+    """Saves a matplotlib figure to a temporary file renamed into place (a reader never sees half a PNG) and
+    closes it."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: pathlib.Path, title: str = "") -> None:
     """Counts in the cells, colour by row-normalised recall."""
     import matplotlib
@@ -70,8 +81,7 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_predictions(

@@ -1,5 +1,5 @@
 """Downstream plane classification: label subsets, loss, fine-tune vs linear probe, outputs, Grad-CAM, t-SNE,
-the experiment grid and the PyTorch export."""
+the experiment grid and the PyTorch export (the last three as tasks of the command line)."""
 
 import csv
 import json
@@ -158,12 +158,12 @@ def test_grad_cam_on_layer4_is_the_class_activation_map():
 
 def test_gradcam_command_writes_the_grid(python, repo, finetune_run):
     workdir, _ = finetune_run
-    out = workdir / "cam.png"
-    cmd = [python, "-m", "fetalssl_jax.downstream.gradcam", "--workdir", str(workdir), "--num_images", "6",
-           "--stage", "3", "--out", str(out)]  # fmt: skip
+    out = workdir / "cam" / "gradcam.png"
+    cmd = [python, "-m", "fetalssl_jax.main", "--config", f"{repo / 'configs' / 'gradcam.py'}:tiny",
+           f"--config.classifier={workdir}", "--config.stage=3", "--workdir", str(out.parent)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert out.stat().st_size > 5000
+    assert out.stat().st_size > 5000 and f"wrote {out}" in proc.stdout
 
 
 # ---- t-SNE -------------------------------------------------------------------------------------------------------
@@ -181,14 +181,29 @@ def test_tsne_keeps_separated_clusters_apart(tmp_path):
     assert (tmp_path / "t.png").stat().st_size > 5000
 
 
+def test_tsne_task_writes_the_points_of_the_split(repo, tmp_path):
+    from fetalssl_jax.data import sources
+    from fetalssl_jax.downstream.embedding import run_tsne
+
+    config = load_config(f"{repo / 'configs' / 'tsne.py'}:tiny,split=valid")
+    assert run_tsne(config, tmp_path) == f"wrote {tmp_path / 'tsne_valid.png'}"
+    saved = np.load(tmp_path / "tsne_valid.npz")
+    valid = sources.labelled_splits(config)["valid"]
+    assert saved["points"].shape == (len(valid.labels), 2)
+    np.testing.assert_array_equal(saved["labels"], valid.labels)
+
+
 # ---- export for PyTorch ------------------------------------------------------------------------------------------
-def test_export_of_a_fine_tuned_backbone_round_trips(finetune_run, tmp_path):
-    from fetalssl_jax.downstream.export import main as export_main
+def test_export_of_a_fine_tuned_backbone_round_trips(python, repo, finetune_run, tmp_path):
     from fetalssl_jax.models import torch_io
 
     workdir, _ = finetune_run
-    out = tmp_path / "resnet.safetensors"
-    assert export_main(["--backbone", str(workdir), "--out", str(out)]) == 0
+    out = tmp_path / "backbone.safetensors"
+    cmd = [python, "-m", "fetalssl_jax.main", "--config", str(repo / "configs" / "export.py"),
+           f"--config.backbone={workdir}", "--workdir", str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"wrote {out}"
     sd = torch_io.load_state_dict_file(out)
     assert torch_io.infer_resnet(sd) == ("resnet10", 8)
     _, variables, _, _ = load_classifier(workdir)

@@ -1,0 +1,27 @@
+"""Frozen features of your scans: one row per frame (salted video id, frame number, label if any, features).
+
+  python -m fetalssl_jax.main --config configs/embed.py --config.backbone=workdirs/barlow_twins \
+      --config.input=/data/scans --workdir runs/embed                  # a folder of videos (every format, recursively)
+  python -m fetalssl_jax.main --config configs/embed.py --config.backbone=resnet18_imagenet.safetensors \
+      --config.image_size=224 --config.input=scan.mp4 --workdir runs/embed-imagenet
+  python -m fetalssl_jax.main --config configs/embed.py --config.backbone=runs/classify \
+      --config.input=tfds:fetal_us_video/frames --config.split=validation --workdir runs/embed-val
+
+`backbone`: a pretraining workdir, an exported backbone, a classification run (its fine-tuned backbone), a
+torchvision/timm .safetensors/.npz file, or "random"; the architecture and width are read from the files. `input`: a
+video or image file, a folder, or tfds:<name> (a built dataset). Writes embeddings.npz (features, source_ids,
+frame_index, labels, class_names), embeddings.csv (the ids), sources.csv (id -> path: keep it local) and config.json
+into --workdir.
+"""
+
+from fetalssl_jax import config_lib
+
+PRESETS = {"default": lambda c: None, "tiny": config_lib.tiny_tool_preset}
+
+
+def get_config(arg: str | None = None):
+    """Embed config; `arg` names a preset (default, tiny) optionally followed by ,key=value."""
+    c = config_lib.tool_config("embed")
+    config_lib.backbone_keys(c)
+    config_lib.input_keys(c)
+    return config_lib.apply_preset(c, arg, PRESETS)

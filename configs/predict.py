@@ -1,0 +1,33 @@
+"""Find the standard planes in your scans with a trained classifier (a classification run).
+
+  python -m fetalssl_jax.main --config configs/predict.py --config.classifier=runs/classify \
+      --config.input=scan.mp4 --workdir runs/predict            # a video: timeline, best frames, summary.json
+  python -m fetalssl_jax.main --config configs/predict.py --config.classifier=runs/classify \
+      --config.input=/data/scans --config.smooth_window=5 --workdir runs/predict-all      # every video of a folder
+  python -m fetalssl_jax.main --config configs/predict.py --config.classifier=runs/classify \
+      --config.input=/data/images --workdir runs/predict-images                            # images: predictions.csv
+
+Videos: every `frame_skip`-th frame is classified; the probabilities are averaged over `smooth_window` kept frames
+(1: none); per plane the `top_k` most probable frames at or above `threshold`, at least `min_separation` kept frames
+apart, are saved as PNG (the frame at its recorded size, the probability in the name and the PNG's text); written
+per video (in <workdir>/<video id>/ when the input has several): frames.csv, timeline.png, best_*.png and
+summary.json (planes found: frames and probabilities; planes not found). Images and built datasets
+(tfds:<name>): predictions.csv with every class probability. A labelled dataset whose class names are not the
+classifier's is an error.
+"""
+
+from fetalssl_jax import config_lib
+
+PRESETS = {"default": lambda c: None, "tiny": config_lib.tiny_tool_preset}
+
+
+def get_config(arg: str | None = None):
+    """Predict config; `arg` names a preset (default, tiny) optionally followed by ,key=value."""
+    c = config_lib.tool_config("predict")
+    c.classifier = ""  # a classification run's workdir (or its classifier/ directory)
+    config_lib.input_keys(c)
+    c.smooth_window = 1  # kept frames averaged around each frame (centred); 1: no smoothing
+    c.threshold = 0.5  # a plane is found where its (smoothed) probability reaches this
+    c.top_k = 1  # best frames per plane
+    c.min_separation = 5  # kept frames between two best frames of one plane
+    return config_lib.apply_preset(c, arg, PRESETS)

@@ -1,0 +1,44 @@
+"""Choose the frames worth labelling: `budget` frames that cover your unlabelled videos, exported for labelling.
+
+  python -m fetalssl_jax.main --config configs/select.py --config.backbone=workdirs/barlow_twins \
+      --config.input=/data/scans --config.budget=50 --workdir runs/select
+  # label: fill in the `class` column of runs/select/to_label/labels.csv (3VV/3VT, 4CH, LVOT, RVOT, non-heart), then
+  tfds build data_builders/fetal_cardiac_planes --config csv --manual_dir runs/select/to_label
+
+The frames are embedded as configs/embed.py does, then chosen by `strategy` (`fetalssl_jax/apply/selection.py`):
+"typical" (the default: the most typical frame of each of `budget` k-means clusters of the embeddings; it beat
+random choice on raw sweeps with pretrained features, README "Choosing which frames to label"), "k-center" (each
+next frame the one farthest from all chosen so far) or "random"; picks spread over videos, and frames within
+`min_gap` frame numbers of a chosen frame of the same video are skipped (near-duplicate neighbours).
+
+Writes to --workdir: to_label/ (the chosen frames as PNG at their recorded size; labels.csv with image_name, an
+empty class and the video's salted id as patient_id), selection.csv (the order of choice), embeddings.npz/.csv,
+sources.csv (id -> path: keep it local) and config.json. A budget larger than the number of frames is an error.
+"""
+
+from fetalssl_jax import config_lib
+from fetalssl_jax.apply.selection import DEFAULT_STRATEGY
+
+
+def tiny(c) -> None:
+    """Tests: small batches, a small budget, no progress bar."""
+    config_lib.tiny_tool_preset(c)
+    c.budget = 6
+
+
+PRESETS = {"default": lambda c: None, "tiny": tiny}
+
+
+def get_config(arg: str | None = None):
+    """Select config; `arg` names a preset (default, tiny) optionally followed by ,key=value."""
+    c = config_lib.tool_config("select")
+    config_lib.backbone_keys(c)
+    config_lib.input_keys(c)
+    c.budget = 25  # frames to label, in total
+    # "typical" (the most typical frame of each of `budget` k-means clusters), "k-center" (a covering) or "random"
+    c.strategy = DEFAULT_STRATEGY
+    # frames of one video closer than this (in frame numbers of the recording; 10 = 2 kept frames at frame skip 5)
+    # to a chosen one are not chosen: neighbouring frames are near-duplicates
+    c.min_gap = 10
+    c.seed = 0  # draws the first frame
+    return config_lib.apply_preset(c, arg, PRESETS)

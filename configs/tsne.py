@@ -1,0 +1,43 @@
+"""t-SNE of frozen backbone features on the labelled planes, coloured by plane: does a backbone separate the planes
+without labels?
+
+  python -m fetalssl_jax.main --config configs/tsne.py --config.init=workdirs/barlow_twins --workdir runs/tsne
+  python -m fetalssl_jax.main --config configs/tsne.py --config.init=random --config.split=valid --workdir runs/tsne-r
+
+`init` takes what classification takes (configs/classify.py): random, a pretraining workdir, an exported backbone,
+a weights file; `model` must name its architecture and width. The labelled data are the classifier's (`eval.dataset`:
+the embedded set, or a built fetal_cardiac_planes dataset). Writes tsne_<split>.png and tsne_<split>.npz (the 2-D
+points, labels and patient ids) into --workdir.
+"""
+
+from fetalssl_jax import config_lib
+
+
+def default(c) -> None:
+    """The demo backbone: width-16 ResNet-18 at 64 px."""
+    c.model.width = 16
+
+
+def tiny(c) -> None:
+    """Seconds on a CPU: for tests."""
+    c.model.arch, c.model.width = "resnet10", 8
+    c.data.image_size = c.data.stored_size = 32
+    c.eval.num_patients, c.eval.frames_per_patient = 10, 10
+
+
+PRESETS = {"default": default, "tiny": tiny}
+
+
+def get_config(arg: str | None = None):
+    """t-SNE config; `arg` names a preset (default, tiny) optionally followed by ,key=value."""
+    base = config_lib.base_config()
+    c = config_lib.tool_config("tsne")
+    c.seed = 0
+    c.init = "random"
+    c.split = "test"  # train, valid or test
+    c.classes = ()  # class names in label order; empty: the labelled data's own
+    c.model = base.model
+    c.data = base.data
+    c.eval = base.eval
+    c.eval_batch_size = 256
+    return config_lib.apply_preset(c, arg, PRESETS)

@@ -1,0 +1,71 @@
+"""Use a trained backbone or classifier on new scans: embed frames, find the standard planes in a video, choose
+the frames worth labelling. Numpy in, numpy out::
+
+    from fetalssl_jax import apply
+
+    backbone = apply.load_backbone("workdirs/barlow_twins")   # or an exported backbone, a classifier run, a
+    features = apply.embed(backbone, frames)                   # .safetensors file; frames: uint8 [N, H, W]
+    chosen = apply.select(features, 25, groups=video_ids, positions=frame_numbers, min_gap=2)
+    classifier = apply.load_classifier("runs/classify")
+    probabilities = apply.predict(classifier, frames)          # [N, C], columns classifier.class_names
+
+The command-line tasks (configs/embed.py, predict.py, select.py) are in `apply/tasks.py`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fetalssl_jax.apply.embedding import Embeddings, embed, embed_input
+from fetalssl_jax.apply.inputs import FrameBlock, Input, open_input
+from fetalssl_jax.apply.loading import Backbone, PlaneClassifier, load_backbone, load_classifier
+from fetalssl_jax.apply.planes import best_frames, predict, smooth
+from fetalssl_jax.apply.selection import DEFAULT_STRATEGY, STRATEGIES
+
+__all__ = [
+    "Backbone",
+    "Embeddings",
+    "FrameBlock",
+    "Input",
+    "PlaneClassifier",
+    "best_frames",
+    "embed",
+    "embed_input",
+    "load_backbone",
+    "load_classifier",
+    "open_input",
+    "predict",
+    "select",
+    "smooth",
+    "STRATEGIES",
+]
+
+
+def select(
+    embeddings: np.ndarray | Embeddings,
+    budget: int,
+    *,
+    strategy: str = DEFAULT_STRATEGY,
+    groups: np.ndarray | None = None,
+    positions: np.ndarray | None = None,
+    min_gap: int = 0,
+    seed: int = 0,
+) -> np.ndarray:
+    """Row indices of `budget` frames to label, in the order of choice, by `strategy` (`apply/selection.py`:
+    'typical', the default: the most typical frames of k-means clusters; 'k-center': a covering of the embeddings;
+    'random'). `groups` (video or patient per row) spreads the choice over videos, `positions` (frame number per row)
+    with `min_gap` skips frames of a group within that many frames of a chosen one. An `Embeddings` brings its own
+    groups (source ids) and positions (frame indices). A budget larger than the number of rows is an error."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy = {strategy!r}: must be one of {', '.join(map(repr, STRATEGIES))}")
+    if isinstance(embeddings, Embeddings):
+        groups = embeddings.source_ids if groups is None else groups
+        positions = embeddings.frame_index if positions is None else positions
+        embeddings = embeddings.features
+    n = len(embeddings)
+    if isinstance(budget, bool) or not isinstance(budget, int | np.integer) or budget < 1:
+        raise ValueError(f"budget = {budget!r}: must be a positive integer (frames to label)")
+    if budget > n:
+        raise ValueError(f"budget = {budget}: the input has only {n} frames; choose a budget <= {n}")
+    return np.asarray(STRATEGIES[strategy](np.asarray(embeddings), int(budget), groups=groups, positions=positions,
+                                           min_gap=min_gap, seed=seed))  # fmt: skip

@@ -1,0 +1,42 @@
+"""Tiny models for the tests of `fetalssl_jax.apply`: a random backbone, and classifiers saved as a classification
+run saves them, made in milliseconds instead of trained."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import numpy as np
+
+ARCH, WIDTH, SIZE = "resnet10", 8, 32
+
+
+def random_backbone(seed: int = 0, directory: pathlib.Path | None = None):
+    """A torchvision-init width-8 ResNet-10 at 32 px; with a `directory`, exported there and loaded from it."""
+    from fetalssl_jax.apply import load_backbone
+    from fetalssl_jax.downstream.backbones import resolve_backbone
+    from fetalssl_jax.train.checkpoint import export_backbone
+
+    if directory is None:
+        return load_backbone("random", arch=ARCH, width=WIDTH, image_size=SIZE)
+    variables = resolve_backbone("random", ARCH, WIDTH, seed).variables
+    export_backbone(directory, variables, {"identity": {"arch": ARCH, "width": WIDTH}, "image_size": SIZE})
+    return load_backbone(directory)
+
+
+def save_classifier_run(
+    workdir: pathlib.Path, backbone_variables: dict, head_kernel: np.ndarray, class_names: tuple[str, ...]
+) -> pathlib.Path:
+    """A classification run's workdir holding `classifier/` (as `_test_and_report` writes it) with the given
+    backbone and linear head (no bias: logits = features @ head_kernel)."""
+    from fetalssl_jax.downstream.classification import StepSpec, save_classifier
+
+    spec = StepSpec(ARCH, WIDTH, "float32", len(class_names), 0.5, False, "finetune", SIZE, 5, 5.0, 0.5, 0.5, 1e-3,
+                    1e-6)  # fmt: skip
+    variables = {
+        "params": {"backbone": backbone_variables["params"], "head": {"kernel": np.asarray(head_kernel, np.float32)}},
+        "batch_stats": {"backbone": backbone_variables["batch_stats"]},
+    }
+    save_classifier(workdir / "classifier", variables,
+                    {"spec": dataclasses.asdict(spec), "classes": list(class_names)})  # fmt: skip
+    return workdir

@@ -636,6 +636,8 @@ def grid_problems(config: ConfigDict, prefix: str = "config") -> list[str]:
 
 TOOL_TASKS = ("embed", "predict", "select", "gradcam", "tsne", "export")
 INPUT_TYPES = ("auto", "videos", "images")  # how `input` is read (apply/inputs.py)
+# How a frame becomes a square: data/build/readers.FITS, which run-time layers do not import (build-time code)
+FITS = ("stretch", "crop_pad", "pad")
 EXPORT_FORMATS = ("safetensors", "npz")
 
 
@@ -660,6 +662,7 @@ def input_keys(c: ConfigDict) -> None:
     c.data_dir = ""  # of a tfds: input ("": TFDS's default)
     c.split = "train"  # of a tfds: input
     c.frame_skip = 5  # videos: every 5th frame, as the TFDS builder and the paper
+    c.fit = "stretch"  # how a frame becomes a square, as the builders' `fit`: "stretch", "crop_pad" or "pad"
     c.batch_size = 64  # frames per compiled batch (the last one padded)
     c.progress_bar = True
     c.compilation_cache_dir = COMPILATION_CACHE_DIR  # "" disables
@@ -688,6 +691,7 @@ def tool_problems(
         if value is not _MISSING and not (isinstance(value, str) and value.strip()):
             c.fail(key, value, f"must name a {'file or folder' if key == 'input' else 'model'} (it is empty)")
     c.one_of("input_type", INPUT_TYPES)
+    c.one_of("fit", FITS)
     if c.get("task") == "tsne":  # a backbone as classification takes it (`init`), on the labelled data
         init = c.get("init")
         if not (isinstance(init, str) and init.strip()):

@@ -181,6 +181,7 @@ TOOL_CASES = [
     ("embed", {"model.arch": "vit"}, "config.model.arch = 'vit': must be one of 'resnet10', 'resnet18', 'resnet34', "
                                      "'resnet50', 'resnet101', 'resnet152'"),
     ("embed", {"frame_skip": 0}, "config.frame_skip = 0: must be a positive integer"),
+    ("predict", {"fit": "squash"}, "config.fit = 'squash': must be one of 'stretch', 'crop_pad', 'pad'"),
     ("select", {"budget": 0}, "config.budget = 0: must be a positive integer"),
     ("select", {"min_gap": -1}, "config.min_gap = -1: must be an integer >= 0"),
     ("predict", {"threshold": 2.0}, "config.threshold = 2.0: must be a probability in [0, 1]"),

@@ -63,6 +63,7 @@ class Input:
     data_dir: str = ""
     split: str = ""
     class_names: tuple[str, ...] = ()
+    fit: str = "stretch"  # how a video frame or image becomes a square: as the builders' `fit`
 
     @property
     def is_video(self) -> bool:
@@ -81,7 +82,7 @@ class Input:
         if self.kind == "video":
             for ref in self.videos:
                 yield video_block(readers.read_video(ref), ref.name, readers.salted_hash(ref.name, self.salt),
-                                  image_size, frame_skip)  # fmt: skip
+                                  image_size, frame_skip, self.fit)  # fmt: skip
         elif self.kind == "images":
             for start in range(0, len(self.images), chunk):
                 yield self._image_block(self.images[start : start + chunk], image_size)
@@ -98,7 +99,7 @@ class Input:
         originals = [readers.read_image_file(p, self._relative(p)) for p in paths]
         n = len(paths)
         return FrameBlock(
-            resize_images(originals, image_size), np.array([self._image_id(p) for p in paths]),
+            resize_images(originals, image_size, self.fit), np.array([self._image_id(p) for p in paths]),
             np.zeros(n, np.int32), np.full(n, NO_LABEL, np.int32), originals,
         )  # fmt: skip
 
@@ -120,18 +121,20 @@ class Input:
             )  # fmt: skip
 
 
-def video_block(raw: np.ndarray, name: str, source_id: str, image_size: int, frame_skip: int) -> FrameBlock:
+def video_block(
+    raw: np.ndarray, name: str, source_id: str, image_size: int, frame_skip: int, fit: str = "stretch"
+) -> FrameBlock:
     """The FrameBlock of one decoded video: `readers.prepare_video` frames and the kept frames in gray."""
-    frames, kept = readers.prepare_video(raw, name, image_size, frame_skip)
+    frames, kept = readers.prepare_video(raw, name, image_size, frame_skip, fit)
     n = len(kept)
     originals = readers.to_grayscale(readers.check_frames(raw, name)[kept])
     return FrameBlock(frames, np.full(n, source_id), kept, np.full(n, NO_LABEL, np.int32), list(originals), name)
 
 
-def resize_images(images: Sequence[np.ndarray], image_size: int) -> np.ndarray:
-    """uint8 [N, S, S, 1] from images of any sizes (gray or RGB): gray by BT.601 luma, resized as the plane
-    builder resizes (`readers.resize_frames`)."""
-    return np.stack([readers.resize_frames(readers.to_grayscale(np.asarray(im)[None]), image_size)[0]
+def resize_images(images: Sequence[np.ndarray], image_size: int, fit: str = "stretch") -> np.ndarray:
+    """uint8 [N, S, S, 1] from images of any sizes (gray or RGB): gray by BT.601 luma, made square as the plane
+    builder does with the same `fit` (`readers.resize_frames`)."""
+    return np.stack([readers.resize_frames(readers.to_grayscale(np.asarray(im)[None]), image_size, fit)[0]
                      for im in images])[..., None]  # fmt: skip
 
 
@@ -150,14 +153,19 @@ def _file_videos(path: pathlib.Path) -> list[readers.VideoRef]:
     return [readers.VideoRef(path.name, "", root)]
 
 
-def open_input(spec: str, input_type: str = "auto", data_dir: str = "", split: str = "train") -> Input:
+def open_input(
+    spec: str, input_type: str = "auto", data_dir: str = "", split: str = "train", fit: str = "stretch"
+) -> Input:
     """Resolves `spec`: a video or image file, a folder, or `tfds:<name>` (a built fetal_us_video with frame or
-    pair records, or a built fetal_cardiac_planes dataset: `split` of it, in `data_dir`).
+    pair records, or a built fetal_cardiac_planes dataset: `split` of it, in `data_dir`). Files are made square
+    by `fit` (`readers.resize_frames`; use the one the training data was built with); built records as stored.
 
     `input_type` 'auto' reads a folder as videos when it holds any (video files, folders of frames), else as
     images; 'videos' / 'images' say which. An empty folder, or one with neither, is a DataError naming it."""
     if input_type not in INPUT_TYPES:
         raise ValueError(f"input_type {input_type!r}; choose one of {INPUT_TYPES}")
+    if fit not in readers.FITS:
+        raise ValueError(f"fit {fit!r}; choose one of {readers.FITS}")
     spec = str(spec).strip()
     if spec.startswith(TFDS_PREFIX):
         return _tfds_input(spec[len(TFDS_PREFIX) :], data_dir, split)
@@ -170,14 +178,14 @@ def open_input(spec: str, input_type: str = "auto", data_dir: str = "", split: s
         suffix = path.suffix.lower()
         as_image = input_type == "images" or (input_type == "auto" and suffix in IMAGE_FILE_SUFFIXES)
         if as_image:
-            return Input("images", str(path), images=(path,), root=path.parent, salt=salt)
+            return Input("images", str(path), images=(path,), root=path.parent, salt=salt, fit=fit)
         if suffix not in readers.VIDEO_SUFFIXES:
             raise readers.DataError(f"{path}: not a video ({', '.join(readers.VIDEO_SUFFIXES)}) or image file "
                                     f"({', '.join(IMAGE_FILE_SUFFIXES)})")  # fmt: skip
-        return Input("video", str(path), videos=tuple(_file_videos(path)), root=path.parent, salt=salt)
+        return Input("video", str(path), videos=tuple(_file_videos(path)), root=path.parent, salt=salt, fit=fit)
     if input_type != "images":
         try:
-            return Input("video", str(path), videos=tuple(readers.list_videos(path)), root=path, salt=salt)
+            return Input("video", str(path), videos=tuple(readers.list_videos(path)), root=path, salt=salt, fit=fit)
         except readers.DataError:
             if input_type == "videos":
                 raise
@@ -189,7 +197,7 @@ def open_input(spec: str, input_type: str = "auto", data_dir: str = "", split: s
             if input_type == "auto"
             else f"no images in {path} (looked for {', '.join(IMAGE_FILE_SUFFIXES)} files, in every sub-folder)"
         )
-    return Input("images", str(path), images=images, root=path, salt=salt)
+    return Input("images", str(path), images=images, root=path, salt=salt, fit=fit)
 
 
 def _tfds_input(name: str, data_dir: str, split: str) -> Input:

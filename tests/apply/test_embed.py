@@ -155,3 +155,22 @@ def test_the_embed_command_and_a_file_of_several_videos(python, tmp_path):
     assert list(embeddings.source_ids) == ids and list(embeddings.frame_index) == [0, 2, 0, 2, 4]
     with open(out / "sources.csv") as f:
         assert list(csv.reader(f)) == [["source_id", "path"], [ids[0], "two.npz::a"], [ids[2], "two.npz::b"]]
+
+
+def test_fit_makes_a_screen_capture_square_as_the_builders_do(backbone, tmp_path):
+    # a 4:3 capture: bright scan between black bands. With fit="crop_pad" the rows are the evaluator's features of
+    # the scan alone (resized by PIL, independently of the readers); the default stretch differs from them
+    rng = np.random.default_rng(4)
+    scan = rng.integers(40, 256, (4, 48, 48), dtype=np.uint8)
+    np.save(tmp_path / "capture.npy", np.pad(scan, ((0, 0), (0, 0), (8, 8))))
+    from PIL import Image
+
+    alone = np.stack([np.asarray(Image.fromarray(f).resize((SIZE, SIZE), Image.BILINEAR)) for f in scan])[..., None]
+    cropped = embed_input(backbone, open_input(str(tmp_path), fit="crop_pad"), frame_skip=1, batch_size=8,
+                          progress=False)  # fmt: skip
+    stretched = embed_input(backbone, open_input(str(tmp_path)), frame_skip=1, batch_size=8, progress=False)
+    reference = _evaluator(backbone, alone)
+    np.testing.assert_allclose(cropped.features, reference, rtol=1e-3, atol=1e-3)
+    assert np.abs(stretched.features - reference).max() > 10 * np.abs(cropped.features - reference).max()
+    with pytest.raises(ValueError, match="fit 'squash'; choose one of"):
+        open_input(str(tmp_path), fit="squash")

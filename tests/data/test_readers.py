@@ -168,3 +168,9 @@ def test_bad_inputs_name_the_file(tmp_path):
     (tmp_path / "void").mkdir()
     with pytest.raises(DataError, match="no videos found in .*void"):
         readers.list_videos(tmp_path / "void")
+
+
+def test_the_configs_know_the_readers_fits():
+    from fetalssl_jax import config_lib
+
+    assert config_lib.FITS == readers.FITS  # config_lib may not import build-time code: a copy, kept equal here

@@ -381,7 +381,7 @@ def to_grayscale(frames: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(rgb @ _LUMA), 0, 255).astype(np.uint8)
 
 
-FITS = ("crop_pad", "pad", "stretch")
+FITS = ("stretch", "crop_pad", "pad")
 # A pixel brighter than this (of 255) is image content; compressed black bands of screen captures stay below it.
 CONTENT_THRESHOLD = 8
 

@@ -37,13 +37,14 @@ k-center/core-set selection.
 
 Typical frames (Hacohen, Dekel & Weinshall 2022, "Active learning on a budget", TypiClust): at budgets of a few
 frames per class, the farthest frames k-center takes are outliers, and the paper finds the opposite, choosing dense
-typical examples, better in this low-budget regime. k-means (scikit-learn, seeded, KMEANS_INITS starts, MiniBatchKMeans
-above KMEANS_ROWS rows) on the same normalised features splits the rows into labelled + budget clusters; the budget
-goes to the largest clusters without a labelled or chosen frame, one frame each, the cluster's most typical eligible
-frame (the inverse mean distance to its `neighbours` nearest rows of the cluster, scikit-learn's brute-force search,
-chunked). The near-duplicate and group-spread rules are k-center's, with "nearly as typical" for "nearly as far".
-In neighbouring video frames the nearest neighbours are mostly the frame's own neighbours in time, so typicality
-there can favour slow stretches of a sweep; min_gap keeps the picks apart, not the density estimate.
+typical examples, better in this low-budget regime. k-means (scikit-learn, seeded, KMEANS_INITS starts,
+MiniBatchKMeans above KMEANS_ROWS rows) on the same normalised features splits the rows into labelled + budget
+clusters; the budget goes to the largest clusters without a labelled or chosen frame, one frame each, the cluster's
+most typical eligible frame (the inverse mean distance to its `neighbours` nearest rows of the cluster,
+scikit-learn's brute-force search, which works in chunks of rows). The near-duplicate and group-spread rules are
+k-center's, with "nearly as typical" for "nearly as far". In a video, a frame's nearest neighbours include its own
+neighbours in time, so typicality can favour slow stretches of a sweep; min_gap keeps the picks apart, not the
+density estimate.
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ import operator
 from collections.abc import Callable
 
 import numpy as np
-import sklearn
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.neighbors import NearestNeighbors
 
@@ -289,12 +289,12 @@ def _cluster_labels(x: np.ndarray, clusters: int, seed: int) -> np.ndarray:
 
 def _mean_neighbour_distance(x: np.ndarray, neighbours: int) -> np.ndarray:
     """Per row, the mean L2 distance to its `neighbours` nearest other rows of `x` (all others if fewer; 0 for a
-    single row). scikit-learn's brute-force search works through the distances in chunks of at most BLOCK floats."""
+    single row). scikit-learn's brute-force search reduces the distances in chunks of rows, never a rows x rows
+    matrix (100k x 512 features in 10 clusters: 0.2 GB above the features)."""
     k = min(neighbours, len(x) - 1)
     if k == 0:
         return np.zeros(len(x), dtype=x.dtype)
-    with sklearn.config_context(working_memory=BLOCK * 8 / 2**20):
-        distances, _ = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(x).kneighbors()
+    distances, _ = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(x).kneighbors()
     return distances.mean(1)
 
 

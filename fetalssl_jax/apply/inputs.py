@@ -104,10 +104,10 @@ class Input:
         )  # fmt: skip
 
     def _record_blocks(self, chunk: int) -> Iterator[FrameBlock]:
-        from fetalssl_jax.data.tfds_source import _data_source, load_builder
+        from fetalssl_jax.data.tfds_source import data_source, load_builder
 
         builder = load_builder(self.tfds_name, self.data_dir)
-        source = _data_source(builder, self.split, self.tfds_name)
+        source = data_source(builder, self.split, self.tfds_name)
         field = "image" if "image" in builder.info.features else "frame1"
         for start in range(0, len(source), chunk):
             records = source.__getitems__(list(range(start, min(start + chunk, len(source)))))
@@ -143,16 +143,6 @@ def _image_files(root: pathlib.Path) -> list[pathlib.Path]:
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))  # fmt: skip
 
 
-def _file_videos(path: pathlib.Path) -> list[readers.VideoRef]:
-    """The videos of one file: itself, or one per dataset / array of an HDF5 / .npz file (as `list_videos`)."""
-    suffix, root = path.suffix.lower(), str(path.parent)
-    if suffix in readers.HDF5_SUFFIXES:
-        return [readers.VideoRef(path.name, key, root) for key in readers._hdf5_keys(path, path.name)]
-    if suffix == ".npz":
-        return [readers.VideoRef(path.name, key, root) for key in readers._npz_keys(path, path.name)]
-    return [readers.VideoRef(path.name, "", root)]
-
-
 def open_input(
     spec: str, input_type: str = "auto", data_dir: str = "", split: str = "train", fit: str = "stretch"
 ) -> Input:
@@ -182,7 +172,14 @@ def open_input(
         if suffix not in readers.VIDEO_SUFFIXES:
             raise readers.DataError(f"{path}: not a video ({', '.join(readers.VIDEO_SUFFIXES)}) or image file "
                                     f"({', '.join(IMAGE_FILE_SUFFIXES)})")  # fmt: skip
-        return Input("video", str(path), videos=tuple(_file_videos(path)), root=path.parent, salt=salt, fit=fit)
+        return Input(
+            "video",
+            str(path),
+            videos=tuple(readers.videos_in_file(path, path.parent)),
+            root=path.parent,
+            salt=salt,
+            fit=fit,
+        )
     if input_type != "images":
         try:
             return Input("video", str(path), videos=tuple(readers.list_videos(path)), root=path, salt=salt, fit=fit)

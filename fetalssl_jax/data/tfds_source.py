@@ -46,7 +46,9 @@ def load_builder(name: str, data_dir: str | None):
     return builder
 
 
-def _data_source(builder, split: str, name: str):
+def data_source(builder, split: str, name: str):
+    """Random access to `split` of a built dataset (`builder.as_data_source`); a missing split or a file format
+    without random access is a ValueError naming the dataset."""
     if split not in builder.info.splits:
         raise ValueError(f"TFDS dataset {name!r} has no split {split!r}; it has {sorted(builder.info.splits)}")
     try:
@@ -125,7 +127,7 @@ def open_pretraining_records(name: str, data_dir: str | None, split: str, mode: 
         )
     if mode == "pairs" and meta.get("max_gap") == 0:
         log.warning("%s was built with max_gap 0: both frames of every pair are the same frame", name)
-    return RecordDataset(_data_source(builder, split, name), fields, name)
+    return RecordDataset(data_source(builder, split, name), fields, name)
 
 
 class RecordSampler(EpochOrder):
@@ -155,7 +157,7 @@ def labelled_splits_from_tfds(name: str, data_dir: str | None) -> dict[str, Labe
         raise ValueError(f"TFDS dataset {name!r} (config.eval.dataset) has no image/label features: {sorted(features)}")
     result = {}
     for ours, theirs in (("train", "train"), ("valid", "validation"), ("test", "test")):
-        source = _data_source(builder, theirs, name)
+        source = data_source(builder, theirs, name)
         records = source.__getitems__(list(range(len(source))))
         if not records:
             raise ValueError(f"TFDS dataset {name!r}: split {theirs!r} is empty")

@@ -121,11 +121,11 @@ def test_bad_inputs_are_named(backbone, tmp_path):
 
 
 def test_a_built_video_dataset_gives_each_record_its_video_id_and_frame(backbone, data_dir):
-    from fetalssl_jax.data.tfds_source import _data_source, load_builder
+    from fetalssl_jax.data.tfds_source import data_source, load_builder
 
     data = open_input("tfds:fetal_us_video/tiny_pairs", data_dir=str(data_dir), split="train")
     embeddings = embed_input(backbone, data, batch_size=16, progress=False)
-    source = _data_source(load_builder("fetal_us_video/tiny_pairs", str(data_dir)), "train", "tiny_pairs")
+    source = data_source(load_builder("fetal_us_video/tiny_pairs", str(data_dir)), "train", "tiny_pairs")
     records = source.__getitems__(list(range(len(source))))
     assert list(embeddings.source_ids) == [r["video_id"].decode() for r in records]
     np.testing.assert_array_equal(embeddings.frame_index, [r["frame_index1"] for r in records])

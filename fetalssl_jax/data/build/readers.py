@@ -142,21 +142,28 @@ def list_videos(root: str | os.PathLike) -> list[VideoRef]:
                 dirnames.remove(d)
         for f in sorted(filenames):
             path = here / f
-            rel = path.relative_to(root).as_posix()
             suffix = path.suffix.lower()
             if f.startswith(".") or suffix not in VIDEO_SUFFIXES:
                 continue
-            if suffix in HDF5_SUFFIXES:
-                refs += [VideoRef(rel, key, str(root)) for key in _hdf5_keys(path, rel)]
-            elif suffix == ".npz":
-                refs += [VideoRef(rel, key, str(root)) for key in _npz_keys(path, rel)]
-            else:
-                refs.append(VideoRef(rel, "", str(root)))
+            refs += videos_in_file(path, root)
     if not refs:
         raise DataError(
             f"no videos found in {root} (looked for {', '.join(VIDEO_SUFFIXES)} files and folders of frame images)"
         )
     return sorted(refs)
+
+
+def videos_in_file(path: pathlib.Path, root: str | os.PathLike) -> list[VideoRef]:
+    """The videos of one video file under `root`: the file itself, or one per dataset / array of an HDF5 / .npz
+    file."""
+    root = pathlib.Path(root)
+    rel = path.relative_to(root).as_posix()
+    suffix = path.suffix.lower()
+    if suffix in HDF5_SUFFIXES:
+        return [VideoRef(rel, key, str(root)) for key in _hdf5_keys(path, rel)]
+    if suffix == ".npz":
+        return [VideoRef(rel, key, str(root)) for key in _npz_keys(path, rel)]
+    return [VideoRef(rel, "", str(root))]
 
 
 def _hdf5_keys(path: pathlib.Path, rel: str) -> list[str]:

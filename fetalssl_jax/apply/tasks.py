@@ -7,6 +7,7 @@ read: the local key to the ids in the other files, which never name a file; keep
 
 from __future__ import annotations
 
+import json
 import pathlib
 from collections.abc import Callable
 from typing import Any
@@ -70,8 +71,12 @@ def run_select(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
     blocks = data.blocks(backbone.image_size, config.frame_skip, config.batch_size)
     csv_path = export_for_labelling(blocks, embeddings, chosen, workdir / "to_label")
     videos = len(np.unique(embeddings.source_ids[chosen]))
+    # the planes are built with the fit the frames were chosen with (the PNGs keep the recording's geometry)
+    build_config = "csv"
+    if config.fit != "stretch":
+        build_config = "'" + json.dumps({"name": f"csv_{config.fit}", "fit": config.fit}) + "'"
     return (f"chose {len(chosen)} of {len(embeddings)} frames from {videos} videos; label them in {csv_path} "
-            f"(fill in `class`), then build: tfds build data_builders/fetal_cardiac_planes --config csv "
+            f"(fill in `class`), then build: tfds build data_builders/fetal_cardiac_planes --config {build_config} "
             f"--manual_dir {csv_path.parent}")  # fmt: skip
 
 

@@ -174,3 +174,29 @@ def test_the_configs_know_the_readers_fits():
     from fetalssl_jax import config_lib
 
     assert config_lib.FITS == readers.FITS  # config_lib may not import build-time code: a copy, kept equal here
+
+
+@pytest.mark.parametrize(
+    ("encoding", "delimiter", "header"),
+    [("utf-8-sig", ",", ["Image_Name", "Class", "Patient_ID"]),  # Excel's "CSV UTF-8": a byte-order mark
+     ("utf-8", ";", ["image_name", "class", "patient_id"]),  # a decimal-comma locale's spreadsheet
+     ("utf-8", "\t", [" image_name ", "CLASS", "patient_id"])],
+)  # fmt: skip
+def test_label_csv_from_spreadsheets_reads_as_the_plain_one(tmp_path, encoding, delimiter, header):
+    classes = ["3VV/3VT", "4CH", "LVOT", "RVOT", "non-heart"]
+    for name in ("a.png", "b.png", "c.png"):
+        (tmp_path / name).write_bytes(b"")
+    lines = [delimiter.join(header), delimiter.join(["a.png", "4CH", "p1"]), delimiter.join(["b.png", "3VT", "p2"]),
+             delimiter.join(["c.png", "non_heart", "p 3"])]  # fmt: skip
+    (tmp_path / "labels.csv").write_text("\r\n".join(lines) + "\r\n", encoding=encoding)
+    images, problems = readers.read_label_csv(tmp_path, "labels.csv", classes, readers.DEFAULT_CLASS_ALIASES)
+    assert problems == []
+    assert [(i.relpath, i.label, i.patient) for i in images] == [("a.png", 1, "p1"), ("b.png", 0, "p2"),
+                                                                  ("c.png", 4, "p 3")]  # fmt: skip
+
+
+def test_label_csv_without_the_columns_says_what_it_needs(tmp_path):
+    (tmp_path / "labels.csv").write_text("file,label\na.png,4CH\n")
+    with pytest.raises(DataError, match=r"labels.csv: missing column\(s\) \['class', 'image_name'\]; found \['file', "
+                                        r"'label'\] \(columns image_name, class"):  # fmt: skip
+        readers.read_label_csv(tmp_path, "labels.csv", ["4CH"])

@@ -515,16 +515,26 @@ def read_label_csv(
     and the file otherwise. `image_name` is relative to `root` or to `root/<class>` (the reference's class
     folders). A path escaping `root` is always an error."""
     import csv
+    import io
 
     root = pathlib.Path(root)
     table = root / csv_name
-    with open(table, newline="") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        missing = {"image_name", "class"} - set(columns)
-        if missing:
-            raise DataError(f"{csv_name}: missing column(s) {sorted(missing)}; found {columns}")
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    # utf-8-sig: spreadsheet programs start a UTF-8 CSV with a byte-order mark, which would join the first header.
+    with open(table, newline="", encoding="utf-8-sig") as f:
+        text = f.read()
+    # Spreadsheets in many locales write ";" (the decimal comma takes ","), and some tools write tabs.
+    header = text.split("\n", 1)[0]
+    delimiter = max((",", ";", "\t"), key=header.count)
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    # Header names are matched without case or surrounding space ("Image_Name", " class").
+    columns = [(c or "").strip().lower() for c in reader.fieldnames or []]
+    missing = {"image_name", "class"} - set(columns)
+    if missing:
+        raise DataError(
+            f"{csv_name}: missing column(s) {sorted(missing)}; found {list(reader.fieldnames or [])} "
+            f"(columns image_name, class and optionally patient_id, separated by ',', ';' or tabs)"
+        )
+    rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
     images, problems = [], []
     for line, row in enumerate(rows, start=2):  # line 1 is the header
         where = f"{csv_name} line {line}"

@@ -45,10 +45,17 @@ def write_video(path: pathlib.Path, frames: np.ndarray, fps: int = 25) -> pathli
 
 
 def write_dicom(
-    path: pathlib.Path, frames: np.ndarray | None, jpeg: bool = False, bits: int = 8, monochrome1: bool = False
+    path: pathlib.Path,
+    frames: np.ndarray | None,
+    jpeg: bool = False,
+    bits: int = 8,
+    monochrome1: bool = False,
+    syntax: str | None = None,
+    rgb: bool = False,
 ) -> pathlib.Path:
-    """A multi-frame ultrasound DICOM with PatientName/PatientID set; JPEG baseline frames if `jpeg`, no pixel
-    data if `frames` is None."""
+    """A multi-frame ultrasound DICOM with PatientName/PatientID set; JPEG baseline frames if `jpeg` (YBR_FULL_422
+    colour frames, as colour scanners write, if `rgb`: `frames` [T, H, W, 3]), frames compressed by pydicom with
+    transfer syntax `syntax` (a UID) if given, no pixel data if `frames` is None."""
     import io
 
     from PIL import Image
@@ -71,8 +78,11 @@ def write_dicom(
     if frames is not None:
         ds.NumberOfFrames = len(frames)
         ds.Rows, ds.Columns = frames.shape[1:3]
-        ds.SamplesPerPixel = 1
+        ds.SamplesPerPixel = 3 if rgb else 1
         ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+        if rgb:
+            ds.PhotometricInterpretation = "YBR_FULL_422"  # what a baseline JPEG of colour frames holds
+            ds.PlanarConfiguration = 0
         ds.BitsAllocated = 8 if bits == 8 else 16
         ds.BitsStored = bits
         ds.HighBit = bits - 1
@@ -88,6 +98,8 @@ def write_dicom(
             ds.LossyImageCompression = "01"
         else:
             ds.PixelData = frames.astype(np.uint8 if bits == 8 else np.uint16).tobytes()
+            if syntax is not None:
+                ds.compress(syntax, frames.astype(np.uint8 if bits == 8 else np.uint16))
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(str(path), enforce_file_format=True)
     return path

@@ -38,6 +38,23 @@ def test_dicom_uncompressed_jpeg_and_16_bit(tmp_path):
     np.testing.assert_array_equal(readers.read_video(ref(tmp_path, "inv.dcm")), 255 - frames)
 
 
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.5"])
+def test_dicom_lossless_compressions_decode_exactly(tmp_path, syntax):
+    """JPEG 2000, JPEG-LS and RLE lossless cine loops (the data extra's decoders) give back the frames bit for bit."""
+    frames = moving_frames(4, 32, 40, seed=2)
+    write_dicom(tmp_path / "c.dcm", frames, syntax=syntax)
+    np.testing.assert_array_equal(readers.read_video(ref(tmp_path, "c.dcm")), frames)
+
+
+def test_dicom_colour_jpeg_is_read_as_rgb_not_as_ycbcr(tmp_path):
+    """A colour scanner's YBR_FULL_422 JPEG loop of a gray scan reads back as that gray scan: read as if its Y, Cb,
+    Cr planes were R, G, B, the gray would be 0.587 x 128 + ... of the chroma planes, far from the scan."""
+    frames = moving_frames(4, 32, 24, seed=3)
+    write_dicom(tmp_path / "colour.dcm", np.repeat(frames[..., None], 3, axis=-1), jpeg=True, rgb=True)
+    gray = readers.to_grayscale(readers.read_video(ref(tmp_path, "colour.dcm")))
+    assert gray.shape == frames.shape and np.abs(gray.astype(float) - frames).mean() < 2.0
+
+
 def test_list_videos_expands_hdf5_and_npz_and_finds_frame_folders(tmp_path):
     a, b = moving_frames(4, 16, 16), moving_frames(3, 16, 16, channels=3)
     write_hdf5(tmp_path / "scans" / "all.h5", {"vid_b": b, "vid_a": a})

@@ -79,9 +79,9 @@ def write_dicom(
         ds.NumberOfFrames = len(frames)
         ds.Rows, ds.Columns = frames.shape[1:3]
         ds.SamplesPerPixel = 3 if rgb else 1
-        ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+        # YBR_FULL_422: what a baseline JPEG of colour frames holds
+        ds.PhotometricInterpretation = "YBR_FULL_422" if rgb else "MONOCHROME1" if monochrome1 else "MONOCHROME2"
         if rgb:
-            ds.PhotometricInterpretation = "YBR_FULL_422"  # what a baseline JPEG of colour frames holds
             ds.PlanarConfiguration = 0
         ds.BitsAllocated = 8 if bits == 8 else 16
         ds.BitsStored = bits
@@ -97,9 +97,10 @@ def write_dicom(
             ds["PixelData"].VR = "OB"
             ds.LossyImageCompression = "01"
         else:
-            ds.PixelData = frames.astype(np.uint8 if bits == 8 else np.uint16).tobytes()
+            stored = frames.astype(np.uint8 if bits == 8 else np.uint16)
+            ds.PixelData = stored.tobytes()
             if syntax is not None:
-                ds.compress(syntax, frames.astype(np.uint8 if bits == 8 else np.uint16))
+                ds.compress(syntax, stored)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(str(path), enforce_file_format=True)
     return path

@@ -15,6 +15,12 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: one worker per core, at most 4. Each worker holds its own JAX and TensorFlow runtime (about 1 GB),
+    and XLA's CPU ops already use every core, so more workers add memory, not speed."""
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 4))
+
+
 def tiny_config(**overrides):
     """configs/barlow_twins.py:tiny with `overrides` (dotted keys) applied."""
     from fetalssl_jax.config_lib import load_config, set_by_path

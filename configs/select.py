@@ -12,8 +12,9 @@ next frame the one farthest from all chosen so far) or "random"; picks spread ov
 `min_gap` frame numbers of a chosen frame of the same video are skipped (near-duplicate neighbours).
 
 Writes to --workdir: to_label/ (the chosen frames as PNG at their recorded size; labels.csv with image_name, an
-empty class and the video's salted id as patient_id), selection.csv (the order of choice), embeddings.npz/.csv,
-sources.csv (id -> path: keep it local) and config.json. A budget larger than the number of frames is an error.
+empty class and as patient_id the video's salted id, or its patient folder's with `patient_folder`),
+selection.csv (the order of choice), embeddings.npz/.csv, sources.csv (id -> path: keep it local) and
+config.json. A budget larger than the number of frames is an error.
 """
 
 from fetalssl_jax import config_lib
@@ -40,5 +41,9 @@ def get_config(arg: str | None = None):
     # frames of one video closer than this (in frame numbers of the recording; 10 = 2 kept frames at frame skip 5)
     # to a chosen one are not chosen: neighbouring frames are near-duplicates
     c.min_gap = 10
+    # which folder level below `input` names the patient: 1 for <patient>/<video>, 2 for <site>/<patient>/<video>;
+    # picks spread over patients and labels.csv's patient_id is the patient's salted id, so the plane builder keeps
+    # all of a patient's videos in one split. 0: every video is its own patient.
+    c.patient_folder = 0
     c.seed = 0  # draws the first frame
     return config_lib.apply_preset(c, arg, PRESETS)

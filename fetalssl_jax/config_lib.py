@@ -708,7 +708,7 @@ def tool_problems(
         c.fail("image_size", size, f"must be 0 (from the files) or an integer >= {MIN_IMAGE_SIZE}")
     for key in ("frame_skip", "batch_size", "budget", "smooth_window", "top_k", "min_separation", "num_images"):
         c.integer(key)
-    for key in ("min_gap", "seed"):
+    for key in ("min_gap", "seed", "patient_folder"):
         c.integer(key, 0)
     c.probability("threshold")
     stage = c.get("stage")

@@ -45,6 +45,9 @@ class FetalUsVideoConfig(tfds.core.BuilderConfig):
     fit: how a frame becomes a square (`readers.resize_frames`): 'stretch' (the reference's resize), 'crop_pad'
         (the content box, then black padding: aspect kept, capture margins dropped) or 'pad'. Build the labelled
         planes with the same fit.
+    patient_folder: which folder level below the manual folder names the patient, so that all of a patient's
+        videos land in one split: 1 for `<patient>/<video>`, 2 for `<site>/<patient>/<video>`; 0 (the default):
+        every video is its own patient.
     """
 
     record: str = "pairs"
@@ -57,6 +60,7 @@ class FetalUsVideoConfig(tfds.core.BuilderConfig):
     split_seed: int = 0
     on_error: str = "raise"
     fit: str = "stretch"
+    patient_folder: int = 0
     synthetic: bool = False
     synthetic_videos: int = 48
     synthetic_frames: int = 64  # kept frames per generated video (frame skip already applied when rendering)
@@ -66,7 +70,8 @@ def _check_config(c: FetalUsVideoConfig) -> None:
     if c.record not in RECORDS:
         raise ValueError(f"fetal_us_video config {c.name!r}: record must be one of {RECORDS}, got {c.record!r}")
     for key, minimum in (("image_size", 8), ("frame_skip", 1), ("max_gap", 0), ("clip_length", 2),
-                         ("clip_stride", 1), ("synthetic_videos", 2), ("synthetic_frames", 1)):  # fmt: skip
+                         ("clip_stride", 1), ("synthetic_videos", 2), ("synthetic_frames", 1),
+                         ("patient_folder", 0)):  # fmt: skip
         if int(getattr(c, key)) < minimum:
             raise ValueError(f"fetal_us_video config {c.name!r}: {key} must be >= {minimum}, got {getattr(c, key)}")
     if c.fit not in readers.FITS:
@@ -182,8 +187,11 @@ class FetalUsVideo(BeamOrLocalBuilder):
             salt = readers.id_salt(root)
             refs = readers.list_videos(root)
             items = [(r, readers.salted_hash(r.name, salt)) for r in refs]
-            split = readers.split_groups([vid for _, vid in items], fractions, c.split_seed)
-            by_split = {s: [it for it in items if split[it[1]] == s] for s in fractions}
+            depth = int(c.patient_folder)
+            patients = [vid if depth == 0 else readers.salted_hash(readers.patient_folder(r.relpath, depth), salt)
+                        for r, vid in items]  # fmt: skip
+            split = readers.split_groups(patients, fractions, c.split_seed)
+            by_split = {s: [it for it, p in zip(items, patients, strict=True) if split[p] == s] for s in fractions}
             make = functools.partial(_real_video_records, c=c)
         return {
             s: self._generate_examples(items, SkippingExamples(make, c.on_error, "videos"), s)

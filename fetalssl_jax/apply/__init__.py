@@ -14,13 +14,15 @@ The command-line tasks (configs/embed.py, predict.py, select.py) are in `apply/t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from fetalssl_jax.apply.embedding import Embeddings, embed, embed_input
 from fetalssl_jax.apply.inputs import FrameBlock, Input, open_input
 from fetalssl_jax.apply.loading import Backbone, PlaneClassifier, load_backbone, load_classifier
 from fetalssl_jax.apply.planes import best_frames, predict, smooth
-from fetalssl_jax.apply.selection import DEFAULT_STRATEGY, STRATEGIES
+from fetalssl_jax.apply.selection import DEFAULT_STRATEGY, STRATEGIES, patient_rows
 
 __all__ = [
     "Backbone",
@@ -50,18 +52,25 @@ def select(
     positions: np.ndarray | None = None,
     min_gap: int = 0,
     seed: int = 0,
+    patients: Mapping[str, str] | None = None,
 ) -> np.ndarray:
     """Row indices of `budget` frames to label, in the order of choice, by `strategy` (`apply/selection.py`:
     'typical', the default: the most typical frames of k-means clusters; 'k-center': a covering of the embeddings;
     'random'). `groups` (video or patient per row) spreads the choice over videos, `positions` (frame number per row)
     with `min_gap` skips frames of a group within that many frames of a chosen one. An `Embeddings` brings its own
-    groups (source ids) and positions (frame indices). A budget larger than the number of rows is an error."""
+    groups (source ids) and positions (frame indices); with `patients` ({source id: patient id}, e.g.
+    `Input.patients`) the choice spreads over patients instead, and `min_gap` still acts within each video. A budget
+    larger than the number of rows is an error."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy = {strategy!r}: must be one of {', '.join(map(repr, STRATEGIES))}")
     if isinstance(embeddings, Embeddings):
+        if patients is not None and groups is None and positions is None:
+            groups, positions = patient_rows(embeddings.source_ids, embeddings.frame_index, patients, min_gap)
         groups = embeddings.source_ids if groups is None else groups
         positions = embeddings.frame_index if positions is None else positions
         embeddings = embeddings.features
+    elif patients is not None:
+        raise ValueError("patients needs an Embeddings (its source ids); with an array, give groups and positions")
     n = len(embeddings)
     if isinstance(budget, bool) or not isinstance(budget, int | np.integer) or budget < 1:
         raise ValueError(f"budget = {budget!r}: must be a positive integer (frames to label)")

@@ -77,6 +77,25 @@ class Input:
             return [(self._image_id(p), self._relative(p)) for p in self.images]
         return []
 
+    def patients(self, depth: int) -> dict[str, str]:
+        """{salted source id: salted patient id} of every video or image, the patient being the folder `depth` levels
+        below the input folder (`readers.patient_folder`; 0: every source is its own patient). A built dataset's
+        records name their videos only, so there `depth` must be 0."""
+        if self.kind == "tfds":
+            if depth:
+                raise ValueError(
+                    f"patient_folder = {depth}: {self.description} is a built dataset, whose records name their "
+                    "videos only; use patient_folder = 0 or give the folder of files"
+                )
+            return {}
+        names = [ref.relpath for ref in self.videos] if self.kind == "video" else []
+        names += [self._relative(p) for p in self.images]
+        ids = [sid for sid, _ in self.sources()]
+        if depth == 0:
+            return {sid: sid for sid in ids}
+        return {sid: readers.salted_hash(readers.patient_folder(name, depth), self.salt)
+                for sid, name in zip(ids, names, strict=True)}  # fmt: skip
+
     def blocks(self, image_size: int, frame_skip: int = 5, chunk: int = 256) -> Iterator[FrameBlock]:
         """The input as FrameBlocks: one per video, or chunks of `chunk` images / records."""
         if self.kind == "video":

@@ -50,7 +50,7 @@ density estimate.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from sklearn.cluster import KMeans, MiniBatchKMeans
@@ -101,6 +101,23 @@ def _nearest(x: np.ndarray, sq_norms: np.ndarray, centres: np.ndarray) -> np.nda
 def _check_tolerance(group_tolerance: float) -> None:
     if not 0 <= group_tolerance < 1:
         raise ValueError(f"group_tolerance must be in [0, 1), got {group_tolerance}")
+
+
+def patient_rows(
+    source_ids: np.ndarray, frame_index: np.ndarray, patients: Mapping[str, str], min_gap: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`groups` and `positions` that spread picks over patients while `min_gap` keeps acting within each video:
+    the group of a row is its video's patient, and the videos of a patient are laid end to end on the position
+    axis, more than `min_gap` apart, so frames of two videos are never each other's neighbours."""
+    source_ids = np.asarray(source_ids)
+    missing = sorted(set(source_ids.tolist()) - set(patients))
+    if missing:
+        raise ValueError(f"patients names no patient for {len(missing)} source id(s), e.g. {missing[0]!r}")
+    groups = np.array([patients[s] for s in source_ids.tolist()])
+    frame_index = np.asarray(frame_index, np.int64)
+    _, video = np.unique(source_ids, return_inverse=True)
+    span = int(frame_index.max(initial=0)) + int(min_gap) + 1
+    return groups, video.reshape(-1) * span + frame_index
 
 
 class _Eligibility:

@@ -64,18 +64,24 @@ def run_select(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
     workdir, data, backbone = _start(config, workdir, _backbone(config))
     embeddings = embed_input(backbone, data, config.frame_skip, config.batch_size, config.progress_bar)
     embeddings.save(workdir)
-    chosen = select(embeddings, config.budget, strategy=config.strategy, min_gap=config.min_gap, seed=config.seed)
+    patients = data.patients(config.patient_folder) if config.get("patient_folder", 0) else None
+    chosen = select(embeddings, config.budget, strategy=config.strategy, min_gap=config.min_gap, seed=config.seed,
+                    patients=patients)  # fmt: skip
     write_csv(workdir / "selection.csv", ("order", "row", "source_id", "frame_index"),
               [(k, int(r), embeddings.source_ids[r], int(embeddings.frame_index[r])) for k, r in
                enumerate(chosen)])  # fmt: skip
     blocks = data.blocks(backbone.image_size, config.frame_skip, config.batch_size)
-    csv_path = export_for_labelling(blocks, embeddings, chosen, workdir / "to_label")
+    csv_path = export_for_labelling(blocks, embeddings, chosen, workdir / "to_label", patients)
     videos = len(np.unique(embeddings.source_ids[chosen]))
+    if patients is not None:
+        videos = f"{videos} videos of {len({patients[s] for s in embeddings.source_ids[chosen].tolist()})} patients"
+    else:
+        videos = f"{videos} videos"
     # the planes are built with the fit the frames were chosen with (the PNGs keep the recording's geometry)
     build_config = "csv"
     if config.fit != "stretch":
         build_config = "'" + json.dumps({"name": f"csv_{config.fit}", "fit": config.fit}) + "'"
-    return (f"chose {len(chosen)} of {len(embeddings)} frames from {videos} videos; label them in {csv_path} "
+    return (f"chose {len(chosen)} of {len(embeddings)} frames from {videos}; label them in {csv_path} "
             f"(fill in `class`), then build: tfds build data_builders/fetal_cardiac_planes --config {build_config} "
             f"--manual_dir {csv_path.parent}")  # fmt: skip
 

@@ -84,6 +84,39 @@ def test_select_exports_frames_and_a_labels_csv_the_plane_builder_reads(scans, t
     assert [im.patient for im in images] == [r["patient_id"] for r in rows]
 
 
+def test_patient_folders_spread_the_choice_over_patients_and_name_them_in_labels_csv(scans, tmp_path, monkeypatch):
+    monkeypatch.setenv("FETALSSL_ID_SALT", "salt")
+    root, _, backbone = scans
+    # P0000 holds two videos, P0001 one: by video the 3 videos are 3 groups, by patient 2
+    config = _select_config(backbone=backbone, input=str(root), budget=6, frame_skip=2, min_gap=2, patient_folder=1)
+    with pytest.raises(readers.DataError, match=r"clip\.mp4: patient_folder = 1"):  # a video outside any folder
+        run_select(config, tmp_path / "root")
+    inside = tmp_path / "scans"
+    for name in ("P0000", "P0001"):
+        (inside / name).mkdir(parents=True)
+        for f in (root / name).glob("*.npy"):
+            (inside / name / f.name).write_bytes(f.read_bytes())
+    message = run_select(_select_config(backbone=backbone, input=str(inside), budget=6, frame_skip=2, min_gap=2,
+                                        patient_folder=1), tmp_path / "run")  # fmt: skip
+    assert "of 2 patients" in message
+    embeddings = Embeddings.load(tmp_path / "run")
+    with open(tmp_path / "run" / "sources.csv") as f:
+        patient = {sid: readers.salted_hash(path.split("/")[0], "salt") for sid, path in list(csv.reader(f))[1:]}
+    with open(tmp_path / "run" / "to_label" / "labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    with open(tmp_path / "run" / "selection.csv") as f:
+        chosen = [int(r["row"]) for r in csv.DictReader(f)]
+    assert [r["patient_id"] for r in rows] == [patient[embeddings.source_ids[c]] for c in chosen]
+    assert sorted({r["patient_id"] for r in rows}) == sorted(set(patient.values()))
+    # the picks spread over the two patients (the groups), with min_gap per video (test_selection.py checks both)
+    assert chosen == select(embeddings, 6, min_gap=2, seed=0, patients=patient).tolist()
+    # min_gap acts within a video only: frames of P0000's two videos may share a frame number
+    for i, a in enumerate(chosen):
+        for b in chosen[i + 1 :]:
+            if embeddings.source_ids[a] == embeddings.source_ids[b]:
+                assert abs(int(embeddings.frame_index[a]) - int(embeddings.frame_index[b])) > 2
+
+
 def test_a_budget_larger_than_the_frames_is_an_error(scans, tmp_path):
     root, _, backbone = scans
     # P0000 holds two videos of 12 frames: 12 rows at frame skip 2

@@ -13,6 +13,7 @@ from fetalssl_jax.apply.selection import (
     STRATEGIES,
     covering_radius,
     k_center_greedy,
+    patient_rows,
     random_rows,
     random_selection,
     typical_clusters,
@@ -320,3 +321,19 @@ def test_strategies_share_one_signature():
         assert chosen.dtype == np.int64 and len(set(chosen.tolist())) == 7, name
     np.testing.assert_array_equal(random_rows(x, 7, seed=3), random_selection(60, 7, 3))
     assert selection.DEFAULT_STRATEGY in STRATEGIES
+
+
+def test_patient_rows_group_by_patient_and_keep_videos_apart():
+    # two videos of patient A (frames 0, 2, 4) and one of B: groups are patients; positions keep each video's
+    # frame numbers and lay the videos more than min_gap apart (hand-worked: span = 4 + 4 + 1 = 9)
+    source = np.array(["a1", "a1", "a1", "a2", "a2", "a2", "b1", "b1", "b1"])
+    frames = np.array([0, 2, 4] * 3)
+    groups, positions = patient_rows(source, frames, {"a1": "A", "a2": "A", "b1": "B"}, min_gap=4)
+    assert groups.tolist() == ["A"] * 6 + ["B"] * 3
+    assert positions.tolist() == [0, 2, 4, 9, 11, 13, 18, 20, 22]
+    # with min_gap 4, one frame of each video can be chosen, and only so: a1's frame 4 leaves a2's frame 0
+    for seed in range(5):
+        chosen = random_selection(9, 3, seed, groups=groups, positions=positions, min_gap=4)
+        assert sorted(source[chosen].tolist()) == ["a1", "a2", "b1"]
+    with pytest.raises(ValueError, match=r"patients names no patient for 1 source id\(s\), e.g. 'b1'"):
+        patient_rows(source, frames, {"a1": "A", "a2": "A"}, min_gap=4)

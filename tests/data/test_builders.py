@@ -89,6 +89,36 @@ def test_pairs_from_every_format_split_by_video_without_patient_data(videos, tmp
         assert not [n for n in needles if n in data], p
 
 
+def test_patient_folders_keep_a_patients_videos_in_one_split(tmp_path):
+    # 6 patients with 2 videos each, in <site>/<patient>/ folders; a video left at the site level has no patient
+    manual = tmp_path / "manual"
+    for p in range(6):
+        for v in range(2):
+            path = manual / f"site{p % 2}" / f"P{p}" / f"v{v}.npy"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, moving_frames(2, 16, 16, seed=10 * p + v))
+    salt = readers.id_salt(manual)
+    patient_of = {readers.salted_hash(f"site{p % 2}/P{p}/v{v}.npy", salt): p for p in range(6) for v in range(2)}
+    split_patients = []
+    for seed in range(4):
+        config = FetalUsVideoConfig(name=f"by_patient{seed}", record="frames", image_size=16, frame_skip=1,
+                                    validation_fraction=0.5, split_seed=seed, patient_folder=2)  # fmt: skip
+        records = all_records(build(FetalUsVideo, config, manual, tmp_path / "data"))
+        patients = {s: {patient_of[r["video_id"]] for r in rs} for s, rs in records.items()}
+        assert patients["train"].isdisjoint(patients["validation"]) and len(patients["validation"]) == 3
+        assert sum(len(rs) for rs in records.values()) == 24  # every video, 2 frames each
+        split_patients.append(patients["validation"])
+    by_video = FetalUsVideoConfig(name="by_video", record="frames", image_size=16, frame_skip=1,
+                                  validation_fraction=0.5, split_seed=0)  # fmt: skip
+    records = all_records(build(FetalUsVideo, by_video, manual, tmp_path / "data"))
+    patients = {s: {patient_of[r["video_id"]] for r in rs} for s, rs in records.items()}
+    assert not patients["train"].isdisjoint(patients["validation"])  # split by video, patients straddle the splits
+    np.save(manual / "site0" / "loose.npy", moving_frames(2, 16, 16, seed=99))
+    config = FetalUsVideoConfig(name="loose", record="frames", image_size=16, frame_skip=1, patient_folder=2)
+    with pytest.raises(DataError, match=r"site0/loose\.npy: patient_folder = 2"):
+        build(FetalUsVideo, config, manual, tmp_path / "data")
+
+
 def test_beam_direct_runner_writes_the_same_records(videos, tmp_path):
     config = FetalUsVideoConfig(name="t_clips", record="clips", image_size=16, frame_skip=1, clip_length=3,
                                 clip_stride=2, validation_fraction=0.34)  # fmt: skip

@@ -161,6 +161,19 @@ def test_split_groups_is_disjoint_deterministic_and_proportional():
     assert sorted(small.values()) == ["train", "train", "validation"]
 
 
+def test_patient_folder_is_the_folder_at_the_given_depth():
+    assert readers.patient_folder("site/P1/exam/a.mp4", 2) == "site/P1"
+    assert readers.patient_folder("P1/a.mp4", 1) == "P1"
+    assert readers.patient_folder("P1/sweep_frames", 1) == "P1"  # a folder of frames is a video like a file
+    assert readers.patient_folder("P1/a.mp4", 0) == "P1/a.mp4"  # every video its own patient
+    with pytest.raises(DataError, match=r"a\.mp4: patient_folder = 1 .* this file is 0 level\(s\) deep"):
+        readers.patient_folder("a.mp4", 1)
+    with pytest.raises(DataError, match=r"P1/a\.mp4: patient_folder = 2 .* 1 level\(s\) deep"):
+        readers.patient_folder("P1/a.mp4", 2)
+    with pytest.raises(ValueError, match=r"patient_folder = -1: must be an integer >= 0"):
+        readers.patient_folder("P1/a.mp4", -1)
+
+
 def test_bad_inputs_name_the_file(tmp_path):
     write_video(tmp_path / "good.mp4", moving_frames(30, 32, 32))
     data = (tmp_path / "good.mp4").read_bytes()

@@ -116,6 +116,24 @@ def split_groups(groups: Sequence[str], fractions: Mapping[str, float], seed: in
     return assignment
 
 
+def patient_folder(relpath: str, depth: int) -> str:
+    """The patient of a video or image at `relpath` (relative to the data folder): the folder `depth` levels below
+    the data folder, as its path (`site/P0001/exam/sweep.mp4`, depth 2 -> 'site/P0001'); `relpath` itself when
+    `depth` is 0 (every video its own patient). A file not that deep is a DataError naming it."""
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+        raise ValueError(f"patient_folder = {depth!r}: must be an integer >= 0 (0: every video is its own patient)")
+    if depth == 0:
+        return relpath
+    folders = pathlib.PurePosixPath(relpath).parts[:-1]
+    if len(folders) < depth:
+        raise DataError(
+            f"{relpath}: patient_folder = {depth} takes the patient from the folder {depth} level(s) below the data "
+            f"folder, but this file is {len(folders)} level(s) deep; put every patient's files in their own folder, "
+            "or use patient_folder = 0 (every video its own patient)"
+        )
+    return "/".join(folders[:depth])
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Finding videos
 # --------------------------------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ def get_config(arg: str | None = None):
     c = autoencoder.autoencoder_config("inpainting", 1, 1)
     c.method_kwargs.erase_scale = (0.02, 0.33)
     c.method_kwargs.erase_ratio = (0.3, 3.3)
-    c.method_kwargs.erase = "rectangle"  # the reference; "patches": a masked-autoencoder grid (below)
+    # the reference; "patches": a masked-autoencoder grid; "outside": all but one box erased (below)
+    c.method_kwargs.erase = "rectangle"
     c.method_kwargs.mask_ratio = 0.6  # erase = "patches": fraction of the grid's squares erased
+    c.method_kwargs.keep_scale = (0.25, 0.5)  # erase = "outside": the area of the one box left visible
     return config_lib.apply_preset(c, arg, autoencoder.PRESETS)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fetalssl_jax.data.randaugment import random_erasing_batch
+from fetalssl_jax.data.randaugment import random_erasing_batch, sample_erase_box
 from fetalssl_jax.methods.autoencoder import AutoEncoder
 from fetalssl_jax.methods.base import register
 
-ERASE_MODES = ("rectangle", "patches")
+ERASE_MODES = ("rectangle", "patches", "outside")
 
 
 def patch_mask(key: jax.Array, batch: int, size: int, patch: int, ratio: float) -> jax.Array:
@@ -29,12 +29,29 @@ def patch_mask(key: jax.Array, batch: int, size: int, patch: int, ratio: float) 
     return pixels[..., None]
 
 
+def outside_box_mask(
+    key: jax.Array, batch: int, size: int, scale: tuple[float, float], ratio: tuple[float, float]
+) -> jax.Array:
+    """float32 [batch, size, size, 1]: 1 outside one random box per sample (area a fraction `scale` of the image,
+    aspect `ratio`, drawn as RandomErasing draws its box), 0 inside it."""
+    rows, cols = jnp.arange(size)[:, None], jnp.arange(size)[None, :]
+
+    def one(k: jax.Array) -> jax.Array:
+        top, left, h, w, found = sample_erase_box(k, size, size, scale, ratio)
+        inside = found & (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+        return 1.0 - inside.astype(jnp.float32)
+
+    return jax.vmap(one)(jax.random.split(key, batch))[..., None]
+
+
 @register
 class Inpainting(AutoEncoder):
     """`method_kwargs`: as the autoencoder, plus `erase`: "rectangle" (the reference: one RandomErasing rectangle,
     `erase_scale`, `erase_ratio`; loss on every pixel) or "patches" (a fraction `mask_ratio` of a grid of squares
     of side `patch_fraction` x image size, filled with N(0, 1) as RandomErasing fills; loss on the erased pixels
-    only, as masked autoencoders)."""
+    only, as masked autoencoders) or "outside" (everything but one box of `keep_scale` of the image, aspect
+    `erase_ratio`, is erased: the network sees one part of the scan and draws the rest; loss on the erased
+    pixels only)."""
 
     name = "inpainting"
 
@@ -53,8 +70,10 @@ class Inpainting(AutoEncoder):
             return erased.astype(self.dtype), clean, None
         mask_rng, fill_rng = jax.random.split(erase_rng)
         b, size = clean.shape[0], clean.shape[1]
-        patch = max(1, round(k.patch_fraction * size))
-        mask = patch_mask(mask_rng, b, size, patch, k.mask_ratio)
+        if self.erase == "outside":
+            mask = outside_box_mask(mask_rng, b, size, tuple(k.keep_scale), tuple(k.erase_ratio))
+        else:
+            mask = patch_mask(mask_rng, b, size, max(1, round(k.patch_fraction * size)), k.mask_ratio)
         fill = jax.random.normal(fill_rng, clean.shape, clean.dtype)
         erased = mask * fill + (1.0 - mask) * corrupted
         return erased.astype(self.dtype), clean, mask

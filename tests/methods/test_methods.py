@@ -12,7 +12,7 @@ from conftest import REPO
 from fetalssl_jax.config_lib import load_config, set_by_path
 from fetalssl_jax.methods import get_method, registered_methods
 from fetalssl_jax.methods.autoencoder import EncoderDecoder, normalize_patches, reconstruction_loss
-from fetalssl_jax.methods.inpainting import patch_mask
+from fetalssl_jax.methods.inpainting import outside_box_mask, patch_mask
 from fetalssl_jax.models.resnet import BasicBlock
 from fetalssl_jax.train.loop import train
 from fetalssl_jax.train.monitor import read_metrics
@@ -98,6 +98,24 @@ def test_patch_mask_erases_exactly_the_asked_share_of_whole_squares(size, patch,
     assert mask.max(axis=0).min() == 1.0
 
 
+def test_outside_box_mask_keeps_one_box_of_the_asked_area():
+    size, scale, ratio = 32, (0.25, 0.5), (0.3, 3.3)
+    mask = np.asarray(outside_box_mask(jax.random.PRNGKey(2), 64, size, scale, ratio))
+    assert mask.shape == (64, size, size, 1) and set(np.unique(mask)) <= {0.0, 1.0}
+    areas = []
+    for m in mask[..., 0]:
+        rows, cols = np.nonzero(m == 0)
+        box = np.zeros_like(m)
+        box[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] = 1
+        np.testing.assert_array_equal(m == 0, box == 1)  # what is kept is exactly one axis-aligned box
+        h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        # RandomErasing's draw: area in scale x image (sides rounded to whole pixels), aspect h / w in ratio
+        assert scale[0] * size**2 * 0.8 <= h * w <= scale[1] * size**2 * 1.2
+        assert ratio[0] * 0.8 <= h / w <= ratio[1] * 1.2
+        areas.append(h * w)
+    assert np.std(areas) > 0 and mask.max(axis=0).min() == 1.0  # boxes vary; every pixel is erased sometimes
+
+
 def test_weighted_reconstruction_loss_is_the_mean_over_weighted_pixels():
     rng = np.random.default_rng(0)
     pred, target = rng.normal(size=(2, 4, 4, 3)), rng.normal(size=(2, 4, 4, 3))
@@ -125,7 +143,7 @@ def test_patch_normalised_target_is_each_square_standardised(size, patch):
 def test_unknown_autoencoder_options_are_named():
     config = load_config(f"{REPO / 'configs' / 'inpainting.py'}:tiny")
     set_by_path(config, "method_kwargs.erase", "blocks")
-    with pytest.raises(ValueError, match=r"config.method_kwargs.erase = 'blocks': must be one of rectangle, patches"):
+    with pytest.raises(ValueError, match=r"method_kwargs.erase = 'blocks': must be one of rectangle, patches, outside"):
         get_method("inpainting")(config)
     set_by_path(config, "method_kwargs.bottleneck", "vector")
     with pytest.raises(ValueError, match=r"config.method_kwargs.bottleneck = 'vector': must be one of map, pooled"):

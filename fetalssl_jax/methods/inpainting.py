@@ -1,5 +1,6 @@
-"""Inpainting autoencoder (the paper's reference): the autoencoder's model; the input has one random rectangle
-erased and filled with random values (RandomErasing, p = 1); the target is the clean image.
+"""Inpainting autoencoder: the autoencoder's model; part of the input is erased and filled with random values and the
+target is the clean image. The paper's reference erases one random rectangle (RandomErasing, p = 1); `erase` also
+offers a masked-autoencoder grid and "outside" (all but one box erased; the CPU presets, configs/inpainting.py).
 
 Input transform: resize, RandAugment(1 op, magnitude 1), flips, then erasing.
 """

@@ -80,14 +80,12 @@ class Input:
     def patients(self, depth: int) -> dict[str, str]:
         """{salted source id: salted patient id} of every video or image, the patient being the folder `depth` levels
         below the input folder (`readers.patient_folder`; 0: every source is its own patient). A built dataset's
-        records name their videos only, so there `depth` must be 0."""
+        records name their videos only: there it is an error."""
         if self.kind == "tfds":
-            if depth:
-                raise ValueError(
-                    f"patient_folder = {depth}: {self.description} is a built dataset, whose records name their "
-                    "videos only; use patient_folder = 0 or give the folder of files"
-                )
-            return {}
+            raise ValueError(
+                f"patient_folder = {depth}: {self.description} is a built dataset, whose records name their "
+                "videos only; use patient_folder = 0 or give the folder of files"
+            )
         names = [ref.relpath for ref in self.videos] if self.kind == "video" else []
         names += [self._relative(p) for p in self.images]
         ids = [sid for sid, _ in self.sources()]

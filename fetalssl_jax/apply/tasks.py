@@ -72,11 +72,10 @@ def run_select(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
                enumerate(chosen)])  # fmt: skip
     blocks = data.blocks(backbone.image_size, config.frame_skip, config.batch_size)
     csv_path = export_for_labelling(blocks, embeddings, chosen, workdir / "to_label", patients)
-    videos = len(np.unique(embeddings.source_ids[chosen]))
+    sources = embeddings.source_ids[chosen].tolist()
+    videos = f"{len(set(sources))} videos"
     if patients is not None:
-        videos = f"{videos} videos of {len({patients[s] for s in embeddings.source_ids[chosen].tolist()})} patients"
-    else:
-        videos = f"{videos} videos"
+        videos += f" of {len({patients[s] for s in sources})} patients"
     # the planes are built with the fit the frames were chosen with (the PNGs keep the recording's geometry)
     build_config = "csv"
     if config.fit != "stretch":

@@ -20,6 +20,8 @@ def autoencoder_config(method: str, randaugment_ops: int, randaugment_magnitude:
     # target "patch_norm" (each square normalised, as masked autoencoders) and inpainting's erase "patches": the
     # square's side over the image's (8 px at 64 px)
     c.method_kwargs.patch_fraction = 0.125
+    # bottleneck "wta": the share of a batch each channel's winner may fire for (lifetime sparsity)
+    c.method_kwargs.lifetime_fraction = 0.2
     c.optim.name = "adamw"
     c.optim.lr_weights = 1e-3
     c.optim.lr_batch_scaling = False

@@ -1,6 +1,6 @@
 """The paper's experiment grid in one command: pretrain every method, then classify at several label budgets.
 
-  python -m fetalssl_jax.main --config configs/paper_grid.py                  # CPU, embedded data (1-2 hours)
+  python -m fetalssl_jax.main --config configs/paper_grid.py                  # CPU, embedded data (~4 h on 2 cores)
   python -m fetalssl_jax.main --config configs/paper_grid.py:tiny             # minutes; what the tests run
   python -m fetalssl_jax.main --config configs/paper_grid.py:paper            # the paper's grid (GPU/TPU)
   python -m fetalssl_jax.main --config configs/paper_grid.py \

@@ -7,6 +7,8 @@ the device. The encoder is the `backbone` that downstream tasks reuse.
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -46,17 +48,34 @@ def normalize_patches(target: jax.Array, patch: int, eps: float = 1e-6) -> jax.A
     return normed[:, :h, :w].astype(target.dtype)
 
 
+def winner_take_all(feature_map: jax.Array, lifetime_fraction: float) -> jax.Array:
+    """The convolutional winner-take-all code (Makhzani & Frey 2015): of [B, H, W, C] features, every sample's
+    channel keeps only its largest activation over the positions (spatial sparsity), and every channel keeps those
+    winners that are among the `lifetime_fraction` largest of the batch (lifetime sparsity); the rest is 0. Ties
+    are kept. Gradients reach the kept activations only."""
+    if not 0.0 < lifetime_fraction <= 1.0:
+        raise ValueError(f"lifetime_fraction must be in (0, 1], got {lifetime_fraction}")
+    peak = jnp.max(feature_map, axis=(1, 2), keepdims=True)  # [B, 1, 1, C]
+    k = max(1, math.ceil(lifetime_fraction * feature_map.shape[0]))
+    kth = jax.lax.top_k(peak[:, 0, 0, :].T, k)[0][:, -1]  # [C]: each channel's k-th largest winner in the batch
+    keep = (feature_map >= peak) & (peak >= kth)
+    return jnp.where(keep, feature_map, jnp.zeros_like(feature_map))
+
+
 class EncoderDecoder(nn.Module):
     """backbone -> decoder -> image of the input's size.
 
     `bottleneck` "map" decodes the layer4 map (the reference). "pooled" decodes the globally pooled features
     (a linear layer brings them back to the map's shape): the vector that downstream tasks use is then the
-    code itself, not an average of a map whose information sits in its spatial layout.
+    code itself, not an average of a map whose information sits in its spatial layout. "wta" decodes the map's
+    winner-take-all code (`winner_take_all` with `lifetime_fraction`): a sparse autoencoder whose every channel
+    must describe, alone, the few frames of a batch it fires most for; the backbone's own output stays dense.
     """
 
     backbone: nn.Module
     dtype: jnp.dtype = jnp.float32
     bottleneck: str = "map"
+    lifetime_fraction: float = 0.2
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -74,13 +93,15 @@ class EncoderDecoder(nn.Module):
             h, w, c = feature_map.shape[1:]
             code = nn.Dense(h * w * c, dtype=self.dtype, name="unpool")(pooled)
             feature_map = nn.relu(code.reshape(code.shape[0], h, w, c))
+        elif self.bottleneck == "wta":
+            feature_map = winner_take_all(feature_map, self.lifetime_fraction)
         out = decoder(feature_map, train=train)
         if out.shape[1:3] != x.shape[1:3]:  # sizes that are not multiples of 32
             out = jax.image.resize(out, (out.shape[0], *x.shape[1:3], out.shape[-1]), "bilinear")
         return out
 
 
-BOTTLENECKS = ("map", "pooled")
+BOTTLENECKS = ("map", "pooled", "wta")
 INPUTS = ("randaugment", "denoise")
 TARGETS = ("pixels", "patch_norm")
 # What a denoising target leaves out of the input's view: the photometric nuisances. The geometry (crop, rotation,
@@ -90,7 +111,8 @@ _NUISANCE_OFF = {"ultrasound_prob": 0.0, "color_jitter_prob": 0.0, "blur_prob": 
 
 @register
 class AutoEncoder(Method):
-    """`method_kwargs`: randaugment_ops, randaugment_magnitude, hflip_prob, vflip_prob, bottleneck, inputs, target.
+    """`method_kwargs`: randaugment_ops, randaugment_magnitude, hflip_prob, vflip_prob, bottleneck, inputs, target
+    (and `lifetime_fraction` for the "wta" bottleneck).
 
     `target` "pixels" (the reference) or "patch_norm": every square of side `patch_fraction` x image size of the
     target normalised to mean 0, variance 1 (`normalize_patches`).
@@ -114,7 +136,9 @@ class AutoEncoder(Method):
                 raise ValueError(f"config.method_kwargs.{key} = {value!r}: must be one of {', '.join(allowed)}")
 
     def build_model(self) -> nn.Module:
-        return EncoderDecoder(self.build_backbone(), self.dtype, self.bottleneck)
+        return EncoderDecoder(
+            self.build_backbone(), self.dtype, self.bottleneck, float(self.kwargs.get("lifetime_fraction", 0.2))
+        )
 
     def augment(self, rng: jax.Array, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(network input, clean target), normalised float [B, S, S, 3] each (see `inputs`)."""

@@ -11,7 +11,7 @@ from conftest import REPO
 
 from fetalssl_jax.config_lib import load_config, set_by_path
 from fetalssl_jax.methods import get_method, registered_methods
-from fetalssl_jax.methods.autoencoder import EncoderDecoder, normalize_patches, reconstruction_loss
+from fetalssl_jax.methods.autoencoder import EncoderDecoder, normalize_patches, reconstruction_loss, winner_take_all
 from fetalssl_jax.methods.inpainting import outside_box_mask, patch_mask
 from fetalssl_jax.models.resnet import BasicBlock
 from fetalssl_jax.train.loop import train
@@ -146,7 +146,7 @@ def test_unknown_autoencoder_options_are_named():
     with pytest.raises(ValueError, match=r"method_kwargs.erase = 'blocks': must be one of rectangle, patches, outside"):
         get_method("inpainting")(config)
     set_by_path(config, "method_kwargs.bottleneck", "vector")
-    with pytest.raises(ValueError, match=r"config.method_kwargs.bottleneck = 'vector': must be one of map, pooled"):
+    with pytest.raises(ValueError, match=r"method_kwargs.bottleneck = 'vector': must be one of map, pooled, wta"):
         get_method("inpainting")(config)
     set_by_path(config, "method_kwargs.bottleneck", "map")
     set_by_path(config, "method_kwargs.target", "edges")
@@ -180,3 +180,22 @@ def test_denoising_autoencoder_target_is_the_same_view_without_the_nuisance():
     for a, b in zip(noisy, clean, strict=True):
         assert np.mean((a < 1e-3) == (b < 1e-3)) > 0.99  # up to resampling's near-zero values at the band's edge
         assert spearmanr(a.ravel(), b.ravel()).statistic > 0.99
+
+
+def test_winner_take_all_keeps_each_channels_spatial_winner_among_the_batchs_largest():
+    rng = np.random.default_rng(0)
+    x = rng.random((5, 3, 2, 4)).astype(np.float32)
+    out = np.asarray(winner_take_all(jnp.asarray(x), 0.4))  # ceil(0.4 * 5) = 2 samples per channel
+    expected = np.zeros_like(x)
+    for c in range(4):
+        peaks = x[..., c].reshape(5, -1).max(axis=1)
+        for b in np.argsort(-peaks)[:2]:
+            i, j = np.unravel_index(np.argmax(x[b, :, :, c]), (3, 2))
+            expected[b, i, j, c] = x[b, i, j, c]
+    np.testing.assert_array_equal(out, expected)
+    assert np.count_nonzero(out) == 2 * 4
+    # the gradient reaches the kept activations only
+    grad = np.asarray(jax.grad(lambda f: jnp.sum(winner_take_all(f, 0.4)))(jnp.asarray(x)))
+    np.testing.assert_array_equal(grad, (expected != 0).astype(np.float32))
+    with pytest.raises(ValueError, match="lifetime_fraction must be in"):
+        winner_take_all(jnp.asarray(x), 0.0)

@@ -134,11 +134,12 @@ class AutoEncoder(Method):
                                     ("target", self.target, TARGETS)):  # fmt: skip
             if value not in allowed:
                 raise ValueError(f"config.method_kwargs.{key} = {value!r}: must be one of {', '.join(allowed)}")
+        self.lifetime_fraction = float(self.kwargs.get("lifetime_fraction", 0.2))
+        if not 0.0 < self.lifetime_fraction <= 1.0:
+            raise ValueError(f"config.method_kwargs.lifetime_fraction = {self.lifetime_fraction}: must be in (0, 1]")
 
     def build_model(self) -> nn.Module:
-        return EncoderDecoder(
-            self.build_backbone(), self.dtype, self.bottleneck, float(self.kwargs.get("lifetime_fraction", 0.2))
-        )
+        return EncoderDecoder(self.build_backbone(), self.dtype, self.bottleneck, self.lifetime_fraction)
 
     def augment(self, rng: jax.Array, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(network input, clean target), normalised float [B, S, S, 3] each (see `inputs`)."""

@@ -149,6 +149,10 @@ def test_unknown_autoencoder_options_are_named():
     with pytest.raises(ValueError, match=r"method_kwargs.bottleneck = 'vector': must be one of map, pooled, wta"):
         get_method("inpainting")(config)
     set_by_path(config, "method_kwargs.bottleneck", "map")
+    set_by_path(config, "method_kwargs.lifetime_fraction", 1.5)
+    with pytest.raises(ValueError, match=r"config.method_kwargs.lifetime_fraction = 1.5: must be in \(0, 1\]"):
+        get_method("inpainting")(config)
+    set_by_path(config, "method_kwargs.lifetime_fraction", 0.2)
     set_by_path(config, "method_kwargs.target", "edges")
     with pytest.raises(ValueError, match=r"config.method_kwargs.target = 'edges': must be one of pixels, patch_norm"):
         get_method("inpainting")(config)

@@ -55,4 +55,8 @@ PRESETS = {"default": default, "tiny": tiny, "paper": paper}
 
 def get_config(arg: str | None = None):
     """AutoEncoder config; `arg` names a preset (default, tiny, paper) optionally followed by ,key=value."""
-    return config_lib.apply_preset(autoencoder_config("autoencoder", 3, 3), arg, PRESETS)
+    c = autoencoder_config("autoencoder", 3, 3)
+    # the view that inputs "denoise" and "view" corrupt with the scan's nuisances (crop, any rotation, gain / TGC /
+    # speckle); the reference's RandAugment input does not read it
+    config_lib.ultrasound_views(c)
+    return config_lib.apply_preset(c, arg, PRESETS)

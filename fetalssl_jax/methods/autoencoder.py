@@ -102,7 +102,7 @@ class EncoderDecoder(nn.Module):
 
 
 BOTTLENECKS = ("map", "pooled", "wta")
-INPUTS = ("randaugment", "denoise")
+INPUTS = ("randaugment", "denoise", "view")
 TARGETS = ("pixels", "patch_norm")
 # What a denoising target leaves out of the input's view: the photometric nuisances. The geometry (crop, rotation,
 # flips) is drawn from the same uniforms, so input and target are pixel-aligned.
@@ -121,6 +121,9 @@ class AutoEncoder(Method):
     input is a view of `config.augment.view1` (crop, rotation, flips, gain / TGC / speckle, jitter, blur) and the
     target is the same view without its photometric nuisances: a denoising autoencoder (Vincent et al. 2008) whose
     corruptions are those of ultrasound acquisition, so the code must not depend on them.
+    "view": the input is the same view and the target the whole frame as acquired (only the view's flips kept,
+    since a scan may be mirrored either way): the code must hold the scan's anatomy outside a zoomed-in, rotated
+    crop, not the crop's pixels.
     """
 
     name = "autoencoder"
@@ -152,6 +155,9 @@ class AutoEncoder(Method):
             return clean, clean
         view = self.config.augment.view1.to_dict()
         clean_view = {**view, **_NUISANCE_OFF}
+        if self.inputs == "view":
+            ratio = frames.shape[3] / frames.shape[2]  # the crop box of the whole frame, whatever its aspect
+            clean_view.update(crop_scale=(1.0, 1.0), crop_ratio=(ratio, ratio), rotation_prob=0.0)
         keys = jax.random.split(rng, frames.shape[0])
         noisy = jax.vmap(lambda key, im: augment_view(key, im, view, size))(keys, frames[:, 0])
         clean = jax.vmap(lambda key, im: augment_view(key, im, clean_view, size))(keys, frames[:, 0])

@@ -186,6 +186,32 @@ def test_denoising_autoencoder_target_is_the_same_view_without_the_nuisance():
         assert spearmanr(a.ravel(), b.ravel()).statistic > 0.99
 
 
+def test_view_autoencoder_target_is_the_whole_frame_whatever_the_crop():
+    # inputs "view": the target is the frame as acquired, so (flips off) it is the same for any draw of crop,
+    # rotation and nuisance, and at the frame's own size it is the frame itself, normalised by hand
+    from fetalssl_jax.data.augment import IMAGENET_MEAN, IMAGENET_STD
+
+    config = load_config(f"{REPO / 'configs' / 'autoencoder.py'}:tiny")
+    set_by_path(config, "method_kwargs.inputs", "view")
+    with config.augment.unlocked():
+        config.augment.view1.update(dict(
+            crop_scale=(0.25, 0.5), rotation_prob=1.0, rotation_deg=180.0, flip_prob=0.0, vflip_prob=0.0,
+            ultrasound_prob=1.0, gain_db=6.0,
+        ))  # fmt: skip
+    method = get_method("autoencoder")(config)
+    size = config.data.image_size
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(4, 1, size, size, 1), dtype=np.uint8)
+    augment = jax.jit(method.augment)
+    view_a, target_a = (np.asarray(x) for x in augment(jax.random.PRNGKey(1), frames))
+    view_b, target_b = (np.asarray(x) for x in augment(jax.random.PRNGKey(2), frames))
+    expected = (frames[:, 0].astype(np.float32) / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    np.testing.assert_allclose(target_a, expected, atol=1e-4)
+    np.testing.assert_allclose(target_b, expected, atol=1e-4)
+    assert not np.allclose(view_a, view_b, atol=1e-2)  # the inputs are different crops
+    assert not np.allclose(view_a, target_a, atol=1e-2)
+
+
 def test_winner_take_all_keeps_each_channels_spatial_winner_among_the_batchs_largest():
     rng = np.random.default_rng(0)
     x = rng.random((5, 3, 2, 4)).astype(np.float32)

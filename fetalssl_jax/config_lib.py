@@ -13,9 +13,7 @@ results it resumes or reuses: the config less its cosmetic keys.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
-import json
 import numbers
 import os
 import pathlib
@@ -25,6 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
+
+from fetalssl_jax.errors import UserError
 
 ConfigDict = ml_collections.ConfigDict
 COMPILATION_CACHE_DIR = "~/.cache/fetalssl_jax/xla"  # JAX's persistent compilation cache of every run
@@ -311,7 +311,7 @@ def load_config(path_and_arg: str) -> ConfigDict:
 
 
 # ---- validation ---------------------------------------------------------------------------------------------------
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """Config values no run can use. The message lists every problem, one per line, each naming the key (dotted
     path), its value and what is allowed: `config.batch_size = -4: must be a positive integer`."""
 
@@ -745,81 +745,3 @@ def validate_grid(config: ConfigDict) -> None:
     """Raises ConfigError listing every problem of a grid config (`task == "grid"`): its own keys, its `classify`
     config and each pretraining config among its inits."""
     _raise_if(grid_problems(config))
-
-
-# ---- fingerprints: what a resumed or reused run must share with the run that wrote it -----------------------------
-# Keys that never change a pretraining run's trajectory: how it reports and how often it saves, where the compiler
-# caches, how many batches are prepared ahead, and the frozen-backbone evaluation (it reads the weights, never
-# changes them). `allow_extend` only permits a change of LENGTH_KEYS.
-PRETRAINING_COSMETIC_KEYS = (
-    "progress_bar", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "compilation_cache_dir",
-    "data.prefetch", "eval", "allow_extend",
-)  # fmt: skip
-# A classifier's checkpoints only save it (a resumed run repeats the losses). Its `eval` keys are not cosmetic:
-# they size the labelled set.
-CLASSIFICATION_COSMETIC_KEYS = (
-    "progress_bar", "compilation_cache_dir", "checkpoint_every_epochs", "checkpoint_every_steps",
-)  # fmt: skip
-LENGTH_KEYS = ("num_steps", "num_epochs")  # with allow_extend, a resumed pretraining run may change these
-DIGEST_KEY = "fingerprint_sha256"  # written into config.json beside the config; never part of a fingerprint
-
-
-def cosmetic_keys(config: Mapping | ConfigDict) -> tuple[str, ...]:
-    """The keys of a pretraining or classification config (`task == "classify"`) that a resume or reuse ignores."""
-    return CLASSIFICATION_COSMETIC_KEYS if config.get("task", "pretrain") == "classify" else PRETRAINING_COSMETIC_KEYS
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, Mapping):
-        return {prefix: tree}
-    return {k: v for key, sub in tree.items() for k, v in _flatten(sub, f"{prefix}.{key}" if prefix else key).items()}
-
-
-def _matches(key: str, patterns: Sequence[str]) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in patterns)
-
-
-def fingerprint(config: Mapping | ConfigDict, ignore: Sequence[str] = ()) -> dict[str, Any]:
-    """What a run must share with the run whose checkpoint or results it resumes or reuses: every key of `config` (a
-    ConfigDict, or the dict read from a run's config.json) as {dotted key: JSON value}, less the cosmetic keys of its
-    task (`cosmetic_keys`) and `ignore` (a key also drops the keys below it)."""
-    if isinstance(config, ConfigDict):
-        tree = json.loads(config.to_json_best_effort())
-    else:
-        tree = json.loads(json.dumps(config, default=str))  # tuples -> lists, as in a config.json
-    skip = (*cosmetic_keys(tree), DIGEST_KEY, *ignore)
-    return {k: v for k, v in sorted(_flatten(tree).items()) if not _matches(k, skip)}
-
-
-def fingerprint_digest(fingerprint: Mapping[str, Any]) -> str:
-    """SHA-256 of a fingerprint: two runs with the same digest follow the same trajectory."""
-    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
-
-
-def config_json(config: ConfigDict) -> str:
-    """A run's config.json: the resolved config and the digest of its fingerprint (`DIGEST_KEY`)."""
-    tree = json.loads(config.to_json_best_effort())
-    return json.dumps({**tree, DIGEST_KEY: fingerprint_digest(fingerprint(config))}, indent=2)
-
-
-def stored_fingerprint(config_file: str | os.PathLike, ignore: Sequence[str] = ()) -> dict[str, Any] | None:
-    """The fingerprint of the config a run wrote into `config_file` (its config.json), or None without one."""
-    file = pathlib.Path(config_file)
-    return fingerprint(json.loads(file.read_text()), ignore) if file.is_file() else None
-
-
-_ABSENT = "<no such key>"
-
-
-def fingerprint_differences(
-    old: Mapping[str, Any], new: Mapping[str, Any], ignore: Sequence[str] = ()
-) -> list[tuple[str, Any, Any]]:
-    """(dotted key, old value, new value) of every key whose value differs, sorted; `ignore`d keys left out."""
-    keys = sorted(k for k in set(old) | set(new) if not _matches(k, ignore))
-    return [(k, old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in keys if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
-
-
-def format_differences(differences: Sequence[tuple[str, Any, Any]], old_name: str = "checkpoint") -> str:
-    """One line per differing key: `  optim.lr_weights: checkpoint has 0.2, config has 0.5`."""
-    show = (lambda v: v if v is _ABSENT else repr(v))  # fmt: skip
-    return "\n".join(f"  {k}: {old_name} has {show(a)}, config has {show(b)}" for k, a, b in differences)

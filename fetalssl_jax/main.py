@@ -94,8 +94,7 @@ def main(argv: list[str]) -> int:
     say = print if is_main else lambda *args, **kwargs: None
 
     from fetalssl_jax.config_lib import ConfigError
-    from fetalssl_jax.train.checkpoint import CheckpointMismatchError, CheckpointWriteError
-    from fetalssl_jax.train.health import NonFiniteLossError
+    from fetalssl_jax.errors import RunStopped, UserError
 
     config = _CONFIG.value
     workdir = _WORKDIR.value or default_workdir(config)
@@ -137,9 +136,11 @@ def main(argv: list[str]) -> int:
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)
         return 2
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     # OSError: a missing file, an unwritable or full workdir
-    except (CheckpointMismatchError, CheckpointWriteError, NonFiniteLossError, FloatingPointError, OSError,
-            ValueError, KeyError) as error:  # fmt: skip
+    except (RunStopped, OSError, ValueError, KeyError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
         return 1

@@ -1,5 +1,5 @@
 """Config validation before anything runs: one case per rule, the command line's exit status, the project's own
-configs; and the fingerprint that decides whether a run may be resumed or reused."""
+configs."""
 
 import sys
 
@@ -10,9 +10,6 @@ from conftest import REPO
 from fetalssl_jax import main as cli
 from fetalssl_jax.config_lib import (
     ConfigError,
-    fingerprint,
-    fingerprint_differences,
-    format_differences,
     load_config,
     set_by_path,
     validate_classification,
@@ -252,38 +249,3 @@ def test_command_line_exits_2_and_writes_nothing(override, expected, tmp_path, m
     assert cli.main(argv) == 2
     assert capsys.readouterr().err.splitlines() == [expected]
     assert not workdir.exists()
-
-
-# ---- fingerprints ----------------------------------------------------------------------------------------------
-def test_fingerprint_drops_the_cosmetic_keys_of_its_task():
-    run = {
-        "seed": 3, "progress_bar": True, "log_every_steps": 5, "checkpoint_every_steps": 10, "keep_checkpoints": 2,
-        "compilation_cache_dir": "/c", "allow_extend": True, "num_steps": 8,
-        "optim": {"lr_weights": 0.2, "name": "lars"}, "data": {"prefetch": 2, "seed": 0},
-        "eval": {"knn_k": 20, "shots": (1, 0)}, "fingerprint_sha256": "ab",
-    }  # fmt: skip
-    assert fingerprint(run) == {"data.seed": 0, "num_steps": 8, "optim.lr_weights": 0.2, "optim.name": "lars",
-                                "seed": 3}  # fmt: skip
-    classify = {"task": "classify", "seed": 1, "progress_bar": False, "checkpoint_every_epochs": 5,
-                "checkpoint_every_steps": 500, "compilation_cache_dir": "", "init": "runs/a",
-                "eval": {"num_patients": 300}}  # fmt: skip
-    # the classifier's eval keys size its labelled set: they count
-    assert fingerprint(classify) == {"eval.num_patients": 300, "init": "runs/a", "seed": 1, "task": "classify"}
-    assert fingerprint(classify, ignore=("init",)) == {"eval.num_patients": 300, "seed": 1, "task": "classify"}
-
-
-def test_fingerprint_differences_name_the_key_and_both_values():
-    old = {"optim.lr_weights": 0.2, "seed": 0, "augment.view1.crop_scale": [0.08, 1.0]}
-    new = {"optim.lr_weights": 0.5, "seed": 0, "augment.view1.crop_scale": [0.5, 1.0], "num_steps": 8}
-    differences = fingerprint_differences(old, new)
-    assert differences == [
-        ("augment.view1.crop_scale", [0.08, 1.0], [0.5, 1.0]),
-        ("num_steps", "<no such key>", 8),
-        ("optim.lr_weights", 0.2, 0.5),
-    ]
-    assert format_differences(differences).splitlines() == [
-        "  augment.view1.crop_scale: checkpoint has [0.08, 1.0], config has [0.5, 1.0]",
-        "  num_steps: checkpoint has <no such key>, config has 8",
-        "  optim.lr_weights: checkpoint has 0.2, config has 0.5",
-    ]
-    assert fingerprint_differences(old, new, ignore=("augment", "num_steps", "optim")) == []

@@ -10,6 +10,7 @@ from conftest import REPO
 PACKAGE = REPO / "fetalssl_jax"
 # Bottom to top; a module belongs to the layer of its first dotted component under fetalssl_jax.
 LAYERS = (
+    ("errors",),  # the user-error types every layer raises
     ("runtime",),  # devices, shardings, compilation cache, TensorFlow kept off accelerators, huge pages
     ("models",),
     ("data",),

@@ -25,6 +25,9 @@ from fetalssl_jax.apply.loading import Backbone, PlaneClassifier, check_class_na
 from fetalssl_jax.apply.selection import STRATEGIES
 from fetalssl_jax.downstream.report import write_json
 from fetalssl_jax.runtime.sharding import enable_compilation_cache
+from fetalssl_jax.train.fingerprint import config_json
+
+COSMETIC_KEYS = ("progress_bar", "compilation_cache_dir")  # keys that never change what a tool writes
 
 
 def _start(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, load: Callable[[], Any]):
@@ -35,7 +38,7 @@ def _start(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, load:
     model = load()
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config_lib.config_json(config))
+    (workdir / "config.json").write_text(config_json(config, COSMETIC_KEYS))
     if data.sources():
         write_csv(workdir / "sources.csv", ("source_id", "path"), data.sources())
     enable_compilation_cache(config.compilation_cache_dir)

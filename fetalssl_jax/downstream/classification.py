@@ -47,7 +47,8 @@ from fetalssl_jax.methods.base import apply_model
 from fetalssl_jax.models.classifier import Classifier, weighted_cross_entropy
 from fetalssl_jax.models.resnet import create_resnet
 from fetalssl_jax.runtime.sharding import batch_sharding, enable_compilation_cache, make_mesh, replicated
-from fetalssl_jax.train.checkpoint import Checkpointer, CheckpointMismatchError
+from fetalssl_jax.train.checkpoint import Checkpointer
+from fetalssl_jax.train.fingerprint import config_json, ensure_resumable, fingerprint, stored_fingerprint
 from fetalssl_jax.train.health import check_finite
 from fetalssl_jax.train.monitor import append_metrics, make_progress_bar, truncate_metrics
 from fetalssl_jax.train.optim import Optimizer
@@ -57,9 +58,9 @@ from fetalssl_jax.train.step import make_train_step
 log = logging.getLogger("fetalssl_jax")
 
 MODES = config_lib.CLASSIFY_MODES
-# A checkpoint's state is the shared `TrainState` (the classifier's own state class before it): written into the
-# checkpoint's meta, so that an older checkpoint is refused with a message instead of an orbax tree mismatch.
-STATE_LAYOUT = "TrainState"
+# A classifier's checkpoints only save it (a resumed run repeats the losses). Its `eval` keys are not cosmetic: they
+# size the labelled set.
+COSMETIC_KEYS = ("progress_bar", "compilation_cache_dir", "checkpoint_every_epochs", "checkpoint_every_steps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,18 +286,6 @@ def resolve_class_names(config: ml_collections.ConfigDict, splits: dict[str, Any
     return names
 
 
-def _refuse_differences(
-    stored: dict[str, Any] | None, wanted: dict[str, Any], what: str, old_name: str, hint: str
-) -> None:
-    """CheckpointMismatchError naming every key whose value differs between the stored and the wanted fingerprint."""
-    differences = [] if stored is None else config_lib.fingerprint_differences(stored, wanted)
-    if differences:
-        keys = [k for k, _, _ in differences]
-        raise CheckpointMismatchError(
-            f"{what} (differs in {keys}); {hint}:\n{config_lib.format_differences(differences, old_name)}"
-        )
-
-
 def run_classification(
     config: ml_collections.ConfigDict,
     workdir: str | pathlib.Path,
@@ -308,8 +297,8 @@ def run_classification(
 
     The config is validated first (ConfigError). A workdir that already has results.json is finished: its results
     are returned without training, if the config that made them has the same fingerprint as `config` (up to
-    cosmetic keys, `config_lib.fingerprint`, and the keys in `ignore`); otherwise CheckpointMismatchError names the
-    keys. Likewise training resumes from the checkpoint in `workdir/checkpoints` (every `checkpoint_every_epochs`,
+    `COSMETIC_KEYS` and the keys in `ignore`); otherwise WorkdirMismatchError names the keys. Likewise training
+    resumes from the checkpoint in `workdir/checkpoints` (every `checkpoint_every_epochs`,
     or with `num_steps` every `checkpoint_every_steps`) only for the same fingerprint, and repeats the losses of an
     uninterrupted run. `stop_after_epochs` ends early after that many epochs (with `num_steps`: validation rounds)
     and a checkpoint (as a pre-emption would) and returns {}. `splits` passes the labelled data of `config` when the
@@ -317,14 +306,13 @@ def run_classification(
     """
     config_lib.validate_classification(config)
     workdir = pathlib.Path(workdir)
-    fingerprint = config_lib.fingerprint(config, ignore)
+    wanted = fingerprint(config, COSMETIC_KEYS, ignore)
     if (workdir / "results.json").is_file():
-        return _finished_results(workdir, fingerprint, ignore)
+        return _finished_results(workdir, wanted, ignore)
     workdir.mkdir(parents=True, exist_ok=True)
     # the shared checkpointer, keeping the best weights so far beside the state; only the newest is needed
-    checkpointer = Checkpointer(workdir, {"task": "classification", "mode": config.mode}, keep=1,
-                                fingerprint=fingerprint, extra_items=("best_variables",))  # fmt: skip
-    _check_resumable(checkpointer, workdir)  # before anything is generated or written: a refusal costs nothing
+    checkpointer = Checkpointer(workdir, wanted, keep=1, extra_items=("best_variables",))
+    checkpointer.check_resumable()  # before anything is generated or written: a refusal costs nothing
     enable_compilation_cache(config.compilation_cache_dir)
     started = time.time()
     run = _prepare(config, workdir, sources.labelled_splits(config) if splits is None else splits)
@@ -367,27 +355,12 @@ class _Run:
         return self.workdir / "metrics.jsonl"
 
 
-def _finished_results(workdir: pathlib.Path, fingerprint: dict[str, Any], ignore: Sequence[str]) -> dict[str, Any]:
+def _finished_results(workdir: pathlib.Path, wanted: dict[str, Any], ignore: Sequence[str]) -> dict[str, Any]:
     """The results of a finished run, if the same config (up to `ignore`) made them."""
-    stored = config_lib.stored_fingerprint(workdir / "config.json", ignore)
-    _refuse_differences(stored, fingerprint, f"{workdir} was finished with another classification config",
-                        "finished run", "use a new workdir or delete that one")  # fmt: skip
+    stored = stored_fingerprint(workdir / "config.json", COSMETIC_KEYS, ignore)
+    ensure_resumable(stored, wanted, what=f"the finished classification run in {workdir}", old_name="finished run",
+                     hint="use a new workdir")  # fmt: skip
     return json.loads((workdir / "results.json").read_text())
-
-
-def _check_resumable(checkpointer: Checkpointer, workdir: pathlib.Path) -> None:
-    """CheckpointMismatchError if the newest checkpoint holds a train state of an earlier layout or was written by
-    another config (naming the keys). The layout is checked first: checkpoints older than the shared `TrainState`
-    (those written before fingerprints included) name no layout in their meta."""
-    step = checkpointer.latest_step()
-    if step is None:
-        return
-    if checkpointer.meta(step).get("state") != STATE_LAYOUT:
-        raise CheckpointMismatchError(
-            f"{workdir} holds a classification checkpoint of an earlier fetalssl_jax, whose train state had another "
-            f"layout (not a {STATE_LAYOUT}); use a new workdir"
-        )
-    checkpointer.check_resumable(step)
 
 
 def _prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path, splits: dict[str, Any]) -> _Run:
@@ -405,7 +378,7 @@ def _prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path, splits: d
         "patient_ids": [str(p) for p in train_all.patient_ids[chosen]],
         "class_counts": np.bincount(labels, minlength=len(class_names)).tolist(),
     })  # fmt: skip
-    (workdir / "config.json").write_text(config_lib.config_json(config))
+    (workdir / "config.json").write_text(config_json(config, COSMETIC_KEYS))
     spec = StepSpec.from_config(config, len(class_names))
     batch_size = _round_up(min(config.batch_size, len(labels)), compiled_functions(spec)[-1].size)
     return _Run(
@@ -442,8 +415,7 @@ def _variables(state: TrainState) -> dict[str, Any]:
 
 
 def _restore(checkpointer: Checkpointer, state: TrainState) -> tuple[TrainState, dict[str, Any], dict[str, Any]]:
-    """(state, best variables, best validation) of the newest checkpoint. Its round is found from the state's step:
-    checkpoints are numbered by optimiser step (before the shared Checkpointer: by round; both resume)."""
+    """(state, best variables, best validation) of the newest checkpoint (numbered by optimiser step)."""
     step = checkpointer.latest_step()
     template = jax.tree.map(np.asarray, jax.device_get(_variables(state)))
     state, extra = checkpointer.restore(step, state, {"best_variables": template})
@@ -482,9 +454,7 @@ def _train_and_select(
         if valid["balanced_accuracy"] > best["balanced_accuracy"]:  # ties keep the earlier validation
             best, best_variables = {**valid, **schedule.round_record(r)}, jax.device_get(variables)
         if schedule.should_checkpoint(config, r) or r + 1 == stop_after_epochs:
-            last_checkpoint = checkpointer.save(
-                state, {"best": best, "state": STATE_LAYOUT}, {"best_variables": best_variables}
-            )
+            last_checkpoint = checkpointer.save(state, {"best": best}, {"best_variables": best_variables})
         if r + 1 == stop_after_epochs:
             bar.close()
             return None

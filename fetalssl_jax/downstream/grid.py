@@ -30,23 +30,14 @@ import ml_collections
 import numpy as np
 from scipy import stats
 
-from fetalssl_jax.config_lib import (
-    LENGTH_KEYS,
-    InitSpec,
-    fingerprint,
-    fingerprint_differences,
-    format_differences,
-    load_config,
-    parse_inits,
-    stored_fingerprint,
-    validate_grid,
-)
+from fetalssl_jax.config_lib import InitSpec, load_config, parse_inits, validate_grid
 from fetalssl_jax.data import sources
 from fetalssl_jax.downstream.classification import resolve_class_names, run_classification
 from fetalssl_jax.downstream.labels import budget_dirname, budget_name, choose_labels
 from fetalssl_jax.downstream.report import save_figure
 from fetalssl_jax.eval.few_label import Interval
-from fetalssl_jax.train.checkpoint import CheckpointMismatchError
+from fetalssl_jax.train import loop
+from fetalssl_jax.train.fingerprint import ensure_resumable, fingerprint, stored_fingerprint
 
 log = logging.getLogger("fetalssl_jax")
 
@@ -63,20 +54,14 @@ def pretrain_if_needed(init: InitSpec, workdir: pathlib.Path) -> str:
     run_dir = workdir / "pretrain" / init.name
     config = load_config(init.spec)
     if (run_dir / "backbone" / "backbone.json").is_file():
-        stored = stored_fingerprint(run_dir / "config.json")
-        differences = [] if stored is None else fingerprint_differences(stored, fingerprint(config))
-        if not differences:
+        stored = stored_fingerprint(run_dir / "config.json", loop.COSMETIC_KEYS)
+        wanted = fingerprint(config, loop.COSMETIC_KEYS)
+        ensure_resumable(stored, wanted, bool(config.allow_extend), what=f"the finished pretraining of init "
+                         f"{init.name!r} in {run_dir}", old_name="finished run", hint="use a new workdir")  # fmt: skip
+        if stored == wanted:
             return str(run_dir)
-        if not (config.get("allow_extend", False) and {k for k, _, _ in differences} <= set(LENGTH_KEYS)):
-            raise CheckpointMismatchError(
-                f"{run_dir} holds the finished pretraining of another config for init {init.name!r} (differs in "
-                f"{[k for k, _, _ in differences]}); use a new workdir, or delete {run_dir} to pretrain again:\n"
-                + format_differences(differences, "finished run")
-            )  # fmt: skip
-    from fetalssl_jax.train.loop import train  # the pretraining stack is only needed here
-
     log.info("pretraining %s with %s in %s", init.name, init.spec, run_dir)
-    result = train(config, run_dir)
+    result = loop.train(config, run_dir)
     if result.status != "finished":
         raise RuntimeError(f"pretraining {init.name} stopped at step {result.step} ({result.status}); run again")
     return str(run_dir)
@@ -131,7 +116,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
 
     The config, its `classify` config and every pretraining config among its inits are validated first
     (ConfigError). A finished cell or pretraining run is reused only if the same config (up to cosmetic keys, see
-    `config_lib.fingerprint`) made it; otherwise CheckpointMismatchError names the differing keys."""
+    `train.fingerprint`) made it; otherwise WorkdirMismatchError names the differing keys."""
     validate_grid(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -142,7 +142,7 @@ class Method(abc.ABC):
     # ---- bookkeeping ---------------------------------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
         """Method and architecture, as the exported backbone describes them. (A checkpoint is resumed only by a config
-        with the same fingerprint, `config_lib.fingerprint`, which includes all of these.)"""
+        with the same fingerprint, `train.fingerprint`, which includes all of these.)"""
         return {
             "method": self.name,
             "arch": self.config.model.arch,

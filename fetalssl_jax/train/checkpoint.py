@@ -1,32 +1,27 @@
 """Checkpoints with orbax: periodic, keep-last-K, resumable, atomic; and the exported backbone.
 
-Orbax writes each step into a temporary directory and renames it when complete, so a crash mid-save never
-leaves a half-written "latest" checkpoint and never removes the previous good one. Every checkpoint carries
-the run's identity (method, architecture, heads) and the fingerprint of its config; resuming a workdir written by
-another config (up to cosmetic keys) is an error that names every differing key, instead of a silent continuation
-of another run or a shape mismatch deep inside orbax.
+Orbax writes each step into a temporary directory and renames it when complete, so a crash mid-save never leaves a
+half-written "latest" checkpoint and never removes the previous good one. Every checkpoint carries the fingerprint of
+its run's config (`train.fingerprint`); resuming a workdir written by another config is an error naming every
+differing key, instead of a silent continuation of another run or a shape mismatch deep inside orbax.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
-from fetalssl_jax import config_lib
+from fetalssl_jax.errors import RunStopped, UserError
+from fetalssl_jax.train.fingerprint import ensure_resumable
 from fetalssl_jax.train.state import TrainState
 
 
-class CheckpointMismatchError(RuntimeError, ValueError):
-    """The workdir holds a run of another config: its checkpoint or its results were made by a config whose
-    fingerprint (`config_lib.fingerprint`) differs. A ValueError too: the config does not fit the workdir."""
-
-
-class CheckpointWriteError(RuntimeError):
+class CheckpointWriteError(RunStopped):
     """A checkpoint could not be written (a full disk, an unwritable workdir); the previous ones are intact."""
 
 
@@ -35,32 +30,25 @@ def abstract_tree(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def _identity_differences(expected: dict, found: dict) -> list[tuple[str, Any, Any]]:
-    keys = sorted(set(expected) | set(found))
-    return [(k, found.get(k), expected.get(k)) for k in keys if expected.get(k) != found.get(k)]
-
-
 class Checkpointer:
     """Saves and restores the TrainState of one run in `<workdir>/checkpoints`.
 
-    Every checkpoint's meta carries the run's `identity` (method, architecture) and `fingerprint` (the config less
-    its cosmetic keys, `config_lib.fingerprint`). A checkpoint is resumed only by a config with the same
-    fingerprint; with `allow_extend` num_steps and num_epochs may differ. `extra_items` names pytrees saved beside
-    the state (a classifier's best weights so far); pretraining and classification share this one class.
+    Every checkpoint's meta carries the `fingerprint` of the run's config; a checkpoint is resumed only by a config
+    with the same fingerprint (`ensure_resumable`; with `allow_extend` the run's length may differ). `extra_items`
+    names pytrees saved beside the state (a classifier's best weights so far); pretraining and classification share
+    this one class.
     """
 
     def __init__(
         self,
         workdir: str | pathlib.Path,
-        identity: dict[str, Any],
+        fingerprint: Mapping[str, Any],
         keep: int = 3,
-        fingerprint: dict[str, Any] | None = None,
         allow_extend: bool = False,
         extra_items: Sequence[str] = (),
     ):
         self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
-        self.identity = json.loads(json.dumps(identity))  # tuples -> lists, as they come back from JSON
-        self.fingerprint = fingerprint
+        self.fingerprint = json.loads(json.dumps(dict(fingerprint)))  # tuples -> lists, as they come back from JSON
         self.allow_extend = allow_extend
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
         self.extra_items = tuple(extra_items)
@@ -79,9 +67,7 @@ class Checkpointer:
         step = int(state.step)
         if step in self.manager.all_steps():
             return step
-        meta = {"identity": self.identity, "step": step, **(extra_meta or {})}
-        if self.fingerprint is not None:
-            meta["fingerprint"] = self.fingerprint
+        meta = {"step": step, "fingerprint": self.fingerprint, **(extra_meta or {})}
         items = {name: ocp.args.StandardSave(tree) for name, tree in (extra_items or {}).items()}
         if set(items) != set(self.extra_items):
             raise ValueError(f"save() got the items {sorted(items)}; this checkpointer saves {list(self.extra_items)}")
@@ -101,33 +87,20 @@ class Checkpointer:
         return step
 
     def check_resumable(self, step: int | None = None) -> None:
-        """Raises CheckpointMismatchError, naming every differing key with both values, if checkpoint `step` (default:
-        the newest; none: nothing to check) was written by a config with another fingerprint.
-
-        A checkpoint written before fingerprints existed is compared with the workdir's config.json (the config of
-        the run that last used it) and, without one, by identity only."""
+        """Raises WorkdirMismatchError, naming every differing key with both values, if checkpoint `step` (default:
+        the newest; none: nothing to check) was written by a config with another fingerprint."""
         step = self.latest_step() if step is None else step
         if step is None:
             return
-        meta = self.meta(step)
-        found, source = meta.get("fingerprint"), "checkpoint"
-        if found is None and self.fingerprint is not None:
-            found, source = config_lib.stored_fingerprint(self.directory.parent / "config.json"), "config.json"
-        if found is None or self.fingerprint is None:
-            differences = _identity_differences(self.identity, meta.get("identity", {}))
-        else:
-            ignore = config_lib.LENGTH_KEYS if self.allow_extend else ()
-            differences = config_lib.fingerprint_differences(found, self.fingerprint, ignore)
-        if not differences:
-            return
-        hint = "Use a new --workdir, or the config that wrote it."
-        if {k for k, _, _ in differences} <= set(config_lib.LENGTH_KEYS):
-            hint += " To train it for another length, set --config.allow_extend=True."
-        raise CheckpointMismatchError(
-            f"{self.directory} holds a checkpoint of another config (step {step}; a run resumes only with the "
-            "config that wrote it, up to cosmetic keys such as progress_bar, log_every_steps and eval.*). These keys "
-            f"differ:\n{config_lib.format_differences(differences, source)}\n{hint}"
-        )
+        stored = self.meta(step).get("fingerprint")
+        if stored is None:
+            raise UserError(
+                f"{self.directory} holds a checkpoint of an earlier fetalssl_jax release; use a new workdir"
+            )
+        hint = "use a new --workdir, or the config that wrote it"
+        if not self.allow_extend:
+            hint += " (to train it for another length: --config.allow_extend=True)"
+        ensure_resumable(stored, self.fingerprint, self.allow_extend, what=f"{self.directory} (step {step})", hint=hint)
 
     def meta(self, step: int) -> dict[str, Any]:
         """The JSON metadata of checkpoint `step` (identity, fingerprint and what `save` got as `extra_meta`)."""

@@ -17,11 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fetalssl_jax.errors import RunStopped
+
 PyTree = Any
 MIN_RELATIVE_CHANGE = 0.05  # below this after warm-up, the run warns that the backbone has barely trained
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(RunStopped, FloatingPointError):
     """The loss or the gradient became NaN or infinite."""
 
 

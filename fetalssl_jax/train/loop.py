@@ -34,7 +34,8 @@ from fetalssl_jax.methods import get_method
 from fetalssl_jax.methods.base import Method
 from fetalssl_jax.models.resnet import random_backbone_variables
 from fetalssl_jax.runtime.sharding import batch_sharding, enable_compilation_cache, make_mesh, replicated
-from fetalssl_jax.train.checkpoint import Checkpointer, CheckpointMismatchError, export_backbone
+from fetalssl_jax.train.checkpoint import Checkpointer, export_backbone
+from fetalssl_jax.train.fingerprint import WorkdirMismatchError, config_json, fingerprint
 from fetalssl_jax.train.health import MIN_RELATIVE_CHANGE, check_finite, relative_weight_change
 from fetalssl_jax.train.monitor import Monitor
 from fetalssl_jax.train.optim import make_optimizer
@@ -42,6 +43,14 @@ from fetalssl_jax.train.state import TrainState
 from fetalssl_jax.train.step import init_state, make_train_step
 
 log = logging.getLogger("fetalssl_jax")
+
+# Keys that never change a pretraining run's trajectory: how it reports and how often it saves, where the compiler
+# caches, how many batches are prepared ahead, and the frozen-backbone evaluation (it reads the weights, never
+# changes them). `allow_extend` only permits a change of the run's length.
+COSMETIC_KEYS = (
+    "progress_bar", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "compilation_cache_dir",
+    "data.prefetch", "eval", "allow_extend",
+)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -175,10 +184,8 @@ def _open_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> _Run:
     workdir.mkdir(parents=True, exist_ok=True)
     method_cls = get_method(config.method)
     probe = method_cls(config)  # what does not depend on the run's length (the identity, the kind of example)
-    checkpointer = Checkpointer(
-        workdir, probe.identity(), keep=config.keep_checkpoints,
-        fingerprint=config_lib.fingerprint(config), allow_extend=bool(config.get("allow_extend", False)),
-    )  # fmt: skip
+    checkpointer = Checkpointer(workdir, fingerprint(config, COSMETIC_KEYS), keep=config.keep_checkpoints,
+                                allow_extend=bool(config.allow_extend))  # fmt: skip
     checkpointer.check_resumable()
     enable_compilation_cache(config.compilation_cache_dir)
     dataset = sources.pretraining_frames(config, probe.example_mode)
@@ -186,7 +193,7 @@ def _open_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> _Run:
     total_steps = total_steps_of(config, sampler.steps_per_epoch)
     latest = checkpointer.latest_step()
     if latest is not None and latest > total_steps:  # only with allow_extend: steps past the new end cannot be undone
-        raise CheckpointMismatchError(
+        raise WorkdirMismatchError(
             f"{checkpointer.directory} holds a checkpoint at step {latest}, past this config's {total_steps} steps; "
             "a run can be extended, not shortened. Use a new --workdir."
         )
@@ -206,7 +213,7 @@ def _start_state(run: _Run) -> tuple[TrainState, dict[str, Any]]:
     state = run.checkpointer.restore_latest(state)
     start = int(state.step)
     if run.is_main:
-        (run.workdir / "config.json").write_text(config_lib.config_json(config))
+        (run.workdir / "config.json").write_text(config_json(config, COSMETIC_KEYS))
         log.info(
             "%s: %d examples, %d steps/epoch, %d steps, batch %d on %d devices, %s",
             run.method.name, len(run.dataset), run.sampler.steps_per_epoch, run.total_steps, config.batch_size,
@@ -309,9 +316,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_a
     `stop_at_step` ends the run after that step as SIGTERM would (checkpoint, then return 'preempted').
 
     The config is validated first (ConfigError, before anything is written, generated or compiled). A checkpoint in
-    `workdir` is resumed only if it was written by a config with the same fingerprint (up to cosmetic keys, see
-    `config_lib.fingerprint`; num_steps / num_epochs may change with `config.allow_extend`), otherwise
-    CheckpointMismatchError names every differing key.
+    `workdir` is resumed only if it was written by a config with the same fingerprint (up to `COSMETIC_KEYS`;
+    num_steps / num_epochs may change with `config.allow_extend`), otherwise WorkdirMismatchError names every
+    differing key.
     """
     run = _open_run(config, pathlib.Path(workdir))
     state, start_variables = _start_state(run)

@@ -19,7 +19,7 @@ from fetalssl_jax.downstream.grid import (
     t_interval,
 )
 from fetalssl_jax.downstream.labels import choose_labels, per_class_subset
-from fetalssl_jax.train.checkpoint import CheckpointMismatchError
+from fetalssl_jax.train.fingerprint import WorkdirMismatchError
 
 CLASSES = ("a", "b", "c", "d", "e")
 
@@ -264,7 +264,7 @@ def test_tiny_grid_runs_end_to_end_and_resumes(repo, tmp_path):
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     # A finished cell of another classifier config is not mixed into the table.
     config.classify.num_steps = 8
-    with pytest.raises(ValueError, match=r"finished with another classification config .*'num_steps'"):
+    with pytest.raises(ValueError, match=r"finished classification run in .* made by another config.*\n  num_steps"):
         run_grid(config, tmp_path)
     # A finished pretraining is reused despite cosmetic keys, and refused, naming the key, for another config.
     config.classify.num_steps = 6
@@ -275,6 +275,6 @@ def test_tiny_grid_runs_end_to_end_and_resumes(repo, tmp_path):
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     with config.ignore_type():
         config.inits = (f"{barlow},progress_bar=False,optim.lr_weights=0.5", "random")
-    with pytest.raises(CheckpointMismatchError, match="finished pretraining of another config for init 'bt'") as info:
+    with pytest.raises(WorkdirMismatchError, match="finished pretraining of init 'bt' .* made by another") as info:
         run_grid(config, tmp_path)
     assert "\n  optim.lr_weights: finished run has 0.2, config has 0.5" in str(info.value)

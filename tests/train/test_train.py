@@ -14,7 +14,9 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import tiny_config
 
-from fetalssl_jax.train.checkpoint import CheckpointMismatchError, load_backbone
+from fetalssl_jax.errors import UserError
+from fetalssl_jax.train.checkpoint import load_backbone
+from fetalssl_jax.train.fingerprint import WorkdirMismatchError
 from fetalssl_jax.train.health import NonFiniteLossError
 from fetalssl_jax.train.loop import train
 from fetalssl_jax.train.monitor import read_metrics
@@ -80,7 +82,7 @@ def test_interrupted_and_resumed_run_has_the_same_losses(tmp_path):
 
 def test_workdir_of_another_architecture_is_refused(finished_run):
     _, workdir = finished_run
-    with pytest.raises(CheckpointMismatchError, match="width: checkpoint has 8, config has 16"):
+    with pytest.raises(WorkdirMismatchError, match="width: checkpoint has 8, config has 16"):
         train(tiny_config(**{"model.width": 16}), workdir)
 
 
@@ -168,7 +170,7 @@ def test_a_backbone_that_barely_moves_is_reported(tmp_path, caplog):
 def test_a_changed_trajectory_key_is_refused_naming_both_values(finished_run, overrides, expected):
     _, workdir = finished_run
     before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
-    with pytest.raises(CheckpointMismatchError) as info:
+    with pytest.raises(WorkdirMismatchError) as info:
         train(tiny_config(**overrides), workdir)
     assert f"\n  {expected}\n" in str(info.value)
     assert len(str(info.value).splitlines()) == 3  # what happened, the one differing key, what to do
@@ -193,7 +195,7 @@ def test_a_longer_run_is_refused_unless_extending_is_allowed(tmp_path):
     train(tiny_config(num_steps=4, **short), tmp_path)
     first_losses = losses(tmp_path)
     assert len(first_losses) == 4
-    with pytest.raises(CheckpointMismatchError, match="allow_extend=True") as info:
+    with pytest.raises(WorkdirMismatchError, match="allow_extend=True") as info:
         train(tiny_config(num_steps=8, **short), tmp_path)
     assert "\n  num_steps: checkpoint has 4, config has 8\n" in str(info.value)
     extended = train(tiny_config(num_steps=8, allow_extend=True, **short), tmp_path)
@@ -201,27 +203,24 @@ def test_a_longer_run_is_refused_unless_extending_is_allowed(tmp_path):
     assert len(losses(tmp_path)) == 8 and losses(tmp_path)[:4] == first_losses  # the first steps are kept as they were
     # the checkpoint now carries the extended length: the same command resumes, a shorter one cannot undo steps
     assert train(tiny_config(num_steps=8, **short), tmp_path).step == 8
-    with pytest.raises(CheckpointMismatchError, match="checkpoint at step 8, past this config's 6 steps"):
+    with pytest.raises(WorkdirMismatchError, match="checkpoint at step 8, past this config's 6 steps"):
         train(tiny_config(num_steps=6, allow_extend=True, **short), tmp_path)
 
 
-def test_a_checkpoint_from_before_fingerprints_is_compared_with_config_json(tmp_path):
-    from fetalssl_jax.config_lib import config_json, fingerprint
+def test_a_checkpoint_without_a_fingerprint_is_refused(tmp_path):
     from fetalssl_jax.train.checkpoint import Checkpointer
     from fetalssl_jax.train.state import TrainState
 
     state = TrainState(step=np.int32(5), params={"w": np.ones(3, np.float32)}, model_state={}, opt_state={},
                        extra={}, rng=jax.random.key_data(jax.random.key(0)))  # fmt: skip
-    old = Checkpointer(tmp_path, {"method": "barlow_twins"})  # no fingerprint: the meta of older versions
+    old = Checkpointer(tmp_path, {})
     old.save(state)
     old.close()
-    new = Checkpointer(tmp_path, {"method": "barlow_twins"}, fingerprint=fingerprint(tiny_config(seed=2)))
-    new.check_resumable()  # without config.json: the identity alone, which matches
-    (tmp_path / "config.json").write_text(config_json(tiny_config()))
-    with pytest.raises(CheckpointMismatchError) as info:
-        new.check_resumable()
-    assert "\n  seed: config.json has 0, config has 2\n" in str(info.value)
-    new.close()
+    for meta_file in (tmp_path / "checkpoints").rglob("*"):  # the meta of a release before fingerprints
+        if meta_file.is_file() and b'"fingerprint"' in meta_file.read_bytes():
+            meta_file.write_text(json.dumps({"step": 5}))
+    with pytest.raises(UserError, match="checkpoint of an earlier fetalssl_jax release; use a new workdir"):
+        Checkpointer(tmp_path, {"seed": 0}).check_resumable()
 
 
 def test_check_finite_stops_on_nan_or_inf_naming_the_step_and_the_kept_checkpoint():

@@ -223,7 +223,7 @@ def run_jax(case: dict, cache_dir: str) -> dict:
     enable_compilation_cache(cache_dir)
     proj = case["projector"]
     config = config_lib.load_config(
-        f"{REPO / 'configs' / 'barlow_twins.py'}:default,model.arch={case['arch']},model.width=64,model.dtype=float32,"
+        f"{REPO / 'configs' / 'barlow.py'}:default,model.arch={case['arch']},model.width=64,model.dtype=float32,"
         f"data.image_size={case['image_size']},batch_size={case['batch']}"
     )
     with config.unlocked():

@@ -8,7 +8,7 @@
    (`image_name`, `class`, `patient_id`).
 2. Builds them with the TFDS builders (`fetal_us_video --config pairs`, frame skip 5, and
    `fetal_cardiac_planes --config csv`; `--fit crop_pad`: both cropped to the scan's content, for the captures).
-3. Pretrains the default Barlow Twins config (`configs/barlow_twins.py`) on the built videos for each number of
+3. Pretrains the default Barlow Twins config (`configs/barlow.py`) on the built videos for each number of
    `--steps`, and reads its own end-of-run table (kNN, 10-per-class probe vs both random baselines).
 4. Exports each backbone with torchvision names (`.safetensors`) and probes it with code that shares nothing with
    the package: a PyTorch forward pass assembled from the state dict's shapes (`torch.nn.functional`), the PNG
@@ -197,7 +197,7 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=48)
     parser.add_argument("--patients", type=int, default=150)
     parser.add_argument("--size", type=int, default=128, help="side of the written scans in pixels")
-    parser.add_argument("--config", default=str(REPO / "configs" / "barlow_twins.py"))
+    parser.add_argument("--config", default=str(REPO / "configs" / "barlow.py"))
     parser.add_argument("--screen_margin", type=float, default=1 / 6, help="black band beside each mp4, x size")
     parser.add_argument("--fit", default="stretch", help="the builders' fit: stretch (default), crop_pad or pad")
     args = parser.parse_args()

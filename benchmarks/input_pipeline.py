@@ -1,9 +1,9 @@
 """Records/s from a built TFDS dataset to device batches, to set beside benchmarks/train_step.py's images/s.
 
   tfds build data_builders/fetal_us_video --config synthetic --data_dir /tmp/tfds
-  python benchmarks/input_pipeline.py --config configs/barlow_twins.py --data_dir /tmp/tfds \\
+  python benchmarks/input_pipeline.py --config configs/barlow.py --data_dir /tmp/tfds \\
       --name fetal_us_video/synthetic --config.data.max_gap=2
-  python benchmarks/train_step.py --config configs/barlow_twins.py
+  python benchmarks/train_step.py --config configs/barlow.py
 
 Measures exactly what training runs: RecordSampler (epoch-shuffled random record indices), ArrayRecord reads and
 PNG decoding on a thread pool, and `device_batches` (prefetch thread + make_array_from_process_local_data), with

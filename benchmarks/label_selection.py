@@ -2,7 +2,7 @@
 same classifier, same test patients.
 
   python benchmarks/label_selection.py --inits /work/exp/line1,random [--pools labelled,videos] [--budgets 10,25,50]
-      [--seeds 20] [--min_gap 4] [--config configs/barlow_twins.py:default] [--set KEY=VALUE] [--out DIR]
+      [--seeds 20] [--min_gap 4] [--config configs/barlow.py:default] [--set KEY=VALUE] [--out DIR]
 
 Two pools of frames to choose from, their labels hidden from the selection and shown only for the chosen frames:
 
@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--min_gap", type=int, default=4, help="frames; the videos pool only")
     parser.add_argument("--budgets", default="10,25,50", help="labelled frames in total")
     parser.add_argument("--seeds", type=int, default=20)
-    parser.add_argument("--config", default=f"{REPO / 'configs' / 'barlow_twins.py'}:default")
+    parser.add_argument("--config", default=f"{REPO / 'configs' / 'barlow.py'}:default")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     parser.add_argument("--replicates", type=int, default=1000)
     parser.add_argument("--out", default="workdirs/label_selection")

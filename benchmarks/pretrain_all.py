@@ -21,20 +21,12 @@ import time
 
 import numpy as np
 
-from fetalssl_jax.config_lib import load_config, parse_value, set_by_path
+from fetalssl_jax.config_lib import load_config, method_config_files, parse_value, set_by_path
 from fetalssl_jax.train.loop import RANDOM_INIT, SSL_START, train
 from fetalssl_jax.train.monitor import read_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIGS = ["barlow_twins", "vicreg", "simclr", "moco", "byol", "autoencoder", "inpainting", "reorder"]
 SHOTS = 10
-
-
-def _config_file(name: str) -> pathlib.Path:
-    path = REPO / "configs" / f"{name}.py"  # config files are named after their methods
-    if not path.is_file():
-        raise FileNotFoundError(f"no config for method {name!r}: {path} does not exist")
-    return path
 
 
 def main() -> None:
@@ -42,14 +34,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=480)
     parser.add_argument("--preset", default="default")
     parser.add_argument("--workdir", default="workdirs/pretrain_all")
-    parser.add_argument("--methods", default=",".join(CONFIGS))
+    configs = method_config_files(REPO / "configs")  # found by each config's `method` key
+    parser.add_argument("--methods", default=",".join(configs), help=f"comma-separated, of {sorted(configs)}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     args = parser.parse_args()
     overrides = [item.partition("=")[::2] for item in args.set]
 
     rows, baselines = [], {}
     for name in args.methods.split(","):
-        config = load_config(f"{_config_file(name)}:{args.preset}")
+        if name not in configs:
+            parser.error(f"--methods: no config in configs/ trains {name!r}; choose from {sorted(configs)}")
+        config = load_config(f"{configs[name]}:{args.preset}")
         set_by_path(config, "num_steps", args.steps)
         set_by_path(config, "progress_bar", False)
         set_by_path(config, "eval.shots", (SHOTS,))

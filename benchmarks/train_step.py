@@ -1,6 +1,6 @@
 """Images/s of the compiled train step of a config, compile time printed apart.
 
-  python benchmarks/train_step.py --config configs/barlow_twins.py --config.model.arch=resnet50 \
+  python benchmarks/train_step.py --config configs/barlow.py --config.model.arch=resnet50 \
       --config.data.image_size=224 --config.batch_size=16 --config.method_kwargs.projector='(8192,8192,8192)'
 
 Frames are random uint8 of the config's image size (the input pipeline is measured by its own benchmark); the

@@ -23,7 +23,6 @@ import pathlib
 from fetalssl_jax import config_lib
 
 CONFIGS = pathlib.Path(__file__).resolve().parent
-PRETRAINING = ("barlow_twins", "vicreg", "simclr", "moco", "byol", "autoencoder", "inpainting", "reorder")
 
 
 def _inits(c, preset: str) -> tuple:
@@ -31,7 +30,8 @@ def _inits(c, preset: str) -> tuple:
     args = (
         f"{preset},model.arch={model.arch},model.width={model.width},eval.compare_random_init=False,progress_bar=False"
     )
-    return (*(f"{n}={CONFIGS / n}.py:{args}" for n in PRETRAINING), "random")
+    files = config_lib.method_config_files(CONFIGS)  # one row per method, named by its `method` key
+    return (*(f"{method}={file}:{args}" for method, file in files.items()), "random")
 
 
 def default(c) -> None:
@@ -52,7 +52,7 @@ def tiny(c) -> None:
     c.classify = config_lib.load_config(
         f"{CONFIGS / 'classify.py'}:tiny,eval.num_patients=20,num_steps=6,eval_every_steps=3"
     )
-    c.inits = (f"barlow_twins={CONFIGS / 'barlow_twins.py'}:tiny,num_steps=4,progress_bar=False", "random")
+    c.inits = (f"barlow_twins={CONFIGS / 'barlow.py'}:tiny,num_steps=4,progress_bar=False", "random")
     c.labels_per_class = (5,)
     c.label_fractions = (1.0,)
     c.seeds = (0, 1)

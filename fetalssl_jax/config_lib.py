@@ -1,7 +1,7 @@
 """Shared pieces of the experiment configs (big_vision style).
 
 Each experiment is one file in `configs/` with `get_config(arg)`. The file starts from `base_config()`, sets its
-method's keys, and applies a preset named by `arg` (`--config configs/barlow_twins.py:paper`). Command-line overrides
+method's keys, and applies a preset named by `arg` (`--config configs/barlow.py:paper`). Command-line overrides
 (`--config.optim.lr_weights=0.1`) are applied by ml_collections on top. Configs are locked: a key that does not
 exist is an error, never a silently ignored typo.
 
@@ -301,13 +301,37 @@ def load_config_module(path: str | os.PathLike):
     return module
 
 
+_LOADING: set[pathlib.Path] = set()  # config files whose get_config() is running (a grid lists the others)
+
+
 def load_config(path_and_arg: str) -> ConfigDict:
     """Loads `path.py[:arg]` the way `--config` does: imports the file and calls its `get_config(arg)`."""
     path, _, arg = path_and_arg.partition(":")
     module = load_config_module(path)
     if not hasattr(module, "get_config"):
         raise AttributeError(f"config file {path!r} has no get_config(arg) function")
-    return module.get_config(arg or None)
+    file = pathlib.Path(path).resolve()
+    _LOADING.add(file)
+    try:
+        return module.get_config(arg or None)
+    finally:
+        _LOADING.discard(file)
+
+
+def method_config_files(directory: str | os.PathLike) -> dict[str, pathlib.Path]:
+    """{method: its config file} of the pretraining configs in `directory` (a file whose `get_config()` has a
+    `method` and no `task`), found by the config's `method` key, not by the file's name; one file per method."""
+    found: dict[str, pathlib.Path] = {}
+    for file in sorted(pathlib.Path(directory).resolve().glob("*.py")):
+        if file in _LOADING:  # the config asking (a grid) is no method's
+            continue
+        config = load_config(str(file))
+        if "task" in config or not config.get("method"):
+            continue
+        if config.method in found:
+            raise ValueError(f"{found[config.method]} and {file} both configure method {config.method!r}; keep one")
+        found[config.method] = file
+    return found
 
 
 # ---- validation ---------------------------------------------------------------------------------------------------
@@ -551,7 +575,7 @@ def classification_problems(config: ConfigDict, prefix: str = "config") -> list[
     return c.problems
 
 
-# `name=` is a name only when it looks like one: "barlow_twins.py:tiny,num_steps=4" is a bare spec, not a name
+# `name=` is a name only when it looks like one: "barlow.py:tiny,num_steps=4" is a bare spec, not a name
 _INIT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.+-]*")
 
 
@@ -571,7 +595,7 @@ def parse_inits(entries: Sequence[str]) -> list[InitSpec]:
     """`name=spec` strings (or bare specs) -> InitSpecs; names must be unique.
 
     An entry is `name=spec` only when the part before the first '=' is a plain name (letters, digits, `_.+-`, not
-    ending in .py); otherwise the whole entry is a spec (e.g. `barlow_twins.py:tiny,num_steps=4`, `/runs/a=b`), named
+    ending in .py); otherwise the whole entry is a spec (e.g. `barlow.py:tiny,num_steps=4`, `/runs/a=b`), named
     after its file or directory.
     """
     inits = []

@@ -1,7 +1,7 @@
-"""Command line: `python -m fetalssl_jax.main --config configs/barlow_twins.py[:preset] [--config.key=value ...]`.
+"""Command line: `python -m fetalssl_jax.main --config configs/barlow.py[:preset] [--config.key=value ...]`.
 
 The config file decides everything (big_vision style), including what runs (`config.task`): pretraining
-(configs/barlow_twins.py ...), a plane classifier (configs/classify.py), the paper's grid (configs/paper_grid.py), and
+(configs/barlow.py ...), a plane classifier (configs/classify.py), the paper's grid (configs/paper_grid.py), and
 the tools: embed, predict, select (configs/embed.py, predict.py, select.py: your own scans), gradcam, tsne, export.
 `--workdir` is where checkpoints, metrics, TensorBoard logs, exported weights and results land. Running the same
 command again resumes a training run. Launched as several processes (srun, a TPU pod, `--coordinator_address` /
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
     try:
         _parse_flags(argv)
         if _CONFIG.value is None:
-            raise UsageError("--config is required, e.g. --config configs/barlow_twins.py")
+            raise UsageError("--config is required, e.g. --config configs/barlow.py")
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

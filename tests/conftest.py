@@ -22,10 +22,10 @@ def pytest_xdist_auto_num_workers(config) -> int:
 
 
 def tiny_config(**overrides):
-    """configs/barlow_twins.py:tiny with `overrides` (dotted keys) applied."""
+    """configs/barlow.py:tiny with `overrides` (dotted keys) applied."""
     from fetalssl_jax.config_lib import load_config, set_by_path
 
-    config = load_config(f"{REPO / 'configs' / 'barlow_twins.py'}:tiny")
+    config = load_config(f"{REPO / 'configs' / 'barlow.py'}:tiny")
     for key, value in overrides.items():
         set_by_path(config, key, value)
     return config

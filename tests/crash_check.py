@@ -28,7 +28,7 @@ OVERRIDES = {"checkpoint_every_steps": CHECKPOINT_EVERY, "keep_checkpoints": 2}
 def cli_command(workdir: pathlib.Path, cache_dir: pathlib.Path) -> list[str]:
     """The command line of one run, `OVERRIDES` and the shared compilation cache applied."""
     flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
-    return [sys.executable, "-m", "fetalssl_jax.main", "--config", f"{REPO / 'configs' / 'barlow_twins.py'}:tiny",
+    return [sys.executable, "-m", "fetalssl_jax.main", "--config", f"{REPO / 'configs' / 'barlow.py'}:tiny",
             "--workdir", str(workdir), f"--config.compilation_cache_dir={cache_dir}", *flags]  # fmt: skip
 
 

@@ -5,7 +5,7 @@ from conftest import REPO
 
 from fetalssl_jax.config_lib import load_config, set_by_path, unknown_override_keys
 
-BARLOW = str(REPO / "configs" / "barlow_twins.py")
+BARLOW = str(REPO / "configs" / "barlow.py")
 
 
 def test_paper_preset_is_the_papers_setting():
@@ -43,3 +43,16 @@ def test_config_is_locked_and_unknown_keys_are_named():
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.py"):
         load_config(str(tmp_path / "nope.py"))
+
+
+def test_a_method_is_found_by_its_configs_method_key_one_file_each(tmp_path):
+    from fetalssl_jax.config_lib import method_config_files
+    from fetalssl_jax.methods import registered_methods
+
+    found = method_config_files(REPO / "configs")
+    assert sorted(found) == registered_methods()  # every method has its one config; tools, classify, grid are not
+    assert found["barlow_twins"].name == "barlow.py"  # the design card's name, not the method's
+    for name in ("a.py", "b.py"):
+        (tmp_path / name).write_text(f"from importlib import util\nexec(open({BARLOW!r}).read())\n")
+    with pytest.raises(ValueError, match=r"a\.py and .*b\.py both configure method 'barlow_twins'"):
+        method_config_files(tmp_path)

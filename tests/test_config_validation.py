@@ -19,8 +19,8 @@ from fetalssl_jax.config_lib import (
 )
 
 CONFIGS = REPO / "configs"
-BT = "barlow_twins"
-PRETRAINING = ("barlow_twins", "vicreg", "simclr", "moco", "byol", "autoencoder", "inpainting", "reorder")
+BT = "barlow"
+PRETRAINING = ("barlow", "vicreg", "simclr", "moco", "byol", "autoencoder", "inpainting", "reorder")
 VALIDATORS = {"pretrain": validate_pretraining, "classify": validate_classification, "grid": validate_grid}
 TOOLS = ("embed", "predict", "select", "gradcam", "tsne", "export")
 VALIDATORS.update(dict.fromkeys(TOOLS, validate_tool))
@@ -160,7 +160,7 @@ GRID_CASES = [
                                                       "labels_per_class)"),
     ({"classify.batch_size": 0}, "config.classify.batch_size = 0: must be a positive integer"),
     ({"classify.mode": "probe"}, "config.classify.mode = 'probe': must be one of 'finetune', 'linear'"),
-    ({"inits": (f"bt={CONFIGS / 'barlow_twins.py'}:tiny,batch_size=-4", "random")},
+    ({"inits": (f"bt={CONFIGS / 'barlow.py'}:tiny,batch_size=-4", "random")},
      "config.inits[0] (bt): config.batch_size = -4: must be a positive integer"),
 ]  # fmt: skip
 
@@ -244,7 +244,7 @@ def test_a_tool_command_exits_2_and_writes_nothing(tmp_path):
 )
 def test_command_line_exits_2_and_writes_nothing(override, expected, tmp_path, monkeypatch, capsys):
     workdir = tmp_path / "run"
-    argv = ["fetalssl-train", "--config", f"{CONFIGS / 'barlow_twins.py'}:tiny", "--workdir", str(workdir), override]
+    argv = ["fetalssl-train", "--config", f"{CONFIGS / 'barlow.py'}:tiny", "--workdir", str(workdir), override]
     monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads the --config.* overrides from sys.argv
     assert cli.main(argv) == 2
     assert capsys.readouterr().err.splitlines() == [expected]

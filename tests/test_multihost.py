@@ -23,7 +23,7 @@ def command(workdir, data_dir, cache_dir, *extra):
             "data.max_gap": 2, "num_steps": STEPS, "checkpoint_every_steps": 1000, "compilation_cache_dir": cache_dir,
             "eval.dataset": "fetal_cardiac_planes/tiny", "eval.data_dir": data_dir, "eval.shots": "(1,)",
             "eval.draws": 1, "eval.compare_random_init": False}  # fmt: skip
-    return [sys.executable, "-m", "fetalssl_jax.main", "--config", f"{REPO / 'configs' / 'barlow_twins.py'}:tiny",
+    return [sys.executable, "-m", "fetalssl_jax.main", "--config", f"{REPO / 'configs' / 'barlow.py'}:tiny",
             "--workdir", str(workdir), *[f"--config.{k}={v}" for k, v in data.items()], *extra]  # fmt: skip
 
 
@@ -125,7 +125,7 @@ def test_one_process_unless_a_launch_says_otherwise(monkeypatch):
 
 
 def test_an_incomplete_multi_process_launch_is_a_clear_error(tmp_path):
-    cmd = [sys.executable, "-m", "fetalssl_jax.main", "--config", f"{REPO / 'configs' / 'barlow_twins.py'}:tiny",
+    cmd = [sys.executable, "-m", "fetalssl_jax.main", "--config", f"{REPO / 'configs' / 'barlow.py'}:tiny",
            "--workdir", str(tmp_path / "run"), f"--coordinator_address=localhost:{free_port()}"]  # fmt: skip
     process = subprocess.run(cmd, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=300)
     assert process.returncode == 2

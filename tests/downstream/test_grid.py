@@ -193,7 +193,7 @@ def test_interrupted_step_run_resumes_with_the_same_losses(step_run, tmp_path):
 # ---- config.inits --------------------------------------------------------------------------------------------------
 def test_init_entries_are_parsed_and_checked():
     inits = parse_inits([
-        "bt=configs/barlow_twins.py:tiny,num_steps=2",  # name=path.py:preset,k=v
+        "bt=configs/barlow.py:tiny,num_steps=2",  # name=path.py:preset,k=v
         "configs/vicreg.py:tiny,num_steps=4,model.width=8",  # bare path.py:preset,k=v: '=' only in the overrides
         "configs/simclr.py",  # bare path.py
         "random",
@@ -202,7 +202,7 @@ def test_init_entries_are_parsed_and_checked():
         "imagenet=/w/r50.safetensors",
     ])  # fmt: skip
     assert [(i.name, i.spec, i.is_pretraining_config) for i in inits] == [
-        ("bt", "configs/barlow_twins.py:tiny,num_steps=2", True),
+        ("bt", "configs/barlow.py:tiny,num_steps=2", True),
         ("vicreg", "configs/vicreg.py:tiny,num_steps=4,model.width=8", True),
         ("simclr", "configs/simclr.py", True),
         ("random", "random", False),
@@ -210,7 +210,7 @@ def test_init_entries_are_parsed_and_checked():
         ("r18", "/w/r18.safetensors", False),
         ("imagenet", "/w/r50.safetensors", False),
     ]
-    assert parse_inits(["barlow_twins.py:tiny,num_steps=4"])[0].name == "barlow_twins"
+    assert parse_inits(["barlow.py:tiny,num_steps=4"])[0].name == "barlow"
     with pytest.raises(ValueError, match=r"\['random'\] more than once"):
         parse_inits(["random", "random=random"])
 
@@ -228,7 +228,7 @@ def test_a_budget_larger_than_a_class_fails_before_anything_trains(repo, tmp_pat
 def test_tiny_grid_runs_end_to_end_and_resumes(repo, tmp_path):
     config = load_config(f"{repo / 'configs' / 'paper_grid.py'}:tiny")
     with config.ignore_type():
-        config.inits = (f"bt={repo / 'configs' / 'barlow_twins.py'}:tiny,num_steps=2,progress_bar=False", "random")
+        config.inits = (f"bt={repo / 'configs' / 'barlow.py'}:tiny,num_steps=2,progress_bar=False", "random")
     rows = run_grid(config, tmp_path)
     assert len(rows) == 2 * 2 * 2 * 2  # inits x modes x budgets (5/class, 100 %) x seeds
     with open(tmp_path / "results.csv") as f:
@@ -268,7 +268,7 @@ def test_tiny_grid_runs_end_to_end_and_resumes(repo, tmp_path):
         run_grid(config, tmp_path)
     # A finished pretraining is reused despite cosmetic keys, and refused, naming the key, for another config.
     config.classify.num_steps = 6
-    barlow = f"bt={repo / 'configs' / 'barlow_twins.py'}:tiny,num_steps=2"
+    barlow = f"bt={repo / 'configs' / 'barlow.py'}:tiny,num_steps=2"
     with config.ignore_type():
         config.inits = (f"{barlow},progress_bar=True,log_every_steps=5,eval.draws=1", "random")
     assert run_grid(config, tmp_path) == rows

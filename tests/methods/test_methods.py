@@ -19,7 +19,7 @@ from fetalssl_jax.train.monitor import read_metrics
 
 CONFIGS = {
     "autoencoder": "autoencoder.py",
-    "barlow_twins": "barlow_twins.py",
+    "barlow_twins": "barlow.py",
     "byol": "byol.py",
     "inpainting": "inpainting.py",
     "moco": "moco.py",

@@ -104,7 +104,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, repo, python):
     workdir = tmp_path / "run"
-    cmd = [python, "-m", "fetalssl_jax.main", "--config", f"{repo}/configs/barlow_twins.py:tiny",
+    cmd = [python, "-m", "fetalssl_jax.main", "--config", f"{repo}/configs/barlow.py:tiny",
            "--workdir", str(workdir), "--config.num_steps=100000",
            "--config.checkpoint_every_steps=100000"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -130,7 +130,7 @@ def test_unknown_config_key_is_named(repo, python):
         "-m",
         "fetalssl_jax.main",
         "--config",
-        f"{repo}/configs/barlow_twins.py:tiny",
+        f"{repo}/configs/barlow.py:tiny",
         "--config.optim.lrr=1",
     ]
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120, env=os.environ)
@@ -139,7 +139,7 @@ def test_unknown_config_key_is_named(repo, python):
 
 
 def test_unknown_preset_is_named(repo, python):
-    cmd = [python, "-m", "fetalssl_jax.main", "--config", f"{repo}/configs/barlow_twins.py:huge"]
+    cmd = [python, "-m", "fetalssl_jax.main", "--config", f"{repo}/configs/barlow.py:huge"]
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "unknown preset 'huge'" in proc.stderr + proc.stdout

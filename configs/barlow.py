@@ -1,8 +1,8 @@
 """Barlow Twins pretraining on fetal ultrasound frames.
 
-  python -m fetalssl_jax.main --config configs/barlow_twins.py           # CPU demo on the embedded data (minutes)
-  python -m fetalssl_jax.main --config configs/barlow_twins.py:paper     # the paper's setting (GPU/TPU)
-  python -m fetalssl_jax.main --config configs/barlow_twins.py:tiny      # seconds; what the tests run
+  python -m fetalssl_jax.main --config configs/barlow.py           # CPU demo on the embedded data (minutes)
+  python -m fetalssl_jax.main --config configs/barlow.py:paper     # the paper's setting (GPU/TPU)
+  python -m fetalssl_jax.main --config configs/barlow.py:tiny      # seconds; what the tests run
 
 Presets: default, tiny, paper. Any key can be overridden: --config.batch_size=256 --config.model.arch=resnet50.
 """

@@ -14,6 +14,7 @@ change (not a restructuring) changes the record too: re-record on the tree that 
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -46,9 +47,10 @@ def pretraining_records(only: set[str]) -> dict[str, dict]:
 
     out = {}
     for path in sorted((REPO / "configs").glob("*.py")):
-        config = load_config(f"{path}:tiny")
+        config = load_config(str(path))
         if config.get("task", "pretrain") != "pretrain" or (only and config.method not in only):
             continue
+        config = load_config(f"{path}:tiny")
         set_by_path(config, "num_steps", NUM_STEPS)
         set_by_path(config, "eval.compare_random_init", False)
         set_by_path(config, "eval.every_steps", 0)
@@ -64,6 +66,13 @@ def pretraining_records(only: set[str]) -> dict[str, dict]:
         }
         print(config.method, out[config.method]["loss"], flush=True)
     return out
+
+
+def validation_rounds(records: list[dict]) -> list[dict]:
+    """The validation records of a classifier's metrics.jsonl, as {step, train_loss, valid_*}: the same for the
+    records of every release (an `epoch` key and the records of kind 'train' left out)."""
+    rounds = [r for r in records if r.get("kind", "eval") == "eval" and "train_loss" in r]
+    return [{k: v for k, v in r.items() if k not in ("epoch", "kind")} for r in rounds]
 
 
 def classification_records(only: set[str]) -> dict[str, dict]:
@@ -85,7 +94,8 @@ def classification_records(only: set[str]) -> dict[str, dict]:
         set_by_path(config, "compilation_cache_dir", "")
         with tempfile.TemporaryDirectory() as workdir:
             results = run_classification(config, workdir)
-            rounds = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+            lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+            rounds = validation_rounds([json.loads(line) for line in lines])
             variables = ocp.StandardCheckpointer().restore(pathlib.Path(workdir, "classifier", "variables").absolute())
         out[mode] = {
             "rounds": rounds,
@@ -97,17 +107,23 @@ def classification_records(only: set[str]) -> dict[str, dict]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 3 or argv[1] not in ("record", "check") or (argv[1] == "record" and len(argv) > 3):
-        print(__doc__, file=sys.stderr)
-        return 2
-    only = set(argv[3:])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("record", "check"))
+    parser.add_argument("path", help="the record: written by `record`, compared with by `check`")
+    parser.add_argument("only", nargs="*", help="check only these methods / classifier modes")
+    args = parser.parse_args(argv[1:])
+    if args.action == "record" and args.only:
+        parser.error("record writes every entry; name none")
+    only = set(args.only)
     now = {"pretraining": pretraining_records(only), "classification": classification_records(only)}
-    path = pathlib.Path(argv[2])
-    if argv[1] == "record":
+    path = pathlib.Path(args.path)
+    if args.action == "record":
         path.write_text(json.dumps(now, indent=1) + "\n")
         print(f"recorded {path}")
         return 0
     before = json.loads(path.read_text())
+    for mode in before.get("classification", {}).values():
+        mode["rounds"] = validation_rounds(mode["rounds"])
     differences = [
         f"{part}/{name}: {before[part].get(name)} -> {now[part].get(name)}"
         for part in before

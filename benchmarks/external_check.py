@@ -210,7 +210,8 @@ def main() -> None:
 
     from fetalssl_jax.config_lib import load_config
     from fetalssl_jax.downstream.export import export_torch
-    from fetalssl_jax.train.loop import RANDOM_INIT, SSL_START, train
+    from fetalssl_jax.eval.evaluator import RANDOM_INIT, SSL_START
+    from fetalssl_jax.train.loop import train
 
     write_scans(root, args.seed, args.videos, args.patients, args.size, args.screen_margin)
     data_dir, videos_name, planes_name = build(root, args.fit)

@@ -14,11 +14,10 @@ The pipeline keeps up when records/s >= the train step's images/s.
 from __future__ import annotations
 
 import json
-import sys
 import time
 
 import jax
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from fetalssl_jax.config_lib import set_by_path
@@ -37,7 +36,7 @@ _STEPS = flags.DEFINE_integer("steps", 30, "Timed batches (after 2 warm-up batch
 def benchmark(config, steps: int) -> dict:
     """Records/s and batches/s of the TFDS input pipeline of `config`, on all local devices."""
     method = get_method(config.method)(config)
-    dataset = sources.pretraining_frames(config, method.example_mode)
+    dataset = sources.pretraining_frames(config, method.example_mode(config))
     sampler = make_sampler(config, method, dataset, jax.process_index(), jax.process_count())
     sharding = batch_sharding(make_mesh())
     batches = device_batches(sampler, 0, sharding, config.data.prefetch)
@@ -53,7 +52,7 @@ def benchmark(config, steps: int) -> dict:
     return {
         "dataset": config.data.name,
         "records": len(dataset),
-        "example_mode": method.example_mode,
+        "example_mode": method.example_mode(config),
         "batch_shape": list(shape),
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
         "records_per_s": round(steps * shape[0] / seconds, 1),
@@ -63,7 +62,7 @@ def benchmark(config, steps: int) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    flags.FLAGS(argv)
+    del argv  # parsed by app.run
     config = _CONFIG.value
     for key, value in (("data.source", "tfds"), ("data.name", _NAME.value), ("data.data_dir", _DATA_DIR.value)):
         set_by_path(config, key, value)
@@ -71,4 +70,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    app.run(main)

@@ -22,7 +22,8 @@ import time
 import numpy as np
 
 from fetalssl_jax.config_lib import load_config, method_config_files, parse_value, set_by_path
-from fetalssl_jax.train.loop import RANDOM_INIT, SSL_START, train
+from fetalssl_jax.eval.evaluator import RANDOM_INIT, SSL_START
+from fetalssl_jax.train.loop import train
 from fetalssl_jax.train.monitor import read_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import resource
-import sys
 import time
 
 import jax
 import numpy as np
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from fetalssl_jax.methods import get_method
@@ -74,7 +73,7 @@ def benchmark(config, steps: int) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    flags.FLAGS(argv)
+    del argv  # parsed by app.run
     if _CACHE.value:
         enable_compilation_cache(_CONFIG.value.compilation_cache_dir)
     print(json.dumps(benchmark(_CONFIG.value, _STEPS.value), indent=2))
@@ -84,4 +83,4 @@ if __name__ == "__main__":
     from fetalssl_jax.runtime.hugepages import reexec_with_hugepages
 
     reexec_with_hugepages()  # as `python -m fetalssl_jax.main` does
-    main(sys.argv)
+    app.run(main)

@@ -6,14 +6,16 @@ ResNet encoder (no pooling) + mirrored transposed-conv decoder, MSE to the input
 learning rate x0.5624 every 50 epochs (the reference's StepLR). Input: resize, RandAugment(3, 3), h/v flips.
 """
 
-from fetalssl_jax import config_lib
+from ml_collections import ConfigDict
+
+from fetalssl_jax import config_lib, presets
 
 
 def autoencoder_config(method: str, randaugment_ops: int, randaugment_magnitude: int):
     """The settings the autoencoder and the inpainting autoencoder share."""
-    c = config_lib.base_config()
+    c = presets.base_config()
     c.method = method
-    c.method_kwargs = config_lib.ConfigDict(
+    c.method_kwargs = ConfigDict(
         dict(randaugment_ops=randaugment_ops, randaugment_magnitude=randaugment_magnitude, hflip_prob=0.5,
              vflip_prob=0.5, bottleneck="map", inputs="randaugment", target="pixels")
     )  # fmt: skip
@@ -34,18 +36,18 @@ def autoencoder_config(method: str, randaugment_ops: int, randaugment_magnitude:
 
 def default(c) -> None:
     """CPU demo: a narrow ResNet-18 at 64 px; a few minutes on two cores, then the evaluation table."""
-    config_lib.cpu_demo_preset(c)
+    presets.cpu_demo_preset(c)
     c.optim.step_decay_epochs = 5.0  # the reference's 50 of 1000 epochs, scaled to the demo's 20
 
 
 def tiny(c) -> None:
     """Seconds on a CPU: for tests and smoke runs."""
-    config_lib.tiny_preset(c)
+    presets.tiny_preset(c)
 
 
 def paper(c) -> None:
     """ResNet-50, 256 px, batch 128, 1000 epochs (GPU/TPU)."""
-    config_lib.paper_preset(c)
+    presets.paper_preset(c)
     c.batch_size = 128
     c.num_epochs = 1000
 
@@ -58,5 +60,5 @@ def get_config(arg: str | None = None):
     c = autoencoder_config("autoencoder", 3, 3)
     # the view that inputs "denoise" and "view" corrupt with the scan's nuisances (crop, any rotation, gain / TGC /
     # speckle); the reference's RandAugment input does not read it
-    config_lib.ultrasound_views(c)
+    presets.ultrasound_views(c)
     return config_lib.apply_preset(c, arg, PRESETS)

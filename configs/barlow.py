@@ -7,7 +7,9 @@
 Presets: default, tiny, paper. Any key can be overridden: --config.batch_size=256 --config.model.arch=resnet50.
 """
 
-from fetalssl_jax import config_lib
+from ml_collections import ConfigDict
+
+from fetalssl_jax import config_lib, presets
 from fetalssl_jax.methods.barlow_twins import default_kwargs
 
 
@@ -16,21 +18,21 @@ def default(c) -> None:
 
     The short-run recipe (docs/design.md, "Recipes by budget"): LARS with trust coefficient 0.02, lr 0.3 x batch/256
     and weight decay 1e-4 (solo-learn's CIFAR Barlow Twins), ultrasound views (rotation, gain/TGC/speckle)."""
-    config_lib.cpu_demo_preset(c)
+    presets.cpu_demo_preset(c)
     c.method_kwargs.projector = (512, 512, 512)
-    config_lib.short_run_lars(c, lr=0.3, weight_decay=1e-4, lr_biases=0.0048)
-    config_lib.ultrasound_views(c)
+    presets.short_run_lars(c, lr=0.3, weight_decay=1e-4, lr_biases=0.0048)
+    presets.ultrasound_views(c)
 
 
 def tiny(c) -> None:
     """Seconds on a CPU: for tests and smoke runs."""
-    config_lib.tiny_preset(c)
+    presets.tiny_preset(c)
     c.method_kwargs.projector = (64, 64, 64)
 
 
 def paper(c) -> None:
     """The paper's setting: ResNet-50, 256 px, projector 8192x3, batch 2048, 1000 epochs (GPU/TPU)."""
-    config_lib.paper_preset(c)
+    presets.paper_preset(c)
     c.method_kwargs.projector = (8192, 8192, 8192)
     c.batch_size = 2048
     c.num_epochs = 1000
@@ -42,10 +44,10 @@ PRESETS = {"default": default, "tiny": tiny, "paper": paper}
 
 def get_config(arg: str | None = None):
     """Barlow Twins config; `arg` names a preset (default, tiny, paper) optionally followed by ,key=value."""
-    c = config_lib.base_config()
+    c = presets.base_config()
     c.method = "barlow_twins"
-    c.method_kwargs = config_lib.ConfigDict(default_kwargs())
-    config_lib.barlow_twins_views(c)
+    c.method_kwargs = ConfigDict(default_kwargs())
+    presets.barlow_twins_views(c)
     c.optim.name = "lars"
     c.optim.lr_weights = 0.2
     c.optim.lr_biases = 0.0048

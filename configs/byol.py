@@ -7,33 +7,35 @@
 Presets: default, tiny, paper. Any key can be overridden: --config.method_kwargs.momentum_base=0.99.
 """
 
-from fetalssl_jax import config_lib
+from ml_collections import ConfigDict
+
+from fetalssl_jax import config_lib, presets
 from fetalssl_jax.methods.byol import default_kwargs
 
 
 def default(c) -> None:
     """CPU demo: a narrow ResNet-18 at 64 px, smaller heads; a few minutes, then the evaluation table."""
-    config_lib.cpu_demo_preset(c)
+    presets.cpu_demo_preset(c)
     c.method_kwargs.projector = (512, 128)
     c.method_kwargs.predictor = (512, 128)
     # The reference's lr 0.2 (solo-learn's CIFAR BYOL uses 1.0: measured here, it moved the convolutions 100 % in 80
     # steps and the features collapsed to effective rank 5.5, probe +0.027), solo-learn's wd 1e-5; target momentum
     # 0.99 -> 1 (an EMA horizon of ~100 steps; 0.996's 250 steps would be half the run)
-    config_lib.short_run_lars(c, lr=0.2, weight_decay=1e-5)
+    presets.short_run_lars(c, lr=0.2, weight_decay=1e-5)
     c.method_kwargs.momentum_base = 0.99
-    config_lib.ultrasound_views(c)
+    presets.ultrasound_views(c)
 
 
 def tiny(c) -> None:
     """Seconds on a CPU: for tests and smoke runs."""
-    config_lib.tiny_preset(c)
+    presets.tiny_preset(c)
     c.method_kwargs.projector = (64, 32)
     c.method_kwargs.predictor = (64, 32)
 
 
 def paper(c) -> None:
     """The paper's setting: ResNet-50, 256 px, projector / predictor 1024-256, LARS, batch 160 (GPU/TPU)."""
-    config_lib.paper_preset(c)
+    presets.paper_preset(c)
     c.method_kwargs.projector = (1024, 256)
     c.method_kwargs.predictor = (1024, 256)
     c.batch_size = 160
@@ -46,10 +48,10 @@ PRESETS = {"default": default, "tiny": tiny, "paper": paper}
 
 def get_config(arg: str | None = None):
     """BYOL config; `arg` names a preset (default, tiny, paper) optionally followed by ,key=value."""
-    c = config_lib.base_config()
+    c = presets.base_config()
     c.method = "byol"
-    c.method_kwargs = config_lib.ConfigDict(default_kwargs())
-    config_lib.simclr_views(c)
+    c.method_kwargs = ConfigDict(default_kwargs())
+    presets.simclr_views(c)
     # LARS as the BYOL paper: base lr 0.2 x batch/256 for every parameter; biases and BatchNorm parameters without
     # weight decay and trust-ratio adaptation; wd 1.5e-6; warm-up (10 epochs in `paper`), then cosine to 0.
     c.optim.name = "lars"

@@ -11,7 +11,9 @@
 torchvision/timm ResNet names (e.g. ImageNet weights). Presets: default (CPU, embedded data), tiny, paper.
 """
 
-from fetalssl_jax import config_lib
+from ml_collections import ConfigDict
+
+from fetalssl_jax import config_lib, presets
 
 
 def default(c) -> None:
@@ -51,8 +53,7 @@ PRESETS = {"default": default, "tiny": tiny, "paper": paper}
 
 def get_config(arg: str | None = None):
     """Classification config; `arg` names a preset (default, tiny, paper) optionally followed by ,key=value."""
-    base = config_lib.base_config()
-    c = config_lib.ConfigDict()
+    c = ConfigDict()
     c.task = "classify"
     c.method = "classify"  # names the default workdir
     c.seed = 0  # label subset, head init, dropout and augmentation
@@ -62,21 +63,26 @@ def get_config(arg: str | None = None):
     # > 0: exactly this many labelled training images of every class instead (label_fraction must then stay 1)
     c.labels_per_class = 0
     c.classes = ()  # class names in label order; empty: the labelled data's own (the embedded set: PLANES)
-    c.model = base.model
-    c.head = config_lib.ConfigDict({"dropout": 0.5, "batch_norm": False})
-    c.data = base.data  # the labelled images: source, sizes, generator seed (image_size: the network input)
-    c.eval = base.eval  # eval.num_patients / frames_per_patient: size of the embedded labelled set
-    c.augment = config_lib.ConfigDict({"num_ops": 5, "magnitude": 5.0, "hflip_prob": 0.5, "vflip_prob": 0.5})
-    c.optim = config_lib.ConfigDict({"name": "adamw", "lr": 1e-3, "weight_decay": 1e-6})
+    c.model = presets.model()
+    c.head = ConfigDict({"dropout": 0.5, "batch_norm": False})
+    # the images: the network's input size; the embedded set's rendering size and generator seed
+    c.data = ConfigDict({"image_size": 64, "stored_size": 64, "seed": 0})
+    c.eval = presets.labelled_data()  # where the labelled images come from
+    c.augment = ConfigDict({"num_ops": 5, "magnitude": 5.0, "hflip_prob": 0.5, "vflip_prob": 0.5})
+    c.optim = ConfigDict({"name": "adamw", "lr": 1e-3, "weight_decay": 1e-6})
     c.batch_size = 128
     c.eval_batch_size = 256
     c.num_epochs = 100
     # > 0 overrides num_epochs: a fixed number of optimiser steps whatever the subset size (batches cycle through
     # the subset; the batch is min(batch_size, subset size)), so a 10-image budget trains as long as the full set
     c.num_steps = -1
-    c.eval_every_steps = 50  # with num_steps: validate (and keep the best classifier) this often and at the end
-    c.checkpoint_every_epochs = 5  # resumable runs; 0: no checkpoints (the selected classifier is always saved)
-    c.checkpoint_every_steps = 500  # with num_steps: checkpoint at the first validation after each multiple; 0: none
+    # validate (and keep the best classifier) this often and at the end: every epoch, or with num_steps every
+    # eval_every_steps steps
+    c.eval_every_epochs = 1
+    c.eval_every_steps = 50
+    # resumable runs, at the first validation after each multiple (0: none; the selected classifier is always saved)
+    c.checkpoint_every_epochs = 5
+    c.checkpoint_every_steps = 500  # with num_steps
     c.progress_bar = True
-    c.compilation_cache_dir = base.compilation_cache_dir
+    c.compilation_cache_dir = presets.COMPILATION_CACHE_DIR
     return config_lib.apply_preset(c, arg, PRESETS)

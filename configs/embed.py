@@ -14,14 +14,14 @@ frame_index, labels, class_names), embeddings.csv (the ids), sources.csv (id -> 
 into --workdir.
 """
 
-from fetalssl_jax import config_lib
+from fetalssl_jax import config_lib, presets
 
-PRESETS = {"default": lambda c: None, "tiny": config_lib.tiny_tool_preset}
+PRESETS = {"default": lambda c: None, "tiny": presets.tiny_tool_preset}
 
 
 def get_config(arg: str | None = None):
     """Embed config; `arg` names a preset (default, tiny) optionally followed by ,key=value."""
-    c = config_lib.tool_config("embed")
-    config_lib.backbone_keys(c)
-    config_lib.input_keys(c)
+    c = presets.tool_config("embed")
+    presets.backbone_keys(c)
+    presets.input_keys(c)
     return config_lib.apply_preset(c, arg, PRESETS)

@@ -11,14 +11,14 @@ backbone). Writes backbone.safetensors (or backbone.npz with --config.format=npz
     # missing == ['fc.weight', 'fc.bias']: the classifier head is not part of a backbone
 """
 
-from fetalssl_jax import config_lib
+from fetalssl_jax import config_lib, presets
 
 PRESETS = {"default": lambda c: None}
 
 
 def get_config(arg: str | None = None):
     """Export config; `arg` names a preset (default) optionally followed by ,key=value."""
-    c = config_lib.tool_config("export")
+    c = presets.tool_config("export")
     c.backbone = ""
     c.format = "safetensors"  # or "npz"
     return config_lib.apply_preset(c, arg, PRESETS)

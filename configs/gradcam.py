@@ -8,7 +8,7 @@ when wrong) into --workdir. `stage` is the ResNet stage whose output is explaine
 a finer map on small images.
 """
 
-from fetalssl_jax import config_lib
+from fetalssl_jax import config_lib, presets
 
 
 def tiny(c) -> None:
@@ -21,7 +21,7 @@ PRESETS = {"default": lambda c: None, "tiny": tiny}
 
 def get_config(arg: str | None = None):
     """Grad-CAM config; `arg` names a preset (default, tiny) optionally followed by ,key=value."""
-    c = config_lib.tool_config("gradcam")
+    c = presets.tool_config("gradcam")
     c.classifier = ""  # a classification run's workdir (its test split is read from its config.json)
     c.num_images = 16
     c.stage = 4

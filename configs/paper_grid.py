@@ -20,6 +20,8 @@ optimiser steps (`classify.num_steps`) in `default`, so a 10-image budget is tra
 
 import pathlib
 
+from ml_collections import ConfigDict
+
 from fetalssl_jax import config_lib
 
 CONFIGS = pathlib.Path(__file__).resolve().parent
@@ -72,7 +74,7 @@ PRESETS = {"default": default, "tiny": tiny, "paper": paper}
 
 def get_config(arg: str | None = None):
     """Grid config; `arg` names a preset (default, tiny, paper) optionally followed by ,key=value."""
-    c = config_lib.ConfigDict()
+    c = ConfigDict()
     c.task = "grid"
     c.method = "grid"  # names the default workdir
     c.inits = ("random",)
@@ -81,5 +83,5 @@ def get_config(arg: str | None = None):
     c.label_fractions = (1.0,)  # ... and stratified fractions of the training split
     c.modes = ("finetune", "linear")
     c.seeds = (0, 1, 2, 3, 4)  # for every budget: a 95 % t-interval over seeds
-    c.classify = config_lib.ConfigDict()  # a configs/classify.py config: every cell starts from it
+    c.classify = ConfigDict()  # a configs/classify.py config: every cell starts from it
     return config_lib.apply_preset(c, arg, PRESETS)

@@ -16,16 +16,16 @@ summary.json (planes found: frames and probabilities; planes not found). Images 
 classifier's is an error.
 """
 
-from fetalssl_jax import config_lib
+from fetalssl_jax import config_lib, presets
 
-PRESETS = {"default": lambda c: None, "tiny": config_lib.tiny_tool_preset}
+PRESETS = {"default": lambda c: None, "tiny": presets.tiny_tool_preset}
 
 
 def get_config(arg: str | None = None):
     """Predict config; `arg` names a preset (default, tiny) optionally followed by ,key=value."""
-    c = config_lib.tool_config("predict")
+    c = presets.tool_config("predict")
     c.classifier = ""  # a classification run's workdir (or its classifier/ directory)
-    config_lib.input_keys(c)
+    presets.input_keys(c)
     c.smooth_window = 1  # kept frames averaged around each frame (centred); 1: no smoothing
     c.threshold = 0.5  # a plane is found where its (smoothed) probability reaches this
     c.top_k = 1  # best frames per plane

@@ -21,7 +21,9 @@ measurement said so: clips 12 kept frames apart, order only, the clip rotated by
 speckle (see `default`).
 """
 
-from fetalssl_jax import config_lib
+from ml_collections import ConfigDict
+
+from fetalssl_jax import config_lib, presets
 from fetalssl_jax.methods.reorder import default_kwargs
 
 
@@ -46,28 +48,28 @@ def default(c) -> None:
     apart are ordered by heartbeat and probe drift; 2.4 s apart the sweep has moved between planes, so the order
     is a question about anatomy. The rotation pretext is off: any-angle rotation of the clip (the fetal lie) makes
     its label unpredictable, and without that rotation the fan's apex gives the quarter turn away."""
-    config_lib.cpu_demo_preset(c)
+    presets.cpu_demo_preset(c)
     c.batch_size = 64  # 64 clips = 256 frames through the backbone per step
     c.num_epochs = 20  # on the embedded set: 3072 examples, 48 steps per epoch, 960 steps (as the run logs)
     c.optim.warmup_epochs = 2
     c.method_kwargs.head_hidden = 256
     c.method_kwargs.transforms = "none"
     c.data.clip_stride = 12
-    c.augment.view1 = config_lib.ConfigDict(
+    c.augment.view1 = ConfigDict(
         clip_view(rotation_prob=1.0, rotation_deg=180.0, ultrasound_prob=0.8, gain_db=6.0, tgc_db=6.0, speckle=0.5)
     )
 
 
 def tiny(c) -> None:
     """Seconds on a CPU: for tests and smoke runs (16 kept frames per video: clips of 4, stride 1, fit)."""
-    config_lib.tiny_preset(c)
+    presets.tiny_preset(c)
     c.data.clip_stride = 1
     c.method_kwargs.head_hidden = 32
 
 
 def paper(c) -> None:
     """Paper-like setting: ResNet-50, 256 px, clips of 4 frames 3 kept frames apart, batch 64 clips, SGD lr 0.05."""
-    config_lib.paper_preset(c)
+    presets.paper_preset(c)
     c.method_kwargs.head_hidden = 512
     c.data.clip_length = 4
     c.data.clip_stride = 3
@@ -82,10 +84,10 @@ PRESETS = {"default": default, "tiny": tiny, "paper": paper}
 
 def get_config(arg: str | None = None):
     """Reorder config; `arg` names a preset (default, tiny, paper) optionally followed by ,key=value."""
-    c = config_lib.base_config()
+    c = presets.base_config()
     c.method = "reorder"
-    c.method_kwargs = config_lib.ConfigDict(default_kwargs())
-    c.augment.view1 = config_lib.ConfigDict(clip_view())  # the clip augmentation; view2 is unused
+    c.method_kwargs = ConfigDict(default_kwargs())
+    c.augment.view1 = ConfigDict(clip_view())  # the clip augmentation; view2 is unused
     c.data.clip_length = 4
     c.data.clip_stride = 3
     c.optim.name = "sgd"

@@ -17,13 +17,13 @@ selection.csv (the order of choice), embeddings.npz/.csv, sources.csv (id -> pat
 config.json. A budget larger than the number of frames is an error.
 """
 
-from fetalssl_jax import config_lib
+from fetalssl_jax import config_lib, presets
 from fetalssl_jax.apply.selection import DEFAULT_STRATEGY
 
 
 def tiny(c) -> None:
     """Tests: small batches, a small budget, no progress bar."""
-    config_lib.tiny_tool_preset(c)
+    presets.tiny_tool_preset(c)
     c.budget = 6
 
 
@@ -32,9 +32,9 @@ PRESETS = {"default": lambda c: None, "tiny": tiny}
 
 def get_config(arg: str | None = None):
     """Select config; `arg` names a preset (default, tiny) optionally followed by ,key=value."""
-    c = config_lib.tool_config("select")
-    config_lib.backbone_keys(c)
-    config_lib.input_keys(c)
+    c = presets.tool_config("select")
+    presets.backbone_keys(c)
+    presets.input_keys(c)
     c.budget = 25  # frames to label, in total
     # "typical" (the most typical frame of each of `budget` k-means clusters), "k-center" (a covering) or "random"
     c.strategy = DEFAULT_STRATEGY

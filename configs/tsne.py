@@ -10,7 +10,9 @@ the embedded set, or a built fetal_cardiac_planes dataset). Writes tsne_<split>.
 points, labels and patient ids) into --workdir.
 """
 
-from fetalssl_jax import config_lib
+from ml_collections import ConfigDict
+
+from fetalssl_jax import config_lib, presets
 
 
 def default(c) -> None:
@@ -30,14 +32,13 @@ PRESETS = {"default": default, "tiny": tiny}
 
 def get_config(arg: str | None = None):
     """t-SNE config; `arg` names a preset (default, tiny) optionally followed by ,key=value."""
-    base = config_lib.base_config()
-    c = config_lib.tool_config("tsne")
+    c = presets.tool_config("tsne")
     c.seed = 0
     c.init = "random"
     c.split = "test"  # train, valid or test
     c.classes = ()  # class names in label order; empty: the labelled data's own
-    c.model = base.model
-    c.data = base.data
-    c.eval = base.eval
+    c.model = presets.model()
+    c.data = ConfigDict({"image_size": 64, "stored_size": 64, "seed": 0})
+    c.eval = presets.labelled_data()  # the labelled images, as the classifier reads them
     c.eval_batch_size = 256
     return config_lib.apply_preset(c, arg, PRESETS)

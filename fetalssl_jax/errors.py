@@ -11,5 +11,9 @@ class UserError(Exception):
     and what is allowed."""
 
 
+class DataError(UserError, ValueError):
+    """An input file or dataset that cannot be used; the message names the file (and line or key)."""
+
+
 class RunStopped(Exception):
     """A run that stopped on its own terms; the message says why and what was kept."""

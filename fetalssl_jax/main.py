@@ -1,22 +1,23 @@
 """Command line: `python -m fetalssl_jax.main --config configs/barlow.py[:preset] [--config.key=value ...]`.
 
-The config file decides everything (big_vision style), including what runs (`config.task`): pretraining
-(configs/barlow.py ...), a plane classifier (configs/classify.py), the paper's grid (configs/paper_grid.py), and
-the tools: embed, predict, select (configs/embed.py, predict.py, select.py: your own scans), gradcam, tsne, export.
-`--workdir` is where checkpoints, metrics, TensorBoard logs, exported weights and results land. Running the same
-command again resumes a training run. Launched as several processes (srun, a TPU pod, `--coordinator_address` /
-`--num_processes` / `--process_id`), pretraining runs on every device of every process
-(fetalssl_jax/runtime/distributed.py).
+The config file decides everything, including what runs (`config.task`, `TASKS`). `--workdir` is where the run's
+files land; running the same command again resumes it. Launched as several processes (srun, a TPU pod,
+`--coordinator_address`), pretraining runs on every device of every process (`runtime/distributed.py`).
+A user's mistake (`errors.UserError`) is one line per problem and exit status 2; a run that stopped for a reason it
+explains (`errors.RunStopped`) one line and exit status 1; anything else is a bug and raises with its traceback.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
 
 from absl import flags
 from ml_collections import config_flags
+
+from fetalssl_jax.errors import RunStopped, UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file: path.py[:preset].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: workdirs/<method>[-<preset>]).")
@@ -29,29 +30,45 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (several processes).", lower_bound=1)
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes-1.", lower_bound=0)
 
-
-# The tools: task -> (module, function(config, workdir) -> the line to print)
-TOOLS = {
-    "embed": ("fetalssl_jax.apply.tasks", "run_embed"),
-    "predict": ("fetalssl_jax.apply.tasks", "run_predict"),
-    "select": ("fetalssl_jax.apply.tasks", "run_select"),
-    "gradcam": ("fetalssl_jax.downstream.gradcam", "run_gradcam"),
-    "tsne": ("fetalssl_jax.downstream.embedding", "run_tsne"),
-    "export": ("fetalssl_jax.downstream.export", "run_export"),
+# config.task -> the module that runs it: its `validate(config)` checks the config, `run(config, workdir)` runs the
+# task and returns the line to print.
+TASKS = {
+    "pretrain": "fetalssl_jax.train.loop",
+    "classify": "fetalssl_jax.downstream.classification",
+    "grid": "fetalssl_jax.downstream.grid",
+    "embed": "fetalssl_jax.apply.tasks",
+    "predict": "fetalssl_jax.apply.tasks",
+    "select": "fetalssl_jax.apply.tasks",
+    "gradcam": "fetalssl_jax.downstream.gradcam",
+    "tsne": "fetalssl_jax.downstream.embedding",
+    "export": "fetalssl_jax.downstream.export",
 }
 
 
-class UsageError(Exception):
-    """A mistake in the command line or config that the user must fix."""
+class UsageError(UserError):
+    """A mistake on the command line itself."""
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
+def task_module(config):
+    """The module that runs `config.task` (default: pretraining)."""
+    task = config.get("task", "pretrain")
+    if task not in TASKS:
+        raise UsageError(f"config.task = {task!r}: must be one of {', '.join(map(repr, TASKS))}")
+    return importlib.import_module(TASKS[task])
+
+
+def validate(config) -> None:
+    """Checks every value of `config` for its task (ConfigError listing every problem), before anything runs."""
+    task_module(config).validate(config)
+
+
+def _parse_flags(argv: list[str]) -> None:
     """Parses flags, turning ml_collections' bare KeyError/AttributeError on a typo into a message naming the key."""
     try:
-        return flags.FLAGS(argv)
+        flags.FLAGS(argv)
     except (AttributeError, KeyError, flags.Error) as error:
         config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-        if config_path is None and "--config" in argv:
+        if config_path is None and "--config" in argv[:-1]:
             config_path = argv[argv.index("--config") + 1]
         messages = []
         if config_path:
@@ -59,6 +76,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
             messages = unknown_override_keys(load_config(config_path), argv)
         raise UsageError("; ".join(messages) or str(error)) from None
+    if _CONFIG.value is None:
+        raise UsageError("--config is required, e.g. --config configs/barlow.py")
 
 
 def default_workdir(config) -> str:
@@ -67,83 +86,43 @@ def default_workdir(config) -> str:
     return os.path.join("workdirs", config.method + ("" if preset == "default" else f"-{preset}"))
 
 
-def main(argv: list[str]) -> int:
-    """Runs one experiment or tool (by `config.task`); returns the exit status."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("fetalssl_jax").setLevel(logging.INFO)  # ours; orbax and absl stay at WARNING
-    try:
-        _parse_flags(argv)
-        if _CONFIG.value is None:
-            raise UsageError("--config is required, e.g. --config configs/barlow.py")
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
+def _run(argv: list[str]) -> str:
+    """Parses the command line, checks the config, then runs its task; the line to print."""
+    _parse_flags(argv)
     import jax
 
     from fetalssl_jax.runtime import distributed
 
-    try:
-        distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    is_main = jax.process_index() == 0
-    if not is_main:  # process 0 reports; the others only warn
-        logging.getLogger("fetalssl_jax").setLevel(logging.WARNING)
-    say = print if is_main else lambda *args, **kwargs: None
-
-    from fetalssl_jax.config_lib import ConfigError
-    from fetalssl_jax.errors import RunStopped, UserError
-
+    distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = _CONFIG.value
-    workdir = _WORKDIR.value or default_workdir(config)
-    task = config.get("task", "pretrain")
+    module = task_module(config)
+    if jax.process_index() != 0:  # process 0 reports; the others only warn
+        logging.getLogger("fetalssl_jax").setLevel(logging.WARNING)
+    if config.get("task", "pretrain") != "pretrain" and jax.process_count() > 1:
+        raise UsageError(
+            f"config.task = {config.task!r} runs in one process (its models are small); launch it without "
+            "--coordinator_address / --num_processes / srun tasks, or with --distributed=off"
+        )
+    return module.run(config, _WORKDIR.value or default_workdir(config))
+
+
+def main(argv: list[str]) -> int:
+    """Runs one experiment or tool; returns the exit status."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("fetalssl_jax").setLevel(logging.INFO)  # ours; orbax and absl stay at WARNING
     try:
-        if task != "pretrain" and jax.process_count() > 1:
-            raise ValueError(
-                f"config.task={task!r} runs in one process (its models are small); launch it without "
-                "--coordinator_address / --num_processes / srun tasks, or with --distributed=off"
-            )
-        if task == "pretrain":
-            from fetalssl_jax.train.loop import train
-
-            result = train(config, workdir)
-            say(f"{result.status} at step {result.step}; workdir: {os.path.abspath(workdir)}")
-        elif task == "classify":
-            from fetalssl_jax.downstream.classification import run_classification
-
-            results = run_classification(config, workdir)
-            test = results["test"]
-            say(
-                f"test: macro-F1 {test['macro_f1']:.3f}, balanced accuracy {test['balanced_accuracy']:.3f}, "
-                f"accuracy {test['accuracy']:.3f} (selected at step {results['best_step']}); "
-                f"workdir: {os.path.abspath(workdir)}"
-            )
-        elif task == "grid":
-            from fetalssl_jax.downstream.grid import run_grid
-
-            run_grid(config, workdir)
-            say(f"grid finished; results.csv, results.md and the plot in {os.path.abspath(workdir)}")
-        elif task in TOOLS:
-            import importlib
-
-            module, function = TOOLS[task]
-            say(getattr(importlib.import_module(module), function)(config, workdir))
-        else:
-            raise ValueError(f"config.task={task!r}; choose one of {['pretrain', 'classify', 'grid', *TOOLS]}")
-    except ConfigError as error:  # a usage error, found before anything was written: one line per problem
-        for problem in error.problems:
+        line = _run(argv)
+    except UserError as error:  # found before anything was written: one line per problem
+        for problem in getattr(error, "problems", None) or [str(error)]:
             print(f"error: {problem}", file=sys.stderr)
         return 2
-    except UserError as error:
+    except RunStopped as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    # OSError: a missing file, an unwritable or full workdir
-    except (RunStopped, OSError, ValueError, KeyError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"error: {message}", file=sys.stderr)
         return 1
+    import jax
+
+    if jax.process_index() == 0:  # process 0 reports
+        print(line)
     return 0
 
 

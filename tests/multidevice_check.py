@@ -16,7 +16,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from conftest import REPO  # noqa: E402
 
-from fetalssl_jax.config_lib import load_config, set_by_path  # noqa: E402
+from fetalssl_jax.config_lib import load_config, method_config_files, set_by_path  # noqa: E402
 from fetalssl_jax.data import sources  # noqa: E402
 from fetalssl_jax.methods import get_method  # noqa: E402
 from fetalssl_jax.runtime.sharding import batch_sharding, make_mesh  # noqa: E402
@@ -61,8 +61,9 @@ def allclose_ratio(a, b, rtol=1e-5, atol=1e-7):
 if __name__ == "__main__":
     assert jax.device_count() == 8, jax.devices()
     results = {}
-    for config_file in sys.argv[1:]:
-        config = load_config(f"{REPO / 'configs' / config_file}:tiny")
+    files = method_config_files(REPO / "configs")
+    for method in sys.argv[1:]:
+        config = load_config(f"{files[method]}:tiny")
         set_by_path(config, "batch_size", 16)  # two examples per device
         if config.optim.name == "adamw":
             # Adam's first update is ~lr * g / |g| per element: gradients that are zero up to float32 rounding

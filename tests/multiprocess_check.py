@@ -39,8 +39,8 @@ if __name__ == "__main__":
     config = tiny_config(**{"data.source": "tfds", "data.name": name, "data.data_dir": data_dir,
                             "data.max_gap": 2, "batch_size": 16, "compilation_cache_dir": ""})  # fmt: skip
     method = get_method(config.method)(config, 100)
-    assert method.example_mode == "pairs"
-    dataset = sources.pretraining_frames(config, method.example_mode)
+    assert method.example_mode(config) == "pairs"
+    dataset = sources.pretraining_frames(config, method.example_mode(config))
     sampler = make_sampler(config, method, dataset, jax.process_index(), jax.process_count())
     optimizer = make_optimizer(config.optim, config.batch_size, sampler.steps_per_epoch, 100)
     mesh = make_mesh()

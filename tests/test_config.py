@@ -3,7 +3,7 @@
 import pytest
 from conftest import REPO
 
-from fetalssl_jax.config_lib import load_config, set_by_path, unknown_override_keys
+from fetalssl_jax.config_lib import ConfigFileError, load_config, set_by_path, unknown_override_keys
 
 BARLOW = str(REPO / "configs" / "barlow.py")
 
@@ -32,7 +32,7 @@ def test_config_is_locked_and_unknown_keys_are_named():
     c = load_config(BARLOW)
     with pytest.raises(AttributeError):
         c.optim.lrr = 1.0
-    with pytest.raises(KeyError, match=r"unknown config key 'optim.lrr': optim has no key 'lrr'.*lr_weights"):
+    with pytest.raises(ConfigFileError, match=r"unknown config key 'optim.lrr': optim has no key 'lrr'.*lr_weights"):
         set_by_path(c, "optim.lrr", 1.0)
     assert unknown_override_keys(c, ["--config.batch_size=4", "--config.model.archh=x"]) == [
         "unknown config key 'model.archh': model has no key 'archh'; "
@@ -41,7 +41,7 @@ def test_config_is_locked_and_unknown_keys_are_named():
 
 
 def test_missing_config_file_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.py"):
+    with pytest.raises(ConfigFileError, match="nope.py"):
         load_config(str(tmp_path / "nope.py"))
 
 

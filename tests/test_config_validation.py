@@ -8,22 +8,14 @@ import pytest
 from conftest import REPO
 
 from fetalssl_jax import main as cli
-from fetalssl_jax.config_lib import (
-    ConfigError,
-    load_config,
-    set_by_path,
-    validate_classification,
-    validate_grid,
-    validate_pretraining,
-    validate_tool,
-)
+from fetalssl_jax.config_lib import load_config, set_by_path
+from fetalssl_jax.main import validate
+from fetalssl_jax.validation import ConfigError
 
 CONFIGS = REPO / "configs"
 BT = "barlow"
 PRETRAINING = ("barlow", "vicreg", "simclr", "moco", "byol", "autoencoder", "inpainting", "reorder")
-VALIDATORS = {"pretrain": validate_pretraining, "classify": validate_classification, "grid": validate_grid}
 TOOLS = ("embed", "predict", "select", "gradcam", "tsne", "export")
-VALIDATORS.update(dict.fromkeys(TOOLS, validate_tool))
 
 
 def _config(name: str, preset: str = "tiny", **overrides):
@@ -35,7 +27,7 @@ def _config(name: str, preset: str = "tiny", **overrides):
 
 def _problems(config) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        VALIDATORS[config.get("task", "pretrain")](config)
+        validate(config)
     assert str(info.value).splitlines() == list(info.value.problems)
     return list(info.value.problems)
 
@@ -63,8 +55,19 @@ PRETRAINING_CASES = [
     (BT, {"data.frames_per_video": 0}, "config.data.frames_per_video = 0: must be a positive integer"),
     (BT, {"data.frame_skip": 0}, "config.data.frame_skip = 0: must be a positive integer"),
     (BT, {"data.max_gap": -1}, "config.data.max_gap = -1: must be an integer >= 0"),
-    ("reorder", {"data.clip_length": 1}, "config.data.clip_length = 1: must be an integer >= 2 (reorder reorders the "
-                                         "frames of a clip)"),
+    ("reorder", {"data.clip_length": 1}, "config.data.clip_length = 1: must be an integer >= 2 (the frames of a clip "
+                                         "are reordered)"),
+    ("reorder", {"method_kwargs.num_permutations": 25}, "config.method_kwargs.num_permutations = 25: must be at most "
+                                                        "the 24 orders of data.clip_length = 4 frames"),
+    (BT, {"method_kwargs.projector": (64, 0)}, "config.method_kwargs.projector = (64, 0): must be a non-empty "
+                                               "sequence of integers >= 1 (the projector's layer sizes)"),
+    ("simclr", {"method_kwargs.temperature": 0.0}, "config.method_kwargs.temperature = 0.0: must be a positive number"),
+    ("byol", {"method_kwargs.momentum_base": 1.0}, "config.method_kwargs.momentum_base = 1.0: must be a number in "
+                                                   "[0, 1)"),
+    (BT, {"optim.lr_weights": -0.1}, "config.optim.lr_weights = -0.1: must be a positive number"),
+    (BT, {"optim.weight_decay": -1e-4}, "config.optim.weight_decay = -0.0001: must be a number >= 0"),
+    (BT, {"optim.momentum": 1.5}, "config.optim.momentum = 1.5: must be a number in [0, 1)"),
+    (BT, {"optim.trust_coefficient": 0.0}, "config.optim.trust_coefficient = 0.0: must be a positive number"),
     (BT, {"eval.knn_k": 0}, "config.eval.knn_k = 0: must be a positive integer"),
     (BT, {"eval.num_patients": 2}, "config.eval.num_patients = 2: must be an integer >= 3 (patients are split "
                                          "into train, validation and test)"),
@@ -105,14 +108,13 @@ def test_the_global_batch_must_divide_over_the_devices(monkeypatch):
     monkeypatch.setattr(jax, "device_count", lambda: 8)
     problems = _problems(_config(BT, batch_size=12))
     assert problems == ["config.batch_size = 12: must be divisible by the 8 devices (it is the global batch)"]
-    validate_pretraining(_config(BT, batch_size=16))  # 2 per device
+    validate(_config(BT, batch_size=16))  # 2 per device
 
 
 def test_values_that_only_look_wrong_are_accepted():
-    validate_pretraining(_config(BT, num_steps=4, num_epochs=0))  # num_epochs is unused with num_steps > 0
-    validate_pretraining(_config(BT, **{"data.clip_length": 1}))  # only clip methods use clips
-    validate_pretraining(_config(BT, num_steps=0, num_epochs=2))  # 0 and -1 both mean "use the epochs"
-    validate_pretraining(_config(BT, **{"eval.shots": (0,), "data.max_gap": 0}))
+    validate(_config(BT, num_steps=4, num_epochs=0))  # num_epochs is unused with num_steps > 0
+    validate(_config(BT, num_steps=0, num_epochs=2))  # 0 and -1 both mean "use the epochs"
+    validate(_config(BT, **{"eval.shots": (0,), "data.max_gap": 0}))
 
 
 CLASSIFY_CASES = [
@@ -135,7 +137,9 @@ CLASSIFY_CASES = [
     ({"data.image_size": 24}, "config.data.image_size = 24: must be an integer >= 32 (the ResNets downsample 32x)"),
     ({"eval.num_patients": 1}, "config.eval.num_patients = 1: must be an integer >= 3 (patients are split into train, "
                                "validation and test)"),
-    ({"head.dropout": 1.0}, "config.head.dropout = 1.0: must be a rate in [0, 1)"),
+    ({"head.dropout": 1.0}, "config.head.dropout = 1.0: must be a number in [0, 1)"),
+    ({"optim.lr": -1e-3}, "config.optim.lr = -0.001: must be a positive number"),
+    ({"optim.weight_decay": -1.0}, "config.optim.weight_decay = -1.0: must be a number >= 0"),
 ]  # fmt: skip
 
 
@@ -146,14 +150,15 @@ def test_classification_rule(overrides, expected):
 
 GRID_CASES = [
     ({"inits": ()}, "config.inits = (): must be a non-empty sequence of 'name=spec' entries"),
-    ({"inits": ("random", "random")}, "config.inits = ('random', 'random'): config.inits names ['random'] more than "
-                                      "once; give each entry a unique name="),
+    ({"inits": ("random", "random")}, "config.inits = ('random', 'random'): names ['random'] more than once; give "
+                                      "each entry a unique name="),
     ({"seeds": ()}, "config.seeds = (): must be a non-empty sequence of distinct integers >= 0"),
     ({"seeds": (0, 0)}, "config.seeds = (0, 0): must be a non-empty sequence of distinct integers >= 0"),
     ({"modes": ()}, "config.modes = (): must be a non-empty sequence of distinct modes from 'finetune', 'linear'"),
     ({"modes": ("finetune", "probe")}, "config.modes = ('finetune', 'probe'): must be a non-empty sequence of "
                                        "distinct modes from 'finetune', 'linear'"),
-    ({"label_fractions": (0.0,)}, "config.label_fractions = (0.0,): must be a sequence of fractions in (0, 1]"),
+    ({"label_fractions": (0.0,)}, "config.label_fractions = (0.0,): must be a sequence of distinct fractions in "
+                                  "(0, 1]"),
     ({"labels_per_class": (0,)}, "config.labels_per_class = (0,): must be a sequence of distinct integers >= 1 "
                                  "(labelled images of every class)"),
     ({"labels_per_class": (), "label_fractions": ()}, "config.label_fractions = (): must give at least one budget (or "
@@ -171,10 +176,13 @@ def test_grid_rule(overrides, expected):
 
 
 TOOL_CASES = [
-    ("embed", {"input": ""}, "config.input = '': must name a file or folder (it is empty)"),
-    ("embed", {"backbone": " "}, "config.backbone = ' ': must name a model (it is empty)"),
+    ("embed", {"input": ""}, "config.input = '': must name a video or image file, a folder or tfds:<name> (it is "
+                             "empty)"),
+    ("embed", {"backbone": " "}, "config.backbone = ' ': must name a model: a run, an exported backbone, a weights "
+                                 "file or 'random' (it is empty)"),
     ("embed", {"input_type": "movies"}, "config.input_type = 'movies': must be one of 'auto', 'videos', 'images'"),
-    ("embed", {"image_size": 16}, "config.image_size = 16: must be 0 (from the files) or an integer >= 32"),
+    ("embed", {"image_size": 16}, "config.image_size = 16: must be an integer >= 32 (0: the size the backbone was "
+                                  "trained at)"),
     ("embed", {"model.arch": "vit"}, "config.model.arch = 'vit': must be one of 'resnet10', 'resnet18', 'resnet34', "
                                      "'resnet50', 'resnet101', 'resnet152'"),
     ("embed", {"frame_skip": 0}, "config.frame_skip = 0: must be a positive integer"),
@@ -185,8 +193,8 @@ TOOL_CASES = [
     ("predict", {"smooth_window": 0}, "config.smooth_window = 0: must be a positive integer"),
     ("gradcam", {"stage": 5}, "config.stage = 5: must be a ResNet stage 1..4 (layer1..layer4)"),
     ("export", {"format": "pt"}, "config.format = 'pt': must be one of 'safetensors', 'npz'"),
-    ("tsne", {"init": ""}, "config.init = '': must be 'random', a pretraining workdir, a backbone directory or a "
-                           "weights file"),
+    ("tsne", {"init": ""}, "config.init = '': must name 'random', a pretraining workdir, a backbone directory or a "
+                           "weights file (it is empty)"),
 ]  # fmt: skip
 FILLED = {"embed": {"backbone": "b", "input": "i"}, "select": {"backbone": "b", "input": "i"},
           "predict": {"classifier": "c", "input": "i"}, "gradcam": {"classifier": "c"}, "export": {"backbone": "b"},
@@ -211,12 +219,12 @@ def test_every_problem_is_reported_at_once_one_per_line():
 @pytest.mark.parametrize("name", [*PRETRAINING, "classify", "paper_grid"])
 def test_the_projects_own_configs_are_valid(name, preset):
     config = _config(name, preset)
-    VALIDATORS[config.get("task", "pretrain")](config)
+    validate(config)
 
 
 @pytest.mark.parametrize("name", TOOLS)
 def test_the_tool_configs_are_valid_once_their_paths_are_given(name):
-    validate_tool(_config(name, "default", **FILLED[name]))
+    validate(_config(name, "default", **FILLED[name]))
     if FILLED[name]:
         problems = _problems(_config(name, "default"))
         assert all(p.endswith("(it is empty)") for p in problems) and len(problems) == len(FILLED[name])

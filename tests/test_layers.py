@@ -10,13 +10,13 @@ from conftest import REPO
 PACKAGE = REPO / "fetalssl_jax"
 # Bottom to top; a module belongs to the layer of its first dotted component under fetalssl_jax.
 LAYERS = (
-    ("errors",),  # the user-error types every layer raises
+    ("errors", "validation"),  # the user-error types and the collector of config problems, used by every layer
     ("runtime",),  # devices, shardings, compilation cache, TensorFlow kept off accelerators, huge pages
     ("models",),
     ("data",),
     ("methods", "losses"),
     ("eval",),
-    ("config_lib",),  # validation reads the registries of the layers below
+    ("config_lib", "presets"),  # config files: loading, presets and recipes
     ("train",),
     ("downstream",),
     ("apply",),  # a user's own scans: loading any model, embed, predict, select

@@ -101,8 +101,8 @@ def test_classification_on_several_processes_is_a_clear_error(tmp_path):
     cmd = [sys.executable, "-m", "fetalssl_jax.main", "--config", f"{REPO / 'configs' / 'classify.py'}:tiny",
            "--workdir", str(tmp_path)]  # fmt: skip
     for code, _, err in finish(launch(cmd)):
-        assert code == 1
-        assert "config.task='classify' runs in one process" in err
+        assert code == 2
+        assert "config.task = 'classify' runs in one process" in err
     assert not any(tmp_path.iterdir())
 
 

@@ -23,6 +23,7 @@ from fetalssl_jax.apply.inputs import FrameBlock, Input, open_input
 from fetalssl_jax.apply.loading import Backbone, PlaneClassifier, load_backbone, load_classifier
 from fetalssl_jax.apply.planes import best_frames, predict, smooth
 from fetalssl_jax.apply.selection import DEFAULT_STRATEGY, STRATEGIES, patient_rows
+from fetalssl_jax.errors import DataError
 
 __all__ = [
     "Backbone",
@@ -72,9 +73,7 @@ def select(
     elif patients is not None:
         raise ValueError("patients needs an Embeddings (its source ids); with an array, give groups and positions")
     n = len(embeddings)
-    if isinstance(budget, bool) or not isinstance(budget, int | np.integer) or budget < 1:
-        raise ValueError(f"budget = {budget!r}: must be a positive integer (frames to label)")
     if budget > n:
-        raise ValueError(f"budget = {budget}: the input has only {n} frames; choose a budget <= {n}")
+        raise DataError(f"budget = {budget}: the input has only {n} frames; choose a budget <= {n}")
     return np.asarray(STRATEGIES[strategy](np.asarray(embeddings), int(budget), groups=groups, positions=positions,
                                            min_gap=min_gap, seed=seed))  # fmt: skip

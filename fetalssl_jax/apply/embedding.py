@@ -18,6 +18,7 @@ import numpy as np
 from fetalssl_jax.apply.files import write_csv
 from fetalssl_jax.apply.inputs import NO_LABEL, FrameBlock, Input, resize_images
 from fetalssl_jax.apply.loading import Backbone, PlaneClassifier
+from fetalssl_jax.errors import DataError
 from fetalssl_jax.eval.frozen import extract_features, with_channel
 from fetalssl_jax.train.monitor import make_progress_bar
 
@@ -147,7 +148,7 @@ def embed_input(
              map_blocks(features_fn(backbone, batch_size), data.blocks(backbone.image_size, frame_skip, batch_size),
                         batch_size, progress)]  # fmt: skip
     if not parts:
-        raise ValueError(f"{data.description}: no frames to embed")
+        raise DataError(f"{data.description}: no frames to embed")
     ids, index, labels, features = (np.concatenate(p) for p in zip(*parts, strict=True))
     return Embeddings(features.astype(np.float32), ids.astype(str), index.astype(np.int32), labels.astype(np.int32),
                       data.class_names)  # fmt: skip

@@ -20,11 +20,23 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from fetalssl_jax.data.build import readers
+from fetalssl_jax.errors import DataError
+from fetalssl_jax.validation import Checks
 
 INPUT_TYPES = ("auto", "videos", "images")
 TFDS_PREFIX = "tfds:"
 IMAGE_FILE_SUFFIXES = readers.IMAGE_SUFFIXES + readers.DICOM_SUFFIXES
 NO_LABEL = -1
+
+
+def check_keys(c: Checks) -> None:
+    """Adds the problems of the keys that say what to read and how (`presets.input_keys`) to `c`."""
+    c.text("input", "a video or image file, a folder or tfds:<name>")
+    c.one_of("input_type", INPUT_TYPES)
+    c.one_of("fit", readers.FITS)
+    for key in ("frame_skip", "batch_size"):
+        c.integer(key)
+    c.boolean("progress_bar")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,16 +181,12 @@ def open_input(
 
     `input_type` 'auto' reads a folder as videos when it holds any (video files, folders of frames), else as
     images; 'videos' / 'images' say which. An empty folder, or one with neither, is a DataError naming it."""
-    if input_type not in INPUT_TYPES:
-        raise ValueError(f"input_type {input_type!r}; choose one of {INPUT_TYPES}")
-    if fit not in readers.FITS:
-        raise ValueError(f"fit {fit!r}; choose one of {readers.FITS}")
     spec = str(spec).strip()
     if spec.startswith(TFDS_PREFIX):
         return _tfds_input(spec[len(TFDS_PREFIX) :], data_dir, split)
     path = pathlib.Path(spec).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"input {spec!r}: no such file or folder (or give a built dataset as tfds:<name>)")
+        raise DataError(f"input {spec!r}: no such file or folder (or give a built dataset as tfds:<name>)")
     salt_dir = path if path.is_dir() else path.parent
     salt = readers.id_salt(salt_dir)
     if path.is_file():
@@ -220,7 +228,7 @@ def _tfds_input(name: str, data_dir: str, split: str) -> Input:
     builder = load_builder(name, data_dir)
     features = builder.info.features
     if "image" not in features and "frame1" not in features:
-        raise ValueError(f"TFDS dataset {name!r} has features {sorted(features.keys())}: embed reads frame records "
+        raise DataError(f"TFDS dataset {name!r} has features {sorted(features.keys())}: embed reads frame records "
                          "('image') or pair records ('frame1'); build fetal_us_video with record 'frames' or 'pairs'"
                          )  # fmt: skip
     names = tuple(features["label"].names) if "label" in features else ()

@@ -18,6 +18,7 @@ import flax.linen as nn
 
 from fetalssl_jax.downstream import classification
 from fetalssl_jax.downstream.backbones import resolve_backbone
+from fetalssl_jax.errors import DataError
 from fetalssl_jax.models import torch_io
 from fetalssl_jax.models.resnet import create_resnet
 
@@ -99,7 +100,7 @@ def _image_size_of(directory: pathlib.Path, description: dict[str, Any]) -> int 
 
 def _check_identity(source: str, found: tuple[str, int], arch: str | None, width: int | None) -> tuple[str, int]:
     if (arch and arch != found[0]) or (width and width != found[1]):
-        raise ValueError(
+        raise DataError(
             f"{source} holds a {found[0]} of width {found[1]}; asked for {arch or found[0]} of width "
             f"{width or found[1]} (leave model.arch / model.width empty to use what the files hold)"
         )
@@ -115,18 +116,18 @@ def load_backbone(
     spec = str(path).strip()
     if spec == "random":
         if not (arch and width and image_size):
-            raise ValueError("a 'random' backbone needs model.arch, model.width and image_size")
+            raise DataError("a 'random' backbone needs model.arch, model.width and image_size")
         init = resolve_backbone("random", arch, int(width))
         return Backbone(create_resnet(arch, width=width), init.variables, arch, int(width), int(image_size),
                         "random", "random")  # fmt: skip
     path = pathlib.Path(spec).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"backbone {spec!r}: no such file or directory; use {BACKBONE_FORMS}")
+        raise DataError(f"backbone {spec!r}: no such file or directory; use {BACKBONE_FORMS}")
     if path.is_file():
         state_dict = torch_io.load_state_dict_file(path)  # a .pth or another suffix: an error naming the forms
         found_arch, found_width = _check_identity(str(path), torch_io.infer_resnet(state_dict, str(path)), arch, width)
         if not image_size:
-            raise ValueError(f"{path}: a weights file does not say its input size; set image_size (e.g. 224)")
+            raise DataError(f"{path}: a weights file does not say its input size; set image_size (e.g. 224)")
         init = resolve_backbone(str(path), found_arch, found_width)
         return Backbone(create_resnet(found_arch, width=found_width), init.variables, found_arch, found_width,
                         int(image_size), str(path), "weights_file")  # fmt: skip
@@ -138,7 +139,7 @@ def load_backbone(
                                                   width)  # fmt: skip
         size = image_size or _image_size_of(directory, description)
         if not size:
-            raise ValueError(f"{directory}: backbone.json and config.json give no input size; set image_size")
+            raise DataError(f"{directory}: backbone.json and config.json give no input size; set image_size")
         init = resolve_backbone(str(directory), found_arch, int(found_width))
         return Backbone(create_resnet(found_arch, width=found_width), init.variables, found_arch, int(found_width),
                         int(size), init.source, "pretrained")  # fmt: skip
@@ -148,14 +149,14 @@ def load_backbone(
         if image_size and image_size != backbone.image_size:
             backbone = dataclasses.replace(backbone, image_size=int(image_size))
         return backbone
-    raise ValueError(f"{path} holds {describe_directory(path)}; a backbone is {BACKBONE_FORMS}")
+    raise DataError(f"{path} holds {describe_directory(path)}; a backbone is {BACKBONE_FORMS}")
 
 
 def load_classifier(path: str | pathlib.Path) -> PlaneClassifier:
     """The classifier of a classification run (its workdir or its ``classifier/`` directory)."""
     path = pathlib.Path(str(path).strip()).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"classifier {str(path)!r}: no such file or directory; use {CLASSIFIER_FORMS}")
+        raise DataError(f"classifier {str(path)!r}: no such file or directory; use {CLASSIFIER_FORMS}")
     if not path.is_dir() or _find(path, "classifier.json", "classifier") is None:
         if path.is_dir() and _find(path, "backbone.json", "backbone") is not None:
             holds = "a backbone (backbone.json), not a classifier"
@@ -163,7 +164,7 @@ def load_classifier(path: str | pathlib.Path) -> PlaneClassifier:
                     f"--config.init={path}")  # fmt: skip
         else:
             holds, hint = ("a file" if path.is_file() else describe_directory(path)), ""
-        raise ValueError(f"{path} holds {holds}; a classifier is {CLASSIFIER_FORMS}{hint}")
+        raise DataError(f"{path} holds {holds}; a classifier is {CLASSIFIER_FORMS}{hint}")
     _, variables, description, spec = classification.load_classifier(path)
     return PlaneClassifier(spec, variables, tuple(description["classes"]), str(path))
 
@@ -171,7 +172,7 @@ def load_classifier(path: str | pathlib.Path) -> PlaneClassifier:
 def check_class_names(classifier: PlaneClassifier, names: tuple[str, ...] | list[str], where: str) -> None:
     """ValueError when the data's class names (label order) are not the classifier's."""
     if tuple(names) != classifier.class_names:
-        raise ValueError(
+        raise DataError(
             f"{classifier.source} was trained on the classes {list(classifier.class_names)} but {where} has "
             f"{list(names)}; its predictions would be read with the wrong names: use a classifier trained on "
             "these classes"

@@ -15,29 +15,60 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from fetalssl_jax import config_lib
-from fetalssl_jax.apply import planes
+from fetalssl_jax.apply import inputs, planes
 from fetalssl_jax.apply.embedding import embed_input, map_blocks
 from fetalssl_jax.apply.files import save_png, write_csv
 from fetalssl_jax.apply.inputs import NO_LABEL, Input, open_input
 from fetalssl_jax.apply.labelling import export_for_labelling
 from fetalssl_jax.apply.loading import Backbone, PlaneClassifier, check_class_names, load_backbone, load_classifier
 from fetalssl_jax.apply.selection import STRATEGIES
+from fetalssl_jax.downstream import backbones
 from fetalssl_jax.downstream.report import write_json
 from fetalssl_jax.runtime.sharding import enable_compilation_cache
+from fetalssl_jax.runtime.workdir import make_workdir
 from fetalssl_jax.train.fingerprint import config_json
+from fetalssl_jax.validation import Checks, raise_if
 
 COSMETIC_KEYS = ("progress_bar", "compilation_cache_dir")  # keys that never change what a tool writes
+
+
+def problems(config: ml_collections.ConfigDict) -> list[str]:
+    """Every problem of an embed, predict or select config."""
+    c = Checks(config)
+    c.one_of("task", ("embed", "predict", "select"))
+    inputs.check_keys(c)
+    if c.get("task") == "predict":
+        c.text("classifier", "a classification run")
+        for key in ("smooth_window", "top_k", "min_separation"):
+            c.integer(key)
+        c.probability("threshold")
+    else:
+        backbones.check_keys(c)
+    if c.get("task") == "select":
+        c.integer("budget")
+        c.one_of("strategy", tuple(STRATEGIES))
+        for key in ("min_gap", "seed", "patient_folder"):
+            c.integer(key, 0)
+    return c.problems
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError listing every problem of an embed, predict or select config."""
+    raise_if(problems(config))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> str:
+    """The `embed`, `predict` or `select` task of the command line; the line to print."""
+    return {"embed": run_embed, "predict": run_predict, "select": run_select}[config.task](config, workdir)
 
 
 def _start(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, load: Callable[[], Any]):
     """Validates the config, opens its input and loads its model (`load()`), all before anything is written; then
     writes config.json and sources.csv. (workdir, input, model)."""
-    config_lib.validate_tool(config, {"strategy": tuple(STRATEGIES)})
+    validate(config)
     data = open_input(config.input, config.input_type, config.data_dir, config.split, config.fit)
     model = load()
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = make_workdir(workdir)
     (workdir / "config.json").write_text(config_json(config, COSMETIC_KEYS))
     if data.sources():
         write_csv(workdir / "sources.csv", ("source_id", "path"), data.sources())

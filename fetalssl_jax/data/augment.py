@@ -24,6 +24,8 @@ import dm_pix as pix
 import jax
 import jax.numpy as jnp
 
+from fetalssl_jax.validation import MISSING, Checks, is_number
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -115,48 +117,62 @@ def default_view_config(**overrides: Any) -> dict:
     return _resolve_config(overrides)
 
 
+_FLOAT_KEYS = (
+    *_PROB_KEYS, "brightness", "contrast", "saturation", "hue", "blur_kernel_fraction", "blur_sigma_reference",
+    "gain_db", "tgc_db", "speckle", "dynamic_range_db", "rotation_deg",
+)  # fmt: skip
+
+
+def _requirement(key: str, value: Any) -> str | None:
+    """What `value` of view key `key` fails to be, or None when it is valid."""
+    if key in _PAIR_KEYS:
+        ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(is_number(v) for v in value)
+        if not ok or value[0] > value[1]:
+            return "must be (low, high) with low <= high"
+        return None if value[0] > 0 else "must be positive"
+    if not is_number(value):
+        return "must be a number"
+    if key in _PROB_KEYS:
+        return None if 0 <= value <= 1 else "must be a probability in [0, 1]"
+    bounds = {"hue": (0.0, 0.5), "speckle": (0.0, 1.0)}
+    if key in bounds:
+        lo, hi = bounds[key]
+        return None if lo <= value <= hi else f"must be in [{lo}, {hi}]"
+    if key == "dynamic_range_db":
+        return None if value > 0 else "must be > 0"
+    return None if value >= 0 else "must be >= 0"
+
+
+def view_problems(cfg: Mapping) -> list[tuple[str, Any, str]]:
+    """(key, value, requirement) of every key of a view config that no view can use (unknown keys included)."""
+    problems = []
+    for key, value in cfg.items():
+        if key not in _DEFAULT_VIEW_CONFIG:
+            problems.append((key, value, f"unknown view key; valid keys: {', '.join(sorted(_DEFAULT_VIEW_CONFIG))}"))
+        elif (requirement := _requirement(key, value)) is not None:
+            problems.append((key, value, requirement))
+    return problems
+
+
+def check_view(c: Checks, key: str) -> None:
+    """Adds the problems of the view config at `key` (e.g. 'augment.view1') to `c`, one per bad key."""
+    view = c.get(key)
+    if view is not MISSING:
+        for name, value, requirement in view_problems(dict(view)):
+            c.fail(f"{key}.{name}", value, requirement)
+
+
 def _resolve_config(cfg: Mapping) -> dict:
     """Merge ``cfg`` over the defaults, validate it and convert values to static Python floats."""
-    unknown = sorted(set(cfg) - set(_DEFAULT_VIEW_CONFIG))
-    if unknown:
-        raise ValueError(
-            f"Unknown view-config key(s): {', '.join(map(repr, unknown))}. "
-            f"Valid keys: {', '.join(sorted(_DEFAULT_VIEW_CONFIG))}."
-        )
-    out = dict(_DEFAULT_VIEW_CONFIG)
-    out.update(cfg)
-    try:
-        for k in _PAIR_KEYS:
-            lo, hi = out[k]
-            out[k] = (float(lo), float(hi))
-            if lo > hi:
-                raise ValueError(f"View-config {k!r} must be (low, high) with low <= high, got {out[k]}.")
-        for k in (
-            *_PROB_KEYS, "brightness", "contrast", "saturation", "hue", "blur_kernel_fraction", "blur_sigma_reference",
-            "gain_db", "tgc_db", "speckle", "dynamic_range_db", "rotation_deg",
-        ):  # fmt: skip
-            out[k] = float(out[k])
-    except jax.errors.ConcretizationTypeError as e:  # pragma: no cover - message only
-        raise ValueError("View-config values must be static Python numbers, not traced arrays.") from e
-    for k in _PROB_KEYS:
-        if not 0.0 <= out[k] <= 1.0:
-            raise ValueError(f"View-config {k!r} must be a probability in [0, 1], got {out[k]}.")
-    for k in ("brightness", "contrast", "saturation"):
-        if out[k] < 0.0:
-            raise ValueError(f"View-config {k!r} must be >= 0, got {out[k]}.")
-    if not 0.0 <= out["hue"] <= 0.5:
-        raise ValueError(f"View-config 'hue' must be in [0, 0.5], got {out['hue']}.")
-    if out["crop_scale"][0] <= 0.0 or out["crop_ratio"][0] <= 0.0:
-        raise ValueError("View-config 'crop_scale' and 'crop_ratio' must be positive.")
-    if out["blur_sigma"][0] <= 0.0:
-        raise ValueError("View-config 'blur_sigma' must be positive.")
-    for k in ("blur_sigma_reference", "gain_db", "tgc_db", "rotation_deg"):
-        if out[k] < 0.0:
-            raise ValueError(f"View-config {k!r} must be >= 0, got {out[k]}.")
-    if not 0.0 <= out["speckle"] <= 1.0:
-        raise ValueError(f"View-config 'speckle' must be in [0, 1], got {out['speckle']}.")
-    if out["dynamic_range_db"] <= 0.0:
-        raise ValueError(f"View-config 'dynamic_range_db' must be > 0, got {out['dynamic_range_db']}.")
+    problems = view_problems(cfg)
+    if problems:
+        key, value, requirement = problems[0]
+        raise ValueError(f"view config {key!r} = {value!r}: {requirement}")
+    out = {**_DEFAULT_VIEW_CONFIG, **cfg}
+    for k in _PAIR_KEYS:
+        out[k] = (float(out[k][0]), float(out[k][1]))
+    for k in _FLOAT_KEYS:
+        out[k] = float(out[k])
     return out
 
 

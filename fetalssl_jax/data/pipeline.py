@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from fetalssl_jax.data.types import Video
+from fetalssl_jax.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,10 +36,10 @@ class FrameDataset:
     def from_videos(cls, videos: Sequence[Video]) -> FrameDataset:
         """Concatenates videos of uint8 frames [T, H, W] or [T, H, W, C]."""
         if not videos:
-            raise ValueError("no videos to train on")
+            raise DataError("no videos to train on")
         shapes = {v.frames.shape[1:3] for v in videos}
         if len(shapes) != 1:
-            raise ValueError(f"videos have differing frame sizes {sorted(shapes)}; resize them to one size first")
+            raise DataError(f"videos have differing frame sizes {sorted(shapes)}; resize them to one size first")
         frames = [v.frames if v.frames.ndim == 4 else v.frames[..., None] for v in videos]
         lengths = np.array([len(f) for f in frames], np.int64)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
@@ -62,7 +63,7 @@ class EpochOrder:
         if global_batch % process_count:
             raise ValueError(f"batch_size {global_batch} is not divisible by the {process_count} processes")
         if num_examples < global_batch:
-            raise ValueError(f"{too_small}, fewer than one batch of {global_batch}")
+            raise DataError(f"{too_small}, fewer than one batch of {global_batch}")
         self.num_examples = num_examples
         self.global_batch = global_batch
         self.local_batch = global_batch // process_count
@@ -116,7 +117,7 @@ class BatchSampler(EpochOrder):
             span = (clip_length - 1) * clip_stride + 1
             short = np.flatnonzero(dataset.video_length < span)
             if len(short):
-                raise ValueError(
+                raise DataError(
                     f"{len(short)} videos (the first: index {short[0]}, {dataset.video_length[short[0]]} frames) are "
                     f"shorter than one clip of {clip_length} frames with stride {clip_stride} ({span} frames)"
                 )

@@ -7,15 +7,30 @@ import ml_collections
 from fetalssl_jax.data import synthetic, tfds_source
 from fetalssl_jax.data.pipeline import FrameDataset
 from fetalssl_jax.data.types import LabelledFrames
+from fetalssl_jax.validation import Checks
 
 SOURCES = ("synthetic", "tfds")
 
 
-def _check_source(data: ml_collections.ConfigDict) -> None:
-    if data.source not in SOURCES:
-        raise ValueError(f"unknown data source {data.source!r} (config.data.source); choose one of {SOURCES}")
-    if data.source == "tfds" and not data.name:
-        raise ValueError("config.data.source is 'tfds' but config.data.name is empty; e.g. 'fetal_us_video/synthetic'")
+def check_config(c: Checks) -> None:
+    """Adds the problems of the pretraining data keys (`data.*`) to `c`."""
+    c.one_of("data.source", SOURCES)
+    if c.get("data.source") == "tfds":
+        c.text("data.name", "a built dataset when data.source is 'tfds', e.g. 'fetal_us_video/pairs'")
+    for key in ("data.num_videos", "data.frames_per_video", "data.frame_skip"):
+        c.integer(key)
+    for key in ("data.max_gap", "data.prefetch"):
+        c.integer(key, 0)
+    check_labelled(c)
+
+
+def check_labelled(c: Checks, key: str = "eval") -> None:
+    """Adds the problems of the keys that size the images and the labelled set (`labelled_splits`) to `c`."""
+    c.integer("data.stored_size", 16, "the embedded data is rendered at 16 px or more")
+    c.integer("data.seed", 0)
+    c.text(f"{key}.dataset", "'synthetic' or a built fetal_cardiac_planes dataset")
+    c.integer(f"{key}.num_patients", 3, "patients are split into train, validation and test")
+    c.integer(f"{key}.frames_per_patient", 5, "every patient gives a frame of each of the 5 planes")
 
 
 def pretraining_frames(
@@ -24,10 +39,9 @@ def pretraining_frames(
     """Unlabelled frames for self-supervised pretraining: generated in memory, or the records of a built
     fetal_us_video dataset (`config.data.name`, `data_dir`, `split`) holding `example_mode` examples."""
     data = config.data
-    _check_source(data)
     if data.source == "tfds":
         return tfds_source.open_pretraining_records(
-            data.name, data.data_dir, data.split, example_mode, data.clip_length
+            data.name, data.data_dir, data.split, example_mode, data.get("clip_length", 0)
         )
     videos = synthetic.generate_videos(
         num_videos=data.num_videos,

@@ -20,6 +20,7 @@ import numpy as np
 
 from fetalssl_jax.data.pipeline import EpochOrder
 from fetalssl_jax.data.types import LabelledFrames
+from fetalssl_jax.errors import DataError
 
 log = logging.getLogger("fetalssl_jax")
 
@@ -35,14 +36,14 @@ def load_builder(name: str, data_dir: str | None):
     try:
         builder = tfds.builder(name, data_dir=data_dir or None)
     except Exception as e:  # tfds raises several types for "not found": name the key and the directory
-        raise FileNotFoundError(
+        raise DataError(
             f"TFDS dataset {name!r} (config.data.name / config.eval.dataset) not found in data_dir "
             f"{data_dir or '~/tensorflow_datasets'!r}; build it first, e.g. `tfds build data_builders/"
             f"{name.split('/')[0]} --config {name.split('/')[1] if '/' in name else 'synthetic'} "
             f"--data_dir DIR` ({type(e).__name__}: {e})"
         ) from e
     if not builder.is_prepared():
-        raise FileNotFoundError(f"TFDS dataset {name!r} is not built in {builder.data_dir}")
+        raise DataError(f"TFDS dataset {name!r} is not built in {builder.data_dir}")
     return builder
 
 
@@ -50,11 +51,11 @@ def data_source(builder, split: str, name: str):
     """Random access to `split` of a built dataset (`builder.as_data_source`); a missing split or a file format
     without random access is a ValueError naming the dataset."""
     if split not in builder.info.splits:
-        raise ValueError(f"TFDS dataset {name!r} has no split {split!r}; it has {sorted(builder.info.splits)}")
+        raise DataError(f"TFDS dataset {name!r} has no split {split!r}; it has {sorted(builder.info.splits)}")
     try:
         return builder.as_data_source(split=split)
     except Exception as e:
-        raise ValueError(
+        raise DataError(
             f"TFDS dataset {name!r} cannot be read by index ({e}); build it with --file_format array_record "
             "(the default of the builders in data_builders/)"
         ) from e
@@ -113,15 +114,15 @@ def open_pretraining_records(name: str, data_dir: str | None, split: str, mode: 
     elif mode == "clips":
         fields = ("clip",) if "clip" in features else None
         if fields and builder.info.features["clip"].shape[0] != clip_length:
-            raise ValueError(
+            raise DataError(
                 f"TFDS dataset {name!r} has clips of {builder.info.features['clip'].shape[0]} frames but "
                 f"config.data.clip_length is {clip_length}"
             )
     else:
-        raise ValueError(f"unknown example mode {mode!r}")
+        raise DataError(f"unknown example mode {mode!r}")
     if fields is None:
         kind = {"frames": "frames or pairs", "pairs": "pairs", "clips": "clips"}[mode]
-        raise ValueError(
+        raise DataError(
             f"TFDS dataset {name!r} (features {sorted(features)}) has no {mode!r} examples: build a "
             f"fetal_us_video config with record={kind!r} for this method"
         )
@@ -154,13 +155,13 @@ def labelled_splits_from_tfds(name: str, data_dir: str | None) -> dict[str, Labe
     builder = load_builder(name, data_dir)
     features = set(builder.info.features.keys())
     if not {"image", "label"} <= features:
-        raise ValueError(f"TFDS dataset {name!r} (config.eval.dataset) has no image/label features: {sorted(features)}")
+        raise DataError(f"TFDS dataset {name!r} (config.eval.dataset) has no image/label features: {sorted(features)}")
     result = {}
     for ours, theirs in (("train", "train"), ("valid", "validation"), ("test", "test")):
         source = data_source(builder, theirs, name)
         records = source.__getitems__(list(range(len(source))))
         if not records:
-            raise ValueError(f"TFDS dataset {name!r}: split {theirs!r} is empty")
+            raise DataError(f"TFDS dataset {name!r}: split {theirs!r} is empty")
         result[ours] = LabelledFrames(
             images=np.stack([r["image"][..., 0] for r in records]).astype(np.uint8),
             labels=np.array([r["label"] for r in records], np.int32),

@@ -6,10 +6,12 @@ the best validation balanced accuracy kept and scored on the test patients.
 
 The labels are a stratified `label_fraction` of the training split or `labels_per_class` images of every class.
 Training runs `num_epochs` epochs, or, with `num_steps` > 0, that many optimiser steps whatever the subset size
-(an epoch of 10 images is one step), validated every `eval_every_steps` steps and at the end.
+(an epoch of 10 images is one step), validated every `eval_every_epochs` epochs or `eval_every_steps` steps and at
+the end (`train.durations`).
 
 A run writes into its workdir: ``config.json``, ``label_indices.json`` (the chosen training images),
-``metrics.jsonl`` (one line per validation), ``classifier/`` (the selected weights + ``classifier.json``),
+``metrics.jsonl`` and ``tensorboard/`` (the loss of every step, and a record of kind 'eval' per validation, as
+pretraining writes them), ``classifier/`` (the selected weights + ``classifier.json``),
 ``results.json`` (validation and test metrics, per-class report, confusion matrix), ``confusion_matrix.{png,json}``
 and ``predictions.csv``. ``results.json`` is written last: a workdir that has it is finished and is not rerun; its
 results are reused if the same config (up to cosmetic keys) made them, otherwise the run is refused.
@@ -24,8 +26,8 @@ import logging
 import pathlib
 import shutil
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +36,6 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from fetalssl_jax import config_lib
 from fetalssl_jax.data import sources
 from fetalssl_jax.data.augment import preprocess_eval
 from fetalssl_jax.data.pipeline import epoch_permutation
@@ -42,25 +43,65 @@ from fetalssl_jax.data.randaugment import rand_augment_batch
 from fetalssl_jax.downstream import report
 from fetalssl_jax.downstream.backbones import BackboneInit, resolve_backbone
 from fetalssl_jax.downstream.labels import budget_name, choose_labels, class_weights
+from fetalssl_jax.errors import DataError
 from fetalssl_jax.eval.frozen import map_batches, with_channel
 from fetalssl_jax.methods.base import apply_model
+from fetalssl_jax.models import backbone as backbone_lib
 from fetalssl_jax.models.classifier import Classifier, weighted_cross_entropy
 from fetalssl_jax.models.resnet import create_resnet
 from fetalssl_jax.runtime.sharding import batch_sharding, enable_compilation_cache, make_mesh, replicated
+from fetalssl_jax.runtime.workdir import make_workdir
 from fetalssl_jax.train.checkpoint import Checkpointer
+from fetalssl_jax.train.durations import Durations, durations
 from fetalssl_jax.train.fingerprint import config_json, ensure_resumable, fingerprint, stored_fingerprint
 from fetalssl_jax.train.health import check_finite
-from fetalssl_jax.train.monitor import append_metrics, make_progress_bar, truncate_metrics
+from fetalssl_jax.train.monitor import Monitor
 from fetalssl_jax.train.optim import Optimizer
 from fetalssl_jax.train.state import TrainState
 from fetalssl_jax.train.step import make_train_step
+from fetalssl_jax.validation import Checks, is_int, is_number, raise_if
 
 log = logging.getLogger("fetalssl_jax")
 
-MODES = config_lib.CLASSIFY_MODES
+MODES = ("finetune", "linear")
 # A classifier's checkpoints only save it (a resumed run repeats the losses). Its `eval` keys are not cosmetic: they
 # size the labelled set.
 COSMETIC_KEYS = ("progress_bar", "compilation_cache_dir", "checkpoint_every_epochs", "checkpoint_every_steps")
+
+
+def problems(config: ml_collections.ConfigDict, prefix: str = "config") -> list[str]:
+    """Every problem of a classification config (configs/classify.py)."""
+    c = Checks(config, prefix)
+    c.integer("seed", 0)
+    c.text("init", "'random', a pretraining workdir, a backbone directory or a weights file")
+    c.one_of("mode", MODES)
+    c.fraction("label_fraction")
+    c.integer("labels_per_class", 0, "0: use label_fraction")
+    per_class, fraction = c.get("labels_per_class"), c.get("label_fraction")
+    if is_int(per_class) and per_class > 0 and is_number(fraction) and fraction != 1:
+        c.fail("label_fraction", fraction, f"must stay 1 when labels_per_class ({per_class}) is set; choose one budget")
+    backbone_lib.check_config(c)
+    c.below_one("head.dropout")
+    sources.check_labelled(c)
+    c.integer("augment.num_ops", 0)
+    c.non_negative_number("augment.magnitude")
+    for key in ("augment.hflip_prob", "augment.vflip_prob"):
+        c.probability(key)
+    c.one_of("optim.name", ("adamw",))
+    c.positive_number("optim.lr")
+    c.non_negative_number("optim.weight_decay")
+    for key in ("batch_size", "eval_batch_size", "eval_every_epochs"):
+        c.integer(key)
+    c.steps_and_epochs(integer_epochs=True)
+    for key in ("eval_every_steps", "checkpoint_every_epochs", "checkpoint_every_steps"):
+        c.integer(key, 0, "0: at the end only" if key.startswith("eval") else "0: no checkpoints")
+    c.boolean("progress_bar")
+    return c.problems
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError listing every value of a classification config that no run can use."""
+    raise_if(problems(config))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,10 +126,6 @@ class StepSpec:
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, num_classes: int) -> StepSpec:
-        if config.mode not in MODES:
-            raise ValueError(f"config.mode={config.mode!r}; choose one of {MODES}")
-        if config.optim.name != "adamw":
-            raise ValueError(f"config.optim.name={config.optim.name!r}: the classifier trains with 'adamw'")
         a = config.augment
         return cls(
             config.model.arch, int(config.model.width), config.model.dtype, num_classes, float(config.head.dropout),
@@ -145,10 +182,20 @@ class ClassificationTask:
         return extra
 
 
+class Compiled(NamedTuple):
+    """The jitted functions of one `StepSpec` over a mesh of all devices."""
+
+    model: Classifier
+    init_state: Callable[..., TrainState]  # (params, batch_stats, class_weights, seed) -> the state, replicated
+    train_step: Callable[..., tuple[TrainState, dict[str, jax.Array]]]  # pretraining's, with the classifier task
+    predict: Callable[..., jax.Array]  # (params, batch_stats, uint8 images) -> class probabilities
+    mesh: jax.sharding.Mesh
+
+
 @functools.lru_cache(maxsize=8)
-def compiled_functions(spec: StepSpec):
-    """(model, init_state, train_step, predict, mesh) for `spec`, jitted over a mesh of all devices; the train step
-    is pretraining's (`train.step.make_train_step`) with the classifier's task."""
+def compiled_functions(spec: StepSpec) -> Compiled:
+    """The compiled functions of `spec`; the train step is pretraining's (`train.step.make_train_step`) with the
+    classifier's task."""
     model = spec.model()
     tx = spec.optimizer()
     mesh = make_mesh()
@@ -163,7 +210,7 @@ def compiled_functions(spec: StepSpec):
         x = preprocess_eval(images, spec.image_size)
         return jax.nn.softmax(model.apply({"params": params, "batch_stats": batch_stats}, x, train=False), axis=-1)
 
-    return (
+    return Compiled(
         model,
         jax.jit(init_state, out_shardings=full),
         make_train_step(ClassificationTask(spec, model), Optimizer(tx, {}), mesh),
@@ -176,8 +223,9 @@ def predict_probabilities(
     spec: StepSpec, params: Any, batch_stats: Any, images: np.ndarray, batch_size: int
 ) -> np.ndarray:
     """Class probabilities [N, C] of uint8 images, in fixed-size batches (the last one padded)."""
-    _, _, _, predict, mesh = compiled_functions(spec)
-    return map_batches(lambda x: predict(params, batch_stats, x), with_channel(images), batch_size, mesh.size)
+    compiled = compiled_functions(spec)
+    return map_batches(lambda x: compiled.predict(params, batch_stats, x), with_channel(images), batch_size,
+                       compiled.mesh.size)  # fmt: skip
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -209,50 +257,13 @@ def cycled_batch(num_examples: int, batch_size: int, seed: int, step: int) -> np
     return out
 
 
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-    """When a run validates: after each epoch, or with `num_steps` every `eval_every_steps` steps and at the end.
-
-    `ends[r]` is the number of optimiser steps done when validation round r + 1 runs; rounds are what
-    metrics.jsonl lines, checkpoints and `stop_after_epochs` count.
-    """
-
-    ends: tuple[int, ...]
-    by_steps: bool
-    steps_per_epoch: int
-
-    @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict, num_examples: int, batch_size: int) -> Schedule:
-        steps_per_epoch = -(-num_examples // batch_size)
-        if config.num_steps > 0:
-            every = config.eval_every_steps if config.eval_every_steps > 0 else config.num_steps
-            return cls((*range(every, config.num_steps, every), config.num_steps), True, steps_per_epoch)
-        if config.num_epochs <= 0:
-            raise ValueError(f"config.num_epochs={config.num_epochs}: train at least one epoch (or set num_steps)")
-        return cls(tuple(steps_per_epoch * (e + 1) for e in range(config.num_epochs)), False, steps_per_epoch)
-
-    def batch(self, num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
-        """The example indices of optimiser step `step` (0-based)."""
-        if self.by_steps:
-            return cycled_batch(num_examples, batch_size, seed, step)
-        epoch, s = divmod(step, self.steps_per_epoch)
-        return epoch_order(num_examples, batch_size, seed, epoch)[s * batch_size : (s + 1) * batch_size]
-
-    def round_record(self, r: int) -> dict[str, int]:
-        """What names validation round `r` (0-based) in metrics.jsonl and in the selected classifier."""
-        return {"step": self.ends[r]} if self.by_steps else {"epoch": r + 1, "step": self.ends[r]}
-
-    def should_checkpoint(self, config: ml_collections.ConfigDict, r: int) -> bool:
-        """After round `r` (not the last): every `checkpoint_every_epochs` epochs, or with `num_steps` at the first
-        validation after each multiple of `checkpoint_every_steps`."""
-        if r + 1 >= len(self.ends):
-            return False
-        if not self.by_steps:
-            every = config.checkpoint_every_epochs
-            return every > 0 and (r + 1) % every == 0
-        every = config.checkpoint_every_steps
-        previous = self.ends[r - 1] if r else 0
-        return every > 0 and self.ends[r] // every > previous // every
+def batch_indices(num_examples: int, batch_size: int, seed: int, step: int, steps: Durations, by_steps: bool):
+    """The example indices of optimiser step `step` (0-based): cycled passes (`cycled_batch`) for a run of
+    `num_steps`, else the slice of its epoch's order."""
+    if by_steps:
+        return cycled_batch(num_examples, batch_size, seed, step)
+    epoch, s = divmod(step, steps.steps_per_epoch)
+    return epoch_order(num_examples, batch_size, seed, epoch)[s * batch_size : (s + 1) * batch_size]
 
 
 def save_classifier(directory: pathlib.Path, variables: dict[str, Any], description: dict[str, Any]) -> None:
@@ -270,7 +281,7 @@ def load_classifier(directory: str | pathlib.Path) -> tuple[Classifier, dict[str
     if not (directory / "classifier.json").is_file() and (directory / "classifier" / "classifier.json").is_file():
         directory = directory / "classifier"
     if not (directory / "classifier.json").is_file():
-        raise FileNotFoundError(f"{directory} holds no trained classifier (classifier.json)")
+        raise DataError(f"{directory} holds no trained classifier (classifier.json)")
     description = json.loads((directory / "classifier.json").read_text())
     spec = StepSpec(**description["spec"])
     variables = ocp.StandardCheckpointer().restore(directory / "variables")
@@ -282,7 +293,7 @@ def resolve_class_names(config: ml_collections.ConfigDict, splits: dict[str, Any
     names = tuple(config.classes) or sources.class_names(config)
     largest = max(int(np.max(split.labels)) for split in splits.values() if len(split.labels))
     if largest >= len(names):
-        raise ValueError(f"the labelled data has label {largest} but config.classes names only {len(names)}: {names}")
+        raise DataError(f"the labelled data has label {largest} but config.classes names only {len(names)}: {names}")
     return names
 
 
@@ -304,12 +315,12 @@ def run_classification(
     and a checkpoint (as a pre-emption would) and returns {}. `splits` passes the labelled data of `config` when the
     caller has it already (the grid: one load for all its cells, whose `init` paths it passes in `ignore`).
     """
-    config_lib.validate_classification(config)
+    validate(config)
     workdir = pathlib.Path(workdir)
     wanted = fingerprint(config, COSMETIC_KEYS, ignore)
     if (workdir / "results.json").is_file():
         return _finished_results(workdir, wanted, ignore)
-    workdir.mkdir(parents=True, exist_ok=True)
+    make_workdir(workdir)
     # the shared checkpointer, keeping the best weights so far beside the state; only the newest is needed
     checkpointer = Checkpointer(workdir, wanted, keep=1, extra_items=("best_variables",))
     checkpointer.check_resumable()  # before anything is generated or written: a refusal costs nothing
@@ -317,25 +328,34 @@ def run_classification(
     started = time.time()
     run = _prepare(config, workdir, sources.labelled_splits(config) if splits is None else splits)
     state = _initial_state(run)
-    best, best_variables, start_round = {"balanced_accuracy": -1.0}, None, 0
+    best, best_variables = {"balanced_accuracy": -1.0}, None
     if checkpointer.latest_step() is not None:
         state, best_variables, best = _restore(checkpointer, state)
-        start_round = run.schedule.ends.index(int(state.step)) + 1
         log.info("resuming %s after step %d", workdir, int(state.step))
-    truncate_metrics(run.metrics_file, int(state.step) + 1 if start_round else 0)
-    run.metrics_file.touch()
+    monitor = Monitor(workdir, int(state.step), run.steps.total, run.batch_size, run.steps.log or run.steps.total,
+                      progress_bar=config.progress_bar)  # fmt: skip
     try:
-        finished = _train_and_select(run, state, checkpointer, start_round, best, best_variables, stop_after_epochs)
+        finished = _train_and_select(run, state, checkpointer, monitor, best, best_variables, stop_after_epochs)
     finally:
+        monitor.close()
         checkpointer.close()
     if finished is None:
         return {}
     return _test_and_report(run, *finished, started)
 
 
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> str:
+    """The `classify` task of the command line: `run_classification`, and the line to print."""
+    results = run_classification(config, workdir)
+    test = results["test"]
+    return (f"test: macro-F1 {test['macro_f1']:.3f}, balanced accuracy {test['balanced_accuracy']:.3f}, "
+            f"accuracy {test['accuracy']:.3f} (selected at step {results['best_step']}); "
+            f"workdir: {pathlib.Path(workdir).absolute()}")  # fmt: skip
+
+
 @dataclasses.dataclass(frozen=True)
-class _Run:
-    """What one classification run trains on and writes to, resolved from its config."""
+class _LabelledRun:
+    """The labelled training set of one classification run and how it trains, resolved from its config."""
 
     config: ml_collections.ConfigDict
     workdir: pathlib.Path
@@ -346,13 +366,17 @@ class _Run:
     labels: np.ndarray
     weights: np.ndarray  # class weights N / count_c
     spec: StepSpec
-    schedule: Schedule
+    steps: Durations
     batch_size: int
     init: BackboneInit  # where the backbone's weights come from
 
     @property
-    def metrics_file(self) -> pathlib.Path:
-        return self.workdir / "metrics.jsonl"
+    def by_steps(self) -> bool:
+        return self.config.num_steps > 0
+
+    def round_record(self, step: int) -> dict[str, int]:
+        """What names the validation after `step` steps in metrics.jsonl and in the selected classifier."""
+        return {"step": step} if self.by_steps else {"epoch": step // self.steps.steps_per_epoch, "step": step}
 
 
 def _finished_results(workdir: pathlib.Path, wanted: dict[str, Any], ignore: Sequence[str]) -> dict[str, Any]:
@@ -363,12 +387,12 @@ def _finished_results(workdir: pathlib.Path, wanted: dict[str, Any], ignore: Seq
     return json.loads((workdir / "results.json").read_text())
 
 
-def _prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path, splits: dict[str, Any]) -> _Run:
-    """Chooses the labelled subset (label_indices.json), writes config.json and sizes the schedule."""
+def _prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path, splits: dict[str, Any]) -> _LabelledRun:
+    """Chooses the labelled subset (label_indices.json), writes config.json and converts the durations to steps."""
     class_names = resolve_class_names(config, splits)
     for name in ("train", "valid", "test"):
         if name not in splits or len(splits[name].labels) == 0:
-            raise ValueError(f"the labelled data has no {name!r} split (or it is empty)")
+            raise DataError(f"the labelled data has no {name!r} split (or it is empty)")
     train_all = splits["train"]
     chosen = choose_labels(train_all.labels, config.label_fraction, config.labels_per_class, config.seed, class_names)
     labels = train_all.labels[chosen]
@@ -380,20 +404,19 @@ def _prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path, splits: d
     })  # fmt: skip
     (workdir / "config.json").write_text(config_json(config, COSMETIC_KEYS))
     spec = StepSpec.from_config(config, len(class_names))
-    batch_size = _round_up(min(config.batch_size, len(labels)), compiled_functions(spec)[-1].size)
-    return _Run(
+    batch_size = _round_up(min(config.batch_size, len(labels)), compiled_functions(spec).mesh.size)
+    return _LabelledRun(
         config, workdir, splits, class_names, budget_name(config.label_fraction, config.labels_per_class),
         with_channel(train_all.images[chosen]), labels, class_weights(labels, len(class_names)), spec,
-        Schedule.from_config(config, len(labels), batch_size), batch_size,
+        durations(config, -(-len(labels) // batch_size)), batch_size,
         resolve_backbone(config.init, spec.arch, spec.width, config.seed),
     )  # fmt: skip
 
 
-def _initial_state(run: _Run) -> TrainState:
+def _initial_state(run: _LabelledRun) -> TrainState:
     """The head initialised from the seed, the backbone from `config.init`."""
-    config, spec = run.config, run.spec
-    model, init_state, _, _, _ = compiled_functions(spec)
-    init = run.init
+    config, compiled, init, steps = run.config, compiled_functions(run.spec), run.init, run.steps
+    model = compiled.model
     # Only the head is initialised here (the backbone's variables come from `init`).
     head = model.init(
         jax.random.key(config.seed), np.zeros((1, model.backbone.num_features), np.float32), train=False,
@@ -401,13 +424,12 @@ def _initial_state(run: _Run) -> TrainState:
     )  # fmt: skip
     params = {**head["params"], "backbone": init.variables["params"]}
     batch_stats = {**head.get("batch_stats", {}), "backbone": init.variables["batch_stats"]}
-    schedule = run.schedule
     log.info(
         "%s from %s (%s): %d training images (%s), %d steps (%.1f epochs), batch %d, %d validations",
-        config.mode, init.source, init.kind, len(run.labels), run.budget, schedule.ends[-1],
-        schedule.ends[-1] / schedule.steps_per_epoch, run.batch_size, len(schedule.ends),
+        config.mode, init.source, init.kind, len(run.labels), run.budget, steps.total,
+        steps.total / steps.steps_per_epoch, run.batch_size, len(steps.evaluations()),
     )  # fmt: skip
-    return init_state(params, batch_stats, jnp.asarray(run.weights), config.seed)
+    return compiled.init_state(params, batch_stats, jnp.asarray(run.weights), config.seed)
 
 
 def _variables(state: TrainState) -> dict[str, Any]:
@@ -422,47 +444,53 @@ def _restore(checkpointer: Checkpointer, state: TrainState) -> tuple[TrainState,
     return state, extra["best_variables"], checkpointer.meta(step)["best"]
 
 
+def _train_round(
+    run: _LabelledRun, state: TrainState, monitor: Monitor, start: int, end: int
+) -> tuple[TrainState, list[dict[str, float]]]:
+    """Steps `start` .. `end` - 1, their metrics fetched once at the end, recorded and checked finite."""
+    train_step = compiled_functions(run.spec).train_step
+    began, metrics = time.perf_counter(), []
+    for step in range(start, end):
+        idx = batch_indices(len(run.labels), run.batch_size, run.config.seed, step, run.steps, run.by_steps)
+        state, m = train_step(state, {"images": run.images[idx], "labels": run.labels[idx]})
+        metrics.append(m)
+    values = [{k: float(v) for k, v in m.items()} for m in jax.device_get(metrics)]
+    monitor.steps(start, values, time.perf_counter() - began)
+    return state, values
+
+
 def _train_and_select(
-    run: _Run, state: TrainState, checkpointer: Checkpointer, start_round: int, best: dict[str, Any],
+    run: _LabelledRun, state: TrainState, checkpointer: Checkpointer, monitor: Monitor, best: dict[str, Any],
     best_variables: dict[str, Any] | None, stop_after_epochs: int | None,
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:  # fmt: skip
-    """Trains the remaining rounds, validating after each and keeping the best weights; (best, best variables),
-    or None when stopped after `stop_after_epochs` rounds (checkpointed, as a pre-emption would)."""
-    config, schedule = run.config, run.schedule
-    _, _, train_step, _, _ = compiled_functions(run.spec)
-    bar = make_progress_bar(len(schedule.ends), start_round, config.progress_bar,
-                       "epoch" if not schedule.by_steps else "validation")  # fmt: skip
+    """Trains to the end, validating after each of `steps.evaluations()` and keeping the best weights; (best, best
+    variables), or None when stopped after `stop_after_epochs` validations (checkpointed, as a pre-emption would)."""
+    ends, steps = run.steps.evaluations(), run.steps
     last_checkpoint = checkpointer.latest_step()
-    for r in range(start_round, len(schedule.ends)):
-        bar.update(1)
-        losses, grad_norms = [], []
-        for step in range(schedule.ends[r - 1] if r else 0, schedule.ends[r]):
-            idx = schedule.batch(len(run.labels), run.batch_size, config.seed, step)
-            state, metrics = train_step(state, {"images": run.images[idx], "labels": run.labels[idx]})
-            losses.append(metrics["loss"])
-            grad_norms.append(metrics["grad_norm"])
-        record = {**schedule.round_record(r), "train_loss": float(np.mean(jax.device_get(losses)))}
+    for r, end in enumerate(ends):
+        start = ends[r - 1] if r else 0
+        if end <= int(state.step):
+            continue
+        state, values = _train_round(run, state, monitor, start, end)
         # the round's mean loss and gradient norm: non-finite if any step's was (norms are never negative)
-        finite = {"loss": record["train_loss"], "grad_norm": float(np.mean(jax.device_get(grad_norms)))}
-        check_finite(schedule.ends[r] - 1, finite, last_checkpoint, checkpointer.directory)
+        finite = {k: float(np.mean(np.asarray([v[k] for v in values], np.float32))) for k in ("loss", "grad_norm")}
+        check_finite(end - 1, finite, last_checkpoint, checkpointer.directory)
         variables = _variables(state)
         valid_probs = predict_probabilities(run.spec, variables["params"], variables["batch_stats"],
-                                            run.splits["valid"].images, config.eval_batch_size)  # fmt: skip
+                                            run.splits["valid"].images, run.config.eval_batch_size)  # fmt: skip
         valid = report.summary_metrics(run.splits["valid"].labels, valid_probs.argmax(1))
-        append_metrics(run.metrics_file, {**record, **{f"valid_{k}": v for k, v in valid.items()}})
-        bar.set_postfix(loss=f"{record['train_loss']:.3f}", valid_bal_acc=f"{valid['balanced_accuracy']:.3f}")
+        monitor.evaluation(end, {"train_loss": finite["loss"], **{f"valid_{k}": v for k, v in valid.items()}})
         if valid["balanced_accuracy"] > best["balanced_accuracy"]:  # ties keep the earlier validation
-            best, best_variables = {**valid, **schedule.round_record(r)}, jax.device_get(variables)
-        if schedule.should_checkpoint(config, r) or r + 1 == stop_after_epochs:
+            best, best_variables = {**valid, **run.round_record(end)}, jax.device_get(variables)
+        last = end == steps.total
+        if not last and Durations.crossed(start, end, steps.checkpoint) or r + 1 == stop_after_epochs:
             last_checkpoint = checkpointer.save(state, {"best": best}, {"best_variables": best_variables})
         if r + 1 == stop_after_epochs:
-            bar.close()
             return None
-    bar.close()
     return best, best_variables
 
 
-def _test_and_report(run: _Run, best: dict[str, Any], best_variables: dict[str, Any], started: float):
+def _test_and_report(run: _LabelledRun, best: dict[str, Any], best_variables: dict[str, Any], started: float):
     """Saves the selected classifier, scores it on the test split and writes the report files, results.json last."""
     config, workdir, init = run.config, run.workdir, run.init
     description = {
@@ -487,7 +515,7 @@ def _test_and_report(run: _Run, best: dict[str, Any], best_variables: dict[str, 
     results = {
         "init": init.source, "init_kind": init.kind, "mode": config.mode, "label_fraction": config.label_fraction,
         "labels_per_class": config.labels_per_class, "seed": config.seed, "num_train_images": int(len(run.labels)),
-        "num_steps": run.schedule.ends[-1], "best_epoch": best.get("epoch"), "best_step": best["step"],
+        "num_steps": run.steps.total, "best_epoch": best.get("epoch"), "best_step": best["step"],
         "valid": best, "test": test_report, "seconds": round(time.time() - started, 1),
     }  # fmt: skip
     report.write_json(workdir / "results.json", results)

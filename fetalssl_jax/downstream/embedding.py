@@ -16,6 +16,7 @@ from sklearn.manifold import TSNE
 from sklearn.preprocessing import StandardScaler
 
 from fetalssl_jax.downstream.report import save_figure
+from fetalssl_jax.validation import Checks, raise_if
 
 
 def tsne_embedding(features: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
@@ -58,8 +59,6 @@ def embed_backbone(config, out_dir: str | pathlib.Path, split: str = "test") -> 
     from fetalssl_jax.models.resnet import create_resnet
 
     splits = sources.labelled_splits(config)
-    if split not in splits:
-        raise ValueError(f"no split {split!r} in the labelled data; choose one of {sorted(splits)}")
     data = splits[split]
     init = resolve_backbone(config.init, config.model.arch, int(config.model.width), config.seed)
     backbone = create_resnet(config.model.arch, width=config.model.width, dtype=config.model.dtype)
@@ -75,9 +74,22 @@ def embed_backbone(config, out_dir: str | pathlib.Path, split: str = "test") -> 
     return path
 
 
-def run_tsne(config, workdir: str | pathlib.Path) -> str:
-    """The `tsne` task (configs/tsne.py): t-SNE of `config.init`'s features on `config.split`, in `workdir`."""
-    from fetalssl_jax.config_lib import validate_tool
+def validate(config) -> None:
+    """Raises ConfigError listing every problem of a t-SNE config (configs/tsne.py)."""
+    from fetalssl_jax.data import sources
+    from fetalssl_jax.models import backbone
 
-    validate_tool(config)
+    c = Checks(config)
+    c.text("init", "'random', a pretraining workdir, a backbone directory or a weights file")
+    c.one_of("split", ("train", "valid", "test"))
+    c.integer("seed", 0)
+    c.integer("eval_batch_size")
+    backbone.check_config(c)
+    sources.check_labelled(c)
+    raise_if(c.problems)
+
+
+def run(config, workdir: str | pathlib.Path) -> str:
+    """The `tsne` task (configs/tsne.py): t-SNE of `config.init`'s features on `config.split`, in `workdir`."""
+    validate(config)
     return f"wrote {embed_backbone(config, workdir, config.split)}"

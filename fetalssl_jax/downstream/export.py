@@ -16,7 +16,9 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
+from fetalssl_jax.errors import DataError
 from fetalssl_jax.models import torch_io
+from fetalssl_jax.validation import Checks, raise_if
 
 
 def backbone_variables_of(path: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -34,7 +36,7 @@ def backbone_variables_of(path: str | pathlib.Path) -> tuple[dict[str, Any], dic
             _, variables, description, spec = load_classifier(directory)
             backbone = {k: variables[k]["backbone"] for k in ("params", "batch_stats")}
             return backbone, {"identity": {"arch": spec.arch, "width": spec.width}, **description}
-    raise FileNotFoundError(f"{path} holds no backbone (backbone.json) and no classifier (classifier.json)")
+    raise DataError(f"{path} holds no backbone (backbone.json) and no classifier (classifier.json)")
 
 
 def export_torch(backbone: str | pathlib.Path, out: str | pathlib.Path) -> pathlib.Path:
@@ -43,10 +45,19 @@ def export_torch(backbone: str | pathlib.Path, out: str | pathlib.Path) -> pathl
     return torch_io.save_state_dict_file(out, torch_io.to_torch_state_dict(variables))
 
 
-def run_export(config, workdir: str | pathlib.Path) -> str:
-    """The `export` task (configs/export.py): `<workdir>/backbone.<config.format>`."""
-    from fetalssl_jax.config_lib import validate_tool
+FORMATS = ("safetensors", "npz")
 
-    validate_tool(config)
+
+def validate(config) -> None:
+    """Raises ConfigError listing every problem of an export config (configs/export.py)."""
+    c = Checks(config)
+    c.text("backbone", "a pretraining workdir, an exported backbone or a classification run")
+    c.one_of("format", FORMATS)
+    raise_if(c.problems)
+
+
+def run(config, workdir: str | pathlib.Path) -> str:
+    """The `export` task (configs/export.py): `<workdir>/backbone.<config.format>`."""
+    validate(config)
     path = export_torch(config.backbone, pathlib.Path(workdir) / f"backbone.{config.format}")
     return f"wrote {path}"

@@ -24,7 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from fetalssl_jax.downstream.report import save_figure
+from fetalssl_jax.errors import DataError
 from fetalssl_jax.models.classifier import Classifier
+from fetalssl_jax.validation import Checks, is_int, raise_if
 
 
 def _stage_output_name(model: Classifier, stage: int) -> str:
@@ -130,7 +132,7 @@ def gradcam_for_run(workdir: str | pathlib.Path, num_images: int = 16, stage: in
     model, variables, description, spec = load_classifier(workdir)
     config_file = workdir / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file} not found: pass the workdir of a classification run")
+        raise DataError(f"{config_file} not found: pass the workdir of a classification run")
     config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
     test = sources.labelled_splits(config)["test"]
     rng = np.random.default_rng(seed)
@@ -150,11 +152,21 @@ def gradcam_for_run(workdir: str | pathlib.Path, num_images: int = 16, stage: in
     return path
 
 
-def run_gradcam(config, workdir: str | pathlib.Path) -> str:
-    """The `gradcam` task (configs/gradcam.py): the Grad-CAM grid of `config.classifier` in `workdir`."""
-    from fetalssl_jax.config_lib import validate_tool
+def validate(config) -> None:
+    """Raises ConfigError listing every problem of a Grad-CAM config (configs/gradcam.py)."""
+    c = Checks(config)
+    c.text("classifier", "a classification run")
+    c.integer("num_images")
+    c.integer("seed", 0)
+    stage = c.get("stage")
+    if not (is_int(stage) and 1 <= stage <= 4):
+        c.fail("stage", stage, "must be a ResNet stage 1..4 (layer1..layer4)")
+    raise_if(c.problems)
 
-    validate_tool(config)
+
+def run(config, workdir: str | pathlib.Path) -> str:
+    """The `gradcam` task (configs/gradcam.py): the Grad-CAM grid of `config.classifier` in `workdir`."""
+    validate(config)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     path = gradcam_for_run(config.classifier, config.num_images, config.stage, workdir / "gradcam.png", config.seed)

@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import math
 import pathlib
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,19 +31,104 @@ import ml_collections
 import numpy as np
 from scipy import stats
 
-from fetalssl_jax.config_lib import InitSpec, load_config, parse_inits, validate_grid
+from fetalssl_jax.config_lib import load_config
 from fetalssl_jax.data import sources
+from fetalssl_jax.downstream import classification
 from fetalssl_jax.downstream.classification import resolve_class_names, run_classification
 from fetalssl_jax.downstream.labels import budget_dirname, budget_name, choose_labels
 from fetalssl_jax.downstream.report import save_figure
+from fetalssl_jax.errors import RunStopped
 from fetalssl_jax.eval.few_label import Interval
+from fetalssl_jax.runtime.workdir import make_workdir
 from fetalssl_jax.train import loop
 from fetalssl_jax.train.fingerprint import ensure_resumable, fingerprint, stored_fingerprint
+from fetalssl_jax.validation import MISSING, Checks, is_number, raise_if
 
 log = logging.getLogger("fetalssl_jax")
 
 METRICS = ("macro_f1", "balanced_accuracy", "accuracy")
 METRIC_NAMES = {"macro_f1": "macro-F1", "balanced_accuracy": "balanced accuracy", "accuracy": "accuracy"}
+
+
+# `name=` is a name only when it looks like one: "barlow.py:tiny,num_steps=4" is a bare spec, not a name
+_INIT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.+-]*")
+
+
+@dataclasses.dataclass(frozen=True)
+class InitSpec:
+    """One row of the grid: its name, and either a pretraining config or a backbone spec."""
+
+    name: str
+    spec: str
+
+    @property
+    def is_pretraining_config(self) -> bool:
+        return self.spec.partition(":")[0].endswith(".py")
+
+
+def parse_inits(entries: Sequence[str]) -> list[InitSpec]:
+    """`name=spec` strings (or bare specs) -> InitSpecs; names must be unique.
+
+    An entry is `name=spec` only when the part before the first '=' is a plain name (letters, digits, `_.+-`, not
+    ending in .py); otherwise the whole entry is a spec (e.g. `barlow.py:tiny,num_steps=4`, `/runs/a=b`), named
+    after its file or directory.
+    """
+    inits = []
+    for entry in entries:
+        entry = str(entry).strip()
+        name, sep, spec = entry.partition("=")
+        name = name.strip()
+        if not sep or not _INIT_NAME.fullmatch(name) or name.endswith(".py"):
+            spec = entry
+            name = "random" if spec == "random" else pathlib.Path(spec.partition(":")[0]).stem
+        inits.append(InitSpec(name, spec.strip()))
+    names = [i.name for i in inits]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"names {duplicates} more than once; give each entry a unique name=")
+    return inits
+
+
+def problems(config: ml_collections.ConfigDict, prefix: str = "config") -> list[str]:
+    """Every problem of a grid config (configs/paper_grid.py): its own keys, its `classify` config and the
+    pretraining configs among its inits."""
+    c = Checks(config, prefix)
+    inits = c.get("inits")
+    if not (isinstance(inits, Sequence) and not isinstance(inits, str) and len(inits)):
+        c.fail("inits", inits, "must be a non-empty sequence of 'name=spec' entries")
+    else:
+        try:
+            for i, init in enumerate(parse_inits(inits)):
+                if init.is_pretraining_config:
+                    c.problems += loop.problems(load_config(init.spec), f"{prefix}.inits[{i}] ({init.name}): config")
+        except ValueError as error:  # a duplicate name, a config file that does not load
+            c.fail("inits", inits, str(error))
+    c.integers("labels_per_class", 1, distinct=True, why="labelled images of every class")
+    fractions = c.get("label_fractions")
+    if fractions is not MISSING:
+        ok = isinstance(fractions, Sequence) and not isinstance(fractions, str)
+        if not (ok and all(is_number(f) and 0 < f <= 1 for f in fractions) and len(set(fractions)) == len(fractions)):
+            c.fail("label_fractions", fractions, "must be a sequence of distinct fractions in (0, 1]")
+    budgets = [c.get(k) for k in ("labels_per_class", "label_fractions")]
+    if all(isinstance(b, Sequence) and not len(b) for b in budgets):
+        c.fail("label_fractions", c.get("label_fractions"), "must give at least one budget (or labels_per_class)")
+    c.integers("seeds", 0, non_empty=True, distinct=True)
+    modes = c.get("modes")
+    if not (isinstance(modes, Sequence) and not isinstance(modes, str) and len(modes)
+            and all(m in classification.MODES for m in modes) and len(set(modes)) == len(modes)):  # fmt: skip
+        allowed = ", ".join(map(repr, classification.MODES))
+        c.fail("modes", modes, f"must be a non-empty sequence of distinct modes from {allowed}")
+    classify = c.get("classify")
+    if isinstance(classify, ml_collections.ConfigDict) and len(classify):
+        c.problems += classification.problems(classify, f"{prefix}.classify")
+    else:
+        c.fail("classify", classify, "must be a configs/classify.py config")
+    return c.problems
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError listing every problem of a grid config."""
+    raise_if(problems(config))
 
 
 def pretrain_if_needed(init: InitSpec, workdir: pathlib.Path) -> str:
@@ -63,7 +149,7 @@ def pretrain_if_needed(init: InitSpec, workdir: pathlib.Path) -> str:
     log.info("pretraining %s with %s in %s", init.name, init.spec, run_dir)
     result = loop.train(config, run_dir)
     if result.status != "finished":
-        raise RuntimeError(f"pretraining {init.name} stopped at step {result.step} ({result.status}); run again")
+        raise RunStopped(f"pretraining {init.name} stopped at step {result.step} ({result.status}); run again")
     return str(run_dir)
 
 
@@ -86,15 +172,9 @@ class Budget:
 
 
 def grid_budgets(config: ml_collections.ConfigDict) -> list[Budget]:
-    """The budgets of `config`: every `labels_per_class`, then every `label_fractions`; duplicates are an error."""
-    if any(int(k) <= 0 for k in config.labels_per_class):
-        raise ValueError(f"config.labels_per_class={config.labels_per_class}: every entry must be positive")
-    budgets = [Budget(1.0, int(k)) for k in config.labels_per_class]
-    budgets += [Budget(float(f), 0) for f in config.label_fractions]
-    names = [b.name for b in budgets]
-    if len(set(names)) != len(names) or not budgets:
-        raise ValueError(f"config.labels_per_class + config.label_fractions give budgets {names}; need distinct ones")
-    return budgets
+    """The budgets of `config`: every `labels_per_class`, then every `label_fractions`."""
+    per_class = [Budget(1.0, int(k)) for k in config.labels_per_class]
+    return per_class + [Budget(float(f), 0) for f in config.label_fractions]
 
 
 def cell_dir(workdir: pathlib.Path, init: str, mode: str, budget: Budget, seed: int) -> pathlib.Path:
@@ -117,9 +197,8 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
     The config, its `classify` config and every pretraining config among its inits are validated first
     (ConfigError). A finished cell or pretraining run is reused only if the same config (up to cosmetic keys, see
     `train.fingerprint`) made it; otherwise WorkdirMismatchError names the differing keys."""
-    validate_grid(config)
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    validate(config)
+    workdir = make_workdir(workdir)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     inits = parse_inits(config.inits)
     budgets = grid_budgets(config)
@@ -414,3 +493,9 @@ def write_results(rows: Sequence[dict[str, Any]], workdir: pathlib.Path, baselin
     (workdir / "results.md.tmp").replace(workdir / "results.md")
     plot_results(rows, workdir / "macro_f1_vs_label_fraction.png")  # the old name: notebooks open it
     print(f"\n{table}")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> str:
+    """The `grid` task of the command line: `run_grid`, and the line to print."""
+    run_grid(config, workdir)
+    return f"grid finished; results.csv, results.md and the plot in {pathlib.Path(workdir).absolute()}"

@@ -13,6 +13,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 
+from fetalssl_jax.errors import DataError
 from fetalssl_jax.eval.few_label import draw_label_subsets
 
 LABEL_FRACTIONS: tuple[float, ...] = (1.0, 0.5, 0.25, 0.1, 0.05, 0.01)  # the paper's 100 ... 1 %
@@ -33,7 +34,7 @@ def _check_all_classes_present(labels: np.ndarray, class_names: Sequence[str]) -
     counts = {class_names[c]: int(np.sum(labels == c)) for c in present}
     absent = [class_names[c] for c in range(len(class_names)) if c not in present]
     if absent:
-        raise ValueError(f"the training split has no sample of class(es) {absent}; counts: {counts}")
+        raise DataError(f"the training split has no sample of class(es) {absent}; counts: {counts}")
     return counts
 
 
@@ -45,12 +46,10 @@ def per_class_subset(labels: np.ndarray, labels_per_class: int, seed: int, class
     class that has fewer than `labels_per_class` training images, with its count.
     """
     labels = np.asarray(labels)
-    if labels_per_class <= 0:
-        raise ValueError(f"labels per class must be positive, got {labels_per_class}")
     counts = _check_all_classes_present(labels, class_names)
     short = {name: n for name, n in counts.items() if n < labels_per_class}
     if short:
-        raise ValueError(
+        raise DataError(
             f"a budget of {labels_per_class} labelled images per class is more than the training split has of "
             + ", ".join(f"class {name!r} ({n} images)" for name, n in short.items())
             + "; use a smaller labels_per_class or more labelled patients"
@@ -62,13 +61,8 @@ def choose_labels(
     labels: np.ndarray, fraction: float, labels_per_class: int, seed: int, class_names: Sequence[str]
 ) -> np.ndarray:
     """The training subset of a label budget: `labels_per_class` images of every class when > 0, otherwise a
-    stratified `fraction`. Setting both (a fraction below 1 with labels_per_class > 0) is an error."""
+    stratified `fraction` (the config's check allows only one of them)."""
     if labels_per_class > 0:
-        if fraction != 1.0:
-            raise ValueError(
-                f"label_fraction={fraction} and labels_per_class={labels_per_class} both set; "
-                "choose one (labels_per_class=0 uses label_fraction)"
-            )
         return per_class_subset(labels, labels_per_class, seed, class_names)
     return label_subset(labels, fraction, seed, class_names)
 
@@ -80,15 +74,13 @@ def label_subset(labels: np.ndarray, fraction: float, seed: int, class_names: Se
     sample (a classifier cannot learn a class it never sees, and the class weight would be infinite).
     """
     labels = np.asarray(labels)
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
     present = np.unique(labels)
     counts = _check_all_classes_present(labels, class_names)
     if fraction == 1.0:
         return np.arange(len(labels))
     keep = int(round(fraction * len(labels)))
     if keep < len(present):
-        raise ValueError(
+        raise DataError(
             f"{fraction:.0%} of {len(labels)} training images is {keep} images, fewer than the {len(present)} "
             f"classes: some class would have no sample (counts: {counts}); use a larger fraction or more labels"
         )
@@ -97,7 +89,7 @@ def label_subset(labels: np.ndarray, fraction: float, seed: int, class_names: Se
     )
     missing = sorted(set(present) - set(labels[indices]))
     if missing:
-        raise ValueError(
+        raise DataError(
             f"a stratified {fraction:.0%} subset ({keep} images) leaves class(es) "
             f"{[class_names[c] for c in missing]} with no sample (counts: {counts})"
         )
@@ -109,6 +101,6 @@ def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     N / (C * count_c) times C); float32 [num_classes]."""
     counts = np.bincount(np.asarray(labels), minlength=num_classes)
     if np.any(counts == 0):
-        raise ValueError(f"class weights need every class in the training labels; counts: {counts}")
+        raise DataError(f"class weights need every class in the training labels; counts: {counts}")
     balanced = compute_class_weight("balanced", classes=np.arange(num_classes), y=np.asarray(labels))
     return (balanced * num_classes).astype(np.float32)

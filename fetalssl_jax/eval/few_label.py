@@ -21,6 +21,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from fetalssl_jax.errors import DataError
+
 log = logging.getLogger("fetalssl_jax")
 
 DEFAULT_SHOTS = (1, 5, 10, 25, 0)  # labelled images per class; 0 = every labelled training image
@@ -43,7 +45,7 @@ def draw_label_subsets(labels: np.ndarray, shots: int, draws: int, seed: int) ->
     classes, counts = np.unique(labels, return_counts=True)
     if counts.min() < shots:
         c = classes[np.argmin(counts)]
-        raise ValueError(f"{shots} labelled images per class requested, but class {c} has only {counts.min()}")
+        raise DataError(f"{shots} labelled images per class requested, but class {c} has only {counts.min()}")
     out = []
     for d in range(draws):
         rng = np.random.default_rng([seed, shots, d])

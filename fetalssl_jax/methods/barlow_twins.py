@@ -39,6 +39,11 @@ class BarlowTwins(TwoViewMethod):
 
     name = "barlow_twins"
 
+    @classmethod
+    def check_config(cls, c):
+        super().check_config(c)
+        c.non_negative_number("method_kwargs.lambd")
+
     def embedding_loss(self, z1, z2):
         return barlow_twins_loss(z1, z2, self.kwargs.lambd), {}
 

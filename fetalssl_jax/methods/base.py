@@ -1,9 +1,10 @@
 """The interface every pretraining method implements, and the registry that finds it by name.
 
-A method owns what differs between SSL objectives: its model (backbone + heads), how it makes views from the
-uint8 frames on the device, its loss, and any extra state (EMA target, queue). The train loop, sharding,
-optimiser, checkpointing and evaluation are shared. Adding a method is one new module that subclasses `Method`
-and is decorated with `@register`, plus one config in `configs/`.
+A method owns what differs between SSL objectives: its settings (`method_kwargs`, declared by its module's
+`default_kwargs` and checked by `check_config`), its model (backbone + heads), how it makes views from the uint8
+frames on the device, its loss, and any extra state (EMA target, queue). The train loop, sharding, optimiser,
+checkpointing and evaluation are shared. Adding a method is one new module that subclasses `Method` and is decorated
+with `@register`, plus one config in `configs/`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import ml_collections
 from fetalssl_jax.data.augment import augment_batch
 from fetalssl_jax.models.heads import TwoViewEmbedder
 from fetalssl_jax.models.resnet import create_resnet
+from fetalssl_jax.validation import Checks
 
 PyTree = Any
 Metrics = dict[str, jax.Array]
@@ -46,7 +48,7 @@ def get_method(name: str) -> type[Method]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown method {name!r} (config.method); registered methods: {registered_methods()}") from None
+        raise ValueError(f"unknown method {name!r}; registered methods: {registered_methods()}") from None
 
 
 class Method(abc.ABC):
@@ -63,6 +65,20 @@ class Method(abc.ABC):
         self.total_steps = max(1, int(total_steps))  # for schedules inside the method (EMA momentum)
         self.kwargs = config.method_kwargs
         self.dtype = jnp.dtype(config.model.dtype)
+
+    # ---- settings ----------------------------------------------------------------------------------------------
+    @classmethod  # noqa: B027 - not abstract: a method without settings has nothing to check
+    def check_config(cls, c: Checks) -> None:
+        """Adds to `c` the problems of the keys this method reads: its `method_kwargs`, and what it needs of the
+        rest of the config (a clip length, say). Called before the method is built, so that the constructor never
+        sees a value it cannot use."""
+
+    @classmethod
+    def example_mode(cls, config: ml_collections.ConfigDict) -> str:
+        """What one training example is (see `BatchSampler`): 'frames' (views of one frame), 'pairs' (two frames
+        of a video up to `data.max_gap` apart) or 'clips' (`data.clip_length` frames). Default: pairs if
+        `data.max_gap` > 0, else single frames."""
+        return "pairs" if config.data.max_gap > 0 else "frames"
 
     # ---- model -------------------------------------------------------------------------------------------------
     def build_backbone(self) -> nn.Module:
@@ -89,16 +105,10 @@ class Method(abc.ABC):
 
     # ---- data --------------------------------------------------------------------------------------------------
     @property
-    def example_mode(self) -> str:
-        """What one training example is (see `BatchSampler`): 'frames' (views of one frame), 'pairs' (two frames
-        of a video up to `data.max_gap` apart) or 'clips' (`data.clip_length` frames). Default: pairs if
-        `data.max_gap` > 0, else single frames."""
-        return "pairs" if self.config.data.max_gap > 0 else "frames"
-
-    @property
     def frames_per_example(self) -> int:
         """V, the number of frames of one example."""
-        return {"frames": 1, "pairs": 2, "clips": self.config.data.clip_length}[self.example_mode]
+        mode = self.example_mode(self.config)
+        return self.config.data.clip_length if mode == "clips" else {"frames": 1, "pairs": 2}[mode]
 
     def two_views(self, rng: jax.Array, frames: jax.Array) -> tuple[jax.Array, jax.Array]:
         """`config.augment.view1` of the first frame and `view2` of the last (the same frame, or a temporal pair)."""
@@ -141,8 +151,7 @@ class Method(abc.ABC):
 
     # ---- bookkeeping ---------------------------------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
-        """Method and architecture, as the exported backbone describes them. (A checkpoint is resumed only by a config
-        with the same fingerprint, `train.fingerprint`, which includes all of these.)"""
+        """Method and architecture, as the exported backbone describes them."""
         return {
             "method": self.name,
             "arch": self.config.model.arch,
@@ -176,6 +185,10 @@ class TwoViewMethod(Method):
     """
 
     head_bias: ClassVar[bool] = False
+
+    @classmethod
+    def check_config(cls, c: Checks) -> None:
+        c.integers("method_kwargs.projector", 1, non_empty=True, why="the projector's layer sizes")
 
     def build_model(self) -> nn.Module:
         return TwoViewEmbedder(self.build_backbone(), tuple(self.kwargs.projector), self.head_bias, self.dtype)

@@ -67,6 +67,12 @@ class BYOL(MomentumMethod):
     name = "byol"
     target_modules = ("backbone", "projector")  # the predictor has no target
 
+    @classmethod
+    def check_config(cls, c):
+        super().check_config(c)
+        for key in ("projector", "predictor"):
+            c.integers(f"method_kwargs.{key}", 1, non_empty=True, why="layer sizes")
+
     def build_model(self) -> nn.Module:
         return BYOLNetwork(
             self.build_backbone(), tuple(self.kwargs.projector), tuple(self.kwargs.predictor), dtype=self.dtype

@@ -77,6 +77,13 @@ class MoCo(MomentumMethod):
 
     name = "moco"
 
+    @classmethod
+    def check_config(cls, c):
+        super().check_config(c)
+        c.integers("method_kwargs.head", 1, non_empty=True, why="the head's layer sizes")
+        c.integer("method_kwargs.queue_size")
+        c.positive_number("method_kwargs.temperature")
+
     def build_model(self) -> nn.Module:
         return MoCoEncoder(self.build_backbone(), tuple(self.kwargs.head), dtype=self.dtype)
 

@@ -37,6 +37,10 @@ class MomentumMethod(Method):
 
     target_modules: ClassVar[tuple[str, ...] | None] = None
 
+    @classmethod
+    def check_config(cls, c) -> None:
+        c.below_one("method_kwargs.momentum_base")
+
     def momentum(self, step: jax.Array) -> jax.Array:
         """The EMA momentum of `step`."""
         return cosine_momentum(step, self.total_steps, self.kwargs.momentum_base)

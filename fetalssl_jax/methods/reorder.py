@@ -45,6 +45,7 @@ import optax
 from fetalssl_jax.data.augment import augment_view
 from fetalssl_jax.methods.base import Method, apply_model, register
 from fetalssl_jax.models.heads import MLPHead
+from fetalssl_jax.validation import is_int
 
 # Every transform of the dihedral group of the square as (transpose H/W, then flip H, then flip W). The tables
 # below give, per transform set, the index -> transform mapping (see the module docstring; the tests check them
@@ -140,19 +141,28 @@ class Reorder(Method):
 
     name = "reorder"
 
+    @classmethod
+    def check_config(cls, c):
+        c.integer("data.clip_length", 2, "the frames of a clip are reordered")
+        c.integer("data.clip_stride")
+        c.one_of("method_kwargs.transforms", sorted(TRANSFORM_SETS))
+        c.non_negative_number("method_kwargs.transform_weight")
+        c.integer("method_kwargs.head_hidden")
+        k, permutations = c.get("data.clip_length"), c.get("method_kwargs.num_permutations")
+        if not is_int(permutations):
+            c.fail("method_kwargs.num_permutations", permutations, "must be an integer (<= 0: all orders)")
+        elif is_int(k) and k >= 2 and permutations > math.factorial(k):
+            c.fail("method_kwargs.num_permutations", permutations, f"must be at most the {math.factorial(k)} orders "
+                   f"of data.clip_length = {k} frames")  # fmt: skip
+
     def __init__(self, config, total_steps: int = 1):
         super().__init__(config, total_steps)
         self.clip_length = int(config.data.clip_length)
         self.perms = permutation_set(self.clip_length, self.kwargs.num_permutations)
-        if self.kwargs.transforms not in TRANSFORM_SETS:
-            raise ValueError(
-                f"unknown transforms {self.kwargs.transforms!r} (config.method_kwargs.transforms); "
-                f"choose one of {sorted(TRANSFORM_SETS)}"
-            )
         self.transforms = np.array(TRANSFORM_SETS[self.kwargs.transforms], bool)
 
-    @property
-    def example_mode(self) -> str:
+    @classmethod
+    def example_mode(cls, config) -> str:
         return "clips"
 
     def build_model(self) -> nn.Module:

@@ -30,5 +30,10 @@ class SimCLR(TwoViewMethod):
     name = "simclr"
     head_bias = True
 
+    @classmethod
+    def check_config(cls, c):
+        super().check_config(c)
+        c.positive_number("method_kwargs.temperature")
+
     def embedding_loss(self, z1, z2):
         return nt_xent_loss(z1, z2, self.kwargs.temperature), {}

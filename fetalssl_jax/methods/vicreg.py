@@ -50,6 +50,12 @@ class VICReg(TwoViewMethod):
 
     name = "vicreg"
 
+    @classmethod
+    def check_config(cls, c):
+        super().check_config(c)
+        for key in ("sim_coeff", "std_coeff", "cov_coeff"):
+            c.non_negative_number(f"method_kwargs.{key}")
+
     def embedding_loss(self, z1, z2):
         k = self.kwargs
         terms = vicreg_terms(z1, z2)

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from fetalssl_jax.errors import DataError
+
 __all__ = [
     "from_torch_state_dict",
     "infer_resnet",
@@ -65,9 +67,9 @@ def _trunk_prefix(state_dict: Mapping[str, Any], source: str) -> str:
     stems = [k[: -len("conv1.weight")] for k in state_dict if k.endswith("conv1.weight") and ".layer" not in "." + k]
     stems = [p for p in stems if p == "" or p.endswith(".")]
     if not stems:
-        raise KeyError(f"{source}: no ResNet stem 'conv1.weight' found; keys start with {sorted(state_dict)[:5]}")
+        raise DataError(f"{source}: no ResNet stem 'conv1.weight' found; keys start with {sorted(state_dict)[:5]}")
     if len(stems) > 1:
-        raise KeyError(f"{source}: several ResNet trunks ({', '.join(p + 'conv1.weight' for p in stems)}); keep one")
+        raise DataError(f"{source}: several ResNet trunks ({', '.join(p + 'conv1.weight' for p in stems)}); keep one")
     return stems[0]
 
 
@@ -89,7 +91,7 @@ def infer_resnet(state_dict: Mapping[str, Any], source: str = "state dict") -> t
         if sizes == stage_sizes and (block_cls is Bottleneck) == bottleneck:
             return arch, width
     kind = "bottleneck" if bottleneck else "basic"
-    raise ValueError(f"{source}: ResNet with {kind} blocks per stage {stage_sizes} is not one of {list(ARCH_SPECS)}")
+    raise DataError(f"{source}: ResNet with {kind} blocks per stage {stage_sizes} is not one of {list(ARCH_SPECS)}")
 
 
 def from_torch_state_dict(
@@ -110,19 +112,21 @@ def from_torch_state_dict(
         flax_module = _flax_module_path(module)
         if flax_module is None:
             if module.startswith(("conv1", "bn1", "layer")):
-                raise KeyError(f"{source}: {key!r} is not part of a torchvision ResNet (deep stem or another variant?)")
+                raise DataError(
+                    f"{source}: {key!r} is not part of a torchvision ResNet (deep stem or another variant?)"
+                )
             continue  # fc.* and friends
         if field == "num_batches_tracked":
             continue
         array = np.asarray(value, dtype=np.float32)
         if flax_module[-1].startswith(("conv", "downsample_conv")):
             if field != "weight" or array.ndim != 4:
-                raise ValueError(f"{source}: {key!r} should be a 4-D conv weight, got shape {array.shape}")
+                raise DataError(f"{source}: {key!r} should be a 4-D conv weight, got shape {array.shape}")
             collection, leaf, array = "params", "kernel", array.transpose(2, 3, 1, 0)
         elif field in _BN_FIELDS:
             collection, leaf = _BN_FIELDS[field]
         else:
-            raise KeyError(f"{source}: unexpected entry {key!r}")
+            raise DataError(f"{source}: unexpected entry {key!r}")
         node = variables[collection]
         for name in flax_module:
             node = node.setdefault(name, {})
@@ -154,14 +158,14 @@ def _check_against(found: Mapping, expected: Mapping, prefix: str, source: str) 
     missing = sorted(prefix + _torch_key(k) for k in expected_flat.keys() - found_flat.keys())
     unexpected = sorted(prefix + _torch_key(k) for k in found_flat.keys() - expected_flat.keys())
     if missing or unexpected:
-        raise KeyError(
+        raise DataError(
             f"{source} does not fit the configured ResNet: missing {missing[:6]}{' ...' if len(missing) > 6 else ''}"
             f"; unexpected {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}"
             " (check config.model.arch and config.model.width)"
         )
     for path, value in expected_flat.items():
         if tuple(np.shape(value)) != found_flat[path].shape:
-            raise ValueError(
+            raise DataError(
                 f"{source}: {prefix + _torch_key(path)} has shape {found_flat[path].shape} in Flax layout, the "
                 f"configured model needs {tuple(np.shape(value))} (check config.model.arch and config.model.width)"
             )
@@ -187,18 +191,18 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """A flat state dict from ``.safetensors`` or ``.npz`` (PyTorch pickles need torch: convert them first)."""
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {str(path)!r} not found")
+        raise DataError(f"weights file {str(path)!r} not found")
     if path.suffix == ".safetensors":
         from safetensors.numpy import load_file
 
         try:
             return dict(load_file(str(path)))
         except Exception as error:  # safetensors raises its own error types for corrupt headers
-            raise ValueError(f"{path}: not a readable safetensors file ({error})") from error
+            raise DataError(f"{path}: not a readable safetensors file ({error})") from error
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
-    raise ValueError(
+    raise DataError(
         f"{path}: weights must be .safetensors or .npz; convert a PyTorch .pth/.pt with "
         "`safetensors.torch.save_file(torch.load(f, map_location='cpu'), 'weights.safetensors')`"
     )
@@ -217,6 +221,6 @@ def save_state_dict_file(path: str | os.PathLike, state_dict: Mapping[str, np.nd
         with open(tmp, "wb") as f:
             np.savez(f, **state_dict)
     else:
-        raise ValueError(f"{path}: choose a .safetensors or .npz file name")
+        raise DataError(f"{path}: choose a .safetensors or .npz file name")
     tmp.replace(path)
     return path

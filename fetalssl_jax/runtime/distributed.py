@@ -11,6 +11,8 @@ import os
 
 import jax
 
+from fetalssl_jax.errors import UserError
+
 log = logging.getLogger("fetalssl_jax")
 
 MODES = ("auto", "on", "off")
@@ -20,6 +22,10 @@ MODES = ("auto", "on", "off")
 _PROCESS_COUNT_VARIABLES = ("SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE")
 
 
+class LaunchError(UserError, ValueError):
+    """A multi-process launch whose flags or environment contradict each other or are incomplete."""
+
+
 def _env_int(name: str) -> int | None:
     value = os.environ.get(name, "")
     if not value:
@@ -27,7 +33,7 @@ def _env_int(name: str) -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"${name}={value!r} is not an integer") from None
+        raise LaunchError(f"${name}={value!r} is not an integer") from None
 
 
 def initialize(
@@ -47,7 +53,7 @@ def initialize(
     On CPUs the processes exchange data over gloo (JAX's default CPU collectives).
     """
     if mode not in MODES:
-        raise ValueError(f"--distributed={mode!r}; choose one of {MODES}")
+        raise LaunchError(f"--distributed={mode!r}; choose one of {MODES}")
     coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
     num_processes = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
     process_id = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
@@ -55,12 +61,12 @@ def initialize(
     launched = any((_env_int(name) or 1) > 1 for name in _PROCESS_COUNT_VARIABLES)
     if mode == "off" or (mode == "auto" and not (explicit or launched)):
         if mode == "off" and explicit:
-            raise ValueError("--distributed=off contradicts --coordinator_address / --num_processes / --process_id")
+            raise LaunchError("--distributed=off contradicts --coordinator_address / --num_processes / --process_id")
         return False
     try:
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
     except (ValueError, TypeError) as error:  # JAX names what is missing; say where it can come from
-        raise ValueError(
+        raise LaunchError(
             f"could not start JAX on several processes: {error}. Give --coordinator_address=HOST:PORT, "
             "--num_processes and --process_id (or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID), "
             "or launch under SLURM (srun), on a Cloud TPU pod or in a Kubernetes job, which JAX detects."

@@ -152,6 +152,6 @@ def load_backbone(directory: str | pathlib.Path) -> tuple[dict[str, Any], dict[s
     directory = pathlib.Path(directory).absolute()
     description_file = directory / "backbone.json"
     if not description_file.exists():
-        raise FileNotFoundError(f"{description_file} not found: {directory} is not an exported backbone")
+        raise UserError(f"{description_file} not found: {directory} is not an exported backbone")
     variables = ocp.StandardCheckpointer().restore(directory / "variables")
     return variables, json.loads(description_file.read_text())

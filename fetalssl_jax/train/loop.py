@@ -21,26 +21,30 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from jax.experimental import multihost_utils
 
-from fetalssl_jax import config_lib
-from fetalssl_jax.data import sources
+from fetalssl_jax.data import augment, sources
 from fetalssl_jax.data.pipeline import BatchSampler, device_batches
 from fetalssl_jax.data.tfds_source import RecordDataset, RecordSampler
+from fetalssl_jax.eval import evaluator as evaluator_lib
+from fetalssl_jax.eval.evaluator import Evaluator
 from fetalssl_jax.eval.few_label import shot_name
-from fetalssl_jax.eval.frozen import FrozenEval, evaluate_inits, format_table
-from fetalssl_jax.methods import get_method
+from fetalssl_jax.eval.frozen import FrozenEval, format_table
+from fetalssl_jax.methods import get_method, registered_methods
 from fetalssl_jax.methods.base import Method
-from fetalssl_jax.models.resnet import random_backbone_variables
+from fetalssl_jax.models import backbone as backbone_lib
 from fetalssl_jax.runtime.sharding import batch_sharding, enable_compilation_cache, make_mesh, replicated
+from fetalssl_jax.runtime.workdir import make_workdir
+from fetalssl_jax.train import optim
 from fetalssl_jax.train.checkpoint import Checkpointer, export_backbone
+from fetalssl_jax.train.durations import Durations, durations
 from fetalssl_jax.train.fingerprint import WorkdirMismatchError, config_json, fingerprint
 from fetalssl_jax.train.health import MIN_RELATIVE_CHANGE, check_finite, relative_weight_change
 from fetalssl_jax.train.monitor import Monitor
 from fetalssl_jax.train.optim import make_optimizer
 from fetalssl_jax.train.state import TrainState
 from fetalssl_jax.train.step import init_state, make_train_step
+from fetalssl_jax.validation import Checks, is_int, raise_if
 
 log = logging.getLogger("fetalssl_jax")
 
@@ -51,6 +55,38 @@ COSMETIC_KEYS = (
     "progress_bar", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "compilation_cache_dir",
     "data.prefetch", "eval", "allow_extend",
 )  # fmt: skip
+
+
+def problems(config: ml_collections.ConfigDict, prefix: str = "config") -> list[str]:
+    """Every problem of a pretraining config: the loop's own keys, and those of the method, the backbone, the data,
+    the views, the optimiser and the evaluation, each checked by the code that reads it."""
+    c = Checks(config, prefix)
+    c.one_of("method", registered_methods())
+    c.integer("seed", 0)
+    c.integer("batch_size")
+    batch, devices = c.get("batch_size"), jax.device_count()
+    if is_int(batch) and batch > 0 and batch % devices:
+        c.fail("batch_size", batch, f"must be divisible by the {devices} devices (it is the global batch)")
+    c.steps_and_epochs(integer_epochs=False)
+    for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        c.integer(key)
+    for key in ("allow_extend", "progress_bar"):
+        c.boolean(key)
+    backbone_lib.check_config(c)
+    sources.check_config(c)
+    for view in ("augment.view1", "augment.view2"):
+        augment.check_view(c, view)
+    optim.check_config(c)
+    evaluator_lib.check_config(c)
+    if config.get("method") in registered_methods():
+        get_method(config.method).check_config(c)
+    return c.problems
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError listing every value of a pretraining config that no run can use, before any data is made
+    or anything compiled."""
+    raise_if(problems(config))
 
 
 @dataclasses.dataclass
@@ -98,64 +134,9 @@ def make_sampler(
     if isinstance(dataset, RecordDataset):
         return RecordSampler(dataset, config.batch_size, config.seed, process_index, process_count)
     return BatchSampler(
-        dataset, config.batch_size, config.seed, method.example_mode, data.max_gap, data.clip_length,
-        data.clip_stride, process_index, process_count,
+        dataset, config.batch_size, config.seed, method.example_mode(config), data.max_gap,
+        data.get("clip_length", 1), data.get("clip_stride", 1), process_index, process_count,
     )  # fmt: skip
-
-
-def total_steps_of(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-    """`num_steps` if set, else `num_epochs` epochs."""
-    return int(config.num_steps) if config.num_steps > 0 else int(config.num_epochs * steps_per_epoch)
-
-
-RANDOM_INIT = "random init (torchvision)"
-SSL_START = "untrained SSL start"
-
-
-class Evaluator:
-    """kNN and few-label probes on the labelled splits, beside both baselines: torchvision's default random init
-    and the method's own untrained start (zero-initialised residual BN), so an effect of the initialisation is
-    never mistaken for learning. Baseline features are extracted once per run."""
-
-    def __init__(self, config: ml_collections.ConfigDict, method: Method, start_variables: dict[str, Any]):
-        self.config = config
-        self.backbone = method.build_backbone()
-        self.start_variables = start_variables
-        self._splits = None
-        self._baseline_features: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-    @property
-    def splits(self):
-        if self._splits is None:
-            self._splits = sources.labelled_splits(self.config)
-        return self._splits
-
-    @functools.cached_property
-    def baselines(self) -> dict[str, dict[str, Any]]:
-        """The baselines' variables (none without `eval.compare_random_init`), made once per run."""
-        if not self.config.eval.compare_random_init:
-            return {}
-        model = self.config.model
-        # torchvision's default random init: with the zero-initialised last BN of every block (the SSL start), a
-        # ResNet only passes its input through the strided 1x1 shortcuts and sees a sparse grid of pixels.
-        return {
-            RANDOM_INIT: random_backbone_variables(model.arch, int(model.width), self.config.seed),
-            SSL_START: self.start_variables,
-        }
-
-    def __call__(self, state: TrainState, name: str, shots: tuple[int, ...] | None = None) -> FrozenEval:
-        e = self.config.eval
-        # on the host: every process evaluates the same replicated variables by itself, no collectives
-        inits = {f"{name} (step {int(state.step)})": jax.device_get(backbone_variables(state)), **self.baselines}
-        result = evaluate_inits(
-            self.backbone, inits, self.splits, self.config.data.image_size, len(sources.class_names(self.config)),
-            baselines=tuple(n for n in (RANDOM_INIT, SSL_START) if n in inits), knn_k=e.knn_k,
-            batch_size=e.batch_size, shots=tuple(shots or e.shots), draws=e.draws, seed=self.config.seed,
-            probe_max_iter=e.probe_max_iter, features=self._baseline_features,
-        )  # fmt: skip
-        if not self._baseline_features and len(inits) > 1:
-            self._baseline_features = {n: f for n, f in result.features.items() if n in (RANDOM_INIT, SSL_START)}
-        return result
 
 
 @dataclasses.dataclass
@@ -167,7 +148,7 @@ class _Run:
     method: Method
     dataset: Any
     sampler: BatchSampler | RecordSampler
-    total_steps: int
+    durations: Durations
     optimizer: Any
     checkpointer: Checkpointer
     mesh: jax.sharding.Mesh
@@ -176,21 +157,25 @@ class _Run:
     def is_main(self) -> bool:
         return jax.process_index() == 0
 
+    @property
+    def total_steps(self) -> int:
+        return self.durations.total
+
 
 def _open_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> _Run:
     """Validates the config and checks the workdir's checkpoint before the data is made (a refused resume costs
     nothing), then makes the data, the method at the run's length and its optimiser."""
-    config_lib.validate_pretraining(config)
-    workdir.mkdir(parents=True, exist_ok=True)
+    validate(config)
+    make_workdir(workdir)
     method_cls = get_method(config.method)
-    probe = method_cls(config)  # what does not depend on the run's length (the identity, the kind of example)
     checkpointer = Checkpointer(workdir, fingerprint(config, COSMETIC_KEYS), keep=config.keep_checkpoints,
                                 allow_extend=bool(config.allow_extend))  # fmt: skip
     checkpointer.check_resumable()
     enable_compilation_cache(config.compilation_cache_dir)
-    dataset = sources.pretraining_frames(config, probe.example_mode)
-    sampler = make_sampler(config, probe, dataset, jax.process_index(), jax.process_count())
-    total_steps = total_steps_of(config, sampler.steps_per_epoch)
+    dataset = sources.pretraining_frames(config, method_cls.example_mode(config))
+    sampler = make_sampler(config, method_cls, dataset, jax.process_index(), jax.process_count())
+    steps = durations(config, sampler.steps_per_epoch)
+    total_steps = steps.total
     latest = checkpointer.latest_step()
     if latest is not None and latest > total_steps:  # only with allow_extend: steps past the new end cannot be undone
         raise WorkdirMismatchError(
@@ -199,8 +184,8 @@ def _open_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> _Run:
         )
     method = method_cls(config, total_steps)
     optimizer = make_optimizer(config.optim, config.batch_size, sampler.steps_per_epoch, total_steps)
-    # config_lib.validate_pretraining checked that the batch divides over the mesh's devices
-    return _Run(config, workdir, method, dataset, sampler, total_steps, optimizer, checkpointer, make_mesh())
+    # `validate` checked that the batch divides over the mesh's devices
+    return _Run(config, workdir, method, dataset, sampler, steps, optimizer, checkpointer, make_mesh())
 
 
 def _start_state(run: _Run) -> tuple[TrainState, dict[str, Any]]:
@@ -257,7 +242,7 @@ def _evaluate(
     run: _Run, evaluator: Evaluator, monitor: Monitor, state: TrainState, shots: tuple[int, ...] | None = None
 ) -> FrozenEval:
     """The frozen-backbone evaluation of `state`, logged (process 0) as a record of kind 'eval'."""
-    result = evaluator(state, run.method.name, shots)
+    result = evaluator(jax.device_get(backbone_variables(state)), f"{run.method.name} (step {int(state.step)})", shots)
     if run.is_main:
         row = next(iter(result.knn))
         values = {"eval/knn_macro_f1": result.knn[row].mean, "eval/effective_rank": result.effective_rank[row]}
@@ -275,7 +260,7 @@ def _train_steps(
     `checkpoint_every_steps`, before a periodic evaluation and at the end. A step's metrics are fetched while the
     next one runs; a checkpoint is written only after those of its step were checked. The weight change is measured
     from `start_params`, the untrained backbone's."""
-    config, total_steps = run.config, run.total_steps
+    config, total_steps, every = run.config, run.total_steps, run.durations
     train_step = make_train_step(run.method, run.optimizer, run.mesh)
     initial_params = jax.device_put(start_params, replicated(run.mesh))
     weight_change = jax.jit(relative_weight_change)
@@ -285,7 +270,7 @@ def _train_steps(
             pending = None
             for step in range(int(state.step), total_steps):
                 state, metrics = train_step(state, next(batches))
-                if step % config.log_every_steps == 0 or step + 1 == record.health_check_step:
+                if step % every.log == 0 or step + 1 == record.health_check_step:
                     change = weight_change(state.params["backbone"], initial_params)
                     metrics = {**metrics, **{f"weight_change/{k}": v for k, v in change.items()}}
                 if pending is not None:
@@ -293,8 +278,8 @@ def _train_steps(
                 pending = (step, metrics)
                 done = step + 1
                 stop = preempted(done) or done == stop_at_step
-                periodic_eval = config.eval.every_steps > 0 and done % config.eval.every_steps == 0
-                if stop or done == total_steps or done % config.checkpoint_every_steps == 0 or periodic_eval:
+                periodic_eval = every.eval > 0 and done % every.eval == 0
+                if stop or done == total_steps or done % every.checkpoint == 0 or periodic_eval:
                     record(*pending)
                     pending = None
                     record.last_checkpoint = run.checkpointer.save(state)
@@ -322,9 +307,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_a
     """
     run = _open_run(config, pathlib.Path(workdir))
     state, start_variables = _start_state(run)
-    monitor = Monitor(run.workdir, int(state.step), run.total_steps, config.batch_size, config.log_every_steps,
+    monitor = Monitor(run.workdir, int(state.step), run.total_steps, config.batch_size, run.durations.log,
                       run.is_main, config.progress_bar)  # fmt: skip
-    evaluator = Evaluator(config, run.method, start_variables)
+    evaluator = Evaluator(config, run.method.build_backbone(), start_variables)
     evaluate = functools.partial(_evaluate, run, evaluator, monitor)
     try:
         state, status = _train_steps(run, state, start_variables["params"], _Recorder(run, monitor), evaluate,
@@ -345,3 +330,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_a
         (run.workdir / "eval.json").write_text(json.dumps(result.to_dict(), indent=2))
         (run.workdir / "eval.md").write_text(table + "\n")
     return RunResult(status, step, run.workdir, result)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> str:
+    """The `pretrain` task of the command line: `train`, and the line to print."""
+    result = train(config, workdir)
+    return f"{result.status} at step {result.step}; workdir: {pathlib.Path(workdir).absolute()}"

@@ -23,12 +23,22 @@ def make_progress_bar(total: int, initial: int, enabled: bool, unit: str = "step
     return tqdm.tqdm(total=total, initial=initial, disable=not enabled, unit=unit, dynamic_ncols=True)
 
 
+def _before(record: Mapping, start_step: int) -> bool:
+    """Whether a record was written before a run resumed at `start_step` (steps done): a step record names the
+    0-based step, an evaluation record the number of steps done."""
+    return record["step"] < start_step or record.get("kind") == "eval" and record["step"] == start_step
+
+
+def _is_eval(record: Mapping, step: int) -> bool:
+    return record.get("kind") == "eval" and record["step"] == step
+
+
 def truncate_metrics(metrics_file: pathlib.Path, start_step: int) -> None:
-    """Drops the records of steps >= `start_step` from a metrics.jsonl (written after the checkpoint a run resumes
-    from, so a resumed run's file reads as an uninterrupted one's); atomic. No file: nothing to do."""
+    """Drops the records written after the checkpoint a run resumes from (`start_step`) from a metrics.jsonl, so
+    that a resumed run's file reads as an uninterrupted one's; atomic. No file: nothing to do."""
     if not metrics_file.exists():
         return
-    kept = [line for line in metrics_file.read_text().splitlines() if line and json.loads(line)["step"] < start_step]
+    kept = [line for line in metrics_file.read_text().splitlines() if line and _before(json.loads(line), start_step)]
     tmp = metrics_file.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     tmp.replace(metrics_file)
@@ -75,9 +85,17 @@ class Monitor:
                 tf.summary.scalar(name, value)
 
     def evaluation(self, step: int, values: Mapping[str, float]) -> None:
-        """A periodic evaluation at `step`: a metrics.jsonl line of kind 'eval' and TensorBoard scalars."""
+        """An evaluation after `step` steps: a metrics.jsonl line of kind 'eval' (replacing one of the same step, as
+        a rerun of a finished run evaluates again) and TensorBoard scalars."""
         if not self.enabled:
             return
+        if self.metrics_file.exists():
+            lines = self.metrics_file.read_text().splitlines()
+            kept = [line for line in lines if line and not _is_eval(json.loads(line), step)]
+            if len(kept) < len(lines):
+                tmp = self.metrics_file.with_suffix(".tmp")
+                tmp.write_text("".join(line + "\n" for line in kept))
+                tmp.replace(self.metrics_file)
         append_metrics(self.metrics_file, {"step": step, "kind": "eval", **{k: float(v) for k, v in values.items()}})
         self.scalars(step, values)
 
@@ -88,6 +106,9 @@ class Monitor:
             rate = self.batch_size / max(now - self._last_time, 1e-9)
             self._images_per_s = rate if self._images_per_s == 0 else 0.9 * self._images_per_s + 0.1 * rate
         self._last_time = now
+        self._record(step, metrics)
+
+    def _record(self, step: int, metrics: Mapping[str, float]) -> None:
         if not self.enabled:
             return
         record = {"step": step, **{k: float(v) for k, v in metrics.items()}, "images_per_s": self._images_per_s}
@@ -103,6 +124,13 @@ class Monitor:
                 step,
                 {f"train/{k}": v for k, v in record.items() if k != "step"},
             )
+
+    def steps(self, start: int, records: list[Mapping[str, float]], seconds: float) -> None:
+        """Records the metrics of steps `start`, `start` + 1, ... fetched together, trained in `seconds`."""
+        self._images_per_s = self.batch_size * len(records) / max(seconds, 1e-9)
+        self._last_time = None
+        for offset, metrics in enumerate(records):
+            self._record(start + offset, metrics)
 
     def close(self) -> None:
         self.bar.close()

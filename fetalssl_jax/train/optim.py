@@ -14,7 +14,28 @@ import jax
 import ml_collections
 import optax
 
+from fetalssl_jax.validation import Checks
+
 Schedule = Callable[[jax.Array], jax.Array]
+OPTIMIZERS = ("lars", "sgd", "adamw")
+SCHEDULES = ("warmup_cosine", "step")
+
+
+def check_config(c: Checks) -> None:
+    """Adds the problems of `optim.*` to `c`: names, learning rates, decay, momentum and schedule."""
+    c.one_of("optim.name", OPTIMIZERS)
+    c.one_of("optim.schedule", SCHEDULES)
+    c.positive_number("optim.lr_weights")
+    c.non_negative_number("optim.lr_biases")
+    c.non_negative_number("optim.weight_decay")
+    c.below_one("optim.momentum")
+    c.positive_number("optim.trust_coefficient")
+    c.non_negative_number("optim.warmup_epochs")
+    c.probability("optim.end_lr_factor")
+    c.boolean("optim.lr_batch_scaling")
+    if c.get("optim.schedule") == "step":
+        c.positive_number("optim.step_decay_epochs")
+        c.positive_number("optim.step_decay_factor")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +77,7 @@ def make_schedule(optim: ml_collections.ConfigDict, peak: float, steps_per_epoch
         return warmup_cosine(peak, total_steps, warmup, optim.end_lr_factor)
     if optim.schedule == "step":
         return step_decay(peak, steps_per_epoch, optim.step_decay_epochs, optim.step_decay_factor)
-    raise ValueError(f"unknown schedule {optim.schedule!r} (config.optim.schedule); choose 'warmup_cosine' or 'step'")
+    raise ValueError(f"unknown schedule {optim.schedule!r}; choose one of {SCHEDULES}")
 
 
 def lars_group(schedule: Schedule, weight_decay: float, momentum: float, trust_coefficient: float, adapt: bool):
@@ -99,5 +120,5 @@ def make_optimizer(
     elif optim.name == "adamw":
         tx = optax.adamw(schedule, weight_decay=optim.weight_decay)
     else:
-        raise ValueError(f"unknown optimiser {optim.name!r} (config.optim.name); choose 'lars', 'sgd' or 'adamw'")
+        raise ValueError(f"unknown optimiser {optim.name!r}; choose one of {OPTIMIZERS}")
     return Optimizer(tx, {"lr": schedule})

@@ -126,13 +126,13 @@ def test_a_budget_larger_than_the_frames_is_an_error(scans, tmp_path):
     config = _select_config(backbone=backbone, input=str(root / "P0000"), budget=7, frame_skip=2, min_gap=10)
     with pytest.raises(ValueError, match=r"budget 7 is more than the 2 frames that can be chosen .*min_gap=10"):
         run_select(config, tmp_path)  # one frame per video: all others are within 10 frame numbers of it
-    with pytest.raises(ValueError, match=r"budget = 0: must be a positive integer"):
+    with pytest.raises(ValueError, match=r"budget must be at least 1 frame, got 0"):
         select(np.zeros((3, 2)), 0)
 
 
 def test_the_strategy_is_chosen_by_name_and_checked_with_the_other_keys(scans, tmp_path):
     from fetalssl_jax.apply.selection import k_center_greedy
-    from fetalssl_jax.config_lib import ConfigError
+    from fetalssl_jax.validation import ConfigError
 
     root, _, backbone = scans
     config = _select_config(backbone=backbone, input=str(root), budget=5, frame_skip=2, strategy="k-center")

@@ -55,7 +55,7 @@ def test_wrong_forms_are_errors_that_name_the_path_and_what_is_allowed(tmp_path,
         load_backbone(weights)
     with pytest.raises(ValueError, match=r"holds a resnet10 of width 8; asked for resnet18 of width 8"):
         load_backbone(weights, arch="resnet18", image_size=32)
-    with pytest.raises(FileNotFoundError, match=r"'.*nowhere': no such file or directory; use a pretraining workdir"):
+    with pytest.raises(ValueError, match=r"'.*nowhere': no such file or directory; use a pretraining workdir"):
         load_backbone(tmp_path / "nowhere")
     unfinished = tmp_path / "unfinished"
     (unfinished / "checkpoints").mkdir(parents=True)

@@ -200,12 +200,6 @@ def test_bad_inputs_name_the_file(tmp_path):
         readers.list_videos(tmp_path / "void")
 
 
-def test_the_configs_know_the_readers_fits():
-    from fetalssl_jax import config_lib
-
-    assert config_lib.FITS == readers.FITS  # config_lib may not import build-time code: a copy, kept equal here
-
-
 @pytest.mark.parametrize(
     ("encoding", "delimiter", "header"),
     [("utf-8-sig", ",", ["Image_Name", "Class", "Patient_ID"]),  # Excel's "CSV UTF-8": a byte-order mark

@@ -17,8 +17,15 @@ from fetalssl_jax.downstream.classification import load_classifier, run_classifi
 from fetalssl_jax.downstream.labels import class_weights, label_subset
 from fetalssl_jax.models.classifier import Classifier, weighted_cross_entropy
 from fetalssl_jax.models.resnet import create_resnet
+from fetalssl_jax.train.monitor import read_metrics
 
 CLASSES = ("a", "b", "c", "d", "e")
+
+
+def records(workdir):
+    """metrics.jsonl without the wall-clock speed: what two runs of one config must write alike."""
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"} for line in lines]
 
 
 def classify_config(repo, arg=""):
@@ -47,8 +54,6 @@ def test_label_subset_refuses_to_drop_a_class():
         label_subset(labels, 0.05, seed=0, class_names=CLASSES)  # 8 x 5% = 0.4 images of class e
     with pytest.raises(ValueError, match=r"no sample of class\(es\) \['e'\]"):
         label_subset(labels[labels < 4], 0.5, seed=0, class_names=CLASSES)
-    with pytest.raises(ValueError, match="in \\(0, 1\\]"):
-        label_subset(labels, 0.0, seed=0, class_names=CLASSES)
 
 
 def test_class_weights_and_weighted_cross_entropy_match_hand_computation():
@@ -92,7 +97,7 @@ def test_run_outputs_agree_with_each_other(finetune_run):
     matrix = np.array(json.loads((workdir / "confusion_matrix.json").read_text())["matrix"])
     assert matrix.sum() == len(rows) and np.trace(matrix) == np.sum(true == pred)
     assert (workdir / "confusion_matrix.png").stat().st_size > 1000
-    epochs = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    epochs = read_metrics(workdir, kind="eval")
     assert len(epochs) == 3
     valid = [e["valid_balanced_accuracy"] for e in epochs]
     assert results["best_epoch"] == int(np.argmax(valid)) + 1  # first epoch with the best validation score
@@ -110,7 +115,7 @@ def test_finished_run_is_not_repeated(repo, finetune_run):
 def test_same_seed_same_losses(repo, finetune_run, tmp_path):
     workdir, _ = finetune_run
     run_classification(classify_config(repo, "num_epochs=3"), tmp_path)
-    assert (tmp_path / "metrics.jsonl").read_text() == (workdir / "metrics.jsonl").read_text()
+    assert records(tmp_path) == records(workdir)
 
 
 def _flat(tree):
@@ -183,7 +188,7 @@ def test_tsne_keeps_separated_clusters_apart(tmp_path):
 
 def test_tsne_task_writes_the_points_of_the_split(repo, tmp_path):
     from fetalssl_jax.data import sources
-    from fetalssl_jax.downstream.embedding import run_tsne
+    from fetalssl_jax.downstream.embedding import run as run_tsne
 
     config = load_config(f"{repo / 'configs' / 'tsne.py'}:tiny,split=valid")
     assert run_tsne(config, tmp_path) == f"wrote {tmp_path / 'tsne_valid.png'}"
@@ -218,19 +223,19 @@ def test_cli_names_a_missing_backbone_and_an_impossible_fraction(python, repo, t
     base = [python, "-m", "fetalssl_jax.main", "--config", f"{repo / 'configs' / 'classify.py'}:tiny"]
     proc = subprocess.run([*base, f"--config.init={tmp_path / 'nowhere'}", "--workdir", str(tmp_path / "a")],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert proc.returncode == 1 and "nowhere" in proc.stderr and "no such file" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "nowhere" in proc.stderr and "no such file" in proc.stderr, proc.stderr
     proc = subprocess.run([*base, "--config.label_fraction=0.01", "--workdir", str(tmp_path / "b")],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert proc.returncode == 1 and "fewer than the 5 classes" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "fewer than the 5 classes" in proc.stderr, proc.stderr
 
 
 def test_interrupted_run_resumes_with_the_same_losses(repo, finetune_run, tmp_path):
     workdir, results = finetune_run
     config = classify_config(repo, "num_epochs=3,checkpoint_every_epochs=1")
     assert run_classification(config, tmp_path, stop_after_epochs=2) == {}
-    assert not (tmp_path / "results.json").exists() and len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    assert not (tmp_path / "results.json").exists() and len(read_metrics(tmp_path, kind="eval")) == 2
     resumed = run_classification(config, tmp_path)
-    assert (tmp_path / "metrics.jsonl").read_text() == (workdir / "metrics.jsonl").read_text()
+    assert records(tmp_path) == records(workdir)
     assert resumed["test"] == results["test"]
     assert not (tmp_path / "checkpoints").exists()  # removed once results.json is written
     other = classify_config(repo, "num_epochs=3,checkpoint_every_epochs=1,seed=5")
@@ -252,7 +257,7 @@ def test_cosmetic_keys_never_block_reuse_or_resume_and_other_keys_are_named(repo
     # an interrupted run: resumed with the progress bar on, and the losses are those of the uninterrupted run
     run_classification(classify_config(repo, "num_epochs=3,checkpoint_every_epochs=1"), tmp_path, stop_after_epochs=1)
     resumed = run_classification(classify_config(repo, "num_epochs=3,progress_bar=True"), tmp_path)
-    assert (tmp_path / "metrics.jsonl").read_text() == (workdir / "metrics.jsonl").read_text()
+    assert records(tmp_path) == records(workdir)
     assert resumed["test"] == results["test"]
     other = tmp_path / "other"
     run_classification(

@@ -14,7 +14,8 @@ from fetalssl_jax.data.augment import IMAGENET_MEAN, IMAGENET_STD
 from fetalssl_jax.methods import get_method
 from fetalssl_jax.methods.reorder import permutation_set
 from fetalssl_jax.runtime.sharding import batch_sharding, enable_compilation_cache, make_mesh
-from fetalssl_jax.train.loop import make_sampler, total_steps_of, train
+from fetalssl_jax.train.durations import durations
+from fetalssl_jax.train.loop import make_sampler, train
 from fetalssl_jax.train.monitor import read_metrics
 from fetalssl_jax.train.optim import make_optimizer
 from fetalssl_jax.train.step import init_state, make_train_step
@@ -133,7 +134,7 @@ def test_one_train_step_gives_finite_loss_and_metrics():
     method = get_method(config.method)(config)
     sampler = make_sampler(config, method, sources.pretraining_frames(config))
     assert sampler.mode == "clips"
-    total_steps = total_steps_of(config, sampler.steps_per_epoch)
+    total_steps = durations(config, sampler.steps_per_epoch).total
     optimizer = make_optimizer(config.optim, config.batch_size, sampler.steps_per_epoch, total_steps)
     mesh = make_mesh()
     frames = jax.make_array_from_process_local_data(batch_sharding(mesh), sampler.batch(0)["frames"])

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fetalssl_jax.downstream.backbones import resolve_backbone
+from fetalssl_jax.errors import DataError
 from fetalssl_jax.models import torch_io
 from fetalssl_jax.models.resnet import random_backbone_variables
 
@@ -128,28 +129,28 @@ def test_resolve_backbone_from_weights_file_checks_the_architecture(tmp_path):
     assert init.kind == "weights_file"
     np.testing.assert_array_equal(init.variables["params"]["layer1_0"]["conv1"]["kernel"][1, 1, 2, 3],
                                   sd["layer1.0.conv1.weight"][3, 2, 1, 1])  # fmt: skip
-    with pytest.raises(ValueError, match=r"resnet10 of width 8.*asks for resnet10 of width 16"):
+    with pytest.raises(DataError, match=r"resnet10 of width 8.*asks for resnet10 of width 16"):
         resolve_backbone(str(path), "resnet10", 16)
-    with pytest.raises(ValueError, match="resnet18"):
+    with pytest.raises(DataError, match="resnet18"):
         resolve_backbone(str(path), "resnet18", 8)
 
 
 def test_bad_weights_are_named(tmp_path):
     sd = torchvision_state_dict((1, 1, 1, 1), 8, bottleneck=False)
     del sd["layer2.0.bn1.running_var"]
-    with pytest.raises(KeyError, match=r"missing \['layer2.0.bn1.running_var'\]"):
+    with pytest.raises(DataError, match=r"missing \['layer2.0.bn1.running_var'\]"):
         torch_io.from_torch_state_dict(sd, random_backbone_variables("resnet10", 8, 0), "w.npz")
     deep_stem = torchvision_state_dict((1, 1, 1, 1), 8, bottleneck=False)
     deep_stem["conv1.1.weight"] = np.zeros((8, 8, 3, 3), np.float32)
-    with pytest.raises(KeyError, match="conv1.1.weight"):
+    with pytest.raises(DataError, match="conv1.1.weight"):
         torch_io.from_torch_state_dict(deep_stem, None, "timm.safetensors")
-    with pytest.raises(KeyError, match="no ResNet stem"):
+    with pytest.raises(DataError, match="no ResNet stem"):
         torch_io.from_torch_state_dict({"fc.weight": np.zeros((2, 2))}, None, "head_only.npz")
     (tmp_path / "w.pth").write_bytes(b"not really")
-    with pytest.raises(ValueError, match=r"w.pth.*safetensors"):
+    with pytest.raises(DataError, match=r"w.pth.*safetensors"):
         torch_io.load_state_dict_file(tmp_path / "w.pth")
     (tmp_path / "broken.safetensors").write_bytes(b"\x00\x01garbage")
-    with pytest.raises(ValueError, match="broken.safetensors"):
+    with pytest.raises(DataError, match="broken.safetensors"):
         torch_io.load_state_dict_file(tmp_path / "broken.safetensors")
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(DataError, match="nowhere"):
         resolve_backbone(str(tmp_path / "nowhere"), "resnet10", 8)

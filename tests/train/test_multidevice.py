@@ -27,7 +27,7 @@ def results(repo, python):
     env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"),
                JAX_PLATFORMS="cpu")  # fmt: skip
     proc = subprocess.run(
-        [python, str(repo / "tests" / "multidevice_check.py"), *(f"{m}.py" for m in METHODS)], cwd=repo, env=env,
+        [python, str(repo / "tests" / "multidevice_check.py"), *METHODS], cwd=repo, env=env,
         capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from fetalssl_jax.errors import DataError
+
 VIDEO_CONTAINER_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -30,10 +32,6 @@ VIDEO_SUFFIXES = VIDEO_CONTAINER_SUFFIXES + DICOM_SUFFIXES + HDF5_SUFFIXES + (".
 
 # ITU-R BT.601 luma, what PIL's convert("L") and OpenCV use for RGB -> gray.
 _LUMA = np.array([0.299, 0.587, 0.114], np.float64)
-
-
-class DataError(ValueError):
-    """An input file that cannot become records; the message names the file."""
 
 
 @dataclasses.dataclass(frozen=True, order=True)

@@ -1,0 +1,73 @@
+"""The frozen-backbone evaluation of a pretraining run, always beside its two baselines.
+
+kNN and few-label probes on the labelled splits, beside torchvision's default random init and the method's own
+untrained start (zero-initialised residual BatchNorm), so that an effect of the initialisation is never mistaken for
+learning. The baselines' features are extracted once per run.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import ml_collections
+import numpy as np
+
+from fetalssl_jax.data import sources
+from fetalssl_jax.eval.frozen import FrozenEval, evaluate_inits
+from fetalssl_jax.models.resnet import random_backbone_variables
+from fetalssl_jax.validation import Checks
+
+RANDOM_INIT = "random init (torchvision)"
+SSL_START = "untrained SSL start"
+
+
+def check_config(c: Checks) -> None:
+    """Adds the problems of the evaluation keys (`eval.*`) to `c`."""
+    for key in ("eval.knn_k", "eval.draws", "eval.batch_size", "eval.probe_max_iter"):
+        c.integer(key)
+    c.integer("eval.every_steps", -1, "<= 0: only at the end")
+    c.integers("eval.shots", 0, why="0: all labels")
+    c.integers("eval.monitor_shots", 0, why="0: all labels")
+    c.boolean("eval.compare_random_init")
+
+
+class Evaluator:
+    """Evaluates backbone variables of `backbone` on `config`'s labelled splits (`config.eval`), beside the baselines
+    (without `eval.compare_random_init`: none). `start_variables` are the run's untrained start."""
+
+    def __init__(self, config: ml_collections.ConfigDict, backbone: nn.Module, start_variables: dict[str, Any]):
+        self.config = config
+        self.backbone = backbone
+        self.start_variables = start_variables
+        self._baseline_features: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    @functools.cached_property
+    def splits(self):
+        return sources.labelled_splits(self.config)
+
+    @functools.cached_property
+    def baselines(self) -> dict[str, dict[str, Any]]:
+        """The baselines' variables, made once per run."""
+        if not self.config.eval.compare_random_init:
+            return {}
+        model = self.config.model
+        return {
+            RANDOM_INIT: random_backbone_variables(model.arch, int(model.width), self.config.seed),
+            SSL_START: self.start_variables,
+        }
+
+    def __call__(self, variables: dict[str, Any], name: str, shots: tuple[int, ...] | None = None) -> FrozenEval:
+        """The evaluation of `variables` (host arrays), its row named `name`, and of the baselines."""
+        e = self.config.eval
+        inits = {name: variables, **self.baselines}
+        result = evaluate_inits(
+            self.backbone, inits, self.splits, self.config.data.image_size, len(sources.class_names(self.config)),
+            baselines=tuple(n for n in (RANDOM_INIT, SSL_START) if n in inits), knn_k=e.knn_k,
+            batch_size=e.batch_size, shots=tuple(shots or e.shots), draws=e.draws, seed=self.config.seed,
+            probe_max_iter=e.probe_max_iter, features=self._baseline_features,
+        )  # fmt: skip
+        if not self._baseline_features and len(inits) > 1:
+            self._baseline_features = {n: f for n, f in result.features.items() if n in (RANDOM_INIT, SSL_START)}
+        return result

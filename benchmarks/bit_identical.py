@@ -46,8 +46,10 @@ def pretraining_records(only: set[str]) -> dict[str, dict]:
 
     out = {}
     for path in sorted((REPO / "configs").glob("*.py")):
+        if load_config(str(path)).get("task", "pretrain") != "pretrain":
+            continue  # a tool, classifier or grid config (some tools have no tiny preset)
         config = load_config(f"{path}:tiny")
-        if config.get("task", "pretrain") != "pretrain" or (only and config.method not in only):
+        if only and config.method not in only:
             continue
         set_by_path(config, "num_steps", NUM_STEPS)
         set_by_path(config, "eval.compare_random_init", False)

@@ -10,9 +10,7 @@ A training example is a clip of K = `data.clip_length` frames `data.clip_stride`
 2. has its frames shuffled by a permutation drawn uniformly from a fixed set (`permutation_set`): input frame j
    is original frame `perms[order][j]`;
 3. gets one geometric transform, drawn uniformly, applied to the whole clip (`method_kwargs.transforms`):
-   "rotations" (np.rot90 by 0 / 90 / 180 / 270 degrees over (H, W), counter-clockwise), "flips" (identity,
-   h-flip, v-flip, both) or "rotations_flips" (the 8 dihedral transforms: index r + 4 f is rot90 by r, then an
-   h-flip if f).
+   "rotations" (np.rot90 by 0 / 90 / 180 / 270 degrees over (H, W), counter-clockwise) or "none" (order only).
 
 A shared ResNet encodes every frame (the clip is folded into the batch: [B*K, H, W, 3] -> [B, K*F], so BatchNorm
 statistics are over all frames of the global batch); the concatenated features feed two heads, Linear-BN-ReLU-
@@ -46,15 +44,10 @@ from fetalssl_jax.data.augment import augment_view
 from fetalssl_jax.methods.base import Method, apply_model, register
 from fetalssl_jax.models.heads import MLPHead
 
-# Every transform of the dihedral group of the square as (transpose H/W, then flip H, then flip W). The tables
-# below give, per transform set, the index -> transform mapping (see the module docstring; the tests check them
-# against np.rot90 / np.flip).
-_ROT = ((False, False, False), (True, True, False), (False, True, True), (True, False, True))  # rot90 by k
-_HFLIP_ROT = ((False, False, True), (True, True, True), (False, True, False), (True, False, False))  # hflip(rot90 k)
+# Per transform set, index -> transform as (transpose H/W, then flip H, then flip W); the tests check them against
+# np.rot90.
 TRANSFORM_SETS: dict[str, tuple[tuple[bool, bool, bool], ...]] = {
-    "rotations": _ROT,
-    "flips": ((False, False, False), (False, False, True), (False, True, False), (False, True, True)),
-    "rotations_flips": _ROT + _HFLIP_ROT,
+    "rotations": ((False, False, False), (True, True, False), (False, True, True), (True, False, True)),  # rot90 k
     "none": ((False, False, False),),  # order only: one class, the transform loss is 0
 }
 

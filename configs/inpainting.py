@@ -39,9 +39,6 @@ def get_config(arg: str | None = None):
     c = autoencoder.autoencoder_config("inpainting", 1, 1)
     c.method_kwargs.erase_scale = (0.02, 0.33)
     c.method_kwargs.erase_ratio = (0.3, 3.3)
-    # "rectangle" (the reference, the paper preset), "patches" (a masked-autoencoder grid) or "outside" (all but
-    # one box erased; the CPU presets)
-    c.method_kwargs.erase = "rectangle"
-    c.method_kwargs.mask_ratio = 0.6  # erase = "patches": fraction of the grid's squares erased
+    c.method_kwargs.erase = "rectangle"  # the reference (the paper preset), or "outside" (the CPU presets)
     c.method_kwargs.keep_scale = (0.25, 0.5)  # erase = "outside": the area of the one box left visible
     return config_lib.apply_preset(c, arg, PRESETS)

@@ -74,11 +74,7 @@ def classification_records(only: set[str]) -> dict[str, dict]:
     import orbax.checkpoint as ocp
 
     from fetalssl_jax.config_lib import load_config, set_by_path
-
-    try:
-        from fetalssl_jax.downstream.classification import run_classification
-    except ImportError:  # renamed by the restructuring
-        from fetalssl_jax.downstream.classification import run_classification
+    from fetalssl_jax.downstream.classification import run_classification
 
     out = {}
     for mode in [m for m in ("finetune", "linear") if not only or m in only]:

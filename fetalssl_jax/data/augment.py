@@ -342,10 +342,8 @@ def _color_jitter(u_factors: jax.Array, u_order: jax.Array, x: jax.Array, cfg: M
         return ops[0](x, factors[0])
     order = jnp.argsort(u_order[:n])  # uniformly random permutation of the n ops
 
-    # Per step, evaluate every op and pick the one at this position with a dynamic index. (Under vmap a
-    # lax.switch / select_n chain lets XLA:CPU re-fuse the hue op into every later step and is ~30x slower;
-    # stacking materialises each step once.)
-    # A fori_loop (not a Python loop) keeps the traced graph, and so compile time, 4x smaller.
+    # Per step, evaluate every op and pick the one at this position with a dynamic index; a fori_loop keeps the
+    # traced graph small (why not lax.switch: docs/design.md, "On-device augmentations are written for XLA:CPU").
     def step(pos, y):
         outs = jnp.stack([fn(y, f) for fn, f in zip(ops, factors, strict=True)])
         return outs[order[pos]]
@@ -357,8 +355,8 @@ def _gaussian_blur(x: jax.Array, sigma: jax.Array, kernel_size: int) -> jax.Arra
     """Separable Gaussian blur of float [H, W, C], reflect padding (like torchvision), static odd kernel.
 
     Same kernel as ``pix.gaussian_blur`` (``exp(-t^2 / 2 sigma^2)``, normalised), written as a sum of
-    shifted slices: with a per-sample (vmapped) sigma, dm-pix's depthwise conv becomes a grouped conv with
-    batched kernels, which is ~20x slower on CPU; the shifted sum fuses into one elementwise pass.
+    shifted slices, which fuse into one elementwise pass: with a per-sample (vmapped) sigma, dm-pix's depthwise
+    conv becomes a grouped conv with batched kernels, slow on CPU (docs/design.md).
     """
     r = kernel_size // 2
     height, width = x.shape[0], x.shape[1]

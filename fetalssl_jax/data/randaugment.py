@@ -196,7 +196,7 @@ def _autocontrast(x: jax.Array) -> jax.Array:
 
 def _equalize_lut(q: jax.Array) -> jax.Array:
     """PIL ``ImageOps.equalize`` LUT ``[256]`` for one channel of int levels ``q`` ``[N]``."""
-    hist = jnp.bincount(q, length=256)  # scatter-add; a one-hot histogram is ~50x slower on CPU
+    hist = jnp.bincount(q, length=256)  # scatter-add, not a one-hot histogram (docs/design.md)
     # step = (sum of the histogram - count of the highest occupied level) // 256.
     step = (q.shape[0] - hist[jnp.max(q)]) // 256
     cum_before = jnp.cumsum(hist) - hist  # pixels strictly below each level
@@ -210,7 +210,7 @@ def _equalize(x: jax.Array) -> jax.Array:
     q = _levels(x).reshape(height * width, c)
     lut = jax.vmap(_equalize_lut, in_axes=1)(q)  # [C, 256]
     # The barrier materialises the LUT and the levels: otherwise XLA:CPU fuses the cumsum and divisions
-    # into the per-pixel gather and recomputes them for every pixel (3-5x slower).
+    # into the per-pixel gather and recomputes them for every pixel.
     lut, q = jax.lax.optimization_barrier((lut, q))
     out = jax.vmap(lambda lc, qc: lc[qc], in_axes=(0, 1), out_axes=1)(lut, q)
     return out.reshape(height, width, c).astype(jnp.float32) / 255.0
@@ -235,12 +235,8 @@ def _candidates(x: jax.Array, op_index: jax.Array, v: jax.Array) -> list[jax.Arr
 
 
 def _select(candidates: list[jax.Array], op_index: jax.Array) -> jax.Array:
-    """Pick the candidate of ``op_index`` as a one-hot weighted sum (all candidates are finite, in [0, 1]).
-
-    Under vmap every candidate is computed anyway (vmap turns ``lax.switch`` into a select over all 14
-    branches, without the shared warp); of switch, ``select_n``, stack + dynamic index and this one-hot
-    sum, the sum was fastest on CPU (~2x faster than switch and stack + index for 64 x 64 px x 64).
-    """
+    """Pick the candidate of ``op_index`` as a one-hot weighted sum (all candidates are finite, in [0, 1]). Under
+    vmap every candidate is computed anyway; the sum is the fastest pick on CPU (docs/design.md)."""
     w = jax.nn.one_hot(jnp.asarray(_OP_TO_CANDIDATE, jnp.int32)[op_index], len(candidates), dtype=jnp.float32)
     return sum(w[k] * c for k, c in enumerate(candidates))
 

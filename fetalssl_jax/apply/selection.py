@@ -58,9 +58,15 @@ def _nearest(x: np.ndarray, sq_norms: np.ndarray, centres: np.ndarray) -> np.nda
     return out
 
 
-def _check_tolerance(group_tolerance: float) -> None:
+def _start(embeddings, budget, groups, positions, min_gap, group_tolerance, labelled, normalize):
+    """What k-center and typical frames start from: (points, eligibility rules with the labelled rows taken, those
+    rows, the validated budget)."""
+    x = _points(embeddings, normalize)
     if not 0 <= group_tolerance < 1:
         raise ValueError(f"group_tolerance must be in [0, 1), got {group_tolerance}")
+    rules = _Eligibility(len(x), groups, positions, min_gap)
+    start = rules.take_labelled(labelled)
+    return x, rules, start, rules.check_budget(budget, len(x), len(start))
 
 
 def patient_rows(
@@ -194,13 +200,10 @@ def k_center_greedy(
     Raises ValueError for a budget below 1 or above the number of rows that can be chosen (saying when min_gap is
     the reason), embeddings that are not 2-D or have NaN/inf rows, and groups/positions of another length.
     """
-    x = _points(embeddings, normalize)
+    x, rules, start, budget = _start(
+        embeddings, budget, groups, positions, min_gap, group_tolerance, labelled, normalize
+    )
     num = len(x)
-    _check_tolerance(group_tolerance)
-    rules = _Eligibility(num, groups, positions, min_gap)
-    start = rules.take_labelled(labelled)
-    budget = rules.check_budget(budget, num, len(start))
-
     sq_norms = np.einsum("ij,ij->i", x, x)
     nearest = _nearest(x, sq_norms, x[start]) if len(start) else np.full(num, np.inf, dtype=x.dtype)
     chosen: list[int] = []
@@ -306,15 +309,13 @@ def typical_clusters(
 
     Raises ValueError as `k_center_greedy` does, and for neighbours below 1.
     """
-    x = _points(embeddings, normalize)
-    num = len(x)
     neighbours = operator.index(neighbours)
     if neighbours < 1:
         raise ValueError(f"neighbours must be at least 1, got {neighbours}")
-    _check_tolerance(group_tolerance)
-    rules = _Eligibility(num, groups, positions, min_gap)
-    start = rules.take_labelled(labelled)
-    budget = rules.check_budget(budget, num, len(start))
+    x, rules, start, budget = _start(
+        embeddings, budget, groups, positions, min_gap, group_tolerance, labelled, normalize
+    )
+    num = len(x)
 
     count = min(len(start) + budget, num)
     cluster = _cluster_labels(x, count, seed)

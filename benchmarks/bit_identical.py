@@ -47,10 +47,11 @@ def pretraining_records(only: set[str]) -> dict[str, dict]:
 
     out = {}
     for path in sorted((REPO / "configs").glob("*.py")):
-        config = load_config(str(path))
-        if config.get("task", "pretrain") != "pretrain" or (only and config.method not in only):
-            continue
+        if load_config(str(path)).get("task", "pretrain") != "pretrain":
+            continue  # a tool, classifier or grid config (some tools have no tiny preset)
         config = load_config(f"{path}:tiny")
+        if only and config.method not in only:
+            continue
         set_by_path(config, "num_steps", NUM_STEPS)
         set_by_path(config, "eval.compare_random_init", False)
         set_by_path(config, "eval.every_steps", 0)
@@ -81,11 +82,7 @@ def classification_records(only: set[str]) -> dict[str, dict]:
     import orbax.checkpoint as ocp
 
     from fetalssl_jax.config_lib import load_config, set_by_path
-
-    try:
-        from fetalssl_jax.downstream.classification import run_classification
-    except ImportError:  # renamed by the restructuring
-        from fetalssl_jax.downstream.classification import run_classification
+    from fetalssl_jax.downstream.classification import run_classification
 
     out = {}
     for mode in [m for m in ("finetune", "linear") if not only or m in only]:

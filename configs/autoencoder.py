@@ -15,15 +15,11 @@ def autoencoder_config(method: str, randaugment_ops: int, randaugment_magnitude:
     """The settings the autoencoder and the inpainting autoencoder share."""
     c = presets.base_config()
     c.method = method
+    del c["augment"]  # the reference's RandAugment (`method_kwargs`) is the input transform; no SSL views
     c.method_kwargs = ConfigDict(
         dict(randaugment_ops=randaugment_ops, randaugment_magnitude=randaugment_magnitude, hflip_prob=0.5,
-             vflip_prob=0.5, bottleneck="map", inputs="randaugment", target="pixels")
+             vflip_prob=0.5)
     )  # fmt: skip
-    # target "patch_norm" (each square normalised, as masked autoencoders) and inpainting's erase "patches": the
-    # square's side over the image's (8 px at 64 px)
-    c.method_kwargs.patch_fraction = 0.125
-    # bottleneck "wta": the share of a batch each channel's winner may fire for (lifetime sparsity)
-    c.method_kwargs.lifetime_fraction = 0.2
     c.optim.name = "adamw"
     c.optim.lr_weights = 1e-3
     c.optim.lr_batch_scaling = False
@@ -58,7 +54,4 @@ PRESETS = {"default": default, "tiny": tiny, "paper": paper}
 def get_config(arg: str | None = None):
     """AutoEncoder config; `arg` names a preset (default, tiny, paper) optionally followed by ,key=value."""
     c = autoencoder_config("autoencoder", 3, 3)
-    # the view that inputs "denoise" and "view" corrupt with the scan's nuisances (crop, any rotation, gain / TGC /
-    # speckle); the reference's RandAugment input does not read it
-    presets.ultrasound_views(c)
     return config_lib.apply_preset(c, arg, PRESETS)

@@ -18,9 +18,8 @@ def default(c) -> None:
     presets.cpu_demo_preset(c)
     c.method_kwargs.projector = (512, 128)
     c.method_kwargs.predictor = (512, 128)
-    # The reference's lr 0.2 (solo-learn's CIFAR BYOL uses 1.0: measured here, it moved the convolutions 100 % in 80
-    # steps and the features collapsed to effective rank 5.5, probe +0.027), solo-learn's wd 1e-5; target momentum
-    # 0.99 -> 1 (an EMA horizon of ~100 steps; 0.996's 250 steps would be half the run)
+    # the reference's lr 0.2 (not solo-learn's 1.0), solo-learn's wd 1e-5, target momentum 0.99 -> 1: docs/design.md,
+    # "Recipes by budget"
     presets.short_run_lars(c, lr=0.2, weight_decay=1e-5)
     c.method_kwargs.momentum_base = 0.99
     presets.ultrasound_views(c)

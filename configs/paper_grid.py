@@ -41,8 +41,7 @@ def default(c) -> None:
     per class and all 3600 labelled training images of the evaluator's set (300 patients: 180 train, 60
     validation, 60 test), 5 seeds; 300 classifier steps of batch 32 per cell (or the subset, if smaller),
     validated every 100 steps."""
-    # 300 steps of batch 32: about 20 s per fine-tuned cell on 2 CPU cores (linear about 12 s); batch 64 doubles it,
-    # batch 16 leaves even random-init fine-tuning on all labels undertrained (macro-F1 0.25 vs 0.47 at 64).
+    # batch 32: docs/design.md, "Budgets per class and a fixed number of steps"
     c.classify = config_lib.load_config(
         f"{CONFIGS / 'classify.py'}:default,batch_size=32,num_steps=300,eval_every_steps=100"
     )

@@ -6,9 +6,9 @@
   tfds build data_builders/fetal_cardiac_planes --config csv --manual_dir runs/select/to_label
 
 The frames are embedded as configs/embed.py does, then chosen by `strategy` (`fetalssl_jax/apply/selection.py`):
-"typical" (the default: the most typical frame of each of `budget` k-means clusters of the embeddings; it beat
-random choice on raw sweeps with pretrained features, README "Choosing which frames to label"), "k-center" (each
-next frame the one farthest from all chosen so far) or "random"; picks spread over videos, and frames within
+"typical" (the default: the most typical frame of each of `budget` k-means clusters of the embeddings; why:
+docs/design.md, "Label-budget selection"), "k-center" (each next frame the one farthest from all chosen so far) or
+"random"; picks spread over videos, and frames within
 `min_gap` frame numbers of a chosen frame of the same video are skipped (near-duplicate neighbours).
 
 Writes to --workdir: to_label/ (the chosen frames as PNG at their recorded size; labels.csv with image_name, an

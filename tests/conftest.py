@@ -15,6 +15,7 @@ if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 
+@pytest.hookimpl(optionalhook=True)  # so that `-p no:xdist` runs the tests in one process
 def pytest_xdist_auto_num_workers(config) -> int:
     """`-n auto`: one worker per core, at most 4. Each worker holds its own JAX and TensorFlow runtime (about 1 GB),
     and XLA's CPU ops already use every core, so more workers add memory, not speed."""

@@ -1,50 +1,10 @@
 """Label-budget selection: which N frames of an unlabelled corpus to label.
 
-Two strategies and a baseline, by name in STRATEGIES (one signature: embeddings, budget, groups, positions, min_gap,
-seed; DEFAULT_STRATEGY is "typical"), all under the same eligibility rules (min_gap, spread over groups, labelled
-rows):
-
-- `typical_clusters` (TypiClust): the most typical frame of each of the largest k-means clusters not yet covered.
-- `k_center_greedy` (core set): each next frame the one farthest from all chosen so far.
-- `random_rows` / `random_selection`: uniform, the baseline.
-
-k-center greedy (Sener & Savarese 2018, the core-set approach): repeatedly take the frame farthest from every frame
-taken so far, so the chosen set covers the embeddings; its covering radius (the largest distance of any frame to its
-nearest chosen frame) is at most twice the smallest radius any N frames can reach.
-
-- **Distance**: L2 between L2-normalised features (a monotone function of the cosine). A frame's feature norm
-  tells the scan more than the plane (docs/design.md has the measurement), and SSL features are compared by
-  direction (kNN, contrastive losses); unnormalised, frames of extreme norm are the farthest points and k-center
-  would spend the budget on them. `normalize=False` keeps raw L2.
-- **First centre**: drawn uniformly from the eligible rows with `seed` (the paper's start without a labelled set);
-  the factor-2 bound holds for any first centre, and a seeded start makes the seed mean something, so repeated
-  selections measure the method's spread and not one lucky pick. Frames already labelled (`labelled`) are the
-  starting centres instead, as in the paper's active-learning rounds.
-- **Near-duplicate frames**: with `groups` (video or patient id per row) and `positions` (frame index), a row within
-  `min_gap` frames (|difference| <= min_gap) of a chosen frame of the same group is no longer eligible.
-- **Spread over groups**: at each step, the candidates at least (1 - `group_tolerance`) times as far as the
-  farthest one are "nearly as far"; among them the one whose group has the fewest picks wins (then the farthest,
-  then the lowest row). Every pick is then a (1 - tolerance)-approximate farthest point, so the radius stays within
-  2 / (1 - tolerance) of the optimum (2.22 at the default 0.1) when min_gap is 0, while ties and near-ties, which
-  are many in high dimensions, go to patients not yet labelled. A hard cap per group (ceil(N / groups)) was not
-  chosen: it has no such bound and, with fewer frames than patients, forbids a second frame of a patient however
-  different its planes are.
-
-Everything is deterministic for a seed (ties fall to the lowest row). Distances to one new centre are one
-matrix-vector product per step; the covering radius and the distances to labelled rows are computed in blocks of
-at most BLOCK distances, so 100k x 512 features need no N x N matrix. k-center is numpy: scikit-learn has no
-k-center/core-set selection.
-
-Typical frames (Hacohen, Dekel & Weinshall 2022, "Active learning on a budget", TypiClust): at budgets of a few
-frames per class, the farthest frames k-center takes are outliers, and the paper finds the opposite, choosing dense
-typical examples, better in this low-budget regime. k-means (scikit-learn, seeded, KMEANS_INITS starts,
-MiniBatchKMeans above KMEANS_ROWS rows) on the same normalised features splits the rows into labelled + budget
-clusters; the budget goes to the largest clusters without a labelled or chosen frame, one frame each, the cluster's
-most typical eligible frame (the inverse mean distance to its `neighbours` nearest rows of the cluster,
-scikit-learn's brute-force search, which works in chunks of rows). The near-duplicate and group-spread rules are
-k-center's, with "nearly as typical" for "nearly as far". In a video, a frame's nearest neighbours include its own
-neighbours in time, so typicality can favour slow stretches of a sweep; min_gap keeps the picks apart, not the
-density estimate.
+`STRATEGIES` maps a name to a strategy with one signature (embeddings, budget, *, groups, positions, min_gap, seed)
+that returns row indices in order of choice: "typical" (`typical_clusters`, TypiClust; `DEFAULT_STRATEGY`),
+"k-center" (`k_center_greedy`, the core set) and "random" (`random_rows`, the baseline). All share the eligibility
+rules: no frame within `min_gap` frames of a chosen frame of the same group, picks spread over groups, frames already
+`labelled` never returned. Deterministic for a seed. Why these choices: docs/design.md, "Label-budget selection".
 """
 
 from __future__ import annotations
@@ -56,9 +16,9 @@ import numpy as np
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.neighbors import NearestNeighbors
 
-BLOCK = 1 << 22  # floats per block of a rows x centres distance matrix (32 MB in float64)
+BLOCK = 1 << 22  # floats per block of a rows x centres distance matrix: no N x N matrix for any N
 CENTRES_PER_BLOCK = 4096
-KMEANS_ROWS = 20_000  # above this many rows MiniBatchKMeans (100k x 512, 60 clusters: 20 s instead of 80 s)
+KMEANS_ROWS = 20_000  # above this many rows MiniBatchKMeans (docs/design.md, "Label-budget selection")
 KMEANS_INITS = 3  # seeded k-means++ starts, the lowest inertia kept
 
 
@@ -98,9 +58,15 @@ def _nearest(x: np.ndarray, sq_norms: np.ndarray, centres: np.ndarray) -> np.nda
     return out
 
 
-def _check_tolerance(group_tolerance: float) -> None:
+def _start(embeddings, budget, groups, positions, min_gap, group_tolerance, labelled, normalize):
+    """What k-center and typical frames start from: (points, eligibility rules with the labelled rows taken, those
+    rows, the validated budget)."""
+    x = _points(embeddings, normalize)
     if not 0 <= group_tolerance < 1:
         raise ValueError(f"group_tolerance must be in [0, 1), got {group_tolerance}")
+    rules = _Eligibility(len(x), groups, positions, min_gap)
+    start = rules.take_labelled(labelled)
+    return x, rules, start, rules.check_budget(budget, len(x), len(start))
 
 
 def patient_rows(
@@ -229,18 +195,15 @@ def k_center_greedy(
         them the group with the fewest picks wins. 0: plain k-center greedy (groups only break exact ties).
       labelled: rows labelled already: they start as centres (their neighbours within min_gap are excluded, their
         groups counted) and are never returned.
-      normalize: L2-normalise the features first (the module docstring says why).
+      normalize: L2-normalise the features first (docs/design.md says why).
 
     Raises ValueError for a budget below 1 or above the number of rows that can be chosen (saying when min_gap is
     the reason), embeddings that are not 2-D or have NaN/inf rows, and groups/positions of another length.
     """
-    x = _points(embeddings, normalize)
+    x, rules, start, budget = _start(
+        embeddings, budget, groups, positions, min_gap, group_tolerance, labelled, normalize
+    )
     num = len(x)
-    _check_tolerance(group_tolerance)
-    rules = _Eligibility(num, groups, positions, min_gap)
-    start = rules.take_labelled(labelled)
-    budget = rules.check_budget(budget, num, len(start))
-
     sq_norms = np.einsum("ij,ij->i", x, x)
     nearest = _nearest(x, sq_norms, x[start]) if len(start) else np.full(num, np.inf, dtype=x.dtype)
     chosen: list[int] = []
@@ -307,7 +270,7 @@ def _cluster_labels(x: np.ndarray, clusters: int, seed: int) -> np.ndarray:
 def _mean_neighbour_distance(x: np.ndarray, neighbours: int) -> np.ndarray:
     """Per row, the mean L2 distance to its `neighbours` nearest other rows of `x` (all others if fewer; 0 for a
     single row). scikit-learn's brute-force search reduces the distances in chunks of rows, never a rows x rows
-    matrix (100k x 512 features in 10 clusters: 0.2 GB above the features)."""
+    matrix."""
     k = min(neighbours, len(x) - 1)
     if k == 0:
         return np.zeros(len(x), dtype=x.dtype)
@@ -346,15 +309,13 @@ def typical_clusters(
 
     Raises ValueError as `k_center_greedy` does, and for neighbours below 1.
     """
-    x = _points(embeddings, normalize)
-    num = len(x)
     neighbours = operator.index(neighbours)
     if neighbours < 1:
         raise ValueError(f"neighbours must be at least 1, got {neighbours}")
-    _check_tolerance(group_tolerance)
-    rules = _Eligibility(num, groups, positions, min_gap)
-    start = rules.take_labelled(labelled)
-    budget = rules.check_budget(budget, num, len(start))
+    x, rules, start, budget = _start(
+        embeddings, budget, groups, positions, min_gap, group_tolerance, labelled, normalize
+    )
+    num = len(x)
 
     count = min(len(start) + budget, num)
     cluster = _cluster_labels(x, count, seed)
@@ -398,9 +359,7 @@ def random_rows(
     return random_selection(len(_points(embeddings, False)), budget, seed, groups, positions, min_gap)
 
 
-# The measured winner at 10-50 frames on raw sweeps with a pretrained backbone, never worse than random choice
-# (README "Choosing which frames to label"; benchmarks/label_selection.py).
-DEFAULT_STRATEGY = "typical"
+DEFAULT_STRATEGY = "typical"  # measured: docs/design.md, "Label-budget selection"
 
 # name -> strategy; each takes (embeddings, budget, *, groups, positions, min_gap, seed) and returns row indices.
 STRATEGIES: dict[str, Callable[..., np.ndarray]] = {

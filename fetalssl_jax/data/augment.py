@@ -27,17 +27,20 @@ import jax.numpy as jnp
 from fetalssl_jax.validation import MISSING, Checks, is_number
 
 __all__ = [
+    "BOX_UNIFORMS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "adjust_brightness",
     "augment_batch",
     "augment_view",
     "blur_kernel_size",
     "check_channels",
+    "crop_box",
     "default_view_config",
-    "gray_identity_ops",
     "imagenet_normalise",
     "preprocess_eval",
-    "sample_crop_box",
+    "random_box",
+    "resize_to_rgb",
     "to_float",
     "to_rgb",
 ]
@@ -82,23 +85,21 @@ _PROB_KEYS = (
     "rotation_prob",
 )  # fmt: skip
 # Ops that are the identity on gray frames (replicated to 3 equal channels): skipped for 1-channel input.
-GRAY_IDENTITY_OPS = ("saturation", "hue", "grayscale_prob")
+_GRAY_IDENTITY_OPS = ("saturation", "hue", "grayscale_prob")
 
-# Number of candidate boxes drawn by the vectorised RandomResizedCrop (torchvision tries 10 times).
-_CROP_TRIES = 10
-_CROP_NUM_UNIFORMS = 2 * _CROP_TRIES + 2  # area, log-ratio per try; top, left
+# Candidate boxes of torchvision's RandomResizedCrop and RandomErasing (both try 10 times).
+_BOX_TRIES = 10
+BOX_UNIFORMS = 2 * _BOX_TRIES + 2  # area, log-ratio per try; top, left
 # All per-view randomness comes from ONE vector of U[0, 1) draws with a fixed layout (one threefry call
 # instead of ~20 keeps compile time down; the fixed layout means toggling one op in the config leaves
 # every other draw unchanged).
-_U_CROP = slice(0, _CROP_NUM_UNIFORMS)
-_U_FLIP, _U_VFLIP, _U_JITTER, _U_GRAY, _U_BLUR, _U_SIGMA, _U_SOLARIZE = range(
-    _CROP_NUM_UNIFORMS, _CROP_NUM_UNIFORMS + 7
-)
-_U_JITTER_FACTORS = slice(_CROP_NUM_UNIFORMS + 7, _CROP_NUM_UNIFORMS + 11)  # brightness, contrast, sat, hue
-_U_JITTER_ORDER = slice(_CROP_NUM_UNIFORMS + 11, _CROP_NUM_UNIFORMS + 15)  # argsort -> random permutation
-_U_US = slice(_CROP_NUM_UNIFORMS + 15, _CROP_NUM_UNIFORMS + 19)  # apply?, gain, TGC slope, speckle strength
-_U_ROTATE = slice(_CROP_NUM_UNIFORMS + 19, _CROP_NUM_UNIFORMS + 21)  # apply?, angle
-_NUM_UNIFORMS = _CROP_NUM_UNIFORMS + 21
+_U_CROP = slice(0, BOX_UNIFORMS)
+_U_FLIP, _U_VFLIP, _U_JITTER, _U_GRAY, _U_BLUR, _U_SIGMA, _U_SOLARIZE = range(BOX_UNIFORMS, BOX_UNIFORMS + 7)
+_U_JITTER_FACTORS = slice(BOX_UNIFORMS + 7, BOX_UNIFORMS + 11)  # brightness, contrast, sat, hue
+_U_JITTER_ORDER = slice(BOX_UNIFORMS + 11, BOX_UNIFORMS + 15)  # argsort -> random permutation
+_U_US = slice(BOX_UNIFORMS + 15, BOX_UNIFORMS + 19)  # apply?, gain, TGC slope, speckle strength
+_U_ROTATE = slice(BOX_UNIFORMS + 19, BOX_UNIFORMS + 21)  # apply?, angle
+_NUM_UNIFORMS = BOX_UNIFORMS + 21
 
 
 # --------------------------------------------------------------------------------------------------
@@ -225,53 +226,53 @@ def blur_kernel_size(out_size: int, fraction: float) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# Random resized crop
+# Boxes: random resized crop and random erasing
 # --------------------------------------------------------------------------------------------------
-def sample_crop_box(
-    key: jax.Array,
+def random_box(
+    u: jax.Array,
     height: int,
     width: int,
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Sample a crop box like torchvision ``RandomResizedCrop.get_params``, vectorised.
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    erase: bool = False,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """torchvision's box draw from `BOX_UNIFORMS` U[0, 1) draws (area and log-aspect per try; top, left).
 
-    Draws 10 candidates (area fraction ~ U[scale], aspect ratio log-uniform in ``ratio``, integer sizes by
-    rounding), takes the first one that fits inside the image and places it uniformly at random; if none
-    fits, falls back to torchvision's centre crop (whole image, aspect clamped to ``ratio``).
-
-    Args:
-        key: PRNG key.
-        height, width: static image size.
-        scale: (min, max) fraction of the image area.
-        ratio: (min, max) aspect ratio ``w / h``.
+    10 tries of area ~ U[scale] x H x W and an aspect log-uniform in `ratio`, sides rounded; the first try that
+    fits is placed uniformly at random. `RandomResizedCrop.get_params` (`erase` False): aspect w / h, fits when
+    0 < h <= H and 0 < w <= W. `RandomErasing.get_params` (`erase` True): aspect h / w, fits when h < H and w < W.
 
     Returns:
-        ``(top, left, h, w)`` as int32 scalars (traceable; vmap over ``key`` for a batch).
+        ``(top, left, h, w, found)``: int32 scalars and a bool (False: no try fits).
     """
-    u = jax.random.uniform(key, (_CROP_NUM_UNIFORMS,), jnp.float32)
-    return _crop_box_from_uniforms(u, height, width, scale, ratio)
-
-
-def _crop_box_from_uniforms(
-    u: jax.Array, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float]
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """:func:`sample_crop_box` from ``_CROP_NUM_UNIFORMS`` U[0, 1) draws (one threefry call per sample)."""
     height, width = int(height), int(width)
     area = float(height * width)
-    n = _CROP_TRIES
+    n = _BOX_TRIES
     target_area = area * _affine(u[:n], scale[0], scale[1])
     aspect = jnp.exp(_affine(u[n : 2 * n], math.log(ratio[0]), math.log(ratio[1])))
-    w = jnp.round(jnp.sqrt(target_area * aspect)).astype(jnp.int32)
-    h = jnp.round(jnp.sqrt(target_area / aspect)).astype(jnp.int32)
-    valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    idx = jnp.argmax(valid)  # first valid candidate (0 if none, masked below)
-    any_valid = jnp.any(valid)
-    h_s, w_s = h[idx], w[idx]
+    side_a = jnp.round(jnp.sqrt(target_area * aspect)).astype(jnp.int32)
+    side_b = jnp.round(jnp.sqrt(target_area / aspect)).astype(jnp.int32)
+    if erase:
+        h, w = side_a, side_b
+        fits = (h < height) & (w < width)
+    else:
+        w, h = side_a, side_b
+        fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    idx = jnp.argmax(fits)  # first fitting try (0 if none)
+    h, w = h[idx], w[idx]
     # Uniform integer offsets in [0, H - h] / [0, W - w] (like torch.randint(0, H - h + 1)).
-    u_top, u_left = u[2 * n], u[2 * n + 1]
-    top_s = jnp.minimum(jnp.floor(u_top * (height - h_s + 1).astype(jnp.float32)).astype(jnp.int32), height - h_s)
-    left_s = jnp.minimum(jnp.floor(u_left * (width - w_s + 1).astype(jnp.float32)).astype(jnp.int32), width - w_s)
+    top = jnp.minimum(jnp.floor(u[2 * n] * (height - h + 1).astype(jnp.float32)).astype(jnp.int32), height - h)
+    left = jnp.minimum(jnp.floor(u[2 * n + 1] * (width - w + 1).astype(jnp.float32)).astype(jnp.int32), width - w)
+    return top, left, h, w, jnp.any(fits)
+
+
+def crop_box(
+    u: jax.Array, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float]
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """torchvision's `RandomResizedCrop.get_params` from `BOX_UNIFORMS` draws: `random_box`, or where no try fits,
+    torchvision's centre crop (whole image, aspect w / h clamped to `ratio`). ``(top, left, h, w)``, int32."""
+    height, width = int(height), int(width)
+    top_s, left_s, h_s, w_s, any_valid = random_box(u, height, width, scale, ratio)
 
     # Fallback centre crop (static: depends only on the static size and ratio).
     in_ratio = width / height
@@ -314,7 +315,8 @@ def _crop_and_resize(
 # --------------------------------------------------------------------------------------------------
 # Colour ops (torchvision ColorJitter semantics), all on float [H, W, 3] in [0, 1]
 # --------------------------------------------------------------------------------------------------
-def _adjust_brightness(x: jax.Array, factor: jax.Array) -> jax.Array:
+def adjust_brightness(x: jax.Array, factor: jax.Array) -> jax.Array:
+    """`x` times `factor`, clipped to [0, 1] (torchvision's and PIL's brightness)."""
     return jnp.clip(x * factor, 0.0, 1.0)
 
 
@@ -340,7 +342,7 @@ def _color_jitter(u_factors: jax.Array, u_order: jax.Array, x: jax.Array, cfg: M
     ops = []
     factors = []
     for i, (name, fn) in enumerate(
-        (("brightness", _adjust_brightness), ("contrast", _adjust_contrast), ("saturation", _adjust_saturation))
+        (("brightness", adjust_brightness), ("contrast", _adjust_contrast), ("saturation", _adjust_saturation))
     ):
         s = cfg[name]
         if s > 0.0:
@@ -356,10 +358,8 @@ def _color_jitter(u_factors: jax.Array, u_order: jax.Array, x: jax.Array, cfg: M
         return ops[0](x, factors[0])
     order = jnp.argsort(u_order[:n])  # uniformly random permutation of the n ops
 
-    # Per step, evaluate every op and pick the one at this position with a dynamic index. (Under vmap a
-    # lax.switch / select_n chain lets XLA:CPU re-fuse the hue op into every later step and is ~30x slower;
-    # stacking materialises each step once.)
-    # A fori_loop (not a Python loop) keeps the traced graph, and so compile time, 4x smaller.
+    # Per step, evaluate every op and pick the one at this position with a dynamic index; a fori_loop keeps the
+    # traced graph small (why not lax.switch: docs/design.md, "On-device augmentations are written for XLA:CPU").
     def step(pos, y):
         outs = jnp.stack([fn(y, f) for fn, f in zip(ops, factors, strict=True)])
         return outs[order[pos]]
@@ -371,8 +371,8 @@ def _gaussian_blur(x: jax.Array, sigma: jax.Array, kernel_size: int) -> jax.Arra
     """Separable Gaussian blur of float [H, W, C], reflect padding (like torchvision), static odd kernel.
 
     Same kernel as ``pix.gaussian_blur`` (``exp(-t^2 / 2 sigma^2)``, normalised), written as a sum of
-    shifted slices: with a per-sample (vmapped) sigma, dm-pix's depthwise conv becomes a grouped conv with
-    batched kernels, which is ~20x slower on CPU; the shifted sum fuses into one elementwise pass.
+    shifted slices, which fuse into one elementwise pass: with a per-sample (vmapped) sigma, dm-pix's depthwise
+    conv becomes a grouped conv with batched kernels, slow on CPU (docs/design.md).
     """
     r = kernel_size // 2
     height, width = x.shape[0], x.shape[1]
@@ -457,7 +457,7 @@ def augment_view(key: jax.Array, image: jax.Array, cfg: Mapping, out_size: int) 
     (bicubic, antialiased) -> rotation with prob -> gain / TGC / speckle with prob (gray input only) -> h-flip
     -> v-flip -> colour jitter (random op order) with prob -> grayscale with prob -> Gaussian blur with prob ->
     solarize (threshold 0.5) with prob -> normalise. On gray (1-channel) input, saturation, hue and grayscale
-    are skipped: they are the identity on three equal channels (see :func:`gray_identity_ops`).
+    are skipped: they are the identity on three equal channels.
     """
     cfg = _resolve_config(cfg)
     if image.ndim != 3:
@@ -466,11 +466,11 @@ def augment_view(key: jax.Array, image: jax.Array, cfg: Mapping, out_size: int) 
     check_channels(c)
     out_size = int(out_size)
     if c == 1:
-        cfg = {**cfg, "saturation": 0.0, "hue": 0.0, "grayscale_prob": 0.0}
+        cfg = {**cfg, **dict.fromkeys(_GRAY_IDENTITY_OPS, 0.0)}
     key, speckle_key = jax.random.split(key) if cfg["speckle"] > 0.0 and c == 1 else (key, key)
     u = jax.random.uniform(key, (_NUM_UNIFORMS,), jnp.float32)
 
-    top, left, h, w = _crop_box_from_uniforms(u[_U_CROP], height, width, cfg["crop_scale"], cfg["crop_ratio"])
+    top, left, h, w = crop_box(u[_U_CROP], height, width, cfg["crop_scale"], cfg["crop_ratio"])
     x = _crop_and_resize(to_float(image), top, left, h, w, out_size)
     u_rot = u[_U_ROTATE]
     angle = _affine(u_rot[1], -cfg["rotation_deg"], cfg["rotation_deg"])
@@ -499,12 +499,6 @@ def augment_view(key: jax.Array, image: jax.Array, cfg: Mapping, out_size: int) 
     return imagenet_normalise(x)
 
 
-def gray_identity_ops(cfg: Mapping) -> list[str]:
-    """The keys of `cfg` that ask for an op that does nothing on gray frames (and is skipped for them)."""
-    cfg = _resolve_config(cfg)
-    return [k for k in GRAY_IDENTITY_OPS if cfg[k] > 0.0]
-
-
 def augment_batch(key: jax.Array, images: jax.Array, cfg: Mapping, out_size: int) -> jax.Array:
     """Augment a batch: uint8 ``[B, H, W, C]`` -> float32 ``[B, out_size, out_size, 3]``.
 
@@ -526,9 +520,13 @@ def preprocess_eval(images: jax.Array, out_size: int) -> jax.Array:
     """
     if images.ndim != 4:
         raise ValueError(f"preprocess_eval expects [B, H, W, C], got shape {images.shape}.")
+    return imagenet_normalise(resize_to_rgb(images, out_size))
+
+
+def resize_to_rgb(images: jax.Array, out_size: int) -> jax.Array:
+    """uint8 ``[B, H, W, C]`` -> float32 ``[B, out, out, 3]`` in [0, 1]: the whole frame resized (bicubic,
+    antialiased; aspect not preserved), clipped, grayscale replicated to 3 channels."""
     b, _, _, c = images.shape
     check_channels(c)
-    x = to_float(images)
-    x = jax.image.resize(x, (b, out_size, out_size, c), method="cubic", antialias=True)
-    x = jnp.clip(x, 0.0, 1.0)
-    return imagenet_normalise(to_rgb(x))
+    x = jax.image.resize(to_float(images), (b, out_size, out_size, c), method="cubic", antialias=True)
+    return to_rgb(jnp.clip(x, 0.0, 1.0))

@@ -1,44 +1,24 @@
-"""On-device RandAugment and RandomErasing in JAX (torchvision semantics).
+"""On-device RandAugment in JAX with torchvision's semantics: ``RandAugment(num_ops, magnitude,
+num_magnitude_bins=31)`` as applied to a PIL image (the reference resizes a PIL frame and augments it before
+``ToTensor``).
 
-Follows ``torchvision.transforms.RandAugment(num_ops, magnitude, num_magnitude_bins=31)`` as applied to a
-PIL image (the reference pipeline resizes a PIL frame and augments it before ``ToTensor``): ``num_ops``
-ops are drawn uniformly with replacement from the 14 ops in :data:`OP_NAMES`; signed ops flip their
-magnitude with probability 1/2. Geometry uses PIL's conventions (pixel centres at ``i + 0.5``, shear about
-the top-left corner, rotation about the image centre, counter-clockwise for positive angles, fill 0).
-
-Differences from PIL, all on purpose: the image stays float in [0, 1] (it is quantised to 256 levels only
-where the op is defined on levels: Posterize and Equalize, by rounding, like PIL's uint8 resize output
-would be); Contrast uses the float mean of the luma instead of PIL's integer-rounded mean.
-
-Everything is pure, jit-able and free of data-dependent shapes, so it can sit inside a jitted train step;
-per-sample randomness comes from ``jax.random.split`` + ``jax.vmap`` (as in :mod:`.augment`).
-
-``num_ops``, ``magnitude`` and ``interpolation`` are read at trace time: pass Python numbers (close over
-them or mark them static).
+``num_ops`` ops are drawn uniformly with replacement from the 14 of :data:`OP_NAMES`; signed ops flip their
+magnitude with probability 1/2. Geometry uses PIL's conventions (pixel centres at ``i + 0.5``, nearest
+resampling, shear about the top-left corner, rotation about the image centre, counter-clockwise for positive
+angles, fill 0). The image stays float in [0, 1]; it is quantised to 256 levels only where an op is defined on
+levels (Posterize, Equalize), and Contrast uses the float mean of the luma instead of PIL's rounded mean.
+Pure and jit-able; ``num_ops`` and ``magnitude`` are read at trace time (pass Python numbers).
 """
 
 from __future__ import annotations
-
-import math
 
 import dm_pix as pix
 import jax
 import jax.numpy as jnp
 
-from fetalssl_jax.data.augment import check_channels, imagenet_normalise, to_float, to_rgb
+from fetalssl_jax.data.augment import adjust_brightness, imagenet_normalise, resize_to_rgb
 
-__all__ = [
-    "NUM_MAGNITUDE_BINS",
-    "OP_NAMES",
-    "SIGNED_OPS",
-    "apply_op",
-    "op_magnitudes",
-    "rand_augment",
-    "rand_augment_batch",
-    "random_erasing",
-    "random_erasing_batch",
-    "sample_erase_box",
-]
+__all__ = ["NUM_MAGNITUDE_BINS", "OP_NAMES", "SIGNED_OPS", "op_magnitudes", "rand_augment_batch"]
 
 NUM_MAGNITUDE_BINS = 31
 _MAX_BIN = NUM_MAGNITUDE_BINS - 1
@@ -74,9 +54,6 @@ _PIL_LUMA = (0.299, 0.587, 0.114)
 # (their inverse matrices are selected first), so a step costs one resampling instead of five.
 _CAND_IDENTITY, _CAND_WARP = 0, 1
 _OP_TO_CANDIDATE = (0, 1, 1, 1, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9)
-
-# RandomErasing tries (torchvision: 10); uniforms per sample: area, log-ratio per try; top, left.
-_ERASE_TRIES = 10
 
 
 # --------------------------------------------------------------------------------------------------
@@ -149,34 +126,18 @@ def _inverse_matrices(magnitude_value: jax.Array, height: int, width: int) -> ja
     return jnp.stack(rows)
 
 
-def _warp(x: jax.Array, m: jax.Array, interpolation: str) -> jax.Array:
-    """Resample float ``[H, W, C]`` through inverse map ``m`` (6,), fill 0 outside the input.
-
-    Written as gathers rather than ``dm_pix.affine_transform`` / ``map_coordinates`` so that the nearest
-    mode reproduces PIL exactly (PIL samples at pixel centres ``i + 0.5`` and takes ``floor``).
-    """
+def _warp(x: jax.Array, m: jax.Array) -> jax.Array:
+    """Resample float ``[H, W, C]`` through inverse map ``m`` (6,) with PIL's nearest rule (sample at pixel centres
+    ``i + 0.5``, take the floor), fill 0 outside the input."""
     height, width = x.shape[0], x.shape[1]
     yy, xx = jnp.meshgrid(
         jnp.arange(height, dtype=jnp.float32) + 0.5, jnp.arange(width, dtype=jnp.float32) + 0.5, indexing="ij"
     )
-    x_in = m[0] * xx + m[1] * yy + m[2]
-    y_in = m[3] * xx + m[4] * yy + m[5]
-
-    def tap(iy: jax.Array, ix: jax.Array) -> jax.Array:
-        inside = (ix >= 0) & (ix < width) & (iy >= 0) & (iy < height)
-        vals = x[jnp.clip(iy, 0, height - 1), jnp.clip(ix, 0, width - 1)]
-        return jnp.where(inside[..., None], vals, 0.0)
-
-    if interpolation == "nearest":
-        return tap(jnp.floor(y_in).astype(jnp.int32), jnp.floor(x_in).astype(jnp.int32))
-    # Bilinear between the four pixel centres around the sample point; missing neighbours count as 0.
-    fx, fy = x_in - 0.5, y_in - 0.5
-    x0, y0 = jnp.floor(fx), jnp.floor(fy)
-    wx, wy = (fx - x0)[..., None], (fy - y0)[..., None]
-    x0, y0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
-    top = (1.0 - wx) * tap(y0, x0) + wx * tap(y0, x0 + 1)
-    bottom = (1.0 - wx) * tap(y0 + 1, x0) + wx * tap(y0 + 1, x0 + 1)
-    return (1.0 - wy) * top + wy * bottom
+    ix = jnp.floor(m[0] * xx + m[1] * yy + m[2]).astype(jnp.int32)
+    iy = jnp.floor(m[3] * xx + m[4] * yy + m[5]).astype(jnp.int32)
+    inside = (ix >= 0) & (ix < width) & (iy >= 0) & (iy < height)
+    vals = x[jnp.clip(iy, 0, height - 1), jnp.clip(ix, 0, width - 1)]
+    return jnp.where(inside[..., None], vals, 0.0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,10 +150,6 @@ def _luma(x: jax.Array) -> jax.Array:
 def _blend(degenerate: jax.Array, x: jax.Array, factor: jax.Array) -> jax.Array:
     """PIL ``ImageEnhance``: ``degenerate + factor * (x - degenerate)``, clipped."""
     return jnp.clip(degenerate + factor * (x - degenerate), 0.0, 1.0)
-
-
-def _brightness(x: jax.Array, factor: jax.Array) -> jax.Array:
-    return jnp.clip(factor * x, 0.0, 1.0)
 
 
 def _color(x: jax.Array, factor: jax.Array) -> jax.Array:
@@ -227,10 +184,6 @@ def _posterize(x: jax.Array, bits: jax.Array) -> jax.Array:
     return jnp.bitwise_and(_levels(x), mask).astype(jnp.float32) / 255.0
 
 
-def _solarize(x: jax.Array, threshold: jax.Array) -> jax.Array:
-    return jnp.where(x >= threshold, 1.0 - x, x)  # PIL inverts levels >= threshold
-
-
 def _autocontrast(x: jax.Array) -> jax.Array:
     """Per channel, stretch [min, max] to [0, 1]; a constant channel is left unchanged (as PIL)."""
     lo = jnp.min(x, axis=(0, 1))
@@ -243,7 +196,7 @@ def _autocontrast(x: jax.Array) -> jax.Array:
 
 def _equalize_lut(q: jax.Array) -> jax.Array:
     """PIL ``ImageOps.equalize`` LUT ``[256]`` for one channel of int levels ``q`` ``[N]``."""
-    hist = jnp.bincount(q, length=256)  # scatter-add; a one-hot histogram is ~50x slower on CPU
+    hist = jnp.bincount(q, length=256)  # scatter-add, not a one-hot histogram (docs/design.md)
     # step = (sum of the histogram - count of the highest occupied level) // 256.
     step = (q.shape[0] - hist[jnp.max(q)]) // 256
     cum_before = jnp.cumsum(hist) - hist  # pixels strictly below each level
@@ -257,70 +210,54 @@ def _equalize(x: jax.Array) -> jax.Array:
     q = _levels(x).reshape(height * width, c)
     lut = jax.vmap(_equalize_lut, in_axes=1)(q)  # [C, 256]
     # The barrier materialises the LUT and the levels: otherwise XLA:CPU fuses the cumsum and divisions
-    # into the per-pixel gather and recomputes them for every pixel (3-5x slower).
+    # into the per-pixel gather and recomputes them for every pixel.
     lut, q = jax.lax.optimization_barrier((lut, q))
     out = jax.vmap(lambda lc, qc: lc[qc], in_axes=(0, 1), out_axes=1)(lut, q)
     return out.reshape(height, width, c).astype(jnp.float32) / 255.0
 
 
-def _candidates(x: jax.Array, op_index: jax.Array, v: jax.Array, interpolation: str) -> list[jax.Array]:
+def _candidates(x: jax.Array, op_index: jax.Array, v: jax.Array) -> list[jax.Array]:
     """The 10 distinct results of one step, in ``_OP_TO_CANDIDATE`` order."""
     m = _inverse_matrices(v, x.shape[0], x.shape[1])[op_index]
     factor = 1.0 + v
     return [
         x,
-        _warp(x, m, interpolation),
-        _brightness(x, factor),
+        _warp(x, m),
+        adjust_brightness(x, factor),
         _color(x, factor),
         _contrast(x, factor),
         _sharpness(x, factor),
         _posterize(x, v),
-        _solarize(x, v),
+        pix.solarize(x, v),  # PIL inverts levels >= threshold
         _autocontrast(x),
         _equalize(x),
     ]
 
 
 def _select(candidates: list[jax.Array], op_index: jax.Array) -> jax.Array:
-    """Pick the candidate of ``op_index`` as a one-hot weighted sum (all candidates are finite, in [0, 1]).
-
-    Under vmap every candidate is computed anyway (vmap turns ``lax.switch`` into a select over all 14
-    branches, without the shared warp); of switch, ``select_n``, stack + dynamic index and this one-hot
-    sum, the sum was fastest on CPU (~2x faster than switch and stack + index for 64 x 64 px x 64).
-    """
+    """Pick the candidate of ``op_index`` as a one-hot weighted sum (all candidates are finite, in [0, 1]). Under
+    vmap every candidate is computed anyway; the sum is the fastest pick on CPU (docs/design.md)."""
     w = jax.nn.one_hot(jnp.asarray(_OP_TO_CANDIDATE, jnp.int32)[op_index], len(candidates), dtype=jnp.float32)
     return sum(w[k] * c for k, c in enumerate(candidates))
 
 
-def _check_interpolation(interpolation: str) -> None:
-    if interpolation not in ("nearest", "bilinear"):
-        raise ValueError(f"interpolation must be 'nearest' or 'bilinear', got {interpolation!r}.")
+def _apply_op(x: jax.Array, op_index: jax.Array, v: jax.Array) -> jax.Array:
+    """Op ``OP_NAMES[op_index]`` (traced) on ONE float image ``[H, W, 3]`` in [0, 1] (torchvision ``_apply_op``).
 
-
-def apply_op(
-    image: jax.Array, op_index: int | jax.Array, magnitude_value: float | jax.Array, interpolation: str = "nearest"
-) -> jax.Array:
-    """Apply op ``OP_NAMES[op_index]`` to ONE float image ``[H, W, 3]`` in [0, 1] (torchvision ``_apply_op``).
-
-    ``magnitude_value`` is the signed value torchvision hands to ``_apply_op``: shear factor (ShearX/Y),
-    pixels (Translate, truncated to int), degrees counter-clockwise (Rotate), enhancement offset with
-    factor ``1 + value`` (Brightness, Color, Contrast, Sharpness), bits kept (Posterize), threshold on
-    [0, 1] (Solarize); ignored by Identity, AutoContrast and Equalize. ``op_index`` may be traced.
+    ``v`` is the signed value torchvision hands to ``_apply_op``: shear factor (ShearX/Y), pixels (Translate,
+    truncated to int), degrees counter-clockwise (Rotate), enhancement offset with factor ``1 + v`` (Brightness,
+    Color, Contrast, Sharpness), bits kept (Posterize), threshold on [0, 1] (Solarize); ignored by Identity,
+    AutoContrast and Equalize.
     """
-    _check_interpolation(interpolation)
-    x = jnp.asarray(image, jnp.float32)
-    v = jnp.asarray(magnitude_value, jnp.float32)
-    op_index = jnp.asarray(op_index, jnp.int32)
-    return _select(_candidates(x, op_index, v, interpolation), op_index)
+    return _select(_candidates(x, op_index, v), op_index)
 
 
 # --------------------------------------------------------------------------------------------------
 # RandAugment
 # --------------------------------------------------------------------------------------------------
-def _rand_augment_from_uniforms(
-    u: jax.Array, x: jax.Array, num_ops: int, magnitude: float, interpolation: str
-) -> jax.Array:
-    """RandAugment of float ``x`` from ``2 * num_ops`` U[0, 1) draws (op choice, sign per op)."""
+def _rand_augment_from_uniforms(u: jax.Array, x: jax.Array, num_ops: int, magnitude: float) -> jax.Array:
+    """RandAugment of ONE float image ``x`` ``[H, W, 3]`` in [0, 1] from ``2 * num_ops`` U[0, 1) draws (op choice,
+    sign per op)."""
     if num_ops == 0:
         return x
     height, width = x.shape[0], x.shape[1]
@@ -333,47 +270,9 @@ def _rand_augment_from_uniforms(
     def step(i: jax.Array, y: jax.Array) -> jax.Array:
         op = ops[i]
         v = jnp.where(signed[op] & (u[i, 1] < 0.5), -mags[op], mags[op])  # torchvision: sign flip w.p. 1/2
-        return _select(_candidates(y, op, v, interpolation), op)
+        return _apply_op(y, op, v)
 
     return jax.lax.fori_loop(0, num_ops, step, x)
-
-
-def _check_num_ops(num_ops: int) -> int:
-    if int(num_ops) != num_ops or num_ops < 0:
-        raise ValueError(f"num_ops must be a non-negative int, got {num_ops}.")
-    return int(num_ops)
-
-
-def rand_augment(
-    key: jax.Array, image: jax.Array, num_ops: int, magnitude: float, interpolation: str = "nearest"
-) -> jax.Array:
-    """torchvision ``RandAugment(num_ops, magnitude)`` (31 bins) on ONE float image ``[H, W, 3]`` in [0, 1].
-
-    Args:
-        key: PRNG key for this sample.
-        image: float ``[H, W, 3]`` in [0, 1].
-        num_ops: static number of ops applied in sequence (drawn uniformly with replacement).
-        magnitude: bin in [0, 30] (fractional bins interpolate the magnitude table linearly).
-        interpolation: ``"nearest"`` (torchvision's default) or ``"bilinear"`` for the geometric ops.
-
-    Returns:
-        float32 ``[H, W, 3]`` in [0, 1].
-    """
-    num_ops = _check_num_ops(num_ops)
-    _check_magnitude(magnitude)
-    _check_interpolation(interpolation)
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"rand_augment expects one RGB image [H, W, 3], got shape {image.shape}.")
-    u = jax.random.uniform(key, (2 * num_ops,), jnp.float32)
-    return _rand_augment_from_uniforms(u, jnp.asarray(image, jnp.float32), num_ops, magnitude, interpolation)
-
-
-def _resize(images: jax.Array, out_size: int) -> jax.Array:
-    """uint8 ``[B, H, W, C]`` -> float [0, 1] ``[B, out, out, 3]``, exactly as :func:`.augment.preprocess_eval`."""
-    b, _, _, c = images.shape
-    check_channels(c)
-    x = jax.image.resize(to_float(images), (b, out_size, out_size, c), method="cubic", antialias=True)
-    return to_rgb(jnp.clip(x, 0.0, 1.0))
 
 
 def rand_augment_batch(
@@ -384,30 +283,29 @@ def rand_augment_batch(
     out_size: int,
     hflip_prob: float = 0.5,
     vflip_prob: float = 0.5,
-    interpolation: str = "nearest",
 ) -> jax.Array:
     """Supervised training transform: uint8 ``[B, H, W, C]`` -> float32 ``[B, out, out, 3]``, normalised.
 
-    The reference's ``Resize -> RandAugment(n, m) -> RandomHorizontalFlip -> RandomVerticalFlip ->
-    Normalize``: resize as :func:`.augment.preprocess_eval` (bicubic, antialiased, aspect not kept),
-    grayscale replicated to 3 channels, :func:`rand_augment` per sample, flips with the given
-    probabilities, ImageNet normalisation. Per-sample keys come from ``jax.random.split(key, B)``.
+    The reference's ``Resize -> RandAugment(n, m) -> RandomHorizontalFlip -> RandomVerticalFlip -> Normalize``:
+    the resize of :func:`.augment.preprocess_eval` (:func:`.augment.resize_to_rgb`), RandAugment per sample
+    (``num_ops`` ops, ``magnitude`` a bin in [0, 30]), flips with the given probabilities, ImageNet normalisation.
+    Per-sample keys come from ``jax.random.split(key, B)``.
     """
     if images_uint8.ndim != 4:
         raise ValueError(f"rand_augment_batch expects [B, H, W, C], got shape {images_uint8.shape}.")
-    num_ops = _check_num_ops(num_ops)
+    if int(num_ops) != num_ops or num_ops < 0:
+        raise ValueError(f"num_ops must be a non-negative int, got {num_ops}.")
+    num_ops = int(num_ops)
     _check_magnitude(magnitude)
-    _check_interpolation(interpolation)
     for name, p in (("hflip_prob", hflip_prob), ("vflip_prob", vflip_prob)):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name} must be a probability in [0, 1], got {p}.")
-    out_size = int(out_size)
-    x = _resize(images_uint8, out_size)
+    x = resize_to_rgb(images_uint8, int(out_size))
     keys = jax.random.split(key, images_uint8.shape[0])
 
     def one(k: jax.Array, img: jax.Array) -> jax.Array:
         u = jax.random.uniform(k, (2 * num_ops + 2,), jnp.float32)  # one threefry call per sample
-        y = _rand_augment_from_uniforms(u[: 2 * num_ops], img, num_ops, magnitude, interpolation)
+        y = _rand_augment_from_uniforms(u[: 2 * num_ops], img, num_ops, magnitude)
         if hflip_prob > 0.0:
             y = jnp.where(u[2 * num_ops] < hflip_prob, pix.flip_left_right(y), y)
         if vflip_prob > 0.0:
@@ -415,82 +313,3 @@ def rand_augment_batch(
         return imagenet_normalise(y)
 
     return jax.vmap(one)(keys, x)
-
-
-# --------------------------------------------------------------------------------------------------
-# RandomErasing
-# --------------------------------------------------------------------------------------------------
-def sample_erase_box(
-    key: jax.Array,
-    height: int,
-    width: int,
-    scale: tuple[float, float] = (0.02, 0.33),
-    ratio: tuple[float, float] = (0.3, 3.3),
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
-    """torchvision ``RandomErasing.get_params``, vectorised over its 10 tries.
-
-    Per try: area ``~ U[scale] * H * W``, aspect ``h / w`` log-uniform in ``ratio``,
-    ``h = round(sqrt(area * aspect))``, ``w = round(sqrt(area / aspect))``; the first try with ``h < H`` and
-    ``w < W`` is placed uniformly at random.
-
-    Returns:
-        ``(top, left, h, w, found)``: int32 scalars and a bool (False: no try fitted, erase nothing).
-    """
-    n = _ERASE_TRIES
-    u = jax.random.uniform(key, (2 * n + 2,), jnp.float32)
-    area = float(height * width) * (scale[0] + (scale[1] - scale[0]) * u[:n])
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = jnp.exp(log_lo + (log_hi - log_lo) * u[n : 2 * n])
-    h = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
-    w = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
-    fits = (h < height) & (w < width)
-    idx = jnp.argmax(fits)  # first fitting try
-    found = jnp.any(fits)
-    h, w = h[idx], w[idx]
-    # torch.randint(0, H - h + 1): uniform integer in [0, H - h].
-    top = jnp.minimum(jnp.floor(u[2 * n] * (height - h + 1)).astype(jnp.int32), height - h)
-    left = jnp.minimum(jnp.floor(u[2 * n + 1] * (width - w + 1)).astype(jnp.int32), width - w)
-    return top, left, h, w, found
-
-
-def random_erasing(
-    key: jax.Array,
-    image: jax.Array,
-    scale: tuple[float, float] = (0.02, 0.33),
-    ratio: tuple[float, float] = (0.3, 3.3),
-    value: str | float = "random",
-) -> jax.Array:
-    """torchvision ``RandomErasing(p=1)`` on ONE normalised float image ``[H, W, C]``.
-
-    Erases the box from :func:`sample_erase_box` with standard normal noise (``value="random"``) or a
-    constant ``value``; if no try fits, returns the image unchanged.
-    """
-    if image.ndim != 3:
-        raise ValueError(f"random_erasing expects one image [H, W, C], got shape {image.shape}.")
-    if isinstance(value, str) and value != "random":
-        raise ValueError(f"value must be 'random' or a number, got {value!r}.")
-    height, width = image.shape[0], image.shape[1]
-    k_box, k_noise = jax.random.split(key)
-    top, left, h, w, found = sample_erase_box(k_box, height, width, scale, ratio)
-    rows = jnp.arange(height)[:, None]
-    cols = jnp.arange(width)[None, :]
-    mask = found & (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
-    if isinstance(value, str):
-        fill = jax.random.normal(k_noise, image.shape, image.dtype)
-    else:
-        fill = jnp.asarray(value, image.dtype)
-    return jnp.where(mask[..., None], fill, image)
-
-
-def random_erasing_batch(
-    key: jax.Array,
-    images: jax.Array,
-    scale: tuple[float, float] = (0.02, 0.33),
-    ratio: tuple[float, float] = (0.3, 3.3),
-    value: str | float = "random",
-) -> jax.Array:
-    """:func:`random_erasing` on ``[B, H, W, C]`` with per-sample keys (``jax.random.split(key, B)``)."""
-    if images.ndim != 4:
-        raise ValueError(f"random_erasing_batch expects [B, H, W, C], got shape {images.shape}.")
-    keys = jax.random.split(key, images.shape[0])
-    return jax.vmap(lambda k, im: random_erasing(k, im, scale, ratio, value))(keys, images)

@@ -1,33 +1,19 @@
 """Clip order + geometric transform prediction (Jiao et al., ISBI 2020), on fetal ultrasound video.
 
 A training example is a clip of K = `data.clip_length` frames `data.clip_stride` kept frames apart from one video
-(sampler mode "clips", frames in temporal order). On the device each clip
+(sampler mode "clips"). On the device each clip gets one augmentation shared by all its frames
+(`config.augment.view1`, the same draws for every frame, so nothing in it depends on a frame's position), has its
+frames shuffled by a permutation drawn uniformly from `permutation_set` (input frame j is original frame
+`perms[order][j]`) and gets one transform of `method_kwargs.transforms` drawn uniformly: "rotations" (np.rot90 by
+0 / 90 / 180 / 270 degrees over (H, W), counter-clockwise) or "none" (order only).
 
-1. gets one mild augmentation shared by ALL its frames (`config.augment.view1`: a random resized crop with the
-   same box for every frame, brightness / contrast jitter with the same factors for every frame; no flips, so
-   the geometric label stays exact). Sharing keeps the motion between frames intact and makes sure nothing in
-   the augmentation depends on a frame's position, so it cannot leak the order;
-2. has its frames shuffled by a permutation drawn uniformly from a fixed set (`permutation_set`): input frame j
-   is original frame `perms[order][j]`;
-3. gets one geometric transform, drawn uniformly, applied to the whole clip (`method_kwargs.transforms`):
-   "rotations" (np.rot90 by 0 / 90 / 180 / 270 degrees over (H, W), counter-clockwise), "flips" (identity,
-   h-flip, v-flip, both) or "rotations_flips" (the 8 dihedral transforms: index r + 4 f is rot90 by r, then an
-   h-flip if f).
+A shared ResNet encodes every frame (the clip folded into the batch, so BatchNorm statistics are over all frames of
+the global batch); two heads, Linear-BN-ReLU-Linear (`head_hidden`), classify the permutation from the frame
+features minus their clip mean (`center_order_features`; docs/design.md, "Clip-order settings") and the transform
+from their concatenation: loss = CE(order) + transform_weight * CE(transform).
 
-A shared ResNet encodes every frame (the clip is folded into the batch: [B*K, H, W, 3] -> [B, K*F], so BatchNorm
-statistics are over all frames of the global batch); the concatenated features feed two heads, Linear-BN-ReLU-
-Linear (`method_kwargs.head_hidden`), that classify the permutation and the transform:
-loss = CE(order) + transform_weight * CE(transform).
-
-The order head sees the frame features minus their clip mean (`center_order_features`, default on): a fixed
-linear map of the concatenation that drops only what all frames share, which says nothing about their order. The
-frames of a clip are nearly alike; without centring the head's BatchNorm scales its inputs by the between-clip
-spread and the within-clip differences that carry the order stay tiny. On the CPU demo (384 steps)
-order accuracy stayed at chance (0.04) without centring and reached 0.29 with it. The transform head sees the
-plain concatenation.
-
-`method_kwargs`: num_permutations (0: all K! orders; P > 0: the greedy maximal-Hamming-distance subset of
-size P), transforms, transform_weight, head_hidden, center_order_features.
+`method_kwargs`: num_permutations (0: all K! orders; P > 0: the greedy maximal-Hamming-distance subset of size P),
+transforms, transform_weight, head_hidden, center_order_features.
 """
 
 from __future__ import annotations
@@ -47,15 +33,10 @@ from fetalssl_jax.methods.base import Method, apply_model, register
 from fetalssl_jax.models.heads import MLPHead
 from fetalssl_jax.validation import is_int
 
-# Every transform of the dihedral group of the square as (transpose H/W, then flip H, then flip W). The tables
-# below give, per transform set, the index -> transform mapping (see the module docstring; the tests check them
-# against np.rot90 / np.flip).
-_ROT = ((False, False, False), (True, True, False), (False, True, True), (True, False, True))  # rot90 by k
-_HFLIP_ROT = ((False, False, True), (True, True, True), (False, True, False), (True, False, False))  # hflip(rot90 k)
+# Per transform set, index -> transform as (transpose H/W, then flip H, then flip W); the tests check them against
+# np.rot90.
 TRANSFORM_SETS: dict[str, tuple[tuple[bool, bool, bool], ...]] = {
-    "rotations": _ROT,
-    "flips": ((False, False, False), (False, False, True), (False, True, False), (False, True, True)),
-    "rotations_flips": _ROT + _HFLIP_ROT,
+    "rotations": ((False, False, False), (True, True, False), (False, True, True), (True, False, True)),  # rot90 k
     "none": ((False, False, False),),  # order only: one class, the transform loss is 0
 }
 

@@ -1,17 +1,1 @@
-"""Backbone networks."""
-
-from fetalssl_jax.models.resnet import (
-    RESNET_ARCHS,
-    BasicBlock,
-    Bottleneck,
-    ResNet,
-    create_resnet,
-)
-
-__all__ = [
-    "RESNET_ARCHS",
-    "BasicBlock",
-    "Bottleneck",
-    "ResNet",
-    "create_resnet",
-]
+"""Backbone networks (`resnet`), heads, the decoder, the plane classifier, CPU convolution and pooling, PyTorch io."""

@@ -40,10 +40,6 @@ class Classifier(nn.Module):
         x = self.head_dropout(x, deterministic=not train)
         return self.head(x)
 
-    def logits_from_map(self, feature_map: Array, train: bool = False) -> Array:
-        """Logits from the layer4 feature map [B, h, w, F] (global average pooling first); used by Grad-CAM."""
-        return self.logits_from_features(jnp.mean(feature_map, axis=(1, 2)), train)
-
     def __call__(self, images: Array, train: bool = True, backbone_train: bool | None = None) -> Array:
         """Logits of normalised images [B, H, W, 3].
 

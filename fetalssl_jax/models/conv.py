@@ -1,29 +1,19 @@
-"""2-D convolution as matrix products, with a hand-written gradient, for XLA's CPU backend.
-
-Why: XLA:CPU lowers convolutions to Eigen's spatial convolution, which is fast for the forward pass of mid-sized
-feature maps but slow elsewhere. Measured on a 2-core x86 CPU (float32, jax 0.10.2; PyTorch/oneDNN in brackets):
-a 3x3 conv 128x16x16x128 takes 100 ms forward and 414 ms for the weight gradient (53 ms forward, 186 ms forward
-+ backward); a 3x3 conv on a 2x2x512 map (ResNet-18's layer4 at 64 px) takes 2.2 s where the same matrix product
-takes 25 ms. A matrix product (Eigen GEMM inside XLA) runs at 110-170 GFLOP/s on the same machine whatever the
-shapes, so where XLA's convolution is slow the convolution is written as one:
+"""2-D convolution as matrix products, with a hand-written gradient, for XLA's CPU backend, where Eigen's convolution
+is slow for 1x1 kernels and small feature maps (measurements: docs/design.md, "Convolutions on CPU are matrix
+products"):
 
     forward       y  = patches(x) @ W                 patches: [N*Ho*Wo, kh*kw*Cin] (im2col), W: [kh*kw*Cin, Cout]
     weight grad   dW = patches(x)^T @ dy
     input grad    dx = col2im(dy @ W^T)               col2im: each tap's columns added back at its strided offset
 
-That is every 1x1 convolution (the patches are the input itself; 3-10x faster than native forward + backward) and
-every spatial convolution with fewer than 4x4 output pixels per image (30-70x faster). On bigger maps the native
-convolution and its autodiff stay: there the patch matrix (kh*kw times the input) costs more memory traffic than
-Eigen's convolution saves, and XLA's weight gradient measured as fast as or faster than the GEMM form for most
-ResNet shapes (with exceptions either way, e.g. 128x16x16x128: 0.98 s native vs 0.62 s GEMM, under load).
-
-The patches are rebuilt in the backward pass rather than saved (saving them would keep kh*kw copies of every
-activation alive between the passes). 1x1 convolutions need no patches: they are the matrix product itself.
+That form serves every 1x1 convolution (the patches are the input itself) and every spatial convolution with fewer
+than 4x4 output pixels per image; bigger maps keep the native convolution and its autodiff. The patches are rebuilt
+in the backward pass rather than saved (saving them would keep kh*kw copies of every activation alive).
 
 `conv_general_dilated` has `lax.conv_general_dilated`'s signature and is passed to `flax.linen.Conv` through its
 `conv_general_dilated` field, so the module, its parameter (`kernel`, [kh, kw, in, out]) and its initialisation are
 unchanged. Which implementation runs is chosen when the function is traced (`conv_impl`): 'auto' picks the matrix
-form on the CPU backend and XLA's native convolution on GPU/TPU, where cuDNN and the TPU compiler are fast.
+form on the CPU backend and XLA's native convolution on GPU/TPU.
 """
 
 from __future__ import annotations
@@ -161,9 +151,8 @@ def _bwd(strides, padding, precision, residuals, dy):
 conv2d_matmul.defvjp(_fwd, _bwd)
 
 
-# Below this many output pixels per image XLA:CPU's native convolution collapses (a 3x3 conv on 2x2x512 maps: 2.2 s
-# native, 25 ms as a GEMM); at and above it the native forward and input gradient are as fast as im2col + GEMM
-# without writing the kh*kw-times larger patch matrix (memory traffic is what this machine is short of).
+# Below this many output pixels per image XLA:CPU's native convolution collapses; at and above it the native forward
+# and input gradient are as fast as im2col + GEMM without the kh*kw-times larger patch matrix (docs/design.md).
 _MIN_NATIVE_PIXELS = 16
 
 

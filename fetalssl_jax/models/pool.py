@@ -1,10 +1,7 @@
 """Max pooling with a hand-written gradient, for XLA's CPU backend.
 
-Why: JAX differentiates `lax.reduce_window(max)` into `select_and_scatter_add`, which XLA:CPU expands into a
-variadic reduce-window that carries four int32 index arrays (built by `iota`s the size of the padded input) plus a
-scatter. Measured on the 2-core x86 development VM (jax 0.10.2): forward + gradient of the ResNet stem's 3x3/2 pool
-takes 60 ms on a 64x32x32x64 map (205 ms on 16x112x112x64), against 17 ms (49 ms) for the form below, which is
-built only from strided slices, compares and pads that XLA fuses:
+JAX's gradient, `select_and_scatter_add`, is slow on XLA:CPU (docs/design.md, "Max pooling's gradient on CPU");
+the form below is built only from strided slices, compares and pads that XLA fuses:
 
     forward     y  = reduce_window(max)                    (the native forward: it is already fast)
     gradient    dx = sum over the kh*kw window taps t of place_t(where(first_max_t, dy, 0))

@@ -245,8 +245,8 @@ def create_resnet(
 
 
 def init_key(seed: int) -> jax.Array:
-    """Key for parameter initialisation. XLA's RngBitGenerator ('rbg') compiles a ResNet's init 5-7x faster than
-    threefry on CPU; the step's randomness (augmentations) stays threefry, whose bits do not depend on sharding."""
+    """Key for parameter initialisation: XLA's RngBitGenerator ('rbg'), which compiles a ResNet's init faster than
+    threefry (docs/design.md, "uint8 to the device"); the step's randomness stays threefry."""
     return jax.random.key(seed, impl="rbg")
 
 

@@ -1,17 +1,10 @@
-"""Back XLA's per-step CPU buffers with transparent huge pages (glibc's `glibc.malloc.hugetlb=1` tunable).
-
-Why: XLA:CPU allocates one temporary buffer per executable run (457 MB for the ResNet-18 / 64 px / batch 64 Barlow
-Twins step, several GB for ResNet-50 / 224 px) with `posix_memalign`, which glibc serves from a fresh `mmap` and
-returns with `munmap` after the step. Every run therefore page-faults the whole buffer in again, 4 KiB at a time:
-measured on the 2-core development VM, 112,000 minor faults and 0.18 s of kernel time per ResNet-18 step (0.61 s).
-With the tunable, glibc asks for 2 MiB transparent huge pages (`madvise(MADV_HUGEPAGE)`): 850 faults, and the step
-takes 0.49 s (ResNet-50: 5.6 s -> 4.3 s). Results are unchanged: only the page size differs.
+"""Back XLA's per-step CPU buffers with transparent huge pages (glibc's `glibc.malloc.hugetlb=1` tunable): fewer page
+faults per step, same results (docs/design.md, "Huge pages for XLA's buffers").
 
 A glibc tunable is read once, when the process starts, so the command-line entry points (`fetalssl_jax.main`, the
-benchmarks) re-execute themselves once with it set, before any work is done. Nothing happens where it cannot help or
-is not wanted: not Linux/glibc, transparent huge pages set to `never` by the kernel, the tunable already given, or
-`FETALSSL_HUGEPAGES=0` in the environment. In a notebook or your own script, start Python with
-`GLIBC_TUNABLES=glibc.malloc.hugetlb=1` to get the same effect.
+benchmarks) re-execute themselves once with it set, before any work is done. Nothing happens off Linux/glibc, where
+the kernel has transparent huge pages `never`, where the tunable is already given, or with `FETALSSL_HUGEPAGES=0`.
+In a notebook or your own script, start Python with `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` for the same effect.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Is the run training? A non-finite loss stops it; the relative weight change from initialisation, per ResNet
 stage, tells whether the backbone moves.
 
-LARS with the ImageNet trust coefficient (0.001) moves each weight by about 1e-4 of its norm per step: a run of a
-few hundred steps then leaves the convolutions within 2-3 % of their initial values and only BatchNorm moves. The
-loop logs this measure and warns when the backbone has barely moved after the warm-up.
+The loop logs the weight change and warns when the backbone has barely moved after the warm-up (docs/design.md,
+"Training health is logged, not assumed").
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from fetalssl_jax.models import create_resnet
 from fetalssl_jax.models.conv import conv2d_matmul, make_conv_general_dilated, resolve_conv_impl
+from fetalssl_jax.models.resnet import create_resnet
 
 DN = ("NHWC", "HWIO", "NHWC")
 RTOL = 1e-4  # relative to the largest magnitude of the reference tensor

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax.core import unfreeze
 
-from fetalssl_jax.models import RESNET_ARCHS, BasicBlock, Bottleneck, ResNet, create_resnet
+from fetalssl_jax.models.resnet import RESNET_ARCHS, BasicBlock, Bottleneck, ResNet, create_resnet
 
 EPS = 1e-5
 

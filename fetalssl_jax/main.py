@@ -94,6 +94,7 @@ def main(argv: list[str]) -> int:
     say = print if is_main else lambda *args, **kwargs: None
 
     from fetalssl_jax.config_lib import ConfigError
+    from fetalssl_jax.data.errors import DataError
     from fetalssl_jax.train.checkpoint import CheckpointMismatchError, CheckpointWriteError
     from fetalssl_jax.train.health import NonFiniteLossError
 
@@ -136,6 +137,9 @@ def main(argv: list[str]) -> int:
     except ConfigError as error:  # a usage error, found before anything was written: one line per problem
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)
+        return 2
+    except DataError as error:  # a bad input file or table row, named in the message
+        print(f"error: {error}", file=sys.stderr)
         return 2
     # OSError: a missing file, an unwritable or full workdir
     except (CheckpointMismatchError, CheckpointWriteError, NonFiniteLossError, FloatingPointError, OSError,

@@ -31,7 +31,8 @@ def _start(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, load:
     """Validates the config, opens its input and loads its model (`load()`), all before anything is written; then
     writes config.json and sources.csv. (workdir, input, model)."""
     config_lib.validate_tool(config, {"strategy": tuple(STRATEGIES)})
-    data = open_input(config.input, config.input_type, config.data_dir, config.split, config.fit)
+    data = open_input(config.input, config.input_type, config.data_dir, config.split, config.fit,
+                      config.get("deidentify_pixels", True))  # fmt: skip
     model = load()
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -149,7 +149,7 @@ def _check_length(name: str, kept: int, doppler: int, c: FetalUsVideoConfig) -> 
     if kept < min_frames(c):
         why = f" after leaving out {doppler} colour-Doppler frame(s)" if doppler else ""
         raise SkipItem("short_videos", f"{name}: {kept} kept frame(s){why} (frame_skip {c.frame_skip}); a {c.record} "
-                                       f"record needs {min_frames(c)}")  # fmt: skip
+                                       f"record needs {min_frames(c)}", also={"doppler_frames": doppler})  # fmt: skip
 
 
 def _synthetic_video_records(item: tuple[int, str], c: FetalUsVideoConfig) -> Made:

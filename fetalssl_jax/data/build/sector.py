@@ -17,6 +17,11 @@ CONTENT_THRESHOLD = 8
 # of the scan. Gray scans decoded from YBR JPEG stay far below the chroma; calipers and coloured text are thin.
 CHROMA_THRESHOLD = 48
 DOPPLER_FRACTION = 0.01
+# The scan sector: regions whose solid part is at least this share of the largest one's (logos and text, even blurred
+# into blobs by heavy compression, stay far below); burned-in marks: this bright, in this many pixels of one region.
+SOLID_SHARE = 0.2
+MARK_LEVEL = 64
+MARK_PIXELS = 12
 _SQUARE = np.ones((3, 3), bool)
 
 
@@ -28,12 +33,12 @@ def _regions(mask: np.ndarray, join: int) -> np.ndarray:
     return ndimage.label(joined, structure=_SQUARE)[0]
 
 
-def _large(labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Labels of the regions whose weight (pixel count of `weights` in them) is at least a fifth of the largest's."""
+def _large(labels: np.ndarray, weights: np.ndarray, share: float) -> np.ndarray:
+    """Labels of the regions whose weight (pixel count of `weights` in them) is at least `share` of the largest's."""
     areas = np.bincount(labels[weights], minlength=labels.max() + 1)[1:]
     if not areas.size or areas.max() == 0:
         return np.zeros(0, int)
-    return np.flatnonzero(areas >= 0.2 * areas.max()) + 1
+    return np.flatnonzero(areas >= share * areas.max()) + 1
 
 
 def content_box(image: np.ndarray, threshold: int = CONTENT_THRESHOLD) -> tuple[int, int, int, int]:
@@ -49,7 +54,7 @@ def content_box(image: np.ndarray, threshold: int = CONTENT_THRESHOLD) -> tuple[
     mask = image > threshold
     # Speckle and dark chambers break the sector into pieces: join pixels two apart before labelling.
     labels = _regions(mask, 2)
-    keep = _large(labels, labels > 0)
+    keep = _large(labels, labels > 0, 0.2)
     if not keep.size:
         return 0, h, 0, w
     rows, cols = np.nonzero(mask & np.isin(labels, keep))
@@ -63,23 +68,21 @@ def scan_sector(image: np.ndarray, floor: np.ndarray | None = None) -> np.ndarra
     """bool [H, W]: the scan sector of a gray uint8 image [H, W] (for a video: its maximum over frames, and `floor`
     its minimum; a single image is its own floor).
 
-    Pixels brighter than CONTENT_THRESHOLD, joined one pixel apart, form regions; the regions whose solid part
-    (what survives an opening by a 3 x 3 square: text strokes, calipers and specks vanish in it) is at least a fifth
-    of the largest one's are the scan, and the sector is the convex hull of their pixels (dark chambers and fluid
-    inside it included). Text more than two pixels from the scan stays outside.
+    Pixels brighter than CONTENT_THRESHOLD, joined one pixel apart, form regions; the scan is the regions whose
+    solid part (what survives an opening by a 3 x 3 square: text strokes, calipers and specks vanish in it) is at
+    least SOLID_SHARE of the largest one's, and the sector is the convex hull of their pixels (dark chambers and
+    fluid inside it included). Text more than two pixels from the scan stays outside.
 
     Where the image's corners are clean black (a DICOM, a PNG export, a generated scan; not a noisy compressed
     capture), the same is done with every pixel above 0, so that dim fluid at the sector's edge stays in it, unless
-    that takes in a pixel outside the first sector that is bright in every frame (burned-in text, compression noise
-    having bridged it to the scan; in a single image, any bright pixel). An image without any bright pixel is all
-    sector (nothing to blank); one whose bright pixels are all thin strokes has none.
+    that takes in a mark (`_marks`: burned-in text that compression noise bridged to the scan). An image without
+    any bright pixel is all sector (nothing to blank); one whose bright pixels are all thin strokes has none.
     """
     found = _sector(image, CONTENT_THRESHOLD)
     if not _clean_corners(image):
         return found
     wider = _sector(image, 0)
-    marks = (image if floor is None else floor) > CONTENT_THRESHOLD
-    return found if (wider & marks & ~found).any() else wider
+    return found if (wider & _marks(image, image if floor is None else floor, ~found)).any() else wider
 
 
 def _clean_corners(image: np.ndarray) -> bool:
@@ -90,6 +93,19 @@ def _clean_corners(image: np.ndarray) -> bool:
     return dark.size >= 0.5 * corners.size and np.count_nonzero(dark) <= 0.01 * dark.size
 
 
+def _marks(peak: np.ndarray, floor: np.ndarray, outside: np.ndarray) -> np.ndarray:
+    """bool [H, W]: the pixels of `outside` that are at least MARK_LEVEL and change by at most CONTENT_THRESHOLD
+    over the frames (`floor` to `peak`), in regions (as `_sector`'s) holding at least MARK_PIXELS of them: text and
+    marks burned into every frame. Speckle changes from frame to frame; in a single image every bright region is
+    one."""
+    marks = outside & (floor >= MARK_LEVEL) & (peak.astype(np.int16) - floor <= CONTENT_THRESHOLD)
+    if not marks.any():
+        return marks
+    labels = _regions(peak > CONTENT_THRESHOLD, 1)
+    counts = np.bincount(labels[marks], minlength=labels.max() + 1)
+    return marks & (labels > 0) & (counts[labels] >= MARK_PIXELS)
+
+
 def _sector(image: np.ndarray, threshold: int) -> np.ndarray:
     from scipy import ndimage
 
@@ -97,7 +113,7 @@ def _sector(image: np.ndarray, threshold: int) -> np.ndarray:
     if not mask.any():
         return np.ones(image.shape, bool)
     labels = _regions(mask, 1)
-    keep = _large(labels, ndimage.binary_opening(mask, _SQUARE))
+    keep = _large(labels, ndimage.binary_opening(mask, _SQUARE), SOLID_SHARE)
     if not keep.size:
         return np.zeros(image.shape, bool)
     return convex_hull_mask(np.argwhere(mask & np.isin(labels, keep)), image.shape)

@@ -31,11 +31,12 @@ ON_ERROR = ("raise", "skip")
 
 class SkipItem(Exception):
     """An item that gives no record for a reason that is not a broken file (a video shorter than one clip, every
-    frame colour Doppler): skipped and counted under `reason` whatever `on_error` says."""
+    frame colour Doppler): skipped and counted under `reason` (`count` times; `also`: more counts, e.g. the frames
+    left out before) whatever `on_error` says."""
 
-    def __init__(self, reason: str, message: str, count: int = 1):
+    def __init__(self, reason: str, message: str, count: int = 1, also: dict[str, int] | None = None):
         super().__init__(message)
-        self.reason, self.count = reason, count
+        self.reason, self.count, self.also = reason, count, dict(also or {})
 
 
 @dataclasses.dataclass
@@ -68,7 +69,8 @@ class SkippingExamples:
             made = made if isinstance(made, Made) else Made(list(made))
         except SkipItem as e:
             log.warning("left out %s: %s", self.kind, e)
-            self._count(e.reason, e.count)
+            for reason, n in {e.reason: e.count, **e.also}.items():
+                self._count(reason, n)
             return []
         except DataError as e:
             if self.on_error == "raise":

@@ -118,3 +118,11 @@ def test_colour_in_every_lossless_syntax_reads_back_as_its_rgb(tmp_path, photome
     got = readers.read_video(VideoRef("c.dcm", "", str(tmp_path)), deidentify=False)
     assert got.shape == rgb.shape
     assert np.abs(got.astype(int) - rgb).max() <= (2 if photometric == "YBR_FULL" else 0)  # YBR rounding
+
+
+def test_a_real_jpeg_lossless_colour_file_is_its_uncompressed_twins_bytes():
+    """SC_rgb_jpeg_gdcm (JPEG lossless, process 14) holds the frame SC_rgb stores uncompressed."""
+    plain = pydicom.dcmread(get_testdata_file("SC_rgb.dcm"))
+    stored = np.frombuffer(plain.PixelData, np.uint8).reshape(1, plain.Rows, plain.Columns, 3)
+    _, ref = real("SC_rgb_jpeg_gdcm.dcm")
+    np.testing.assert_array_equal(readers.read_video(ref, deidentify=False), stored)

@@ -9,7 +9,8 @@ lossless, JPEG-LS, JPEG 2000) and gives YBR colour frames (YBR_FULL, YBR_FULL_42
 - values are mapped linearly from the range the data can take onto [0, 255]: [0, 2^BitsStored - 1] unsigned,
   [-2^(BitsStored-1), 2^(BitsStored-1) - 1] signed (PixelRepresentation 1), that range through the rescale, or
   the output range of the LUT applied last. 8-bit unsigned data without LUTs is kept as stored. Never a per-file
-  min/max stretch: a dark loop stays dark and every frame of a loop gets the same mapping.
+  min/max stretch: a dark loop stays dark and every frame of a loop gets the same mapping (so data filling only
+  part of its BitsStored range without a window keeps that part's low contrast).
 
 Image regions: the 2D regions (RegionSpatialFormat 1: tissue or colour flow) of SequenceOfUltrasoundRegions, as
 (top, bottom, left, right) boxes with bottom/right exclusive, left to right; a region inside another one (a colour

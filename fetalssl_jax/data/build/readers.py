@@ -132,15 +132,22 @@ def installation_salt(env: Mapping[str, str] | None = None) -> str:
 def _create_salt_file(path: pathlib.Path) -> bool:
     """Writes a random salt to `path`, never over one another process wrote meanwhile; True if this call made it."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    salt = secrets.token_hex(32) + "\n"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32) + "\n")
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(salt)
     try:
         os.link(tmp, path)  # atomic and never replaces: a complete file or none
         return True
     except FileExistsError:
         return False
+    except OSError:  # a file system without hard links: create it exclusively and write it
+        try:
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+                f.write(salt)
+            return True
+        except FileExistsError:
+            return False
     finally:
         tmp.unlink()
 

@@ -236,6 +236,7 @@ def input_keys(c: ConfigDict) -> None:
     c.split = "train"  # of a tfds: input
     c.frame_skip = 5  # videos: every 5th frame, as the TFDS builder and the paper
     c.fit = "stretch"  # how a frame becomes a square, as the builders' `fit`: "stretch", "crop_pad" or "pad"
+    c.deidentify_pixels = True  # blank all but the image (DICOM image regions / the scan sector): burned-in names go
     c.batch_size = 64  # frames per compiled batch (the last one padded)
     c.progress_bar = True
     c.compilation_cache_dir = COMPILATION_CACHE_DIR  # "" disables

@@ -1,14 +1,22 @@
 """Shared fixtures: the tiny Barlow Twins config and paths."""
 
+import atexit
 import os
 import pathlib
+import shutil
 import socket
 import sys
+import tempfile
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Ids are salted with the installation's salt, made on first use in ~/.config/fetalssl_jax (readers.id_salt): the tests
+# (and the commands they start, which inherit this) keep theirs in a temporary folder, never in the real home.
+os.environ["FETALSSL_CONFIG_DIR"] = tempfile.mkdtemp(prefix="fetalssl_config_")
+atexit.register(shutil.rmtree, os.environ["FETALSSL_CONFIG_DIR"], True)
+os.environ.pop("FETALSSL_ID_SALT_FILE", None)
 # Tests run tiny models for a few steps: XLA's cheapest CPU code generation compiles ~35% faster, and compiling,
 # not running, is what the suite spends its time on. Set before jax is imported (conftest loads first).
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):

@@ -8,6 +8,7 @@ import numpy as np
 
 PATIENT_NAME = "Doe^Janet Secretname"
 PATIENT_ID = "PID-93417-XQ"
+BAND = 20  # rows of the header band that `burn_text` puts above a scan
 
 
 def moving_frames(num_frames: int, height: int, width: int, seed: int = 0, channels: int = 0) -> np.ndarray:
@@ -52,10 +53,15 @@ def write_dicom(
     monochrome1: bool = False,
     syntax: str | None = None,
     rgb: bool = False,
+    signed: bool = False,
+    photometric: str | None = None,
+    **tags,
 ) -> pathlib.Path:
     """A multi-frame ultrasound DICOM with PatientName/PatientID set; JPEG baseline frames if `jpeg` (YBR_FULL_422
     colour frames, as colour scanners write, if `rgb`: `frames` [T, H, W, 3]), frames compressed by pydicom with
-    transfer syntax `syntax` (a UID) if given, no pixel data if `frames` is None."""
+    transfer syntax `syntax` (a UID) if given, no pixel data if `frames` is None. `signed`: PixelRepresentation 1
+    (`frames` as signed integers); `photometric`: PhotometricInterpretation of native colour frames ('RGB',
+    'YBR_FULL': `frames` already in that space); `tags`: more attributes (WindowCenter=..., RescaleSlope=...)."""
     import io
 
     from PIL import Image
@@ -78,15 +84,19 @@ def write_dicom(
     if frames is not None:
         ds.NumberOfFrames = len(frames)
         ds.Rows, ds.Columns = frames.shape[1:3]
-        ds.SamplesPerPixel = 3 if rgb else 1
+        colour = rgb or photometric is not None
+        ds.SamplesPerPixel = 3 if colour else 1
         # YBR_FULL_422: what a baseline JPEG of colour frames holds
-        ds.PhotometricInterpretation = "YBR_FULL_422" if rgb else "MONOCHROME1" if monochrome1 else "MONOCHROME2"
-        if rgb:
+        ds.PhotometricInterpretation = photometric or ("YBR_FULL_422" if rgb else "MONOCHROME1" if monochrome1
+                                                       else "MONOCHROME2")  # fmt: skip
+        if colour:
             ds.PlanarConfiguration = 0
         ds.BitsAllocated = 8 if bits == 8 else 16
         ds.BitsStored = bits
         ds.HighBit = bits - 1
-        ds.PixelRepresentation = 0
+        ds.PixelRepresentation = 1 if signed else 0
+        for key, value in tags.items():
+            setattr(ds, key, value)
         if jpeg:
             encoded = []
             for f in frames:
@@ -97,7 +107,7 @@ def write_dicom(
             ds["PixelData"].VR = "OB"
             ds.LossyImageCompression = "01"
         else:
-            stored = frames.astype(np.uint8 if bits == 8 else np.uint16)
+            stored = frames.astype(np.dtype(f"{'i' if signed else 'u'}{1 if bits == 8 else 2}"))
             ds.PixelData = stored.tobytes()
             if syntax is not None:
                 ds.compress(syntax, stored)
@@ -123,3 +133,16 @@ def write_png(path: pathlib.Path, image: np.ndarray) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path)
     return path
+
+
+def burn_text(frames: np.ndarray, band: int = BAND) -> tuple[np.ndarray, np.ndarray]:
+    """(frames [T, H, W] with a black header band of `band` rows on top and a patient's name, id, date and
+    hospital burned into it by PIL, bool mask [band, W] of the text's pixels): a scanner's screen as exported."""
+    from PIL import Image, ImageDraw
+
+    out = np.pad(frames, ((0, 0), (band, 0), (0, 0)))
+    text = Image.new("L", (out.shape[2], band))
+    ImageDraw.Draw(text).text((2, 3), "DOE^JANE 1234567 12/03/2024 ST EXAMPLE", fill=255)
+    mask = np.asarray(text) > 0
+    out[:, :band][:, mask] = 255
+    return out, mask

@@ -9,6 +9,12 @@ CSV layout (the reference's): columns `image_name` (relative to the folder, or t
 one by one (a warning is logged: frames of one patient can then fall in two splits). Classes default to
 3VV/3VT, 4CH, LVOT, RVOT, non-heart (folder names "3VV", "3VT" or "3VV_3VT" name 3VV/3VT). Records carry salted
 hashes of the patient id and of the image path, never a name or a DICOM tag.
+
+A DICOM of several frames (a cine loop of the plane) or image regions gives every frame of every region as an
+image of its row's class and patient (`readers.read_images`); the images of one file always share a split. Pixels
+are de-identified (`deidentify_pixels`, default on: DICOM image regions cropped out, other images blanked outside
+the scan sector) and colour-Doppler images left out (`doppler`), counted in `metadata.json`
+(`skipped_doppler_images_<split>`).
 """
 
 from __future__ import annotations
@@ -22,8 +28,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from fetalssl_jax.data import synthetic
-from fetalssl_jax.data.build import readers
-from fetalssl_jax.data.build.tfds_build import BeamOrLocalBuilder, SkippingExamples
+from fetalssl_jax.data.build import readers, sector
+from fetalssl_jax.data.build.tfds_build import BeamOrLocalBuilder, Made, SkipItem, SkippingExamples
 
 log = logging.getLogger("fetalssl_jax.data")
 
@@ -35,7 +41,9 @@ class FetalCardiacPlanesConfig(tfds.core.BuilderConfig):
     """layout: 'csv' (`csv_name` in the manual folder) or 'folders' (class sub-folders); synthetic: the embedded
     generated labelled set. on_error: 'raise' or 'skip' (bad rows/images logged and counted). fit: how an image
     becomes a square (`readers.resize_frames`): 'stretch' (the reference's resize), 'crop_pad' (content box, then
-    black padding) or 'pad'; use the fit the videos were built with."""
+    black padding) or 'pad'; use the fit the videos were built with. deidentify_pixels and doppler: as the
+    fetal_us_video builder's ('skip': a colour overlay is a cue of some planes (outflow tracts, 3VT) that a classifier
+    would learn instead of the anatomy)."""
 
     layout: str = "csv"
     csv_name: str = "labels.csv"
@@ -46,18 +54,28 @@ class FetalCardiacPlanesConfig(tfds.core.BuilderConfig):
     split_seed: int = 0
     on_error: str = "raise"
     fit: str = "stretch"
+    deidentify_pixels: bool = True
+    doppler: str = "skip"
     synthetic: bool = False
     synthetic_patients: int = 60
     synthetic_frames_per_patient: int = 20
 
 
-def _image_record(
-    item: tuple[readers.LabelledImage, str, str], root: str, size: int, fit: str
-) -> list[tuple[str, dict]]:
+def _image_records(item: tuple[readers.LabelledImage, str, str], root: str, c: FetalCardiacPlanesConfig) -> Made:
+    """The records of one row: its image, or every frame of every image region of a DICOM (keyed by the row's id
+    salted with the part's name, as irreversible as the row's), colour-Doppler ones left out with doppler='skip'."""
     image, image_id, patient = item
-    pixels = readers.read_image_file(pathlib.Path(root) / image.relpath, image.relpath)
-    pixels = readers.resize_frames(pixels[None], size, fit)[0][..., None]
-    return [(image_id, {"image": pixels, "label": image.label, "patient_id": patient, "image_id": image_id})]
+    parts = readers.read_images(pathlib.Path(root) / image.relpath, image.relpath, c.deidentify_pixels)
+    records = []
+    for part, pixels in parts:
+        if c.doppler == "skip" and sector.colour_doppler(pixels[None])[0]:
+            continue
+        pixels = readers.resize_frames(readers.to_grayscale(pixels[None]), c.image_size, c.fit)[0][..., None]
+        key = readers.salted_hash(part, image_id) if part else image_id
+        records.append((key, {"image": pixels, "label": image.label, "patient_id": patient, "image_id": key}))
+    if not records:
+        raise SkipItem("doppler_images", f"{image.relpath}: colour Doppler (doppler='skip')", len(parts))
+    return Made(records, {"doppler_images": len(parts) - len(records)})
 
 
 def _synthetic_record(item: tuple[np.ndarray, int, str, str]) -> list[tuple[str, dict]]:
@@ -68,8 +86,13 @@ def _synthetic_record(item: tuple[np.ndarray, int, str, str]) -> list[tuple[str,
 class FetalCardiacPlanes(BeamOrLocalBuilder):
     """Labelled fetal cardiac plane images (5 classes by default), split by patient."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First release.",
+        "1.1.0": "Pixels de-identified (deidentify_pixels); colour-Doppler images left out (doppler); a DICOM gives "
+        "every frame of every image region; DICOM read through its palette, modality and VOI LUTs and signed values; "
+        "an image listed twice, a non-UTF-8 table and an emptied split are one-line errors.",
+    }
     BUILDER_CONFIGS = [
         FetalCardiacPlanesConfig(name="csv",
                                  description="Images listed in labels.csv (image_name, class[, patient_id])."),
@@ -87,10 +110,11 @@ class FetalCardiacPlanes(BeamOrLocalBuilder):
         c = self.builder_config
         if c.layout not in ("csv", "folders"):
             raise ValueError(f"fetal_cardiac_planes config {c.name!r}: layout must be 'csv' or 'folders'")
-        if c.fit not in readers.FITS:
-            raise ValueError(
-                f"fetal_cardiac_planes config {c.name!r}: fit must be one of {readers.FITS}, got {c.fit!r}"
-            )
+        for key, allowed in (("fit", readers.FITS), ("doppler", readers.DOPPLER), ("deidentify_pixels", (True, False))):
+            if getattr(c, key) not in allowed or not isinstance(getattr(c, key), type(allowed[0])):
+                raise ValueError(
+                    f"fetal_cardiac_planes config {c.name!r}: {key} must be one of {allowed}, got {getattr(c, key)!r}"
+                )
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(
                 {
@@ -134,10 +158,10 @@ class FetalCardiacPlanes(BeamOrLocalBuilder):
         ]
         groups = [patient if has_patients else image_id for _, image_id, patient in items]
         split = readers.split_groups(groups, dict(zip(SPLITS, c.split_fractions, strict=True)), c.split_seed)
-        make = functools.partial(_image_record, root=str(root), size=c.image_size, fit=c.fit)
+        make = functools.partial(_image_records, root=str(root), c=c)
         return {
             s: self._generate_examples([it for it, g in zip(items, groups, strict=True) if split[g] == s],
-                                       SkippingExamples(make, c.on_error, "images"), s)
+                                       SkippingExamples(make, c.on_error, "images", ("doppler_images",)), s)
             for s in SPLITS
             if any(v == s for v in split.values())
         }  # fmt: skip

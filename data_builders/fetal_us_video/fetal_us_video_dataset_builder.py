@@ -10,7 +10,14 @@ HDF5 with one dataset per video, .npy/.npz, folders of frame images), in any sub
 frame is kept, converted to one gray channel and resized to `image_size` squared (`fit`: stretched as the
 reference does, or cropped to the scan's content and padded, for screen captures; `readers.resize_frames`).
 Videos (never frames) are split into train and validation. Records carry a salted hash of the video's relative path
-as `video_id`, never a file name or a DICOM tag (salt: $FETALSSL_ID_SALT, else `<manual_dir>/.id_salt`).
+as `video_id`, never a file name or a DICOM tag (salt: $FETALSSL_ID_SALT, else `<manual_dir>/.id_salt`, else this
+installation's random salt, `readers.id_salt`).
+
+Pixels are de-identified (`deidentify_pixels`, default on): a DICOM that declares its image regions is cropped to
+them (one video per region), every other video is blanked outside its scan sector, so the names, dates and ids
+that scanners print around the image never reach a record. Colour-Doppler frames are left out (`doppler`).
+`metadata.json` reports per split what was left out: unreadable videos (on_error 'skip'), videos too short for one
+record (`skipped_short_videos_<split>`), colour-Doppler frames (`skipped_doppler_frames_<split>`).
 
 Screen captures (black bands, captions) beside plane images exported without them:
   tfds build data_builders/fetal_us_video --manual_dir DIR --config '{"name": "pairs_crop", "fit": "crop_pad"}'
@@ -28,7 +35,7 @@ import tensorflow_datasets as tfds
 
 from fetalssl_jax.data import synthetic
 from fetalssl_jax.data.build import readers
-from fetalssl_jax.data.build.tfds_build import BeamOrLocalBuilder, SkippingExamples
+from fetalssl_jax.data.build.tfds_build import BeamOrLocalBuilder, Made, SkipItem, SkippingExamples
 
 RECORDS = ("pairs", "clips", "frames")
 
@@ -42,12 +49,17 @@ class FetalUsVideoConfig(tfds.core.BuilderConfig):
         or 'frames' (single frames).
     synthetic: write the embedded generated videos instead of reading the manual folder.
     on_error: 'raise' stops at the first bad video, naming it; 'skip' logs it and counts it in metadata.json.
+        A video with fewer kept frames than one record needs (a clip) is always left out and counted.
     fit: how a frame becomes a square (`readers.resize_frames`): 'stretch' (the reference's resize), 'crop_pad'
         (the content box, then black padding: aspect kept, capture margins dropped) or 'pad'. Build the labelled
         planes with the same fit.
     patient_folder: which folder level below the manual folder names the patient, so that all of a patient's
         videos land in one split: 1 for `<patient>/<video>`, 2 for `<site>/<patient>/<video>`; 0 (the default):
         every video is its own patient.
+    deidentify_pixels: blank everything outside the image (the DICOM's image regions, else the scan sector);
+        False keeps the frames as decoded (a DICOM's image regions are still cropped out).
+    doppler: 'skip' (the default) leaves colour-Doppler frames out: the models are B-mode, and a colour overlay turned
+        gray is a bright blob that is no echo and hides the tissue under it; 'gray' keeps them in gray.
     """
 
     record: str = "pairs"
@@ -61,6 +73,8 @@ class FetalUsVideoConfig(tfds.core.BuilderConfig):
     on_error: str = "raise"
     fit: str = "stretch"
     patient_folder: int = 0
+    deidentify_pixels: bool = True
+    doppler: str = "skip"
     synthetic: bool = False
     synthetic_videos: int = 48
     synthetic_frames: int = 64  # kept frames per generated video (frame skip already applied when rendering)
@@ -76,8 +90,20 @@ def _check_config(c: FetalUsVideoConfig) -> None:
             raise ValueError(f"fetal_us_video config {c.name!r}: {key} must be >= {minimum}, got {getattr(c, key)}")
     if c.fit not in readers.FITS:
         raise ValueError(f"fetal_us_video config {c.name!r}: fit must be one of {readers.FITS}, got {c.fit!r}")
+    if c.doppler not in readers.DOPPLER:
+        raise ValueError(
+            f"fetal_us_video config {c.name!r}: doppler must be one of {readers.DOPPLER}, got {c.doppler!r}"
+        )
+    if not isinstance(c.deidentify_pixels, bool):
+        raise ValueError(f"fetal_us_video config {c.name!r}: deidentify_pixels must be true or false, got "
+                         f"{c.deidentify_pixels!r}")  # fmt: skip
     if not 0.0 <= c.validation_fraction < 1.0:
         raise ValueError(f"fetal_us_video config {c.name!r}: validation_fraction must be in [0, 1)")
+
+
+def min_frames(c: FetalUsVideoConfig) -> int:
+    """Kept frames a video needs for one record: a clip's span for clips, else 1."""
+    return (c.clip_length - 1) * c.clip_stride + 1 if c.record == "clips" else 1
 
 
 def records_of_video(
@@ -109,25 +135,42 @@ def records_of_video(
     return out
 
 
-def _real_video_records(item: tuple[readers.VideoRef, str], c: FetalUsVideoConfig) -> list[tuple[str, dict]]:
+def _real_video_records(item: tuple[readers.VideoRef, str], c: FetalUsVideoConfig) -> Made:
     ref, video_id = item
-    frames, kept = readers.prepare_video(readers.read_video(ref), ref.name, c.image_size, c.frame_skip, c.fit)
-    return records_of_video(frames, kept, video_id, c)
+    raw = readers.read_video(ref, c.deidentify_pixels)
+    frames, kept = readers.prepare_video(raw, ref.name, c.image_size, c.frame_skip, c.fit, c.doppler)
+    doppler = len(range(0, len(raw), c.frame_skip)) - len(kept)
+    _check_length(ref.name, len(kept), doppler, c)
+    return Made(records_of_video(frames, kept, video_id, c), {"doppler_frames": doppler})
 
 
-def _synthetic_video_records(item: tuple[int, str], c: FetalUsVideoConfig) -> list[tuple[str, dict]]:
+def _check_length(name: str, kept: int, doppler: int, c: FetalUsVideoConfig) -> None:
+    """SkipItem for a video with fewer kept frames than one record needs, saying why."""
+    if kept < min_frames(c):
+        why = f" after leaving out {doppler} colour-Doppler frame(s)" if doppler else ""
+        raise SkipItem("short_videos", f"{name}: {kept} kept frame(s){why} (frame_skip {c.frame_skip}); a {c.record} "
+                                       f"record needs {min_frames(c)}", also={"doppler_frames": doppler})  # fmt: skip
+
+
+def _synthetic_video_records(item: tuple[int, str], c: FetalUsVideoConfig) -> Made:
     index, video_id = item
     video = synthetic.generate_video(index, c.synthetic_frames, c.image_size, seed=0, frame_skip=c.frame_skip)
     frames = video.frames[..., None]
     kept = np.arange(len(frames), dtype=np.int32) * c.frame_skip
-    return records_of_video(frames, kept, video_id, c)
+    _check_length(f"synthetic/{index}", len(kept), 0, c)
+    return Made(records_of_video(frames, kept, video_id, c))
 
 
 class FetalUsVideo(BeamOrLocalBuilder):
     """Unlabelled fetal ultrasound videos -> frame pairs / clips / frames, split by video."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First release.",
+        "1.1.0": "Pixels de-identified (deidentify_pixels): DICOM image regions cropped (one video each), other videos "
+        "blanked outside the scan sector; colour-Doppler frames left out (doppler); DICOM read through its "
+        "palette, modality and VOI LUTs and signed values; videos too short for one record counted as skipped.",
+    }
     BUILDER_CONFIGS = [
         FetalUsVideoConfig(name="pairs", description="Frame pairs of the manual folder's videos (max_gap 0)."),
         FetalUsVideoConfig(name="clips", record="clips", description="Clips of 4 kept frames, for reorder."),
@@ -141,8 +184,9 @@ class FetalUsVideo(BeamOrLocalBuilder):
     DEFAULT_CONFIG_NAME = "synthetic"
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
     Put the scan videos (mp4/avi, DICOM cine loops, HDF5 with one dataset per video, .npy/.npz, or folders of
-    frame images) in a folder, in any sub-folders, and pass it as --manual_dir. Optional: a secret salt for
-    the video ids on the first line of <manual_dir>/.id_salt (or $FETALSSL_ID_SALT).
+    frame images) in a folder, in any sub-folders, and pass it as --manual_dir. The video ids are salted with
+    this installation's random salt (made on first use; keep it secret and backed up), or with the first line of
+    <manual_dir>/.id_salt, or $FETALSSL_ID_SALT.
     """
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -193,8 +237,9 @@ class FetalUsVideo(BeamOrLocalBuilder):
             split = readers.split_groups(patients, fractions, c.split_seed)
             by_split = {s: [it for it, p in zip(items, patients, strict=True) if split[p] == s] for s in fractions}
             make = functools.partial(_real_video_records, c=c)
+        reasons = ("short_videos",) if c.synthetic else ("short_videos", "doppler_frames")
         return {
-            s: self._generate_examples(items, SkippingExamples(make, c.on_error, "videos"), s)
+            s: self._generate_examples(items, SkippingExamples(make, c.on_error, "videos", reasons), s)
             for s, items in by_split.items()
             if items
         }

@@ -5,10 +5,16 @@ A block is one video (so memory holds one decoded video at a time, whatever the 
 records. Video frames are prepared as the TFDS builder prepares them (`readers.prepare_video`: every
 `frame_skip`-th frame, gray, resized to the network's input size); image files as the plane builder does (gray,
 resized); records of a built dataset are used as stored. The network's own preprocessing (`preprocess_eval`)
-then resizes whatever size it gets, as in evaluation: frames of another size are resized, never refused.
+then resizes whatever size it gets, as in evaluation: frames of another size are resized, never refused. A DICOM of
+several frames or image regions is a video (one per region) wherever it is given.
+
+Pixels are de-identified as the builders do (`deidentify`, default on; `readers.read_video`): DICOM image regions
+cropped out, everything else blanked outside the scan sector, before a frame is embedded or kept as an original for
+the PNGs of select and predict. Colour-Doppler frames are converted to gray.
 
 Rows carry a salted id of their source (`readers.salted_hash` of the path relative to the input folder, salt
-`readers.id_salt`: $FETALSSL_ID_SALT or `<folder>/.id_salt`), never a file name; TFDS records carry their own ids.
+`readers.id_salt`: $FETALSSL_ID_SALT, `<folder>/.id_salt` or the installation's salt), never a file name; TFDS
+records carry their own ids.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ def check_keys(c: Checks) -> None:
     c.text("input", "a video or image file, a folder or tfds:<name>")
     c.one_of("input_type", INPUT_TYPES)
     c.one_of("fit", readers.FITS)
+    c.boolean("deidentify_pixels")
     for key in ("frame_skip", "batch_size"):
         c.integer(key)
     c.boolean("progress_bar")
@@ -76,6 +83,7 @@ class Input:
     split: str = ""
     class_names: tuple[str, ...] = ()
     fit: str = "stretch"  # how a video frame or image becomes a square: as the builders' `fit`
+    deidentify: bool = True  # blank everything outside the image: as the builders' `deidentify_pixels`
 
     @property
     def is_video(self) -> bool:
@@ -110,8 +118,9 @@ class Input:
         """The input as FrameBlocks: one per video, or chunks of `chunk` images / records."""
         if self.kind == "video":
             for ref in self.videos:
-                yield video_block(readers.read_video(ref), ref.name, readers.salted_hash(ref.name, self.salt),
-                                  image_size, frame_skip, self.fit)  # fmt: skip
+                yield video_block(readers.read_video(ref, self.deidentify), ref.name,
+                                  readers.salted_hash(ref.name, self.salt), image_size, frame_skip,
+                                  self.fit)  # fmt: skip
         elif self.kind == "images":
             for start in range(0, len(self.images), chunk):
                 yield self._image_block(self.images[start : start + chunk], image_size)
@@ -125,7 +134,7 @@ class Input:
         return readers.salted_hash(self._relative(path), self.salt)
 
     def _image_block(self, paths: Sequence[pathlib.Path], image_size: int) -> FrameBlock:
-        originals = [readers.read_image_file(p, self._relative(p)) for p in paths]
+        originals = [readers.read_image_file(p, self._relative(p), deidentify=self.deidentify) for p in paths]
         n = len(paths)
         return FrameBlock(
             resize_images(originals, image_size, self.fit), np.array([self._image_id(p) for p in paths]),
@@ -173,14 +182,28 @@ def _image_files(root: pathlib.Path) -> list[pathlib.Path]:
 
 
 def open_input(
-    spec: str, input_type: str = "auto", data_dir: str = "", split: str = "train", fit: str = "stretch"
+    spec: str,
+    input_type: str = "auto",
+    data_dir: str = "",
+    split: str = "train",
+    fit: str = "stretch",
+    deidentify: bool = True,
 ) -> Input:
     """Resolves `spec`: a video or image file, a folder, or `tfds:<name>` (a built fetal_us_video with frame or
     pair records, or a built fetal_cardiac_planes dataset: `split` of it, in `data_dir`). Files are made square
-    by `fit` (`readers.resize_frames`; use the one the training data was built with); built records as stored.
+    by `fit` (`readers.resize_frames`; use the one the training data was built with) and de-identified with
+    `deidentify` (the module docstring); built records are used as stored.
 
     `input_type` 'auto' reads a folder as videos when it holds any (video files, folders of frames), else as
-    images; 'videos' / 'images' say which. An empty folder, or one with neither, is a DataError naming it."""
+    images, and a DICOM file of several frames or image regions as videos; 'videos' / 'images' say which. An empty
+    folder, one with neither, or a file name that is not UTF-8 is a DataError naming it."""
+    data = _open_files(spec, input_type, data_dir, split, fit)
+    for name in [ref.name for ref in data.videos] + [data._relative(p) for p in data.images]:
+        readers.check_name(name)  # sources.csv lists them
+    return dataclasses.replace(data, deidentify=bool(deidentify))
+
+
+def _open_files(spec: str, input_type: str, data_dir: str, split: str, fit: str) -> Input:
     spec = str(spec).strip()
     if spec.startswith(TFDS_PREFIX):
         return _tfds_input(spec[len(TFDS_PREFIX) :], data_dir, split)
@@ -192,6 +215,9 @@ def open_input(
     if path.is_file():
         suffix = path.suffix.lower()
         as_image = input_type == "images" or (input_type == "auto" and suffix in IMAGE_FILE_SUFFIXES)
+        if as_image and input_type == "auto" and suffix in readers.DICOM_SUFFIXES:
+            regions, frames = readers.dicom_parts(path, path.name)
+            as_image = frames == 1 and regions == [0]  # a cine loop, or several regions: videos
         if as_image:
             return Input("images", str(path), images=(path,), root=path.parent, salt=salt, fit=fit)
         if suffix not in readers.VIDEO_SUFFIXES:

@@ -66,7 +66,8 @@ def _start(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, load:
     """Validates the config, opens its input and loads its model (`load()`), all before anything is written; then
     writes config.json and sources.csv. (workdir, input, model)."""
     validate(config)
-    data = open_input(config.input, config.input_type, config.data_dir, config.split, config.fit)
+    data = open_input(config.input, config.input_type, config.data_dir, config.split, config.fit,
+                      config.deidentify_pixels)  # fmt: skip
     model = load()
     workdir = make_workdir(workdir)
     (workdir / "config.json").write_text(config_json(config, COSMETIC_KEYS))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from apply_fixtures import SIZE, random_backbone
 from conftest import REPO
+from PIL import Image
 from us_fixtures import moving_frames, write_png, write_video
 
 from fetalssl_jax.apply import Embeddings, embed, embed_input, open_input
@@ -172,3 +173,71 @@ def test_fit_makes_a_screen_capture_square_as_the_builders_do(backbone, tmp_path
     reference = _evaluator(backbone, alone)
     np.testing.assert_allclose(cropped.features, reference, rtol=1e-3, atol=1e-3)
     assert np.abs(stretched.features - reference).max() > 10 * np.abs(cropped.features - reference).max()
+
+
+def test_a_multi_frame_dicom_given_alone_is_a_video(backbone, tmp_path, monkeypatch):
+    """As inside a folder: every `frame_skip`-th frame, numbered, one source; a one-frame DICOM stays an image."""
+    from us_fixtures import write_dicom
+
+    monkeypatch.setenv("FETALSSL_ID_SALT", "pepper")
+    loop = moving_frames(7, 40, 36, seed=5)
+    write_dicom(tmp_path / "loop.dcm", loop)
+    write_dicom(tmp_path / "still.dcm", loop[:1])
+    data = open_input(str(tmp_path / "loop.dcm"))
+    assert data.kind == "video"
+    embeddings = embed_input(backbone, data, frame_skip=3, batch_size=8, progress=False)
+    np.testing.assert_array_equal(embeddings.frame_index, [0, 3, 6])
+    assert set(embeddings.source_ids) == {readers.salted_hash("loop.dcm", "pepper")}
+    resized = np.stack([np.asarray(Image.fromarray(f).resize((SIZE, SIZE), Image.BILINEAR)) for f in loop[::3]])
+    _close(embeddings.features, _evaluator(backbone, resized[..., None]))  # PIL's resize, independently
+    assert open_input(str(tmp_path / "still.dcm")).kind == "images"
+    with pytest.raises(readers.DataError, match=r"loop.dcm: a DICOM of 7 images .* read it as a video"):
+        embed_input(backbone, open_input(str(tmp_path / "loop.dcm"), input_type="images"), progress=False)
+
+
+def test_the_frames_embed_sees_and_keeps_carry_no_pixel_of_burned_in_text(tmp_path):
+    """Scans with a header of burned-in text: the blocks (network input and the originals that become PNGs) are
+    those of the same scans without it; deidentify=False keeps the text."""
+    from us_fixtures import BAND, burn_text
+
+    from fetalssl_jax.data import synthetic
+
+    for index in range(2):
+        clean = synthetic.generate_video(index, 6, 96, seed=6, frame_skip=5).frames
+        texted, text = burn_text(clean)
+        np.save(tmp_path / f"text{index}.npy", texted)
+        np.save(tmp_path / f"clean{index}.npy", np.pad(clean, ((0, 0), (BAND, 0), (0, 0))))
+        for image in ("text", "clean"):
+            write_png(tmp_path / "images" / f"{image}{index}.png", np.load(tmp_path / f"{image}{index}.npy")[0])
+    blocks = {b.video: b for b in open_input(str(tmp_path), input_type="videos").blocks(SIZE, frame_skip=2)}
+    for index in range(2):
+        texted, clean = blocks[f"text{index}.npy"], blocks[f"clean{index}.npy"]
+        np.testing.assert_array_equal(texted.frames, clean.frames)
+        np.testing.assert_array_equal(np.stack(texted.originals), np.stack(clean.originals))
+        assert np.stack(texted.originals)[:, :BAND].max() == 0
+    images = open_input(str(tmp_path / "images"))
+    (block,) = images.blocks(SIZE)
+    originals = dict(zip([p.name for p in images.images], block.originals, strict=True))
+    for index in range(2):
+        np.testing.assert_array_equal(originals[f"text{index}.png"], originals[f"clean{index}.png"])
+    raw = next(iter(open_input(str(tmp_path / "text0.npy"), deidentify=False).blocks(SIZE, frame_skip=2)))
+    assert np.stack(raw.originals)[:, :BAND].max() == 255  # the opt-out
+
+
+def test_a_file_name_that_is_not_utf8_stops_the_command_with_one_line_and_status_2(python, tmp_path):
+    import os
+    import subprocess
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    np.save(scans / "fine.npy", moving_frames(2, 32, 32))
+    np.save(scans / os.fsdecode(b"Doe_J\xe9r\xf4me.npy"), moving_frames(2, 32, 32))
+    with pytest.raises(readers.DataError, match=r"^Doe_J\\xe9r\\xf4me\.npy: the file name is not UTF-8"):
+        open_input(str(scans))
+    cmd = [python, "-m", "fetalssl_jax.main", "--config", f"{REPO / 'configs' / 'embed.py'}:tiny",
+           "--config.backbone=random", "--config.model.arch=resnet10", "--config.model.width=8",
+           "--config.image_size=32", f"--config.input={scans}", "--workdir", str(tmp_path / "out")]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(r"error: Doe_J\xe9r\xf4me.npy: the file name is not UTF-8")
+    assert "Traceback" not in proc.stderr

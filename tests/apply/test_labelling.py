@@ -153,3 +153,33 @@ def test_the_strategy_is_chosen_by_name_and_checked_with_the_other_keys(scans, t
     assert not (tmp_path / "bad").exists()
     with pytest.raises(ValueError, match="strategy = 'best': must be one of 'typical', 'k-center', 'random'"):
         select(embeddings, 3, strategy="best")
+
+
+def test_the_pngs_to_label_carry_no_pixel_of_burned_in_text(scans, tmp_path, monkeypatch):
+    """Sweeps with a patient's name and ids burned into their header band: every PNG written for labelling is the
+    recorded frame with that band black, pixel for pixel; deidentify_pixels=False (the opt-out) keeps the text."""
+    from us_fixtures import BAND, burn_text
+
+    monkeypatch.setenv("FETALSSL_ID_SALT", "salt")
+    _, _, backbone = scans
+    root = tmp_path / "scans"
+    root.mkdir()
+    clean = {}
+    for v in generate_videos(3, 10, 64, seed=5, frame_skip=1):
+        texted, _ = burn_text(v.frames)
+        np.save(root / f"{v.video_id}.npy", texted)
+        clean[readers.salted_hash(f"{v.video_id}.npy", "salt")] = np.pad(v.frames, ((0, 0), (BAND, 0), (0, 0)))
+    for deidentify in (True, False):
+        out = tmp_path / f"run_{deidentify}"
+        run_select(_select_config(backbone=backbone, input=str(root), budget=6, frame_skip=1, min_gap=2,
+                                  deidentify_pixels=deidentify), out)  # fmt: skip
+        with open(out / "to_label" / "labels.csv") as f:
+            names = [r["image_name"] for r in csv.DictReader(f)]
+        assert len(names) == 6
+        for name in names:
+            source, frame = name[:-4].rsplit("_", 1)
+            png = np.asarray(Image.open(out / "to_label" / name))
+            if deidentify:
+                np.testing.assert_array_equal(png, clean[source][int(frame)])
+            else:
+                assert png[:BAND].max() == 255

@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 from conftest import REPO
 from PIL import Image
-from us_fixtures import PATIENT_ID, PATIENT_NAME, moving_frames, write_dicom, write_hdf5, write_png, write_video
+from us_fixtures import (
+    PATIENT_ID,
+    PATIENT_NAME,
+    burn_text,
+    moving_frames,
+    write_dicom,
+    write_hdf5,
+    write_png,
+    write_video,
+)
 
 from fetalssl_jax.data.build import readers
 from fetalssl_jax.data.build.readers import DataError
@@ -255,3 +264,190 @@ def test_a_screen_capture_and_a_square_export_of_one_scan_build_alike(tmp_path):
     assert np.abs(stretched["capture"] - stretched["square"]).mean() > 8
     with pytest.raises(ValueError, match="fit must be one of .*'squash'"):
         build(FetalUsVideo, FetalUsVideoConfig(name="t_bad_fit", fit="squash"), manual, tmp_path / "bad")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Real scanner files, de-identified pixels, the skip report and one-line errors
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _texted_scans(root: pathlib.Path, with_text: bool) -> None:
+    """Three generated sweeps (96 px) as .npy videos, the scanner's header band above each; with its text burned in
+    (PIL) if `with_text`."""
+    from fetalssl_jax.data import synthetic
+
+    for index in range(3):
+        frames = synthetic.generate_video(index, 8, 96, seed=4, frame_skip=5).frames
+        texted, _ = burn_text(frames)
+        if not with_text:
+            texted[:, : texted.shape[1] - frames.shape[1]] = 0
+        np.save(root / f"scan{index}.npy", texted)
+    write_png(root / "planes" / "4CH" / "a.png", texted[0])
+
+
+def test_text_burned_into_the_scans_never_reaches_the_records(tmp_path, monkeypatch):
+    """Records of scans with their header text equal, byte for byte, those of the same scans without it; with
+    deidentify_pixels=False (the opt-out) they do not."""
+    monkeypatch.setenv("FETALSSL_ID_SALT", "pepper")
+    for kind in ("text", "clean"):
+        (tmp_path / kind / "planes" / "4CH").mkdir(parents=True)
+        _texted_scans(tmp_path / kind, kind == "text")
+
+    def frames(kind, **options):
+        config = FetalUsVideoConfig(name=f"t_{kind}_{len(options)}", record="frames", image_size=48, frame_skip=1,
+                                    validation_fraction=0.0, **options)  # fmt: skip
+        records = sorted(all_records(build(FetalUsVideo, config, tmp_path / kind, tmp_path / f"d_{kind}"))["train"],
+                         key=lambda r: (r["video_id"], int(r["frame_index"])))  # fmt: skip
+        return np.stack([r["image"] for r in records])
+
+    def planes(kind, **options):
+        config = FetalCardiacPlanesConfig(name=f"p_{kind}_{len(options)}", layout="folders", image_size=48,
+                                          split_fractions=(1.0, 0.0, 0.0), **options)  # fmt: skip
+        builder = build(FetalCardiacPlanes, config, tmp_path / kind / "planes", tmp_path / f"d_{kind}")
+        return all_records(builder)["train"][0]["image"]
+
+    clean = frames("clean")
+    np.testing.assert_array_equal(frames("text"), clean)
+    # the band (20 of 116 rows; rows 0..6 of 48 resize rows 0..18 of it) is black: no pixel of the text
+    assert clean[:, :7].max() == 0
+    assert np.abs(frames("text", deidentify_pixels=False)[:, :7].astype(int) - clean[:, :7]).max() > 100
+    np.testing.assert_array_equal(planes("text"), planes("clean"))
+    assert planes("text", deidentify_pixels=False)[:7].max() > 100
+
+
+def test_the_scanner_files_build_as_their_independent_decode_without_their_header(tmp_path, monkeypatch):
+    """ALOKA (16-bit palette colour, two image regions): two videos each, their records PIL's gray and resize of
+    the region of pydicom's own colour lookup. GE (power Doppler): with doppler='gray' its header band and the labels
+    below the image are black, the image is PIL's; by default (doppler='skip') it is left out, and counted."""
+    import shutil
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import apply_color_lut
+
+    monkeypatch.setenv("FETALSSL_ID_SALT", "pepper")
+    names = ("gdcm-US-ALOKA-16.dcm", "gdcm-US-ALOKA-16_big.dcm", "US1_UNCR.dcm")
+    for name in names:
+        shutil.copy(get_testdata_file(name), tmp_path / name)
+    config = FetalUsVideoConfig(name="t_scanners", record="frames", image_size=64, frame_skip=1,
+                                validation_fraction=0.0, doppler="gray")  # fmt: skip
+    records = {r["video_id"]: r["image"][..., 0] for r in
+               all_records(build(FetalUsVideo, config, tmp_path, tmp_path / "d1"))["train"]}  # fmt: skip
+    assert len(records) == 5
+
+    def pil(rgb):
+        return np.asarray(Image.fromarray(rgb).convert("L").resize((64, 64), Image.BILINEAR)).astype(int)
+
+    for name in names[:2]:
+        ds = pydicom.dcmread(tmp_path / name)
+        rgb = np.round(apply_color_lut(ds.pixel_array, ds) / 257.0).astype(np.uint8)
+        for k, cols in ((1, slice(32, 336)), (2, slice(336, 640))):  # the regions its header gives
+            got = records[readers.salted_hash(f"{name}::region{k}", "pepper")]
+            assert np.abs(got - pil(rgb[24:416, cols])).max() <= 1
+    ds = pydicom.dcmread(tmp_path / "US1_UNCR.dcm")
+    stored = np.frombuffer(ds.PixelData, np.uint8).reshape(ds.Rows, ds.Columns, 3)
+    got = records[readers.salted_hash("US1_UNCR.dcm", "pepper")]
+    assert got[:13].max() == 0 and got[47:].max() == 0  # rows < 104 and > 345 of 480: the text
+    assert np.abs(got[16:45, 2:60] - pil(stored)[16:45, 2:60]).max() <= 1  # inside the image
+    only_ge = tmp_path / "ge"
+    only_ge.mkdir()
+    shutil.copy(tmp_path / "US1_UNCR.dcm", only_ge)
+    np.save(only_ge / "still.npy", moving_frames(2, 16, 16))
+    default = FetalUsVideoConfig(name="t_doppler", record="frames", image_size=16, frame_skip=1,
+                                 validation_fraction=0.0)  # fmt: skip
+    builder = build(FetalUsVideo, default, only_ge, tmp_path / "d2")
+    assert builder.info.splits["train"].num_examples == 2  # the .npy only
+    metadata = builder.info.metadata
+    assert (metadata["skipped_doppler_frames_train"], metadata["skipped_short_videos_train"]) == (1, 1)
+
+
+def test_a_cine_loop_in_the_labelled_planes_gives_every_frame_with_its_rows_class_and_patient(tmp_path):
+    root = tmp_path / "planes"
+    loop = moving_frames(3, 20, 24, seed=7)
+    write_dicom(root / "loop.dcm", loop)
+    write_png(root / "a.png", moving_frames(1, 20, 24, seed=8)[0])
+    (root / "labels.csv").write_text("image_name,class,patient_id\nloop.dcm,LVOT,p1\na.png,4CH,p2\n")
+    config = FetalCardiacPlanesConfig(name="t_loop", image_size=16, split_fractions=(1.0, 0.0, 0.0))
+    records = all_records(build(FetalCardiacPlanes, config, root, tmp_path / "d"))["train"]
+    lvot = [r for r in records if r["label"] == 2]
+    assert len(records) == 4 and len(lvot) == 3 and len({r["image_id"] for r in records}) == 4
+    (four_chamber,) = [r for r in records if r["label"] == 1]
+    assert len({r["patient_id"] for r in lvot}) == 1 and lvot[0]["patient_id"] != four_chamber["patient_id"]
+    expected = [np.asarray(Image.fromarray(f).resize((16, 16), Image.BILINEAR)).astype(int) for f in loop]
+    for r in lvot:  # each record is one of the loop's frames (PIL's resize), every frame once
+        matches = [i for i, e in enumerate(expected) if np.abs(r["image"][..., 0] - e).max() <= 1]
+        assert len(matches) == 1
+        expected[matches[0]] = np.full((16, 16), -99)
+
+
+def test_videos_too_short_for_a_clip_are_counted_as_skipped(tmp_path):
+    for name, length in (("one.npy", 1), ("two.npy", 2), ("five.npy", 5)):
+        np.save(tmp_path / name, moving_frames(length, 16, 16))
+    config = FetalUsVideoConfig(name="t_short", record="clips", clip_length=3, image_size=16, frame_skip=1,
+                                validation_fraction=0.0)  # fmt: skip
+    builder = build(FetalUsVideo, config, tmp_path, tmp_path / "d")
+    assert builder.info.splits["train"].num_examples == 3  # five.npy: starts 0, 1, 2
+    assert builder.info.metadata["skipped_short_videos_train"] == 2
+    assert builder.info.metadata["skipped_videos_train"] == 0
+
+
+def test_bad_tables_names_and_emptied_splits_are_one_line_errors(tmp_path, monkeypatch):
+    import os
+
+    root, rows = tmp_path / "planes", []
+    write_planes(root, rows, num_patients=2, per_patient=3)
+    lines = [f"{r['image_name']},{r['class']},{r['patient_id']}" for r in rows]
+    (root / "labels.csv").write_text("\n".join(["image_name,class,patient_id", *lines, lines[0]]) + "\n")
+    config = FetalCardiacPlanesConfig(name="t_dup", image_size=16)
+    with pytest.raises(DataError, match=r"^labels.csv line 8: image 'img_0_0.png' is already on line 2"):
+        build(FetalCardiacPlanes, config, root, tmp_path / "d1")
+    # a file name in Latin-1 bytes: named, escaped
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    np.save(videos / os.fsdecode(b"Doe_J\xe9r\xf4me.npy"), moving_frames(2, 16, 16))
+    np.save(videos / "fine.npy", moving_frames(2, 16, 16))
+    strict = FetalUsVideoConfig(name="t_name", record="frames", image_size=16, frame_skip=1, validation_fraction=0.0)
+    with pytest.raises(DataError, match=r"^Doe_J\\xe9r\\xf4me\.npy: the file name is not UTF-8"):
+        build(FetalUsVideo, strict, videos, tmp_path / "d2")
+    lenient = FetalUsVideoConfig(name="t_name_skip", record="frames", image_size=16, frame_skip=1,
+                                 validation_fraction=0.0, on_error="skip")  # fmt: skip
+    assert build(FetalUsVideo, lenient, videos, tmp_path / "d3").info.metadata["skipped_videos_train"] == 1
+    # on_error='skip' leaving the validation split without a record: said, not TFDS's AssertionError
+    monkeypatch.setenv("FETALSSL_ID_SALT", "pepper")
+    split = readers.split_groups([readers.salted_hash(n, "pepper") for n in ("a.npy", "b.npy")],
+                                 {"train": 0.5, "validation": 0.5})  # fmt: skip
+    two = tmp_path / "two"
+    two.mkdir()
+    for name in ("a.npy", "b.npy"):
+        in_validation = split[readers.salted_hash(name, "pepper")] == "validation"
+        (two / name).write_bytes(b"broken" if in_validation else b"")
+        if not in_validation:
+            np.save(two / name, moving_frames(2, 16, 16))
+    emptied = FetalUsVideoConfig(name="t_emptied", record="frames", image_size=16, validation_fraction=0.5,
+                                 on_error="skip")  # fmt: skip
+    with pytest.raises(DataError, match=r"^the validation split has no records: its 1 videos gave none \(1 unread"):
+        build(FetalUsVideo, emptied, two, tmp_path / "d4")
+
+
+def test_tfds_build_prints_a_data_error_as_one_line_with_status_2(python, tmp_path):
+    import os
+    import subprocess
+
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    np.save(manual / "fine.npy", moving_frames(3, 16, 16))
+    (manual / "broken.mp4").write_bytes(b"not a video" * 20)
+    builder = str(REPO / "data_builders" / "fetal_us_video")
+    cmd = [python, "-m", "tensorflow_datasets.scripts.cli.main", "build", builder, "--manual_dir", str(manual),
+           "--data_dir", str(tmp_path / "data"), "--config", "frames"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert (
+        proc.stderr.rstrip()
+        .splitlines()[-1]
+        .split("\r")[-1]
+        .strip()
+        .startswith("error: broken.mp4: unreadable or truncated video")
+    )

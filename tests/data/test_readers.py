@@ -224,3 +224,75 @@ def test_label_csv_without_the_columns_says_what_it_needs(tmp_path):
     with pytest.raises(DataError, match=r"labels.csv: missing column\(s\) \['class', 'image_name'\]; found \['file', "
                                         r"'label'\] \(columns image_name, class"):  # fmt: skip
         readers.read_label_csv(tmp_path, "labels.csv", ["4CH"])
+
+
+def test_an_installation_salt_is_made_once_kept_secret_and_announced(tmp_path, caplog):
+    """No configured salt: a random one per installation, in a 0600 file, announced once with where it is; the
+    environment and <folder>/.id_salt keep priority. (The suite's own lives in a temporary folder: conftest.)"""
+    import logging
+    import pathlib
+    import stat
+
+    assert pathlib.Path.home() not in readers.installation_salt_file().parents  # never the real home in tests
+    env = {"FETALSSL_CONFIG_DIR": str(tmp_path / "config")}
+    with caplog.at_level(logging.INFO, "fetalssl_jax.data"):
+        salt = readers.id_salt(tmp_path, env=env)
+    path = tmp_path / "config" / "id_salt"
+    assert path.read_text() == salt + "\n" and len(salt) == 64 and int(salt, 16) >= 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert str(path) in warning and "secret" in warning and "back it up" in warning
+    caplog.clear()
+    with caplog.at_level(logging.INFO, "fetalssl_jax.data"):
+        assert readers.id_salt(tmp_path, env=env) == salt  # kept: the ids stay the same
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert readers.id_salt(None, env={"FETALSSL_CONFIG_DIR": str(tmp_path / "elsewhere")}) != salt  # random
+    file_env = {"FETALSSL_ID_SALT_FILE": str(tmp_path / "keys" / "salt")}
+    assert readers.id_salt(None, env=file_env) == (tmp_path / "keys" / "salt").read_text().strip()
+    assert readers.id_salt(tmp_path, env={**env, "FETALSSL_ID_SALT": "abc"}) == "abc"
+    (tmp_path / ".id_salt").write_text("mine\n")
+    assert readers.id_salt(tmp_path, env=env) == "mine"
+    # the folder name of a patient cannot be tried out against the ids
+    guess = readers.salted_hash("Doe_Jane_1234/scan.mp4", "fetalssl_jax-default-salt")
+    assert readers.salted_hash("Doe_Jane_1234/scan.mp4", salt) != guess
+
+
+def _tiny_pngs(root, names):
+    for name in names:
+        write_png(root / name, np.zeros((4, 4), np.uint8))
+
+
+def test_a_label_csv_that_is_not_utf8_names_the_line_and_the_byte(tmp_path):
+    _tiny_pngs(tmp_path, ["a.png", "b.png"])
+    text = "image_name,class,patient_id\na.png,4CH,p1\nb.png,4CH,Müller\n"
+    (tmp_path / "labels.csv").write_bytes(text.encode("cp1252"))  # a Windows spreadsheet's "CSV"
+    # the ü is byte 52: 28 bytes of header line, 13 of the first row, then "b.png,4CH,M"
+    message = r"^labels.csv line 3: byte 0xfc \(byte 52 of the file\) is not UTF-8.*save the table as UTF-8"
+    with pytest.raises(DataError, match=message):
+        readers.read_label_csv(tmp_path, "labels.csv", ["4CH"])
+    (tmp_path / "labels.csv").write_bytes(text.encode("utf-16"))
+    with pytest.raises(DataError, match=r"^labels.csv: a UTF-16 table .* 'CSV UTF-8'"):
+        readers.read_label_csv(tmp_path, "labels.csv", ["4CH"])
+
+
+def test_an_image_listed_twice_is_named_with_both_lines(tmp_path):
+    _tiny_pngs(tmp_path, ["a.png", "b.png", "4CH/c.png"])
+    rows = ["image_name,class", "a.png,4CH", "b.png,LVOT", "a.png,LVOT", "c.png,4CH", "4CH/c.png,4CH"]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"^labels.csv line 4: image 'a.png' is already on line 2; list every image"):
+        readers.read_label_csv(tmp_path, "labels.csv", ["4CH", "LVOT"])
+    images, problems = readers.read_label_csv(tmp_path, "labels.csv", ["4CH", "LVOT"], on_error="skip")
+    assert [(i.relpath, i.label) for i in images] == [("a.png", 0), ("b.png", 1), ("4CH/c.png", 0)]
+    assert [p.split(":")[0] for p in problems] == ["labels.csv line 4", "labels.csv line 6"]  # c.png in its class
+
+
+def test_a_file_name_that_is_not_utf8_is_named_in_one_printable_line(tmp_path):
+    import os
+
+    name = os.fsdecode(b"Doe_J\xe9r\xf4me.npy")  # a Latin-1 name: Python keeps the bytes as surrogates
+    np.save(tmp_path / name, moving_frames(2, 8, 8))
+    (ref,) = readers.list_videos(tmp_path)
+    assert len(readers.salted_hash(ref.name, "s")) == 16  # ids are made from the bytes, without a crash
+    with pytest.raises(DataError, match=r"^Doe_J\\xe9r\\xf4me\.npy: the file name is not UTF-8 .*rename it") as error:
+        readers.read_video(ref)
+    str(error.value).encode("utf-8")  # the message itself prints

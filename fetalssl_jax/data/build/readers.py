@@ -1,28 +1,48 @@
 """Format readers and preprocessing shared by the TFDS builders in `data_builders/` (no TFDS needed here).
 
 Videos: .mp4/.avi/.mov/.mkv (PyAV), DICOM multi-frame cine loops (pydicom; JPEG transfer syntaxes through the
-pylibjpeg plugins), HDF5 in the paper's layout (every dataset of the file is one video, frames on axis 0,
-[T, H, W] or [T, H, W, C]), .npy (one video) and .npz (one video per array), and folders of frame images (one
-video, frames in name order). Labelled images: PNG/JPEG/BMP/TIFF, .npy, single-frame DICOM.
+pylibjpeg plugins; `dicom.py` says how the pixel values become frames), HDF5 in the paper's layout (every dataset
+of the file is one video, frames on axis 0, [T, H, W] or [T, H, W, C]), .npy (one video) and .npz (one video per
+array), and folders of frame images (one video, frames in name order). Labelled images: PNG/JPEG/BMP/TIFF, .npy,
+DICOM (every frame of every image region). A DICOM that declares several image regions (SequenceOfUltrasoundRegions)
+is one video per region.
+
+Pixels are de-identified by default (`deidentify=True`): a DICOM with image regions is cropped to them, every other
+video or image is blanked (set to 0) outside its scan sector (`sector.py`), so the text scanners print around the
+image (institution, names, dates, ids) is gone before a frame is stored, embedded or written as a PNG.
 
 Every problem with an input file raises `DataError` with the file's path relative to the data folder (and the
 dataset key inside an HDF5/.npz file): the builders either stop on it or, in their lenient mode, skip the file
 and count it. Nothing here ever returns a partially decoded video.
 
-Identifiers: records carry `salted_hash(relative path)` and never a file name, patient name or DICOM tag.
+Identifiers: records carry `salted_hash(relative path)` and never a file name, patient name or DICOM tag; the salt
+(`id_salt`) is secret: a random one is made for the installation on first use.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import pathlib
+import secrets
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from fetalssl_jax.data.build import dicom, sector
+from fetalssl_jax.data.build.sector import CONTENT_THRESHOLD, content_box  # noqa: F401 (public here, as before)
 from fetalssl_jax.errors import DataError
+
+log = logging.getLogger("fetalssl_jax.data")
+
+
+def printable(name: str) -> str:
+    """`name` as it can be printed and logged: a file name that is not UTF-8 (Python keeps its bytes as
+    surrogates) with those bytes as \\xNN escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
 
 VIDEO_CONTAINER_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -36,16 +56,19 @@ _LUMA = np.array([0.299, 0.587, 0.114], np.float64)
 
 @dataclasses.dataclass(frozen=True, order=True)
 class VideoRef:
-    """One video in the data folder: a file, a dataset/array inside an HDF5/.npz file, or a folder of frames."""
+    """One video in the data folder: a file, a dataset/array inside an HDF5/.npz file, a folder of frames, or one
+    image region of a DICOM that has several."""
 
     relpath: str  # POSIX path relative to the data folder
     key: str = ""  # dataset name inside an HDF5 file / array name inside an .npz file; "" otherwise
     root: str = dataclasses.field(default="", compare=False)
+    region: int = 0  # k >= 1: the k-th image region (left to right) of a DICOM with several; 0: the whole file
 
     @property
     def name(self) -> str:
-        """How errors and logs name this video: `relpath` or `relpath::key`."""
-        return f"{self.relpath}::{self.key}" if self.key else self.relpath
+        """How errors, logs and ids name this video: `relpath`, `relpath::key` or `relpath::region<k>`."""
+        name = f"{self.relpath}::{self.key}" if self.key else self.relpath
+        return f"{name}::region{self.region}" if self.region else name
 
     @property
     def path(self) -> pathlib.Path:
@@ -58,26 +81,89 @@ class VideoRef:
 
 
 def salted_hash(text: str, salt: str, length: int = 16) -> str:
-    """Hex SHA-256 of salt and text: a stable pseudonymous id that does not reveal `text` without the salt."""
+    """Hex SHA-256 of salt and text: a stable pseudonymous id that does not reveal `text` without the salt (a file
+    name that is not UTF-8 is hashed as its bytes)."""
     if not salt:
         raise ValueError("an empty salt would make ids reversible by hashing guessed paths; give a salt")
-    return hashlib.sha256(f"{salt}\0{text}".encode()).hexdigest()[:length]
+    return hashlib.sha256(f"{salt}\0{text}".encode("utf-8", "surrogateescape")).hexdigest()[:length]
+
+
+SALT_ENV = "FETALSSL_ID_SALT"  # the salt itself
+SALT_FILE_ENV = "FETALSSL_ID_SALT_FILE"  # where the installation's salt file is
+CONFIG_DIR_ENV = "FETALSSL_CONFIG_DIR"  # the folder of the installation's salt file (`id_salt` in it)
+_ANNOUNCED: set[str] = set()
 
 
 def id_salt(manual_dir: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> str:
-    """The salt of the id hashes: $FETALSSL_ID_SALT, else the first line of `<manual_dir>/.id_salt`, else a
-    fixed project salt (ids are then stable but reversible by anyone who can guess the file paths)."""
+    """The secret salt of the id hashes: $FETALSSL_ID_SALT, else the first line of `<manual_dir>/.id_salt`, else
+    this installation's salt (`installation_salt`: a random one, created on first use)."""
     env = os.environ if env is None else env
-    if env.get("FETALSSL_ID_SALT"):
-        return env["FETALSSL_ID_SALT"]
+    if env.get(SALT_ENV):
+        return env[SALT_ENV]
     if manual_dir is not None:
         salt_file = pathlib.Path(manual_dir) / ".id_salt"
         if salt_file.is_file():
-            salt = salt_file.read_text().strip().splitlines()
-            if not salt or not salt[0].strip():
-                raise DataError(f"{salt_file} is empty; write a secret salt on its first line or delete it")
-            return salt[0].strip()
-    return "fetalssl_jax-default-salt"
+            return _first_line(salt_file)
+    return installation_salt(env)
+
+
+def installation_salt_file(env: Mapping[str, str] | None = None) -> pathlib.Path:
+    """$FETALSSL_ID_SALT_FILE, else `id_salt` in $FETALSSL_CONFIG_DIR, in $XDG_CONFIG_HOME/fetalssl_jax, or in
+    ~/.config/fetalssl_jax."""
+    env = os.environ if env is None else env
+    if env.get(SALT_FILE_ENV):
+        return pathlib.Path(env[SALT_FILE_ENV]).expanduser()
+    if env.get(CONFIG_DIR_ENV):
+        return pathlib.Path(env[CONFIG_DIR_ENV]).expanduser() / "id_salt"
+    base = pathlib.Path(env["XDG_CONFIG_HOME"]) if env.get("XDG_CONFIG_HOME") else pathlib.Path.home() / ".config"
+    return base / "fetalssl_jax" / "id_salt"
+
+
+def installation_salt(env: Mapping[str, str] | None = None) -> str:
+    """The salt in `installation_salt_file`; on first use a random one (`secrets.token_hex`) is written there with
+    permissions 0600, and a warning says where it is and that it must be kept secret and backed up."""
+    path = installation_salt_file(env)
+    if not path.is_file() and _create_salt_file(path):
+        log.warning("created this installation's random id salt in %s (permissions 0600): video, image and patient "
+                    "ids are hashes salted with it, which nobody can reverse without it. Keep it secret, and back it "
+                    "up: the ids stay the same only with it ($%s or <data folder>/.id_salt take precedence)",
+                    path, SALT_ENV)  # fmt: skip
+    elif str(path) not in _ANNOUNCED:
+        log.info("ids salted with this installation's salt in %s", path)
+        if path.stat().st_mode & 0o077:
+            log.warning("%s is readable by other users: `chmod 600 %s` (whoever reads it can reverse ids)", path, path)
+    _ANNOUNCED.add(str(path))
+    return _first_line(path)
+
+
+def _create_salt_file(path: pathlib.Path) -> bool:
+    """Writes a random salt to `path`, never over one another process wrote meanwhile; True if this call made it."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    salt = secrets.token_hex(32) + "\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(salt)
+    try:
+        os.link(tmp, path)  # atomic and never replaces: a complete file or none
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links: create it exclusively and write it
+        try:
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+                f.write(salt)
+            return True
+        except FileExistsError:
+            return False
+    finally:
+        tmp.unlink()
+
+
+def _first_line(salt_file: pathlib.Path) -> str:
+    salt = salt_file.read_text().strip().splitlines()
+    if not salt or not salt[0].strip():
+        raise DataError(f"{salt_file} is empty; write a secret salt on its first line or delete it")
+    return salt[0].strip()
 
 
 def split_groups(groups: Sequence[str], fractions: Mapping[str, float], seed: int = 0) -> dict[str, str]:
@@ -170,8 +256,8 @@ def list_videos(root: str | os.PathLike) -> list[VideoRef]:
 
 
 def videos_in_file(path: pathlib.Path, root: str | os.PathLike) -> list[VideoRef]:
-    """The videos of one video file under `root`: the file itself, or one per dataset / array of an HDF5 / .npz
-    file."""
+    """The videos of one video file under `root`: the file itself, one per dataset / array of an HDF5 / .npz
+    file, or one per image region of a DICOM that declares several."""
     root = pathlib.Path(root)
     rel = path.relative_to(root).as_posix()
     suffix = path.suffix.lower()
@@ -179,7 +265,20 @@ def videos_in_file(path: pathlib.Path, root: str | os.PathLike) -> list[VideoRef
         return [VideoRef(rel, key, str(root)) for key in _hdf5_keys(path, rel)]
     if suffix == ".npz":
         return [VideoRef(rel, key, str(root)) for key in _npz_keys(path, rel)]
+    if suffix in DICOM_SUFFIXES:
+        return [VideoRef(rel, "", str(root), k) for k in dicom_parts(path, rel)[0]]
     return [VideoRef(rel, "", str(root))]
+
+
+def dicom_parts(path: pathlib.Path, name: str) -> tuple[list[int], int]:
+    """([1, ..., K] for a DICOM with K >= 2 image regions, else [0]; its number of frames), from its header. An
+    unreadable header gives ([0], 1): reading the file then says what is wrong, where a lenient build skips it."""
+    try:
+        ds = dicom.read_header(path, name)
+    except DataError:
+        return [0], 1
+    count = len(dicom.image_regions(ds))
+    return (list(range(1, count + 1)) if count >= 2 else [0]), dicom.num_frames(ds)
 
 
 def _hdf5_keys(path: pathlib.Path, rel: str) -> list[str]:
@@ -212,17 +311,35 @@ def _npz_keys(path: pathlib.Path, rel: str) -> list[str]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def read_video(ref: VideoRef) -> np.ndarray:
-    """All frames of one video as uint8 [T, H, W] or [T, H, W, C] (C = 1, 3 or 4), T >= 1."""
+def check_name(name: str) -> None:
+    """A DataError for a file name that is not UTF-8 (Python keeps its bytes as surrogates, which no UTF-8 log,
+    message or CSV can hold), naming it with the bytes escaped."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(
+            f"{printable(name)}: the file name is not UTF-8 (bytes {printable(name[e.start : e.end])}, e.g. a Latin-1 "
+            "name); rename it in UTF-8 (e.g. `convmv -f latin1 -t utf-8 -r --notest <folder>`)"
+        ) from None
+
+
+def read_video(ref: VideoRef, deidentify: bool = True) -> np.ndarray:
+    """All frames of one video as uint8 [T, H, W] or [T, H, W, C] (C = 1, 3 or 4), T >= 1.
+
+    A DICOM with image regions is cropped to the region `ref.region` (its only one when it has one). With
+    `deidentify`, any other video is blanked outside its scan sector (`sector.deidentify`; a DICOM read whole
+    despite several regions, outside them)."""
+    check_name(ref.name)
     path, suffix = ref.path, pathlib.Path(ref.relpath).suffix.lower()
     if not path.exists():
         raise DataError(f"{ref.name}: file not found")
+    regions: list[dicom.Box] = []
     if path.is_dir():
         frames = _read_frame_folder(path, ref.name)
     elif suffix in VIDEO_CONTAINER_SUFFIXES:
         frames = _read_container(path, ref.name)
     elif suffix in DICOM_SUFFIXES:
-        frames = _read_dicom(path, ref.name, multi_frame=True)
+        frames, regions = dicom.read_frames(path, ref.name)
     elif suffix in HDF5_SUFFIXES:
         frames = _read_hdf5(path, ref.key, ref.name)
     elif suffix == ".npy":
@@ -231,7 +348,24 @@ def read_video(ref: VideoRef) -> np.ndarray:
         frames = _read_npz(path, ref.key, ref.name)
     else:
         raise DataError(f"{ref.name}: unsupported video format {suffix!r}; use one of {VIDEO_SUFFIXES}")
-    return check_frames(frames, ref.name)
+    return image_part(check_frames(frames, ref.name), regions, ref.region, ref.name, deidentify)
+
+
+def image_part(
+    frames: np.ndarray, regions: Sequence[dicom.Box], region: int, name: str, deidentify: bool
+) -> np.ndarray:
+    """The image of checked `frames` [T, H, W(, C)]: image region `region` (>= 1) or the only one, cropped; else
+    the whole frames, blanked outside the regions or the scan sector with `deidentify`."""
+    if region > len(regions):
+        raise DataError(f"{name}: image region {region} asked for, but the file declares {len(regions)}")
+    if region or len(regions) == 1:
+        top, bottom, left, right = regions[max(region, 1) - 1]
+        return frames[:, top:bottom, left:right]
+    if not deidentify:
+        return frames
+    if regions:
+        return sector.blank_outside(frames, sector.box_mask(frames.shape[1:3], regions))
+    return sector.deidentify(frames)
 
 
 def check_frames(frames: np.ndarray, name: str) -> np.ndarray:
@@ -293,44 +427,13 @@ def _stack_same_size(frames: list[np.ndarray], name: str) -> np.ndarray:
 def _read_frame_folder(path: pathlib.Path, name: str) -> np.ndarray:
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     frames = []
-    for f in files:
-        frames.append(read_image_file(f, f"{name}/{f.name}", grayscale=False))
+    for f in files:  # de-identified as one video by read_video
+        frames.append(read_image_file(f, f"{name}/{f.name}", grayscale=False, deidentify=False))
     shapes = sorted({fr.shape for fr in frames})
     if len(shapes) > 1:
         odd = next(f for f, fr in zip(files, frames, strict=True) if fr.shape != frames[0].shape)
         raise DataError(f"{name}/{odd.name}: frames of differing sizes {shapes} in one video folder")
     return _stack_same_size(frames, name)
-
-
-def _read_dicom(path: pathlib.Path, name: str, multi_frame: bool) -> np.ndarray:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        ds = pydicom.dcmread(str(path))
-    except (InvalidDicomError, OSError, EOFError, ValueError) as e:
-        raise DataError(f"{name}: not a readable DICOM file ({e})") from e
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise DataError(f"{name}: DICOM file without pixel data")
-    try:
-        pixels = ds.pixel_array
-    except Exception as e:  # missing decoder plugin, corrupt compressed stream: name the file and the syntax
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise DataError(f"{name}: cannot decode the DICOM pixel data (transfer syntax {syntax}): {e}") from e
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames == 1 and multi_frame:
-        pixels = pixels[None]
-    if not multi_frame and frames > 1:
-        pixels = pixels[0]  # a cine loop given as a labelled image: its first frame
-    # pydicom 3 returns YBR colour frames already converted to RGB
-    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
-    bits = int(getattr(ds, "BitsStored", 8) or 8)
-    if pixels.dtype != np.uint8 and bits > 8 and np.issubdtype(pixels.dtype, np.integer):
-        # > 8-bit grayscale: map the stored range [0, 2^bits - 1] onto [0, 255]
-        pixels = np.round(pixels.astype(np.float64) * (255.0 / (2**bits - 1))).clip(0, 255).astype(np.uint8)
-    if photometric == "MONOCHROME1":  # 0 is white: invert so that bright echoes are bright as everywhere else
-        pixels = 255 - to_uint8(pixels, name)
-    return pixels
 
 
 def _read_hdf5(path: pathlib.Path, key: str, name: str) -> np.ndarray:
@@ -362,12 +465,39 @@ def _read_npz(path: pathlib.Path, key: str, name: str) -> np.ndarray:
         raise DataError(f"{name}: cannot read the array from the .npz file ({type(e).__name__}: {e})") from e
 
 
-def read_image_file(path: str | os.PathLike, name: str, grayscale: bool = True) -> np.ndarray:
-    """One image as uint8 [H, W] (grayscale) or [H, W] / [H, W, C] (as stored): PNG/JPEG/BMP/TIFF, .npy, DICOM."""
+def read_image_file(path: str | os.PathLike, name: str, grayscale: bool = True, deidentify: bool = True) -> np.ndarray:
+    """One image as uint8 [H, W] (grayscale) or [H, W] / [H, W, C] (as stored): PNG/JPEG/BMP/TIFF, .npy, or a
+    DICOM of one frame and at most one image region (`read_images`, which says what `deidentify` does). A DICOM of
+    several frames or regions is a DataError here: read it as a video or with `read_images`."""
+    parts = read_images(path, name, deidentify)
+    if len(parts) > 1:
+        raise DataError(f"{name}: a DICOM of {len(parts)} images (frames or image regions), not one image; read it "
+                        "as a video (input_type 'auto' or 'videos')")  # fmt: skip
+    image = parts[0][1]
+    return to_grayscale(image[None])[0] if grayscale else image
+
+
+def read_images(path: str | os.PathLike, name: str, deidentify: bool = True) -> list[tuple[str, np.ndarray]]:
+    """Every image of one image file as (part, uint8 [H, W] or [H, W, C] as stored): [('', image)] for
+    PNG/JPEG/BMP/TIFF/.npy and for a DICOM of one frame and at most one image region; for a DICOM of several, one
+    per frame of every region, `part` naming it ('::frame<t>' from 0, '::region<k>' from 1, or both).
+
+    A DICOM's image regions are cropped out; with `deidentify` any other image is blanked outside its scan sector
+    (`sector.deidentify`; the frames of one DICOM share one sector)."""
+    check_name(name)
     path = pathlib.Path(path)
     suffix = path.suffix.lower()
     if not path.is_file():
         raise DataError(f"{name}: file not found")
+    if suffix in DICOM_SUFFIXES:
+        frames, regions = dicom.read_frames(path, name)
+        frames = check_frames(frames, name)
+        parts = []
+        for k in range(1, len(regions) + 1) if len(regions) >= 2 else [0]:
+            video = image_part(frames, regions, k, name, deidentify)
+            region = f"::region{k}" if k else ""
+            parts += [(region + (f"::frame{t}" if len(video) > 1 else ""), image) for t, image in enumerate(video)]
+        return parts
     if suffix in IMAGE_SUFFIXES:
         from PIL import Image, UnidentifiedImageError
 
@@ -381,12 +511,10 @@ def read_image_file(path: str | os.PathLike, name: str, grayscale: bool = True) 
             raise DataError(f"{name}: unreadable or truncated image ({e})") from e
     elif suffix == ".npy":
         image = _load_npy(path, name)
-    elif suffix in DICOM_SUFFIXES:
-        image = _read_dicom(path, name, multi_frame=False)
     else:
         raise DataError(f"{name}: unsupported image format {suffix!r}; use one of {IMAGE_SUFFIXES + ('.npy', '.dcm')}")
-    image = check_frames(np.asarray(image)[None], name)[0]
-    return to_grayscale(image[None])[0] if grayscale else image
+    image = check_frames(np.asarray(image)[None], name)
+    return [("", (sector.deidentify(image) if deidentify else image)[0])]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -405,35 +533,8 @@ def to_grayscale(frames: np.ndarray) -> np.ndarray:
 
 
 FITS = ("stretch", "crop_pad", "pad")
-# A pixel brighter than this (of 255) is image content; compressed black bands of screen captures stay below it.
-CONTENT_THRESHOLD = 8
-
-
-def content_box(image: np.ndarray, threshold: int = CONTENT_THRESHOLD) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right), bottom/right exclusive: the bounding box of the image's content in a gray
-    uint8 [H, W] image (for a video: its maximum over frames, so every frame gets the same box).
-
-    Content is the pixels above `threshold` in the large connected regions: the scan sector. Small regions (text,
-    calipers, logos in the black bands of a screen capture) are ignored: a region counts when its area, after
-    joining pixels two apart, is at least a fifth of the largest one's. An image without content, or whose
-    content covers less than 5 % of it, gets the whole image.
-    """
-    from scipy import ndimage
-
-    h, w = image.shape
-    mask = image > threshold
-    # Speckle and dark chambers break the sector into pieces: join pixels two apart before labelling.
-    joined = ndimage.binary_dilation(mask, iterations=2)
-    labels, count = ndimage.label(joined, structure=np.ones((3, 3), bool))
-    if count == 0:
-        return 0, h, 0, w
-    areas = np.bincount(labels.ravel())[1:]
-    keep = np.flatnonzero(areas >= 0.2 * areas.max()) + 1
-    rows, cols = np.nonzero(mask & np.isin(labels, keep))
-    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    if (bottom - top) * (right - left) < 0.05 * h * w:
-        return 0, h, 0, w
-    return int(top), int(bottom), int(left), int(right)
+# What becomes of a colour-Doppler frame (`sector.colour_doppler`): converted to gray like any colour frame, or left out
+DOPPLER = ("gray", "skip")
 
 
 def resize_frames(frames: np.ndarray, size: int, fit: str = "stretch") -> np.ndarray:
@@ -466,14 +567,22 @@ def resize_frames(frames: np.ndarray, size: int, fit: str = "stretch") -> np.nda
 
 
 def prepare_video(
-    frames: np.ndarray, name: str, image_size: int, frame_skip: int, fit: str = "stretch"
+    frames: np.ndarray, name: str, image_size: int, frame_skip: int, fit: str = "stretch", doppler: str = "gray"
 ) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 [T', image_size, image_size, 1], int32 [T'] original frame numbers): every `frame_skip`-th frame
-    (0, k, 2k, ...), grayscale, made square by `fit` (`resize_frames`) with one box for the whole video."""
+    (0, k, 2k, ...), grayscale, made square by `fit` (`resize_frames`) with one box for the whole video.
+    `doppler` 'skip' leaves colour-Doppler frames out (`sector.colour_doppler`; T' may then be 0), 'gray' keeps
+    them in gray."""
     if frame_skip < 1:
         raise ValueError(f"frame_skip must be >= 1, got {frame_skip}")
+    if doppler not in DOPPLER:
+        raise ValueError(f"doppler={doppler!r}; choose one of {DOPPLER}")
     frames = check_frames(frames, name)
     kept = np.arange(0, len(frames), frame_skip, dtype=np.int32)
+    if doppler == "skip":
+        kept = kept[~sector.colour_doppler(frames[kept])]
+    if not len(kept):
+        return np.zeros((0, image_size, image_size, 1), np.uint8), kept
     gray = resize_frames(to_grayscale(frames[kept]), image_size, fit)
     return gray[..., None], kept
 
@@ -527,17 +636,14 @@ def read_label_csv(
     on_error: str = "raise",
 ) -> tuple[list[LabelledImage], list[str]]:
     """Rows of `root/csv_name` (columns image_name, class, optional patient_id) as LabelledImages, and the
-    problems of skipped rows ('skip') - a missing file or an unknown class raises DataError naming the CSV row
-    and the file otherwise. `image_name` is relative to `root` or to `root/<class>` (the reference's class
-    folders). A path escaping `root` is always an error."""
+    problems of skipped rows ('skip') - a missing file, an unknown class or an image listed twice raises DataError
+    naming the CSV row and the file otherwise. `image_name` is relative to `root` or to `root/<class>` (the
+    reference's class folders). A path escaping `root` is always an error, and so is a table that is not UTF-8."""
     import csv
     import io
 
     root = pathlib.Path(root)
-    table = root / csv_name
-    # utf-8-sig: spreadsheet programs start a UTF-8 CSV with a byte-order mark, which would join the first header.
-    with open(table, newline="", encoding="utf-8-sig") as f:
-        text = f.read()
+    text = _decode_table((root / csv_name).read_bytes(), csv_name)
     # Spreadsheets in many locales write ";" (the decimal comma takes ","), and some tools write tabs.
     header = text.split("\n", 1)[0]
     delimiter = max((",", ";", "\t"), key=header.count)
@@ -551,7 +657,7 @@ def read_label_csv(
             f"(columns image_name, class and optionally patient_id, separated by ',', ';' or tabs)"
         )
     rows = [{(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
-    images, problems = [], []
+    images, problems, seen = [], [], {}
     for line, row in enumerate(rows, start=2):  # line 1 is the header
         where = f"{csv_name} line {line}"
         try:
@@ -566,7 +672,12 @@ def read_label_csv(
             path = direct if direct.is_file() else in_class if in_class.is_file() else None
             if path is None:
                 raise DataError(f"{where}: image file {row['image_name']!r} not found in {root}")
-            images.append(LabelledImage(path.relative_to(root.resolve()).as_posix(), label, row.get("patient_id", "")))
+            relpath = path.relative_to(root.resolve()).as_posix()
+            if relpath in seen:
+                raise DataError(f"{where}: image {row['image_name']!r} is already on line {seen[relpath]}; list "
+                                "every image once (two rows could give it two classes)")  # fmt: skip
+            seen[relpath] = line
+            images.append(LabelledImage(relpath, label, row.get("patient_id", "")))
         except DataError as e:
             if on_error == "raise" or "escapes the data folder" in str(e):
                 raise
@@ -574,6 +685,22 @@ def read_label_csv(
     if not images:
         raise DataError(f"{csv_name}: no usable rows")
     return images, problems
+
+
+def _decode_table(data: bytes, csv_name: str) -> str:
+    """A labels table's text: UTF-8, with or without the byte-order mark spreadsheets write. Anything else is a
+    DataError naming the line and byte: a byte outside UTF-8 cannot tell Windows-1252 from Latin-1, Mac Roman or a
+    DOS code page, and a wrong guess would silently change class names and patient ids."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{csv_name}: a UTF-16 table (a spreadsheet's 'Unicode text'); save it as 'CSV UTF-8'")
+    try:
+        return data.decode("utf-8-sig")  # -sig: the byte-order mark would otherwise join the first column's name
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(
+            f"{csv_name} line {line}: byte 0x{data[e.start]:02x} (byte {e.start} of the file) is not UTF-8, as in a "
+            "Latin-1 / Windows-1252 export; save the table as UTF-8 (spreadsheets: 'CSV UTF-8')"
+        ) from None
 
 
 def list_class_folders(

@@ -47,6 +47,7 @@ from fetalssl_jax.methods.base import apply_model
 from fetalssl_jax.models.classifier import Classifier, weighted_cross_entropy
 from fetalssl_jax.models.resnet import create_resnet
 from fetalssl_jax.runtime.sharding import batch_sharding, enable_compilation_cache, make_mesh, replicated
+from fetalssl_jax.runtime.workdir_lock import exclusive_workdir
 from fetalssl_jax.train.checkpoint import Checkpointer
 from fetalssl_jax.train.fingerprint import config_json, ensure_resumable, fingerprint, stored_fingerprint
 from fetalssl_jax.train.health import check_finite
@@ -286,6 +287,7 @@ def resolve_class_names(config: ml_collections.ConfigDict, splits: dict[str, Any
     return names
 
 
+@exclusive_workdir
 def run_classification(
     config: ml_collections.ConfigDict,
     workdir: str | pathlib.Path,

@@ -16,6 +16,7 @@ from sklearn.manifold import TSNE
 from sklearn.preprocessing import StandardScaler
 
 from fetalssl_jax.downstream.report import save_figure
+from fetalssl_jax.runtime.workdir_lock import exclusive_workdir
 
 
 def tsne_embedding(features: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
@@ -75,6 +76,7 @@ def embed_backbone(config, out_dir: str | pathlib.Path, split: str = "test") -> 
     return path
 
 
+@exclusive_workdir
 def run_tsne(config, workdir: str | pathlib.Path) -> str:
     """The `tsne` task (configs/tsne.py): t-SNE of `config.init`'s features on `config.split`, in `workdir`."""
     from fetalssl_jax.config_lib import validate_tool

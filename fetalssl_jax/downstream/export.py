@@ -17,6 +17,7 @@ import pathlib
 from typing import Any
 
 from fetalssl_jax.models import torch_io
+from fetalssl_jax.runtime.workdir_lock import exclusive_workdir
 
 
 def backbone_variables_of(path: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -43,6 +44,7 @@ def export_torch(backbone: str | pathlib.Path, out: str | pathlib.Path) -> pathl
     return torch_io.save_state_dict_file(out, torch_io.to_torch_state_dict(variables))
 
 
+@exclusive_workdir
 def run_export(config, workdir: str | pathlib.Path) -> str:
     """The `export` task (configs/export.py): `<workdir>/backbone.<config.format>`."""
     from fetalssl_jax.config_lib import validate_tool

@@ -25,6 +25,7 @@ import numpy as np
 
 from fetalssl_jax.downstream.report import save_figure
 from fetalssl_jax.models.classifier import Classifier
+from fetalssl_jax.runtime.workdir_lock import exclusive_workdir
 
 
 def _stage_output_name(model: Classifier, stage: int) -> str:
@@ -150,6 +151,7 @@ def gradcam_for_run(workdir: str | pathlib.Path, num_images: int = 16, stage: in
     return path
 
 
+@exclusive_workdir
 def run_gradcam(config, workdir: str | pathlib.Path) -> str:
     """The `gradcam` task (configs/gradcam.py): the Grad-CAM grid of `config.classifier` in `workdir`."""
     from fetalssl_jax.config_lib import validate_tool

@@ -36,6 +36,7 @@ from fetalssl_jax.downstream.classification import resolve_class_names, run_clas
 from fetalssl_jax.downstream.labels import budget_dirname, budget_name, choose_labels
 from fetalssl_jax.downstream.report import save_figure
 from fetalssl_jax.eval.few_label import Interval
+from fetalssl_jax.runtime.workdir_lock import exclusive_workdir
 from fetalssl_jax.train import loop
 from fetalssl_jax.train.fingerprint import ensure_resumable, fingerprint, stored_fingerprint
 
@@ -111,6 +112,7 @@ def _check_budgets(config: ml_collections.ConfigDict, budgets: Sequence[Budget],
             choose_labels(splits["train"].labels, budget.fraction, budget.labels_per_class, seed, names)
 
 
+@exclusive_workdir
 def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[dict[str, Any]]:
     """Runs every cell that is not finished yet and writes the results tables and plot; returns the rows.
 

@@ -34,6 +34,7 @@ from fetalssl_jax.methods import get_method
 from fetalssl_jax.methods.base import Method
 from fetalssl_jax.models.resnet import random_backbone_variables
 from fetalssl_jax.runtime.sharding import batch_sharding, enable_compilation_cache, make_mesh, replicated
+from fetalssl_jax.runtime.workdir_lock import exclusive_workdir
 from fetalssl_jax.train.checkpoint import Checkpointer, export_backbone
 from fetalssl_jax.train.fingerprint import WorkdirMismatchError, config_json, fingerprint
 from fetalssl_jax.train.health import MIN_RELATIVE_CHANGE, check_finite, relative_weight_change
@@ -310,6 +311,7 @@ def _train_steps(
         batches.close()
 
 
+@exclusive_workdir
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_at_step: int | None = None) -> RunResult:
     """Pretrains `config.method` in `workdir`, resuming from its newest checkpoint.
 

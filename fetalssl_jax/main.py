@@ -114,6 +114,9 @@ def main(argv: list[str]) -> int:
             from fetalssl_jax.downstream.classification import run_classification
 
             results = run_classification(config, workdir)
+            if not results:  # stopped by SIGTERM or Ctrl-C, checkpointed
+                say(f"preempted; run again to resume; workdir: {os.path.abspath(workdir)}")
+                return 0
             test = results["test"]
             say(
                 f"test: macro-F1 {test['macro_f1']:.3f}, balanced accuracy {test['balanced_accuracy']:.3f}, "
@@ -144,6 +147,9 @@ def main(argv: list[str]) -> int:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training steps
+        print("error: interrupted (Ctrl-C); what was completely written is kept: run again to resume", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -153,7 +159,7 @@ def run() -> None:
 
     reexec_with_hugepages()  # once, before any work: XLA's CPU buffers on huge pages (runtime/hugepages.py)
     status = main(sys.argv)
-    if status == 1:
+    if status in (1, 130):
         # A run that failed has written what it keeps (checkpoints, metrics) before main returned. After a failed
         # checkpoint write, orbax / tensorstore threads can abort the interpreter's shutdown (SIGABRT, "exception
         # not rethrown", seen in CI), turning a clear error into a crash: leave without that shutdown.

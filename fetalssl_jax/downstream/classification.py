@@ -24,7 +24,7 @@ import logging
 import pathlib
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -51,6 +51,7 @@ from fetalssl_jax.runtime.workdir_lock import exclusive_workdir
 from fetalssl_jax.train.checkpoint import Checkpointer
 from fetalssl_jax.train.fingerprint import config_json, ensure_resumable, fingerprint, stored_fingerprint
 from fetalssl_jax.train.health import check_finite
+from fetalssl_jax.train.loop import preemption_signal
 from fetalssl_jax.train.monitor import append_metrics, make_progress_bar, truncate_metrics
 from fetalssl_jax.train.optim import Optimizer
 from fetalssl_jax.train.state import TrainState
@@ -303,8 +304,9 @@ def run_classification(
     resumes from the checkpoint in `workdir/checkpoints` (every `checkpoint_every_epochs`,
     or with `num_steps` every `checkpoint_every_steps`) only for the same fingerprint, and repeats the losses of an
     uninterrupted run. `stop_after_epochs` ends early after that many epochs (with `num_steps`: validation rounds)
-    and a checkpoint (as a pre-emption would) and returns {}. `splits` passes the labelled data of `config` when the
-    caller has it already (the grid: one load for all its cells, whose `init` paths it passes in `ignore`).
+    and a checkpoint, as SIGTERM or a first Ctrl-C does after the current round, and returns {}. `splits` passes the
+    labelled data of `config` when the caller has it already (the grid: one load for all its cells, whose `init`
+    paths it passes in `ignore`). The run holds the workdir's lock (`runtime/workdir_lock.py`).
     """
     config_lib.validate_classification(config)
     workdir = pathlib.Path(workdir)
@@ -327,7 +329,9 @@ def run_classification(
     truncate_metrics(run.metrics_file, int(state.step) + 1 if start_round else 0)
     run.metrics_file.touch()
     try:
-        finished = _train_and_select(run, state, checkpointer, start_round, best, best_variables, stop_after_epochs)
+        with preemption_signal() as preempted:
+            finished = _train_and_select(run, state, checkpointer, start_round, best, best_variables,
+                                         stop_after_epochs, preempted)  # fmt: skip
     finally:
         checkpointer.close()
     if finished is None:
@@ -426,10 +430,11 @@ def _restore(checkpointer: Checkpointer, state: TrainState) -> tuple[TrainState,
 
 def _train_and_select(
     run: _Run, state: TrainState, checkpointer: Checkpointer, start_round: int, best: dict[str, Any],
-    best_variables: dict[str, Any] | None, stop_after_epochs: int | None,
+    best_variables: dict[str, Any] | None, stop_after_epochs: int | None, preempted: Callable[[int], bool],
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:  # fmt: skip
     """Trains the remaining rounds, validating after each and keeping the best weights; (best, best variables),
-    or None when stopped after `stop_after_epochs` rounds (checkpointed, as a pre-emption would)."""
+    or None when stopped after `stop_after_epochs` rounds or, before the last round, by a pre-emption notice
+    (`preempted`: SIGTERM or a first Ctrl-C), checkpointed."""
     config, schedule = run.config, run.schedule
     _, _, train_step, _, _ = compiled_functions(run.spec)
     bar = make_progress_bar(len(schedule.ends), start_round, config.progress_bar,
@@ -455,10 +460,14 @@ def _train_and_select(
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", valid_bal_acc=f"{valid['balanced_accuracy']:.3f}")
         if valid["balanced_accuracy"] > best["balanced_accuracy"]:  # ties keep the earlier validation
             best, best_variables = {**valid, **schedule.round_record(r)}, jax.device_get(variables)
-        if schedule.should_checkpoint(config, r) or r + 1 == stop_after_epochs:
+        stop = r + 1 == stop_after_epochs or (r + 1 < len(schedule.ends) and preempted(schedule.ends[r]))
+        if schedule.should_checkpoint(config, r) or stop:
             last_checkpoint = checkpointer.save(state, {"best": best}, {"best_variables": best_variables})
-        if r + 1 == stop_after_epochs:
+        if stop:
             bar.close()
+            if r + 1 != stop_after_epochs:
+                log.warning("stopped after step %d; checkpoint saved in %s; run again to resume", schedule.ends[r],
+                            checkpointer.directory)  # fmt: skip
             return None
     bar.close()
     return best, best_variables

@@ -35,6 +35,7 @@ from fetalssl_jax.data import sources
 from fetalssl_jax.downstream.classification import resolve_class_names, run_classification
 from fetalssl_jax.downstream.labels import budget_dirname, budget_name, choose_labels
 from fetalssl_jax.downstream.report import save_figure
+from fetalssl_jax.errors import RunStopped
 from fetalssl_jax.eval.few_label import Interval
 from fetalssl_jax.runtime.workdir_lock import exclusive_workdir
 from fetalssl_jax.train import loop
@@ -64,7 +65,8 @@ def pretrain_if_needed(init: InitSpec, workdir: pathlib.Path) -> str:
     log.info("pretraining %s with %s in %s", init.name, init.spec, run_dir)
     result = loop.train(config, run_dir)
     if result.status != "finished":
-        raise RuntimeError(f"pretraining {init.name} stopped at step {result.step} ({result.status}); run again")
+        raise RunStopped(f"the grid stopped in the pretraining of {init.name} at step {result.step} ({result.status}: "
+                         "SIGTERM or Ctrl-C), checkpoint saved; run the same command again to resume")  # fmt: skip
     return str(run_dir)
 
 
@@ -147,6 +149,9 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
         finished = (directory / "results.json").is_file()
         # `init` is the backbone's path, which moves with the grid's workdir; the row's name identifies the init
         results = run_classification(cell_config, directory, splits=splits, ignore=("init",))
+        if not results:
+            raise RunStopped(f"the grid stopped in cell {directory.relative_to(workdir)} (SIGTERM or Ctrl-C), "
+                             "checkpoint saved; run the same command again to resume")  # fmt: skip
         rows.append({
             "init": name, "mode": mode, "budget": budget.name, "label_fraction": budget.fraction,
             "labels_per_class": budget.labels_per_class, "seed": seed, **{m: results["test"][m] for m in METRICS},

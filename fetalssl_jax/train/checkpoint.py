@@ -50,7 +50,10 @@ class Checkpointer:
         self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
         self.fingerprint = json.loads(json.dumps(dict(fingerprint)))  # tuples -> lists, as they come back from JSON
         self.allow_extend = allow_extend
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+        # cleanup_tmp_directories: the temporary directory of a write a killed run left is removed (only this run
+        # can be writing: it holds the workdir's lock)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
+                                               cleanup_tmp_directories=True)  # fmt: skip
         self.extra_items = tuple(extra_items)
         item_names = ("state", *self.extra_items, "meta")
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=item_names)

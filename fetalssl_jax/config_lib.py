@@ -666,6 +666,8 @@ def input_keys(c: ConfigDict) -> None:
     c.batch_size = 64  # frames per compiled batch (the last one padded)
     c.progress_bar = True
     c.compilation_cache_dir = COMPILATION_CACHE_DIR  # "" disables
+    c.on_error = "skip"  # a file that cannot be read: "skip" it (listed in skipped.csv) or "raise" (stop the run)
+    c.overwrite = False  # True: outputs of another config in the workdir move to <workdir>/previous/<time>/
 
 
 def backbone_keys(c: ConfigDict) -> None:
@@ -716,6 +718,7 @@ def tool_problems(
         c.fail("stage", stage, "must be a ResNet stage 1..4 (layer1..layer4)")
     c.one_of("format", EXPORT_FORMATS)
     c.boolean("progress_bar")
+    c.boolean("overwrite")
     return c.problems
 
 

@@ -131,15 +131,15 @@ def test_two_pretraining_runs_on_one_workdir_the_second_is_refused_and_the_first
     from fetalssl_jax.train.monitor import read_metrics
 
     workdir, cache = tmp_path / "run", tmp_path / "xla"
-    first = subprocess.Popen(cli_command(workdir, cache) + ["--config.num_steps=100000"], cwd=REPO, env=cli_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    command = cli_command(workdir, cache) + ["--config.num_steps=100000"]  # both: the same command
+    first = subprocess.Popen(command, cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 300
         while first.poll() is None and time.monotonic() < deadline and logged_steps(workdir) < 3:
             time.sleep(0.1)
         assert first.poll() is None, first.communicate()[1]
-        second = subprocess.run(cli_command(workdir, cache), cwd=REPO, env=cli_env(), capture_output=True, text=True,
-                                timeout=300)  # fmt: skip
+        second = subprocess.run(command, cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300)
         assert second.returncode == 2
         assert second.stderr.strip().splitlines() == [
             f"error: workdir {workdir} is in use by pid {first.pid} on host {socket.gethostname()} since "

@@ -3,8 +3,9 @@
 A run's fingerprint (`train.fingerprint`) is its config less the cosmetic keys and the locations (`input`,
 `backbone`, `classifier`, `data_dir`), plus `identity`: the model (kind, architecture, width, input size, class
 names, and the SHA-256 of its weights as loaded, so a moved or re-exported model is the same model and other
-weights in the same place are not) and the input (for files: the salted ids, sizes and modification times of every
-video / image listed; for a built dataset: its name and split). `config.json` holds the config with `input`
+weights in the same place are not) and the input (for files: the salted id, size and the SHA-256 of the first and
+last 64 KiB of every video / image listed, so a moved or copied folder is the same input and a rewritten file is
+not; for a built dataset: its name and split). `config.json` holds the config with `input`
 replaced by a salted hash of its path (`readers.salted_hash` with the input's `readers.id_salt`; `sources.csv`
 stays the only key from ids to files) and `identity`; `finished.json`, written last, marks complete outputs.
 
@@ -31,7 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from fetalssl_jax.apply.bad_files import Skipped
+from fetalssl_jax.apply.bad_files import Skipped, SkippingInput
 from fetalssl_jax.apply.files import write_csv
 from fetalssl_jax.apply.inputs import Input
 from fetalssl_jax.apply.loading import Backbone, PlaneClassifier
@@ -53,6 +54,7 @@ FINISHED = "finished.json"
 PREVIOUS = "previous"
 SKIPPED_CSV = "skipped.csv"
 SOURCES_CSV = "sources.csv"
+SAMPLE_BYTES = 1 << 16  # of the start and of the end of every input file, for its digest
 
 
 def weights_digest(variables: Any) -> str:
@@ -75,23 +77,30 @@ def model_identity(model: Backbone | PlaneClassifier) -> dict[str, Any]:
             "weights_sha256": weights_digest(model.variables)}  # fmt: skip
 
 
-def _size_and_time(path: pathlib.Path) -> tuple[int, int]:
-    """Bytes and modification time (whole seconds) of a file, or of the files of a folder of frames."""
+def _file_digest(path: pathlib.Path) -> str:
+    """SHA-256 (16 hex digits) of a file's size and its first and last SAMPLE_BYTES, or of those of every file of a
+    folder of frames: a file rewritten (new pixels, another export) changes it, a copy or a new modification time
+    does not, and it reads 128 KiB per file whatever the video's length. "" for a file that cannot be read."""
+    sha = hashlib.sha256()
     try:
-        files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
-        stats = [p.stat() for p in files]
+        for file in [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file()):
+            size = file.stat().st_size
+            with open(file, "rb") as f:
+                sha.update(f"{file.name}:{size}:".encode() + f.read(SAMPLE_BYTES))
+                f.seek(max(size - SAMPLE_BYTES, 0))
+                sha.update(f.read(SAMPLE_BYTES))
     except OSError:
-        return -1, -1
-    return sum(s.st_size for s in stats), max((int(s.st_mtime) for s in stats), default=0)
+        return ""
+    return sha.hexdigest()[:16]
 
 
 def input_identity(data: Input) -> dict[str, Any]:
-    """What an input is: a built dataset's name and split, or the digest of its files' salted ids, sizes and
-    modification times (a file added, removed or rewritten changes it; its path does not)."""
+    """What an input is: a built dataset's name and split, or the number of its files and the digest of their
+    salted ids and contents (`_file_digest`): a file added, removed or rewritten changes it, its path does not."""
     if data.kind == "tfds":
         return {"kind": "tfds", "dataset": data.tfds_name, "split": data.split}
     paths = [ref.path for ref in data.videos] if data.is_video else list(data.images)
-    files = [(source_id, *_size_and_time(path)) for (source_id, _), path in zip(data.sources(), paths, strict=True)]
+    files = [(source_id, _file_digest(path)) for (source_id, _), path in zip(data.sources(), paths, strict=True)]
     sha = hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
     return {"kind": data.kind, "files": len(files), "files_sha256": sha}
 
@@ -171,7 +180,7 @@ class ToolOutputs:
             os.rename(path, target / path.name)
         return target
 
-    def start(self, data: Input) -> None:
+    def start(self, data: Input | SkippingInput) -> None:
         """Marks the outputs as not finished, then writes config.json and sources.csv."""
         (self.workdir / FINISHED).unlink(missing_ok=True)
         (self.workdir / "config.json").write_text(config_json(self.public, COSMETIC_KEYS + LOCATIONS))

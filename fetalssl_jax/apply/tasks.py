@@ -96,7 +96,7 @@ def run_embed(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) ->
     if done:
         return done
     moved = job.outputs.make_room(config.overwrite)
-    job.outputs.start(job.data.data)
+    job.outputs.start(job.data)
     embeddings = _embed(job)
     path = embeddings.save(job.workdir)
     return job.finish(f"{len(embeddings)} frames x {embeddings.features.shape[1]} features of {job.model.source}: "
@@ -125,7 +125,7 @@ def run_select(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
     if to_add == 0:
         return (f"nothing to add: the {len(before)} frames of budget {config.budget} were chosen before "
                 f"({job.workdir / 'to_label' / LABELS_CSV}); raise config.budget to choose more")  # fmt: skip
-    job.outputs.start(job.data.data)
+    job.outputs.start(job.data)
     return job.finish(_choose(job, before, to_add), moved)
 
 
@@ -170,14 +170,14 @@ def run_predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) 
     if done:
         return done
     moved = job.outputs.make_room(config.overwrite)
-    job.outputs.start(job.data.data)
+    job.outputs.start(job.data)
     message = predict_input(job.model, job.data, job.workdir, config)
     job.check_some_read()
     return job.finish(message, moved)
 
 
 def predict_input(
-    classifier: PlaneClassifier, data: Input, workdir: pathlib.Path, config: ml_collections.ConfigDict
+    classifier: PlaneClassifier, data: Input | SkippingInput, workdir: pathlib.Path, config: ml_collections.ConfigDict
 ) -> str:
     """The reports of `run_predict` for a loaded classifier; `config` holds the predict config's keys."""
     if data.class_names:

@@ -7,6 +7,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -91,6 +92,16 @@ def test_embed_outputs_belong_to_their_model_and_input(tmp_path, models):
     }
     np.testing.assert_array_equal(Embeddings.load(out).features,
                                   embed_input(models[3], open_input(str(scans)), 1, 16, False).features)  # fmt: skip
+    # the folder copied elsewhere (new path, new modification times): the same input
+    copy = tmp_path / "copy"
+    shutil.copytree(scans, copy, copy_function=shutil.copy)
+    assert run_embed(_config("embed", backbone=second, input=str(copy)), out).startswith("up to date")
+    # a file rewritten in place, same size: another input
+    data = bytearray((copy / "b.npy").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "b.npy").write_bytes(bytes(data))
+    with pytest.raises(WorkdirMismatchError, match=r"identity\.input\.files_sha256: workdir has '[0-9a-f]{16}'"):
+        run_embed(_config("embed", backbone=second, input=str(copy)), out)
     # a video added to the input: another input
     _videos(scans, ["c.npy"], seed=1)
     with pytest.raises(WorkdirMismatchError, match=r"identity\.input\.files: workdir has 2, config has 3"):

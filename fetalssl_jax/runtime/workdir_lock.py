@@ -211,6 +211,13 @@ def workdir_lock(workdir: str | os.PathLike, task: str = "", process_index: int 
                 _release(held)
 
 
+def holds_lock(workdir: str | os.PathLike) -> bool:
+    """Whether this process holds the lock of `workdir` (as one of a run's processes)."""
+    workdir = pathlib.Path(workdir).resolve()
+    with _GUARD:
+        return any(path.parent == workdir for path in _HELD)
+
+
 def _forget_in_child() -> None:
     """A forked child drops its copies of the lock files: a lock lives as long as the process that took it."""
     global _GUARD

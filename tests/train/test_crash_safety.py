@@ -88,6 +88,8 @@ def test_a_stale_temporary_checkpoint_is_removed_when_the_run_resumes(tmp_path, 
     train(config, tmp_path, stop_at_step=4)
     # what a run killed while writing step 7 leaves (a step this cadence never writes again): a partial copy
     shutil.copytree(tmp_path / "checkpoints" / "4", tmp_path / "checkpoints" / "7.orbax-checkpoint-tmp")
+    assert Checkpointer(tmp_path, {}).latest_step() == 4  # a reader (no lock) leaves it: it may be a run's write
+    assert "7.orbax-checkpoint-tmp" in checkpoint_entries(tmp_path)
     train(config, tmp_path, stop_at_step=TOTAL_STEPS)
     assert losses(tmp_path) == expected
     assert checkpoint_entries(tmp_path) == ["10", "12"]

@@ -10,8 +10,15 @@
 `backbone`: a pretraining workdir, an exported backbone, a classification run (its fine-tuned backbone), a
 torchvision/timm .safetensors/.npz file, or "random"; the architecture and width are read from the files. `input`: a
 video or image file, a folder, or tfds:<name> (a built dataset). Writes embeddings.npz (features, source_ids,
-frame_index, labels, class_names), embeddings.csv (the ids), sources.csv (id -> path: keep it local) and config.json
-into --workdir.
+frame_index, labels, class_names), embeddings.csv (the ids), sources.csv (id -> path: the only key from the ids to
+your files; keep it local), skipped.csv, config.json (with a salted hash of the input path, never the path) and
+finished.json into --workdir.
+
+The same command again (same config, model weights and input files) is "up to date" and rewrites nothing; another
+backbone, config or set of files is refused, naming what differs, unless --config.overwrite=True, which moves the
+old outputs into <workdir>/previous/<UTC time>/ (nothing is deleted). A file that cannot be read (a corrupt video,
+an unreadable image) is skipped and listed in skipped.csv (its id and the reason); --config.on_error=raise stops at
+it instead. One run at a time per workdir: a second is refused while the first holds its lock.
 """
 
 from fetalssl_jax import config_lib, presets

@@ -13,7 +13,14 @@ apart, are saved as PNG (the frame at its recorded size, the probability in the 
 per video (in <workdir>/<video id>/ when the input has several): frames.csv, timeline.png, best_*.png and
 summary.json (planes found: frames and probabilities; planes not found). Images and built datasets
 (tfds:<name>): predictions.csv with every class probability. A labelled dataset whose class names are not the
-classifier's is an error.
+classifier's is an error. Also written: sources.csv (id -> path: the only key from the ids to your files; keep it
+local), skipped.csv, config.json (with a salted hash of the input path, never the path) and finished.json.
+
+The same command again (same config, classifier weights and input files) is "up to date" and rewrites nothing;
+another classifier, config or set of files is refused, naming what differs, unless --config.overwrite=True, which
+moves the old reports into <workdir>/previous/<UTC time>/ (nothing is deleted). A video or image that cannot be read
+is skipped and listed in skipped.csv (its id and the reason), the others are reported; --config.on_error=raise stops
+at it instead. One run at a time per workdir: a second is refused while the first holds its lock.
 """
 
 from fetalssl_jax import config_lib, presets

@@ -13,8 +13,16 @@ docs/design.md, "Label-budget selection"), "k-center" (each next frame the one f
 
 Writes to --workdir: to_label/ (the chosen frames as PNG at their recorded size; labels.csv with image_name, an
 empty class and as patient_id the video's salted id, or its patient folder's with `patient_folder`),
-selection.csv (the order of choice), embeddings.npz/.csv, sources.csv (id -> path: keep it local) and
-config.json. A budget larger than the number of frames is an error.
+selection.csv (the order of choice), embeddings.npz/.csv, sources.csv (id -> path: the only key from the ids to
+your files; keep it local), skipped.csv, config.json (with a salted hash of the input path, never the path) and
+finished.json. A budget larger than the number of frames is an error.
+
+Your labels are never touched. Run again with a larger budget (and the same or a grown folder of videos) to add
+`budget` minus the frames chosen before: new PNGs and new rows at the end of to_label/labels.csv, the classes you
+filled in kept byte for byte, no frame chosen twice. The same config again is "up to date". A smaller budget or
+another backbone, strategy, seed ... is refused, unless --config.overwrite=True, which moves the whole selection
+(to_label/ included) into <workdir>/previous/<UTC time>/ (nothing is deleted). A video that cannot be read is
+skipped and listed in skipped.csv; --config.on_error=raise stops at it instead.
 """
 
 from fetalssl_jax import config_lib, presets
@@ -35,7 +43,7 @@ def get_config(arg: str | None = None):
     c = presets.tool_config("select")
     presets.backbone_keys(c)
     presets.input_keys(c)
-    c.budget = 25  # frames to label, in total
+    c.budget = 25  # frames to label, in total (a run in a workdir with a selection adds the difference)
     # "typical" (the most typical frame of each of `budget` k-means clusters), "k-center" (a covering) or "random"
     c.strategy = DEFAULT_STRATEGY
     # frames of one video closer than this (in frame numbers of the recording; 10 = 2 kept frames at frame skip 5)

@@ -119,6 +119,9 @@ def main(argv: list[str]) -> int:
     except RunStopped as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training steps
+        print("error: interrupted (Ctrl-C); what was completely written is kept: run again to resume", file=sys.stderr)
+        return 130
     import jax
 
     if jax.process_index() == 0:  # process 0 reports
@@ -132,7 +135,7 @@ def run() -> None:
 
     reexec_with_hugepages()  # once, before any work: XLA's CPU buffers on huge pages (runtime/hugepages.py)
     status = main(sys.argv)
-    if status == 1:
+    if status in (1, 130):
         # A run that failed has written what it keeps (checkpoints, metrics) before main returned. After a failed
         # checkpoint write, orbax / tensorstore threads can abort the interpreter's shutdown (SIGABRT, "exception
         # not rethrown", seen in CI), turning a clear error into a crash: leave without that shutdown.

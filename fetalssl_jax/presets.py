@@ -240,6 +240,8 @@ def input_keys(c: ConfigDict) -> None:
     c.batch_size = 64  # frames per compiled batch (the last one padded)
     c.progress_bar = True
     c.compilation_cache_dir = COMPILATION_CACHE_DIR  # "" disables
+    c.on_error = "skip"  # a file that cannot be read: "skip" it (listed in skipped.csv) or "raise" (stop the run)
+    c.overwrite = False  # True: outputs of another config in the workdir move to <workdir>/previous/<time>/
 
 
 def backbone_keys(c: ConfigDict) -> None:

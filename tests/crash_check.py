@@ -1,11 +1,13 @@
-"""Kill -9 trials of the real command line: used by tests/test_crash_safety.py (a few trials) and
+"""Kill -9 and Ctrl-C trials of the real command line: used by tests/test_crash_safety.py (a few trials) and
 benchmarks/crash_safety.py (many).
 
 A trial starts `python -m fetalssl_jax.main` on the tiny Barlow Twins preset in a fresh workdir and kills it with
 SIGKILL either at a random point of the steps (after a random number of logged steps, a random delay, and outside a
 checkpoint write) or while orbax writes a checkpoint (as soon as the temporary directory of a checkpoint of a
 randomly chosen step appears).
-The caller then restarts the run in its own process and compares the losses with an uninterrupted run.
+The caller then restarts the run in its own process and compares the losses with an uninterrupted run. A Ctrl-C
+trial presses Ctrl-C (SIGINT) while a checkpoint is written, once (the run finishes the write and stops) or twice
+(the second as soon as the run acknowledged the first: it aborts at once).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -94,3 +97,32 @@ def kill_trial(workdir: pathlib.Path, cache_dir: pathlib.Path, mode: str, rng: r
         "entries": checkpoint_entries(workdir),
         "mid_write": writing_step(workdir) is not None,
     }
+
+
+def interrupt_trial(workdir: pathlib.Path, cache_dir: pathlib.Path, presses: int = 1, at_checkpoint: int = 4,
+                    timeout: float = 300.0) -> dict:  # fmt: skip
+    """Runs the CLI in `workdir` and presses Ctrl-C as soon as the temporary directory of the checkpoint
+    of step `at_checkpoint` (or later) appears; a second press once the run printed that it stops. Returns the exit
+    status, stdout, stderr and the checkpoint directory's entries at the end."""
+    process = subprocess.Popen(cli_command(workdir, cache_dir), cwd=REPO, env=cli_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    stderr: list[str] = []
+    reader = threading.Thread(target=lambda: stderr.extend(iter(process.stderr.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while process.poll() is None and (writing_step(workdir) or 0) < at_checkpoint and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        process.send_signal(signal.SIGINT)
+        if presses == 2:
+            while process.poll() is None and not any(line.startswith("Ctrl-C") for line in stderr):
+                time.sleep(0.0005)
+            process.send_signal(signal.SIGINT)
+        stdout = process.stdout.read()
+        process.wait(timeout=120)
+        reader.join(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return {"returncode": process.returncode, "stdout": stdout, "stderr": "".join(stderr),
+            "entries": checkpoint_entries(workdir)}  # fmt: skip

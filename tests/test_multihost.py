@@ -1,6 +1,7 @@
-"""The real command line on 2 JAX processes (localhost, CPU, gloo): pre-emption of one stops both at the same step
-with one checkpoint, a second launch resumes, the losses equal a 1-process run of the same global batch, and the
-export and the evaluation are written once. Classification refuses several processes with a clear error."""
+"""The real command line on 2 JAX processes (localhost, CPU, gloo): pre-emption (SIGTERM, or Ctrl-C) of one stops both
+at the same step with one checkpoint, a second launch resumes, the losses equal a 1-process run of the same global
+batch, and the export and the evaluation are written once. Classification refuses several processes with a clear
+error."""
 
 import json
 import os
@@ -95,6 +96,20 @@ def test_two_processes_of_the_cli_preempt_resume_and_train_like_one(tmp_path, da
     description = json.loads((two / "backbone" / "backbone.json").read_text())
     assert description["step"] == STEPS
     assert json.loads((two / "eval.json").read_text()).keys() == json.loads((one / "eval.json").read_text()).keys()
+
+
+def test_ctrl_c_on_one_process_stops_both_at_one_step_with_one_checkpoint(tmp_path, data_dir):
+    procs = launch(command(tmp_path, data_dir, str(tmp_path / "xla")))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+        if (tmp_path / "metrics.jsonl").exists() and len(read_metrics(tmp_path)) >= 3:
+            break
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGINT)  # passed on to JAX's pre-emption service as a SIGTERM
+    for code, _, err in finish(procs):
+        assert code == 0 and "Traceback" not in err, err[-3000:]
+    stopped = len(read_metrics(tmp_path))
+    assert stopped < STEPS and sorted(os.listdir(tmp_path / "checkpoints")) == [str(stopped)]
 
 
 def test_classification_on_several_processes_is_a_clear_error(tmp_path):

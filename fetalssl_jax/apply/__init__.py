@@ -54,14 +54,16 @@ def select(
     min_gap: int = 0,
     seed: int = 0,
     patients: Mapping[str, str] | None = None,
+    labelled: np.ndarray | None = None,
 ) -> np.ndarray:
     """Row indices of `budget` frames to label, in the order of choice, by `strategy` (`apply/selection.py`:
     'typical', the default: the most typical frames of k-means clusters; 'k-center': a covering of the embeddings;
     'random'). `groups` (video or patient per row) spreads the choice over videos, `positions` (frame number per row)
     with `min_gap` skips frames of a group within that many frames of a chosen one. An `Embeddings` brings its own
     groups (source ids) and positions (frame indices); with `patients` ({source id: patient id}, e.g.
-    `Input.patients`) the choice spreads over patients instead, and `min_gap` still acts within each video. A budget
-    larger than the number of rows is an error."""
+    `Input.patients`) the choice spreads over patients instead, and `min_gap` still acts within each video. Rows in
+    `labelled` (chosen before) are never chosen again and count as chosen for the spread and min_gap. A budget
+    larger than the number of rows not labelled is an error."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy = {strategy!r}: must be one of {', '.join(map(repr, STRATEGIES))}")
     if isinstance(embeddings, Embeddings):
@@ -73,7 +75,10 @@ def select(
     elif patients is not None:
         raise ValueError("patients needs an Embeddings (its source ids); with an array, give groups and positions")
     n = len(embeddings)
-    if budget > n:
-        raise DataError(f"budget = {budget}: the input has only {n} frames; choose a budget <= {n}")
+    labelled = np.unique(np.asarray([] if labelled is None else labelled, np.int64))
+    if budget > n - len(labelled):
+        before = f", {len(labelled)} of them chosen before" if len(labelled) else ""
+        raise DataError(f"budget = {budget}: the input has only {n} frames{before}; choose a budget <= "
+                        f"{n - len(labelled)}")  # fmt: skip
     return np.asarray(STRATEGIES[strategy](np.asarray(embeddings), int(budget), groups=groups, positions=positions,
-                                           min_gap=min_gap, seed=seed))  # fmt: skip
+                                           min_gap=min_gap, seed=seed, labelled=labelled))  # fmt: skip

@@ -239,15 +239,17 @@ def random_selection(
     groups: np.ndarray | None = None,
     positions: np.ndarray | None = None,
     min_gap: int = 0,
+    labelled: np.ndarray | None = None,
 ) -> np.ndarray:
     """The baseline: `budget` of `num` rows drawn uniformly without replacement, in order of choice, under the same
-    eligibility rule as `k_center_greedy` (rows within min_gap frames of a chosen frame of the same group are
-    skipped). Same errors for the budget, groups and positions."""
+    eligibility rule as `k_center_greedy` (rows within min_gap frames of a chosen or `labelled` frame of the same
+    group are skipped; labelled rows are never drawn). Same errors for the budget, groups and positions."""
     num = operator.index(num)
     if num < 0:
         raise ValueError(f"num must be >= 0 rows, got {num}")
     rules = _Eligibility(num, groups, positions, min_gap)
-    budget = rules.check_budget(budget, num, 0)
+    start = rules.take_labelled(labelled)
+    budget = rules.check_budget(budget, num, len(start))
     chosen: list[int] = []
     for row in np.random.default_rng(seed).permutation(num):
         if rules.eligible[row]:
@@ -354,14 +356,16 @@ def random_rows(
     positions: np.ndarray | None = None,
     min_gap: int = 0,
     seed: int = 0,
+    labelled: np.ndarray | None = None,
 ) -> np.ndarray:
     """`random_selection` of the rows of `embeddings` with the strategies' signature (the features are not used)."""
-    return random_selection(len(_points(embeddings, False)), budget, seed, groups, positions, min_gap)
+    return random_selection(len(_points(embeddings, False)), budget, seed, groups, positions, min_gap, labelled)
 
 
 DEFAULT_STRATEGY = "typical"  # measured: docs/design.md, "Label-budget selection"
 
-# name -> strategy; each takes (embeddings, budget, *, groups, positions, min_gap, seed) and returns row indices.
+# name -> strategy; each takes (embeddings, budget, *, groups, positions, min_gap, seed, labelled) and returns row
+# indices (never a labelled row).
 STRATEGIES: dict[str, Callable[..., np.ndarray]] = {
     "typical": typical_clusters,
     "k-center": k_center_greedy,

@@ -1,12 +1,17 @@
 """The command-line tasks `embed`, `predict` and `select` (configs/embed.py, predict.py, select.py): a config and a
 workdir in, files in the workdir out; each returns the line the command prints.
 
-Every run writes `config.json` (the resolved config) and `sources.csv` (salted id -> path of every video or image
-read: the local key to the ids in the other files, which never name a file; keep it with your scans).
+Every run holds the workdir's lock (`runtime/workdir_lock.py`) and writes `config.json` (the resolved config, its
+input path as a salted hash), `sources.csv` (salted id -> path of every video or image listed: the only local key
+to the ids in the other files, which never name a file; keep it with your scans), `skipped.csv` (the files that
+could not be read, with `on_error = "skip"`) and, last, `finished.json`. Outputs are tied to the config, the model
+and the input's files (`apply/outputs.py`): the same again is "up to date", another is refused unless
+`overwrite`, which moves the old outputs into `previous/<UTC time>/`; select adds to its labelling set instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 from collections.abc import Callable
@@ -16,20 +21,22 @@ import ml_collections
 import numpy as np
 
 from fetalssl_jax.apply import inputs, planes
-from fetalssl_jax.apply.embedding import embed_input, map_blocks
+from fetalssl_jax.apply.bad_files import ON_ERROR, SkippingInput
+from fetalssl_jax.apply.embedding import Embeddings, embed_input, map_blocks
 from fetalssl_jax.apply.files import save_png, write_csv
 from fetalssl_jax.apply.inputs import NO_LABEL, Input, open_input
-from fetalssl_jax.apply.labelling import export_for_labelling
+from fetalssl_jax.apply.labelling import LABELS_CSV, export_for_labelling, read_selection, rows_of, write_selection
 from fetalssl_jax.apply.loading import Backbone, PlaneClassifier, check_class_names, load_backbone, load_classifier
+from fetalssl_jax.apply.outputs import PREVIOUS, SKIPPED_CSV, ToolOutputs, public_config
 from fetalssl_jax.apply.selection import STRATEGIES
 from fetalssl_jax.downstream import backbones
 from fetalssl_jax.downstream.report import write_json
+from fetalssl_jax.errors import DataError, UserError
 from fetalssl_jax.runtime.sharding import enable_compilation_cache
-from fetalssl_jax.runtime.workdir import make_workdir
-from fetalssl_jax.train.fingerprint import config_json
+from fetalssl_jax.runtime.workdir_lock import exclusive_workdir
 from fetalssl_jax.validation import Checks, raise_if
 
-COSMETIC_KEYS = ("progress_bar", "compilation_cache_dir")  # keys that never change what a tool writes
+SELECT_GROWS = ("budget", "input")  # a select run may differ from the workdir's in these: it adds frames
 
 
 def problems(config: ml_collections.ConfigDict) -> list[str]:
@@ -37,6 +44,8 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
     c = Checks(config)
     c.one_of("task", ("embed", "predict", "select"))
     inputs.check_keys(c)
+    c.one_of("on_error", ON_ERROR)
+    c.boolean("overwrite")
     if c.get("task") == "predict":
         c.text("classifier", "a classification run")
         for key in ("smooth_window", "top_k", "min_separation"):
@@ -62,19 +71,40 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> str:
     return {"embed": run_embed, "predict": run_predict, "select": run_select}[config.task](config, workdir)
 
 
-def _start(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, load: Callable[[], Any]):
-    """Validates the config, opens its input and loads its model (`load()`), all before anything is written; then
-    writes config.json and sources.csv. (workdir, input, model)."""
+@dataclasses.dataclass
+class _Job:
+    """One tool run: its config, workdir, input (bad files skipped as `on_error` says), model and outputs."""
+
+    config: ml_collections.ConfigDict
+    workdir: pathlib.Path
+    data: SkippingInput
+    model: Any
+    outputs: ToolOutputs
+
+    def check_some_read(self) -> None:
+        """DataError (after writing skipped.csv) when every file of the input was skipped."""
+        listed = len(self.data.sources())
+        if listed and len(self.data.skipped) == listed:
+            write_csv(self.workdir / SKIPPED_CSV, ("source_id", "reason"),
+                      [(s.source_id, s.reason) for s in self.data.skipped])  # fmt: skip
+            raise DataError(f"none of the {listed} file(s) of {self.data.description} could be read; the reasons are "
+                            f"in {self.workdir / SKIPPED_CSV}")  # fmt: skip
+
+    def finish(self, message: str, moved: pathlib.Path | None) -> str:
+        return self.outputs.finish(message, self.data.skipped, moved)
+
+
+def _open(config: ml_collections.ConfigDict, workdir, load: Callable[[], Any], growable=()) -> _Job:
+    """Validates the config, opens its input and loads its model (`load()`), all before anything is written, and
+    reads what the workdir holds."""
     validate(config)
     data = open_input(config.input, config.input_type, config.data_dir, config.split, config.fit,
                       config.deidentify_pixels)  # fmt: skip
     model = load()
-    workdir = make_workdir(workdir)
-    (workdir / "config.json").write_text(config_json(config, COSMETIC_KEYS))
-    if data.sources():
-        write_csv(workdir / "sources.csv", ("source_id", "path"), data.sources())
+    workdir = pathlib.Path(workdir)
+    outputs = ToolOutputs(workdir, public_config(config, data, model), growable)
     enable_compilation_cache(config.compilation_cache_dir)
-    return workdir, data, model
+    return _Job(config, workdir, SkippingInput(data, config.on_error), model, outputs)
 
 
 def _backbone(config: ml_collections.ConfigDict) -> Callable[[], Backbone]:
@@ -82,31 +112,71 @@ def _backbone(config: ml_collections.ConfigDict) -> Callable[[], Backbone]:
                                  image_size=config.image_size or None)  # fmt: skip
 
 
+def _embed(job: _Job) -> Embeddings:
+    config = job.config
+    try:
+        return embed_input(job.model, job.data, config.frame_skip, config.batch_size, config.progress_bar)
+    except ValueError:
+        job.check_some_read()
+        raise
+
+
+@exclusive_workdir
 def run_embed(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> str:
     """Frozen features of every frame of `config.input` -> embeddings.npz / embeddings.csv in `workdir`."""
-    workdir, data, backbone = _start(config, workdir, _backbone(config))
-    embeddings = embed_input(backbone, data, config.frame_skip, config.batch_size, config.progress_bar)
-    path = embeddings.save(workdir)
-    return f"{len(embeddings)} frames x {embeddings.features.shape[1]} features of {backbone.source}: {path}"
+    job = _open(config, workdir, _backbone(config))
+    done = job.outputs.up_to_date()
+    if done:
+        return done
+    moved = job.outputs.make_room(config.overwrite)
+    job.outputs.start(job.data)
+    embeddings = _embed(job)
+    path = embeddings.save(job.workdir)
+    return job.finish(f"{len(embeddings)} frames x {embeddings.features.shape[1]} features of {job.model.source}: "
+                      f"{path}", moved)  # fmt: skip
 
 
+@exclusive_workdir
 def run_select(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> str:
-    """Embeds `config.input`, chooses `config.budget` frames by `config.strategy` (`apply/selection.py`: spread
-    over videos, neighbours of a chosen frame skipped) and writes them to `workdir/to_label/` as PNGs and
-    labels.csv, the embeddings and `selection.csv` (rows in the order of choice) to `workdir`."""
+    """Embeds `config.input`, chooses frames by `config.strategy` (`apply/selection.py`: spread over videos,
+    neighbours of a chosen frame skipped) up to `config.budget` in all, and adds them to `workdir/to_label/` as PNGs
+    and rows of labels.csv; writes the embeddings and `selection.csv` (every chosen frame in the order of choice) to
+    `workdir`. Frames chosen before in the workdir (selection.csv) stay chosen and are not chosen again."""
+    job = _open(config, workdir, _backbone(config), SELECT_GROWS)
+    done = job.outputs.up_to_date()
+    if done:
+        return done
+    moved = job.outputs.make_room(config.overwrite)
+    before = read_selection(job.workdir)
+    to_add = config.budget - len(before)
+    if to_add < 0:
+        raise UserError(
+            f"config.budget = {config.budget}: {job.workdir} holds {len(before)} frames chosen before (selection.csv), "
+            f"which are never unchosen (their labels are kept); give a budget >= {len(before)} to add frames, a new "
+            f"--workdir, or --config.overwrite=True to move this selection into {job.workdir / PREVIOUS}/<time>/"
+        )
+    if to_add == 0:
+        return (f"nothing to add: the {len(before)} frames of budget {config.budget} were chosen before "
+                f"({job.workdir / 'to_label' / LABELS_CSV}); raise config.budget to choose more")  # fmt: skip
+    job.outputs.start(job.data)
+    return job.finish(_choose(job, before, to_add), moved)
+
+
+def _choose(job: _Job, before: list[tuple[str, int]], to_add: int) -> str:
+    """Chooses `to_add` frames besides those chosen `before` and adds them to the labelling set; the line to print."""
     from fetalssl_jax.apply import select
 
-    workdir, data, backbone = _start(config, workdir, _backbone(config))
-    embeddings = embed_input(backbone, data, config.frame_skip, config.batch_size, config.progress_bar)
-    embeddings.save(workdir)
+    config, data = job.config, job.data
+    embeddings = _embed(job)
+    embeddings.save(job.workdir)
     patients = data.patients(config.patient_folder) if config.get("patient_folder", 0) else None
-    chosen = select(embeddings, config.budget, strategy=config.strategy, min_gap=config.min_gap, seed=config.seed,
-                    patients=patients)  # fmt: skip
-    write_csv(workdir / "selection.csv", ("order", "row", "source_id", "frame_index"),
-              [(k, int(r), embeddings.source_ids[r], int(embeddings.frame_index[r])) for k, r in
-               enumerate(chosen)])  # fmt: skip
-    blocks = data.blocks(backbone.image_size, config.frame_skip, config.batch_size)
-    csv_path = export_for_labelling(blocks, embeddings, chosen, workdir / "to_label", patients)
+    labelled = [r for r in rows_of(embeddings, before) if r is not None]
+    chosen = select(embeddings, to_add, strategy=config.strategy, min_gap=config.min_gap, seed=config.seed,
+                    patients=patients, labelled=np.asarray(labelled, np.int64))  # fmt: skip
+    frames = [(str(embeddings.source_ids[r]), int(embeddings.frame_index[r])) for r in chosen]
+    blocks = data.blocks(job.model.image_size, config.frame_skip, config.batch_size)
+    csv_path = export_for_labelling(blocks, embeddings, chosen, job.workdir / "to_label", patients)
+    write_selection(job.workdir, before + frames, embeddings)
     sources = embeddings.source_ids[chosen].tolist()
     videos = f"{len(set(sources))} videos"
     if patients is not None:
@@ -115,21 +185,32 @@ def run_select(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
     build_config = "csv"
     if config.fit != "stretch":
         build_config = "'" + json.dumps({"name": f"csv_{config.fit}", "fit": config.fit}) + "'"
-    return (f"chose {len(chosen)} of {len(embeddings)} frames from {videos}; label them in {csv_path} "
-            f"(fill in `class`), then build: tfds build data_builders/fetal_cardiac_planes --config {build_config} "
-            f"--manual_dir {csv_path.parent}")  # fmt: skip
+    chose = f"chose {len(chosen)} of {len(embeddings)} frames from {videos}"
+    if before:
+        chose += (f" besides the {len(before)} chosen before ({len(before) + len(chosen)} of budget {config.budget}; "
+                  "the new rows are at the end, the classes filled in are kept)")  # fmt: skip
+    return (f"{chose}; label them in {csv_path} (fill in `class`), then build: tfds build "
+            f"data_builders/fetal_cardiac_planes --config {build_config} --manual_dir {csv_path.parent}")  # fmt: skip
 
 
+@exclusive_workdir
 def run_predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> str:
     """`config.classifier` on `config.input`: predictions.csv for images and datasets; for videos, per video the
     frame probabilities, best frames (PNG), a timeline plot and summary.json (in `workdir/<source_id>/` when the
     input holds several videos)."""
-    workdir, data, classifier = _start(config, workdir, lambda: load_classifier(config.classifier))
-    return predict_input(classifier, data, workdir, config)
+    job = _open(config, workdir, lambda: load_classifier(config.classifier))
+    done = job.outputs.up_to_date()
+    if done:
+        return done
+    moved = job.outputs.make_room(config.overwrite)
+    job.outputs.start(job.data)
+    message = predict_input(job.model, job.data, job.workdir, config)
+    job.check_some_read()
+    return job.finish(message, moved)
 
 
 def predict_input(
-    classifier: PlaneClassifier, data: Input, workdir: pathlib.Path, config: ml_collections.ConfigDict
+    classifier: PlaneClassifier, data: Input | SkippingInput, workdir: pathlib.Path, config: ml_collections.ConfigDict
 ) -> str:
     """The reports of `run_predict` for a loaded classifier; `config` holds the predict config's keys."""
     if data.class_names:
@@ -144,7 +225,7 @@ def predict_input(
         out = workdir / block.source_ids[0] if len(data.videos) > 1 else workdir
         summaries.append(_video_report(config, classifier.class_names, block, probs, out))
     found = sorted({name for s in summaries for name in s["planes_found"]})
-    if len(summaries) > 1:
+    if len(data.videos) > 1:
         write_json(workdir / "summary.json", {"videos": summaries})
     return f"{len(summaries)} video(s); planes found: {found or 'none'}; reports in {workdir}"
 

@@ -51,10 +51,12 @@ from fetalssl_jax.models.classifier import Classifier, weighted_cross_entropy
 from fetalssl_jax.models.resnet import create_resnet
 from fetalssl_jax.runtime.sharding import batch_sharding, enable_compilation_cache, make_mesh, replicated
 from fetalssl_jax.runtime.workdir import make_workdir
+from fetalssl_jax.runtime.workdir_lock import exclusive_workdir
 from fetalssl_jax.train.checkpoint import Checkpointer
 from fetalssl_jax.train.durations import Durations, durations
 from fetalssl_jax.train.fingerprint import config_json, ensure_resumable, fingerprint, stored_fingerprint
 from fetalssl_jax.train.health import check_finite
+from fetalssl_jax.train.loop import preemption_signal
 from fetalssl_jax.train.monitor import Monitor
 from fetalssl_jax.train.optim import Optimizer
 from fetalssl_jax.train.state import TrainState
@@ -297,6 +299,7 @@ def resolve_class_names(config: ml_collections.ConfigDict, splits: dict[str, Any
     return names
 
 
+@exclusive_workdir
 def run_classification(
     config: ml_collections.ConfigDict,
     workdir: str | pathlib.Path,
@@ -312,8 +315,9 @@ def run_classification(
     resumes from the checkpoint in `workdir/checkpoints` (every `checkpoint_every_epochs`,
     or with `num_steps` every `checkpoint_every_steps`) only for the same fingerprint, and repeats the losses of an
     uninterrupted run. `stop_after_epochs` ends early after that many epochs (with `num_steps`: validation rounds)
-    and a checkpoint (as a pre-emption would) and returns {}. `splits` passes the labelled data of `config` when the
-    caller has it already (the grid: one load for all its cells, whose `init` paths it passes in `ignore`).
+    and a checkpoint, as SIGTERM or a first Ctrl-C does after the current round, and returns {}. `splits` passes the
+    labelled data of `config` when the caller has it already (the grid: one load for all its cells, whose `init`
+    paths it passes in `ignore`). The run holds the workdir's lock (`runtime/workdir_lock.py`).
     """
     validate(config)
     workdir = pathlib.Path(workdir)
@@ -335,7 +339,9 @@ def run_classification(
     monitor = Monitor(workdir, int(state.step), run.steps.total, run.batch_size, run.steps.log or run.steps.total,
                       progress_bar=config.progress_bar)  # fmt: skip
     try:
-        finished = _train_and_select(run, state, checkpointer, monitor, best, best_variables, stop_after_epochs)
+        with preemption_signal() as preempted:
+            finished = _train_and_select(run, state, checkpointer, monitor, best, best_variables, stop_after_epochs,
+                                         preempted)  # fmt: skip
     finally:
         monitor.close()
         checkpointer.close()
@@ -347,6 +353,8 @@ def run_classification(
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> str:
     """The `classify` task of the command line: `run_classification`, and the line to print."""
     results = run_classification(config, workdir)
+    if not results:  # stopped by SIGTERM or Ctrl-C, checkpointed
+        return f"preempted; run again to resume; workdir: {pathlib.Path(workdir).absolute()}"
     test = results["test"]
     return (f"test: macro-F1 {test['macro_f1']:.3f}, balanced accuracy {test['balanced_accuracy']:.3f}, "
             f"accuracy {test['accuracy']:.3f} (selected at step {results['best_step']}); "
@@ -461,10 +469,11 @@ def _train_round(
 
 def _train_and_select(
     run: _LabelledRun, state: TrainState, checkpointer: Checkpointer, monitor: Monitor, best: dict[str, Any],
-    best_variables: dict[str, Any] | None, stop_after_epochs: int | None,
+    best_variables: dict[str, Any] | None, stop_after_epochs: int | None, preempted: Callable[[int], bool],
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:  # fmt: skip
     """Trains to the end, validating after each of `steps.evaluations()` and keeping the best weights; (best, best
-    variables), or None when stopped after `stop_after_epochs` validations (checkpointed, as a pre-emption would)."""
+    variables), or None when stopped after `stop_after_epochs` validations or, before the last one, by a
+    pre-emption notice (`preempted`: SIGTERM or a first Ctrl-C), checkpointed."""
     ends, steps = run.steps.evaluations(), run.steps
     last_checkpoint = checkpointer.latest_step()
     for r, end in enumerate(ends):
@@ -483,9 +492,13 @@ def _train_and_select(
         if valid["balanced_accuracy"] > best["balanced_accuracy"]:  # ties keep the earlier validation
             best, best_variables = {**valid, **run.round_record(end)}, jax.device_get(variables)
         last = end == steps.total
-        if not last and Durations.crossed(start, end, steps.checkpoint) or r + 1 == stop_after_epochs:
+        stop = r + 1 == stop_after_epochs or (not last and preempted(end))
+        if not last and Durations.crossed(start, end, steps.checkpoint) or stop:
             last_checkpoint = checkpointer.save(state, {"best": best}, {"best_variables": best_variables})
-        if r + 1 == stop_after_epochs:
+        if stop:
+            if r + 1 != stop_after_epochs:
+                log.warning("stopped after step %d; checkpoint saved in %s; run again to resume", end,
+                            checkpointer.directory)  # fmt: skip
             return None
     return best, best_variables
 

@@ -16,6 +16,7 @@ from sklearn.manifold import TSNE
 from sklearn.preprocessing import StandardScaler
 
 from fetalssl_jax.downstream.report import save_figure
+from fetalssl_jax.runtime.workdir_lock import exclusive_workdir
 from fetalssl_jax.validation import Checks, raise_if
 
 
@@ -89,6 +90,7 @@ def validate(config) -> None:
     raise_if(c.problems)
 
 
+@exclusive_workdir
 def run(config, workdir: str | pathlib.Path) -> str:
     """The `tsne` task (configs/tsne.py): t-SNE of `config.init`'s features on `config.split`, in `workdir`."""
     validate(config)

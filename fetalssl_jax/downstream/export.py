@@ -18,6 +18,7 @@ from typing import Any
 
 from fetalssl_jax.errors import DataError
 from fetalssl_jax.models import torch_io
+from fetalssl_jax.runtime.workdir_lock import exclusive_workdir
 from fetalssl_jax.validation import Checks, raise_if
 
 
@@ -56,6 +57,7 @@ def validate(config) -> None:
     raise_if(c.problems)
 
 
+@exclusive_workdir
 def run(config, workdir: str | pathlib.Path) -> str:
     """The `export` task (configs/export.py): `<workdir>/backbone.<config.format>`."""
     validate(config)

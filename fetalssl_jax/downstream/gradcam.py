@@ -26,6 +26,7 @@ import numpy as np
 from fetalssl_jax.downstream.report import save_figure
 from fetalssl_jax.errors import DataError
 from fetalssl_jax.models.classifier import Classifier
+from fetalssl_jax.runtime.workdir_lock import exclusive_workdir
 from fetalssl_jax.validation import Checks, is_int, raise_if
 
 
@@ -164,6 +165,7 @@ def validate(config) -> None:
     raise_if(c.problems)
 
 
+@exclusive_workdir
 def run(config, workdir: str | pathlib.Path) -> str:
     """The `gradcam` task (configs/gradcam.py): the Grad-CAM grid of `config.classifier` in `workdir`."""
     validate(config)

@@ -40,6 +40,7 @@ from fetalssl_jax.downstream.report import save_figure
 from fetalssl_jax.errors import RunStopped
 from fetalssl_jax.eval.few_label import Interval
 from fetalssl_jax.runtime.workdir import make_workdir
+from fetalssl_jax.runtime.workdir_lock import exclusive_workdir
 from fetalssl_jax.train import loop
 from fetalssl_jax.train.fingerprint import ensure_resumable, fingerprint, stored_fingerprint
 from fetalssl_jax.validation import MISSING, Checks, is_number, raise_if
@@ -149,7 +150,8 @@ def pretrain_if_needed(init: InitSpec, workdir: pathlib.Path) -> str:
     log.info("pretraining %s with %s in %s", init.name, init.spec, run_dir)
     result = loop.train(config, run_dir)
     if result.status != "finished":
-        raise RunStopped(f"pretraining {init.name} stopped at step {result.step} ({result.status}); run again")
+        raise RunStopped(f"the grid stopped in the pretraining of {init.name} at step {result.step} ({result.status}: "
+                         "SIGTERM or Ctrl-C), checkpoint saved; run the same command again to resume")  # fmt: skip
     return str(run_dir)
 
 
@@ -191,6 +193,7 @@ def _check_budgets(config: ml_collections.ConfigDict, budgets: Sequence[Budget],
             choose_labels(splits["train"].labels, budget.fraction, budget.labels_per_class, seed, names)
 
 
+@exclusive_workdir
 def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[dict[str, Any]]:
     """Runs every cell that is not finished yet and writes the results tables and plot; returns the rows.
 
@@ -224,6 +227,9 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
         finished = (directory / "results.json").is_file()
         # `init` is the backbone's path, which moves with the grid's workdir; the row's name identifies the init
         results = run_classification(cell_config, directory, splits=splits, ignore=("init",))
+        if not results:
+            raise RunStopped(f"the grid stopped in cell {directory.relative_to(workdir)} (SIGTERM or Ctrl-C), "
+                             "checkpoint saved; run the same command again to resume")  # fmt: skip
         rows.append({
             "init": name, "mode": mode, "budget": budget.name, "label_fraction": budget.fraction,
             "labels_per_class": budget.labels_per_class, "seed": seed, **{m: results["test"][m] for m in METRICS},

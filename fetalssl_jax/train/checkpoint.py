@@ -1,9 +1,10 @@
 """Checkpoints with orbax: periodic, keep-last-K, resumable, atomic; and the exported backbone.
 
 Orbax writes each step into a temporary directory and renames it when complete, so a crash mid-save never leaves a
-half-written "latest" checkpoint and never removes the previous good one. Every checkpoint carries the fingerprint of
-its run's config (`train.fingerprint`); resuming a workdir written by another config is an error naming every
-differing key, instead of a silent continuation of another run or a shape mismatch deep inside orbax.
+half-written "latest" checkpoint and never removes the previous good one; the run that holds the workdir's lock
+removes the temporary directories a killed run left. Every checkpoint carries the fingerprint of its run's config
+(`train.fingerprint`); resuming a workdir written by another config is an error naming every differing key,
+instead of a silent continuation of another run or a shape mismatch deep inside orbax.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from fetalssl_jax.errors import RunStopped, UserError
+from fetalssl_jax.runtime.workdir_lock import holds_lock
 from fetalssl_jax.train.fingerprint import ensure_resumable
 from fetalssl_jax.train.state import TrainState
 
@@ -50,7 +52,10 @@ class Checkpointer:
         self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
         self.fingerprint = json.loads(json.dumps(dict(fingerprint)))  # tuples -> lists, as they come back from JSON
         self.allow_extend = allow_extend
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+        # The temporary directories of writes a killed run left are removed, by the run that holds the workdir's
+        # lock only (no other can be writing then); a reader leaves them.
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
+                                               cleanup_tmp_directories=holds_lock(workdir))  # fmt: skip
         self.extra_items = tuple(extra_items)
         item_names = ("state", *self.extra_items, "meta")
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=item_names)

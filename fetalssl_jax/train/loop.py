@@ -2,8 +2,8 @@
 
 data -> sharded uint8 batches -> compiled train step (augment, loss, update) -> metrics, checkpoints, kNN /
 linear-probe evaluation -> exported backbone. Resumes from the newest checkpoint in the workdir if the same config
-(up to cosmetic keys) wrote it; SIGTERM saves a checkpoint and returns; a non-finite loss stops the run and keeps
-the last good checkpoint.
+(up to cosmetic keys) wrote it; SIGTERM or a first Ctrl-C saves a checkpoint and returns; a non-finite loss stops
+the run and keeps the last good checkpoint. The run holds the workdir's lock (`runtime/workdir_lock.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import pathlib
 import signal
 import threading
@@ -35,6 +36,7 @@ from fetalssl_jax.methods.base import Method
 from fetalssl_jax.models import backbone as backbone_lib
 from fetalssl_jax.runtime.sharding import batch_sharding, enable_compilation_cache, make_mesh, replicated
 from fetalssl_jax.runtime.workdir import make_workdir
+from fetalssl_jax.runtime.workdir_lock import exclusive_workdir
 from fetalssl_jax.train import optim
 from fetalssl_jax.train.checkpoint import Checkpointer, export_backbone
 from fetalssl_jax.train.durations import Durations, durations
@@ -99,26 +101,41 @@ class RunResult:
     evaluation: FrozenEval | None = None
 
 
+INTERRUPTED = b"Ctrl-C: stopping after this step and its checkpoint; press Ctrl-C again to abort at once\n"
+
+
 @contextlib.contextmanager
 def preemption_signal() -> Iterator[Callable[[int], bool]]:
     """`preempted(step)`: whether to stop after `step` because of a pre-emption notice (SIGTERM; pre-emptible TPUs
-    and spot GPUs send it first), while the block runs.
+    and spot GPUs send it first) or a first Ctrl-C (SIGINT, said in one line), while the block runs; a second
+    Ctrl-C raises KeyboardInterrupt at once.
 
     With several processes JAX's pre-emption service (started by jax.distributed) catches SIGTERM on any of them
-    and agrees on one step at which all stop; it must be asked at every step, by every process. With one, a SIGTERM
-    handler sets a flag."""
-    if jax.process_count() > 1:
-        yield multihost_utils.reached_preemption_sync_point
-        return
+    and agrees on one step at which all stop; it must be asked at every step, by every process, and a Ctrl-C is
+    passed on to it as a SIGTERM of this process. With one, the handlers set a flag."""
+    several = jax.process_count() > 1
     event = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda step: event.is_set()
+    preempted = multihost_utils.reached_preemption_sync_point if several else lambda step: event.is_set()
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield preempted
         return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: event.set())
+
+    def interrupted(signum, frame):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.write(2, INTERRUPTED)  # not print: the handler may run inside a write to stderr (the progress bar)
+        if several:
+            os.kill(os.getpid(), signal.SIGTERM)
+        else:
+            event.set()
+
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, interrupted)}
+    if not several:
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, lambda signum, frame: event.set())
     try:
-        yield lambda step: event.is_set()
+        yield preempted
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def backbone_variables(state: TrainState) -> dict[str, Any]:
@@ -295,6 +312,7 @@ def _train_steps(
         batches.close()
 
 
+@exclusive_workdir
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_at_step: int | None = None) -> RunResult:
     """Pretrains `config.method` in `workdir`, resuming from its newest checkpoint.
 

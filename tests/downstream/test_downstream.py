@@ -266,3 +266,39 @@ def test_cosmetic_keys_never_block_reuse_or_resume_and_other_keys_are_named(repo
     with pytest.raises(WorkdirMismatchError, match="made by another config") as info:
         run_classification(classify_config(repo, "num_epochs=3,checkpoint_every_epochs=1"), other)
     assert "\n  seed: checkpoint has 5, config has 0" in str(info.value)
+
+
+def test_ctrl_c_stops_a_classifier_after_the_round_with_a_checkpoint_it_resumes_from(python, repo, tmp_path):
+    import os
+    import signal
+    import threading
+    import time
+
+    workdir, arg = tmp_path / "run", "num_epochs=200,checkpoint_every_epochs=0"
+    cmd = [python, "-m", "fetalssl_jax.main", "--config", f"{repo / 'configs' / 'classify.py'}:tiny,{arg}",
+           "--workdir", str(workdir)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stderr = []
+    reader = threading.Thread(target=lambda: stderr.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and not (metrics.exists() and metrics.read_text()):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out = proc.stdout.read()
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    stderr = "".join(stderr)
+    assert proc.returncode == 0, stderr
+    assert out.strip() == f"preempted; run again to resume; workdir: {workdir}"
+    assert "Traceback" not in stderr and stderr.count("Ctrl-C: stopping") == 1
+    rounds = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert f"stopped after step {rounds[-1]['step']}; checkpoint saved" in stderr
+    assert [r["epoch"] for r in rounds] == list(range(1, len(rounds) + 1))
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == [str(rounds[-1]["step"])]
+    config = classify_config(repo, arg)
+    assert run_classification(config, workdir, stop_after_epochs=len(rounds) + 1) == {}  # resumed: one more round
+    assert run_classification(config, tmp_path / "reference", stop_after_epochs=len(rounds) + 1) == {}
+    assert metrics.read_text() == (tmp_path / "reference" / "metrics.jsonl").read_text()

@@ -1,12 +1,15 @@
 """Crash safety: kill -9 during a step or a checkpoint write, then restart (benchmarks/crash_safety.py runs more
-trials); a workdir that cannot take a checkpoint is a clear error that keeps the last good one."""
+trials); Ctrl-C during a checkpoint write finishes it and stops cleanly, a second Ctrl-C aborts in one line; a
+stale temporary checkpoint is removed on resume; a workdir that cannot take a checkpoint is a clear error that
+keeps the last good one."""
 
 import random
+import shutil
 import subprocess
 
 import pytest
 from conftest import tiny_config
-from crash_check import OVERRIDES, REPO, checkpoint_entries, cli_command, cli_env, kill_trial
+from crash_check import OVERRIDES, REPO, checkpoint_entries, cli_command, cli_env, interrupt_trial, kill_trial
 
 from fetalssl_jax.train.checkpoint import Checkpointer
 from fetalssl_jax.train.loop import train
@@ -51,6 +54,45 @@ def test_kill_9_then_restart_resumes_the_newest_complete_checkpoint_with_the_sam
     result = train(config, tmp_path, stop_at_step=TOTAL_STEPS)
     assert result.step == TOTAL_STEPS
     assert losses(tmp_path) == expected  # exactly: same batches, same state, same compiled program
+
+
+def test_ctrl_c_during_a_checkpoint_write_finishes_it_and_stops_in_one_line(tmp_path, cache_dir, uninterrupted):
+    config, expected = uninterrupted
+    trial = interrupt_trial(tmp_path, cache_dir)
+    assert trial["returncode"] == 0, trial["stderr"]
+    assert "Traceback" not in trial["stderr"]
+    assert trial["stderr"].count("Ctrl-C: stopping after this step and its checkpoint") == 1
+    stopped = len(losses(tmp_path))
+    assert f"preempted at step {stopped}" in trial["stdout"] and stopped >= 4
+    assert complete_steps(tmp_path)[-1] == stopped  # every logged step is in the last checkpoint
+    assert not [e for e in trial["entries"] if "tmp" in e]  # the write it interrupted was finished
+    train(config, tmp_path, stop_at_step=TOTAL_STEPS)
+    assert losses(tmp_path) == expected
+
+
+def test_a_second_ctrl_c_aborts_in_one_line_and_the_next_run_resumes(tmp_path, cache_dir, uninterrupted):
+    config, expected = uninterrupted
+    trial = interrupt_trial(tmp_path, cache_dir, presses=2)
+    assert trial["returncode"] == 130, trial["stderr"]
+    assert "Traceback" not in trial["stderr"]
+    assert trial["stderr"].strip().splitlines()[-1] == (
+        "error: interrupted (Ctrl-C); what was completely written is kept: run again to resume"
+    )
+    train(config, tmp_path, stop_at_step=TOTAL_STEPS)
+    assert losses(tmp_path) == expected
+    assert not [e for e in checkpoint_entries(tmp_path) if "tmp" in e]
+
+
+def test_a_stale_temporary_checkpoint_is_removed_when_the_run_resumes(tmp_path, uninterrupted):
+    config, expected = uninterrupted
+    train(config, tmp_path, stop_at_step=4)
+    # what a run killed while writing step 7 leaves (a step this cadence never writes again): a partial copy
+    shutil.copytree(tmp_path / "checkpoints" / "4", tmp_path / "checkpoints" / "7.orbax-checkpoint-tmp")
+    assert Checkpointer(tmp_path, {}).latest_step() == 4  # a reader (no lock) leaves it: it may be a run's write
+    assert "7.orbax-checkpoint-tmp" in checkpoint_entries(tmp_path)
+    train(config, tmp_path, stop_at_step=TOTAL_STEPS)
+    assert losses(tmp_path) == expected
+    assert checkpoint_entries(tmp_path) == ["10", "12"]
 
 
 # In the child, no file may grow past 16 KiB (`ulimit -f`, with SIGXFSZ ignored: writes fail with EFBIG as they would

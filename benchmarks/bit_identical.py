@@ -40,12 +40,14 @@ def _tree_hash(tree) -> str:
 def pretraining_records(only: set[str]) -> dict[str, dict]:
     """{method: {"loss": [...], "grad_norm": [...]}} of NUM_STEPS steps of every tiny pretraining preset (those
     named in `only`, if any)."""
-    from fetalssl_jax.config_lib import load_config, set_by_path
+    from fetalssl_jax.config_lib import load_config, load_config_module, set_by_path
     from fetalssl_jax.train.loop import train
     from fetalssl_jax.train.monitor import read_metrics
 
     out = {}
     for path in sorted((REPO / "configs").glob("*.py")):
+        if "tiny" not in getattr(load_config_module(path), "PRESETS", {}):  # tools without one (export)
+            continue
         config = load_config(f"{path}:tiny")
         if config.get("task", "pretrain") != "pretrain" or (only and config.method not in only):
             continue

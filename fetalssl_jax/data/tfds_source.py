@@ -31,7 +31,10 @@ def load_builder(name: str, data_dir: str | None):
 
     from fetalssl_jax.runtime.tensorflow import import_tensorflow
 
-    import_tensorflow()  # TFDS imports TensorFlow: keep it off the accelerators that JAX uses
+    try:
+        import_tensorflow()  # TFDS imports TensorFlow where it is installed: keep it off the accelerators JAX uses
+    except ImportError:
+        pass  # built records read by index need no TensorFlow (an accelerator image may not have it)
     try:
         builder = tfds.builder(name, data_dir=data_dir or None)
     except Exception as e:  # tfds raises several types for "not found": name the key and the directory

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -157,7 +158,7 @@ def prepare_classifier_step(config) -> tuple:
     model, init_state, train_step, _, mesh = compiled_functions(spec)
     size, batch_size = spec.image_size, int(config.batch_size)
     example = preprocess_eval(np.zeros((1, size, size, 1), np.uint8), size)  # what the network sees (3 channels)
-    variables = model.init(jax.random.key(config.seed), example, train=False)
+    variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(config.seed), example)
     state = init_state(variables["params"], variables["batch_stats"], np.ones(NUM_PLANES, np.float32), config.seed)
     rng = np.random.default_rng(0)
     sharding = batch_sharding(mesh)
@@ -267,14 +268,18 @@ def gpu_count() -> int:
     return sum(line.startswith("GPU ") for line in out.splitlines())
 
 
-def worker_env(cache_dir: str) -> dict:
+def worker_env(cache_dir: str, smoke: bool = False) -> dict:
     """The workers' environment: the package importable, the flags of `MULTI_GPU_XLA_FLAGS` where they help, a
     compilation cache shared by the workers (the end-to-end step loads what the step case compiled)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["FETALSSL_ACCELERATOR_CACHE"] = cache_dir
+    flags = [env.get("XLA_FLAGS", "")]
     if gpu_count() > 1:
-        env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""), *MULTI_GPU_XLA_FLAGS]).strip()
+        flags += MULTI_GPU_XLA_FLAGS
+    if smoke and "--xla_backend_optimization_level" not in flags[0]:
+        flags.append("--xla_backend_optimization_level=0")  # smoke numbers mean nothing: compile the tiny steps fast
+    env["XLA_FLAGS"] = " ".join(flags).strip()
     return env
 
 
@@ -327,7 +332,7 @@ def run_all(args) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="fetalssl_accelerator_") as tmp:
         args.records_dir = args.records_dir or str(pathlib.Path(tmp, "records"))
-        env = worker_env(str(pathlib.Path(tmp, "xla_cache")))
+        env = worker_env(str(pathlib.Path(tmp, "xla_cache")), args.smoke)
         results["environment"] = run("environment", "environment", SECTION_CAPS_S["environment"])
         for name, case in STEP_CASES.items():
             reason = unavailable(case)

@@ -297,9 +297,12 @@ def run_section(section: str, args, env: dict, timeout_s: float, one_core: bool 
         return {"error": f"timed out after {timeout_s:.0f} s", "log_tail": _text(tail)}
     wall = time.perf_counter() - start
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
-    if proc.returncode or not lines:
+    if not lines:
         return {"error": f"exit status {proc.returncode}", "log_tail": (proc.stderr or proc.stdout)[-1500:]}
-    return {**json.loads(lines[-1][len(RESULT_MARK) :]), "section_wall_s": wall}
+    result = {**json.loads(lines[-1][len(RESULT_MARK) :]), "section_wall_s": wall}
+    if proc.returncode:  # measured and printed, then failed at exit (a thread torn down at interpreter exit)
+        result["exit_status_after_result"] = proc.returncode
+    return result
 
 
 def _text(data) -> str:

@@ -3,6 +3,8 @@
   pip install -e ".[bench]"            # torch==2.13.0 (CPU wheel), only for this benchmark
   python benchmarks/compare_torch.py                       # both cases, 2 alternations each
   python benchmarks/compare_torch.py --cases rn18 --alternations 3
+  python -m venv /tmp/torch213 && /tmp/torch213/bin/pip install torch==2.13.0 numpy   # the pinned torch beside
+  python benchmarks/compare_torch.py --torch-python /tmp/torch213/bin/python,$(which python)  # ... a newer one
 
 Cases (float32, equal in both frameworks): ResNet-18 / 64 px / batch 64 / projector 2048x3 and ResNet-50 / 224 px /
 batch 16 / projector 8192x3. One step = two pre-made views [B, 3, S, S] -> shared ResNet + projector (Linear-BN-ReLU
@@ -18,7 +20,8 @@ the setting cannot flatter the ratio (`--no-hugepages` runs the JAX side without
 (torch.set_num_threads(os.cpu_count()); XLA's CPU client uses every core by default). The JAX subprocesses share a
 fresh persistent compilation cache: the first one compiles, the later ones load, which gives the first-run and
 second-run time to first step. views/s = 2 * batch / median step time; the printed ratio is JAX / torch of the
-medians over the alternations.
+medians over the alternations, for each torch given by `--torch-python` (its interpreter runs its workers, which
+import only torch and numpy), all interleaved in every alternation. The CPU model is printed first.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from hostinfo import cpu_model
 
 _START = time.perf_counter()  # time to first step counts from process start (imports included)
 
@@ -199,6 +204,7 @@ def run_torch(case: dict) -> dict:
     return {
         "framework": "torch",
         "torch": torch.__version__,
+        "python": sys.executable,
         "threads": torch.get_num_threads(),
         "step_s": statistics.median(times),
         "time_to_first_step_s": first_step_s,
@@ -274,8 +280,8 @@ def run_jax(case: dict, cache_dir: str) -> dict:
 # ---------------------------------------------------------------- driver --------------------------------------------
 
 
-def _worker(framework: str, case_name: str, cache_dir: str, steps: int | None, hugepages: bool) -> dict:
-    cmd = [sys.executable, __file__, "--worker", framework, "--cases", case_name, "--cache-dir", cache_dir]
+def _worker(framework: str, case_name: str, cache_dir: str, steps: int | None, hugepages: bool, python: str) -> dict:
+    cmd = [python, __file__, "--worker", framework, "--cases", case_name, "--cache-dir", cache_dir]
     if steps:
         cmd += ["--steps", str(steps)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -289,50 +295,70 @@ def _worker(framework: str, case_name: str, cache_dir: str, steps: int | None, h
     return json.loads(out.strip().splitlines()[-1])
 
 
-def compare(case_name: str, alternations: int, steps: int | None, jax_hugepages: bool) -> dict:
-    """Alternates torch (in both memory settings) and JAX subprocesses; the JAX ones share one fresh compilation
-    cache. The reference is torch's faster setting, so fetalssl_jax's huge pages cannot flatter the ratio."""
+def _torch_summary(default_malloc: list[dict] | None, hugepages: list[dict] | None, jax_runs: list[dict]) -> dict:
+    """One torch's views/s (the faster of the memory settings it ran with: the reference) and JAX / torch."""
+    median = {key: statistics.median(r["views_per_s"] for r in runs)
+              for key, runs in (("default_malloc", default_malloc), ("hugepages", hugepages)) if runs}  # fmt: skip
+    reference = max(median, key=median.get)
+    runs = default_malloc if reference == "default_malloc" else hugepages
+    jax_vps = statistics.median(r["views_per_s"] for r in jax_runs)
+    return {
+        "torch": runs[0]["torch"], "python": runs[0]["python"], "threads": runs[0]["threads"],
+        "views_per_s": round(median[reference], 2), **{f"views_per_s_{k}": round(v, 2) for k, v in median.items()},
+        "reference": reference,
+        "ratio_jax_over_torch": round(jax_vps / median[reference], 3),
+        "per_alternation_ratios": [round(j["views_per_s"] / t["views_per_s"], 3)
+                                   for t, j in zip(runs, jax_runs, strict=True)],
+        "time_to_first_step_s": round(statistics.median(r["time_to_first_step_s"] for r in runs), 1),
+        "peak_rss_gb": round(max(r["peak_rss_gb"] for r in runs), 2),
+    }  # fmt: skip
+
+
+def compare(case_name: str, alternations: int, steps: int | None, jax_hugepages: bool, torch_pythons: list[str],
+            torch_malloc: tuple[bool, ...] = (False, True)):  # fmt: skip
+    """Alternates, in every alternation, each torch (its own interpreter, in both memory settings) and JAX
+    subprocesses; the JAX ones share one fresh compilation cache. Each torch's reference is its faster setting, so
+    fetalssl_jax's huge pages cannot flatter a ratio."""
     case = CASES[case_name]
-    runs = {"torch": [], "torch_hugepages": [], "jax": []}
-    plan = (("torch", "torch", False), ("torch_hugepages", "torch", True), ("jax", "jax", jax_hugepages))
+    plan = [(f"torch{i}_{'hugepages' if hp else 'default_malloc'}", "torch", hp, py)
+            for i, py in enumerate(torch_pythons) for hp in torch_malloc]  # fmt: skip
+    plan.append(("jax", "jax", jax_hugepages, sys.executable))
+    runs = {key: [] for key, *_ in plan}
     with tempfile.TemporaryDirectory(prefix="fetalssl_xla_cache_") as cache_dir:
         for i in range(alternations):
-            for key, framework, hugepages in plan:
-                result = _worker(framework, case_name, cache_dir, steps, hugepages)
+            for key, framework, hugepages, python in plan:
+                result = _worker(framework, case_name, cache_dir, steps, hugepages, python)
                 result["views_per_s"] = 2 * case["batch"] / result["step_s"]
-                result["glibc_hugetlb"] = hugepages
                 runs[key].append(result)
-                print(f"  [{case_name} {i + 1}/{alternations}] {json.dumps(result)}", file=sys.stderr, flush=True)
-    median_vps = {key: statistics.median(r["views_per_s"] for r in results) for key, results in runs.items()}
-    torch_key = max(("torch", "torch_hugepages"), key=median_vps.get)
-    torch_vps, jax_vps = median_vps[torch_key], median_vps["jax"]
+                print(f"  [{case_name} {i + 1}/{alternations}] {key} {json.dumps(result)}", file=sys.stderr, flush=True)
     jax_runs = runs["jax"]
+    torches = [_torch_summary(runs.get(f"torch{i}_default_malloc"), runs.get(f"torch{i}_hugepages"), jax_runs)
+               for i in range(len(torch_pythons))]  # fmt: skip
     return {
         "case": f"{case['arch']} / {case['image_size']} px / batch {case['batch']} / projector {case['projector']}",
-        "torch_views_per_s": round(torch_vps, 2),
-        "torch_views_per_s_default_malloc": round(median_vps["torch"], 2),
-        "torch_views_per_s_hugepages": round(median_vps["torch_hugepages"], 2),
-        "torch_reference": torch_key,
-        "jax_views_per_s": round(jax_vps, 2),
-        "jax_hugepages": jax_hugepages,
-        "ratio_jax_over_torch": round(jax_vps / torch_vps, 2),
-        "per_alternation_ratios": [
-            round(j["views_per_s"] / t["views_per_s"], 2) for t, j in zip(runs[torch_key], jax_runs, strict=True)
-        ],
+        "cpu": cpu_model(), "jax": jax_runs[0]["jax"], "jax_devices": jax_runs[0]["devices"],
+        "conv_impl": jax_runs[0]["conv_impl"], "jax_hugepages": jax_hugepages,
+        "jax_views_per_s": round(statistics.median(r["views_per_s"] for r in jax_runs), 2),
+        "jax_per_alternation_views_per_s": [round(r["views_per_s"], 2) for r in jax_runs],
+        "torch": torches,
         "jax_compile_s_first_run": round(jax_runs[0]["compile_s"], 1),
         "jax_compile_s_second_run": round(jax_runs[1]["compile_s"], 1) if len(jax_runs) > 1 else None,
         "jax_time_to_first_step_s_first_run": round(jax_runs[0]["time_to_first_step_s"], 1),
         "jax_time_to_first_step_s_second_run": (
             round(jax_runs[1]["time_to_first_step_s"], 1) if len(jax_runs) > 1 else None
         ),
-        "torch_time_to_first_step_s": round(statistics.median(r["time_to_first_step_s"] for r in runs[torch_key]), 1),
-        "torch_peak_rss_gb": round(max(r["peak_rss_gb"] for r in runs[torch_key]), 2),
         "jax_peak_rss_gb": round(max(r["peak_rss_gb"] for r in jax_runs), 2),
-        "threads": runs["torch"][0]["threads"],
-        "versions": {"torch": runs["torch"][0]["torch"], "jax": jax_runs[0]["jax"]},
-        "jax_devices": jax_runs[0]["devices"],
-        "conv_impl": jax_runs[0]["conv_impl"],
-    }
+    }  # fmt: skip
+
+
+def summary_line(result: dict) -> str:
+    """One line per case: JAX views/s and its ratio to each torch."""
+    ratios = ", ".join(
+        f"torch {t['torch']} {t['views_per_s']:.1f} views/s ({t['reference']}): JAX/torch "
+        f"{t['ratio_jax_over_torch']:.2f} {t['per_alternation_ratios']}"
+        for t in result["torch"]
+    )
+    return f"{result['case']}: JAX {result['jax_views_per_s']:.1f} views/s; {ratios}"
 
 
 def main() -> None:
@@ -340,6 +366,18 @@ def main() -> None:
     parser.add_argument("--cases", default="rn18,rn50", help=f"comma-separated, of {sorted(CASES)}")
     parser.add_argument("--alternations", type=int, default=2, help="torch/JAX subprocess pairs per case (>= 2)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per subprocess (default: per case)")
+    parser.add_argument(
+        "--torch-python",
+        default=sys.executable,
+        help="comma-separated Python interpreters whose torch to compare with, each in its own subprocesses, e.g. "
+        "/tmp/torch213/bin/python,.venv/bin/python (default: this interpreter's torch)",
+    )
+    parser.add_argument(
+        "--torch-malloc",
+        choices=("both", "hugepages", "default"),
+        default="both",
+        help="torch's memory settings: both (the faster is the reference), or one of them (half the torch runs)",
+    )
     parser.add_argument("--worker", choices=("torch", "jax"), help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)
     parser.add_argument(
@@ -353,9 +391,15 @@ def main() -> None:
         result = run_torch(case) if args.worker == "torch" else run_jax(case, args.cache_dir)
         print(json.dumps(result))
         return
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores", flush=True)
+    pythons = [p.strip() for p in args.torch_python.split(",") if p.strip()]
+    lines = []
     for name in args.cases.split(","):
-        result = compare(name.strip(), max(2, args.alternations), args.steps, not args.no_hugepages)
+        malloc = {"both": (False, True), "hugepages": (True,), "default": (False,)}[args.torch_malloc]
+        result = compare(name.strip(), max(2, args.alternations), args.steps, not args.no_hugepages, pythons, malloc)
         print(json.dumps(result, indent=2), flush=True)
+        lines.append(summary_line(result))
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

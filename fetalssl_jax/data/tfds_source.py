@@ -11,6 +11,7 @@ which also prefetches to the device.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +33,10 @@ def load_builder(name: str, data_dir: str | None):
 
     from fetalssl_jax.runtime.tensorflow import import_tensorflow
 
-    import_tensorflow()  # TFDS imports TensorFlow: keep it off the accelerators that JAX uses
+    # TFDS imports TensorFlow where it is installed: keep it off the accelerators JAX uses. Built records read by
+    # index need no TensorFlow (an accelerator image may not have it).
+    with contextlib.suppress(ImportError):
+        import_tensorflow()
     try:
         builder = tfds.builder(name, data_dir=data_dir or None)
     except Exception as e:  # tfds raises several types for "not found": name the key and the directory

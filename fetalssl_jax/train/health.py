@@ -1,5 +1,6 @@
 """Is the run training? A non-finite loss stops it; the relative weight change from initialisation, per ResNet
-stage, tells whether the backbone moves.
+stage, tells whether the backbone moves. `Tally` checks every step on the device, so that the loop reads the
+device only at the steps it records.
 
 The loop logs the weight change and warns when the backbone has barely moved after the warm-up (docs/design.md,
 "Training health is logged, not assumed").
@@ -15,6 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Sharding
 
 from fetalssl_jax.errors import RunStopped
 
@@ -39,6 +41,48 @@ def check_finite(
         f"loss {loss} / gradient norm {grad_norm} at step {step}: training stopped; {kept} in {checkpoints}. Lower "
         "the learning rate or use float32 compute."
     )
+
+
+class Tally:
+    """What the loop must know of the steps it does not record, kept on the device: whether the loss and gradient
+    norm of every step since the last record were finite, the first step that was not (with its values), and the
+    sum of the losses. `update` is one small compiled function per step and no transfer to the host; the tally is
+    read with the recorded step's metrics."""
+
+    def __init__(self, sharding: Sharding):
+        self.update = jax.jit(self._update, out_shardings=sharding)
+        # made by a compiled function, not put from the host: valid for a mesh over several processes too
+        self.fresh = jax.jit(self._fresh, out_shardings=sharding)
+
+    @staticmethod
+    def _fresh() -> dict[str, jax.Array]:
+        """The tally of no steps."""
+        zero = jnp.zeros((), jnp.float32)
+        return {"finite": jnp.array(True), "bad_step": jnp.array(-1, jnp.int32), "bad_loss": zero,
+                "bad_grad_norm": zero, "loss_sum": zero, "steps": jnp.zeros((), jnp.int32)}  # fmt: skip
+
+    @staticmethod
+    def _update(tally: dict[str, jax.Array], step: jax.Array, metrics: Mapping[str, jax.Array]):
+        loss, grad_norm = metrics["loss"].astype(jnp.float32), metrics["grad_norm"].astype(jnp.float32)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        first_bad = tally["finite"] & ~finite
+        return {
+            "finite": tally["finite"] & finite,
+            "bad_step": jnp.where(first_bad, jnp.asarray(step, jnp.int32), tally["bad_step"]),
+            "bad_loss": jnp.where(first_bad, loss, tally["bad_loss"]),
+            "bad_grad_norm": jnp.where(first_bad, grad_norm, tally["bad_grad_norm"]),
+            "loss_sum": tally["loss_sum"] + loss,
+            "steps": tally["steps"] + 1,
+        }
+
+
+def check_tally(tally: Mapping[str, Any], last_checkpoint: int | None, checkpoints: str | pathlib.Path) -> float:
+    """The mean loss of a fetched tally's steps; NonFiniteLossError (`check_finite`'s, naming the first
+    non-finite step) if any of them was not finite."""
+    if not tally["finite"]:
+        values = {"loss": float(tally["bad_loss"]), "grad_norm": float(tally["bad_grad_norm"])}
+        check_finite(int(tally["bad_step"]), values, last_checkpoint, checkpoints)
+    return float(tally["loss_sum"]) / max(int(tally["steps"]), 1)
 
 
 def stage_of(name: str) -> str:

@@ -41,7 +41,7 @@ from fetalssl_jax.train import optim
 from fetalssl_jax.train.checkpoint import Checkpointer, export_backbone
 from fetalssl_jax.train.durations import Durations, durations
 from fetalssl_jax.train.fingerprint import WorkdirMismatchError, config_json, fingerprint
-from fetalssl_jax.train.health import MIN_RELATIVE_CHANGE, check_finite, relative_weight_change
+from fetalssl_jax.train.health import MIN_RELATIVE_CHANGE, Tally, check_finite, check_tally, relative_weight_change
 from fetalssl_jax.train.monitor import Monitor
 from fetalssl_jax.train.optim import make_optimizer
 from fetalssl_jax.train.state import TrainState
@@ -224,9 +224,18 @@ def _start_state(run: _Run) -> tuple[TrainState, dict[str, Any]]:
     return state, start_variables
 
 
+def fetch(tree: Any) -> Any:
+    """The training loop's one read of device values (the metrics and tally of a recorded step), allowed through a
+    device-to-host transfer guard that the steady state may run under."""
+    with jax.transfer_guard_device_to_host("allow"):
+        return jax.device_get(tree)
+
+
 class _Recorder:
-    """Checks, records and reports the metrics of each step: a non-finite loss stops the run (naming the last
-    checkpoint), the weight change is checked once, after twice the warm-up."""
+    """Checks, records and reports the metrics of the recorded steps (log, checkpoint, evaluation and last steps),
+    read from the device with the `Tally` of the steps since the previous record: a non-finite loss at any step
+    stops the run (naming that step and the last checkpoint), the weight change is checked once, after twice the
+    warm-up."""
 
     def __init__(self, run: _Run, monitor: Monitor):
         config = run.config
@@ -240,10 +249,12 @@ class _Recorder:
         )
         self.health_check_step = min(run.total_steps, max(2 * warmup_steps, 50))
 
-    def __call__(self, step: int, metrics: dict[str, jax.Array]) -> None:
-        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    def __call__(self, step: int, metrics: dict[str, jax.Array], tally: dict[str, jax.Array]) -> None:
+        metrics, tally = fetch((metrics, tally))
+        loss_mean = check_tally(tally, self.last_checkpoint, self.checkpoints)
+        values = {k: float(v) for k, v in metrics.items()}
         check_finite(step, values, self.last_checkpoint, self.checkpoints)
-        self.monitor.step(step, values)
+        self.monitor.step(step, {**values, "loss_mean": loss_mean})
         if "weight_change/all" in values:
             change = {k.split("/", 1)[1]: v for k, v in values.items() if k.startswith("weight_change/")}
             if step + 1 == self.health_check_step and change["all"] < MIN_RELATIVE_CHANGE:
@@ -270,33 +281,40 @@ def _evaluate(
 
 
 def _train_steps(
-    run: _Run, state: TrainState, start_params: Any, record: _Recorder, evaluate: Callable[..., FrozenEval],
-    stop_at_step: int | None,
+    run: _Run, state: TrainState, start_step: int, start_params: Any, record: _Recorder,
+    evaluate: Callable[..., FrozenEval], stop_at_step: int | None,
 ) -> tuple[TrainState, str]:  # fmt: skip
-    """(state, 'finished' or 'preempted'): the steps from the state's to the end or a stop, checkpointing every
-    `checkpoint_every_steps`, before a periodic evaluation and at the end. A step's metrics are fetched while the
-    next one runs; a checkpoint is written only after those of its step were checked. The weight change is measured
-    from `start_params`, the untrained backbone's."""
+    """(state, 'finished' or 'preempted'): the steps from `start_step` (the state's) to the end or a stop,
+    checkpointing every `checkpoint_every_steps`, before a periodic evaluation and at the end. Only the metrics of
+    log, checkpoint, evaluation and last steps are read from the device, each while the next step runs; the other
+    steps are checked on the device (`Tally`). A checkpoint is written only after the steps up to its own were
+    checked. The weight change is measured from `start_params`, the untrained backbone's."""
     config, total_steps, every = run.config, run.total_steps, run.durations
     train_step = make_train_step(run.method, run.optimizer, run.mesh)
     initial_params = jax.device_put(start_params, replicated(run.mesh))
     weight_change = jax.jit(relative_weight_change)
-    batches = device_batches(run.sampler, int(state.step), batch_sharding(run.mesh), config.data.prefetch)
+    tallies = Tally(replicated(run.mesh))
+    batches = device_batches(run.sampler, start_step, batch_sharding(run.mesh), config.data.prefetch)
     try:
         with preemption_signal() as preempted:
-            pending = None
-            for step in range(int(state.step), total_steps):
+            pending, tally = None, tallies.fresh()
+            for step in range(start_step, total_steps):
                 state, metrics = train_step(state, next(batches))
-                if step % every.log == 0 or step + 1 == record.health_check_step:
+                tally = tallies.update(tally, step, metrics)
+                done = step + 1
+                logged = step % every.log == 0 or done == record.health_check_step
+                if logged:
                     change = weight_change(state.params["backbone"], initial_params)
                     metrics = {**metrics, **{f"weight_change/{k}": v for k, v in change.items()}}
                 if pending is not None:
-                    record(*pending)  # previous step's metrics: fetched while this step runs
-                pending = (step, metrics)
-                done = step + 1
+                    record(*pending)  # the previous recorded step's metrics: fetched while this step runs
+                    pending = None
                 stop = preempted(done) or done == stop_at_step
                 periodic_eval = every.eval > 0 and done % every.eval == 0
-                if stop or done == total_steps or done % every.checkpoint == 0 or periodic_eval:
+                save = stop or done == total_steps or done % every.checkpoint == 0 or periodic_eval
+                if logged or save:
+                    pending, tally = (step, metrics, tally), tallies.fresh()
+                if save:
                     record(*pending)
                     pending = None
                     record.last_checkpoint = run.checkpointer.save(state)
@@ -330,8 +348,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop_a
     evaluator = Evaluator(config, run.method.build_backbone(), start_variables)
     evaluate = functools.partial(_evaluate, run, evaluator, monitor)
     try:
-        state, status = _train_steps(run, state, start_variables["params"], _Recorder(run, monitor), evaluate,
-                                     stop_at_step)  # fmt: skip
+        state, status = _train_steps(run, state, int(state.step), start_variables["params"], _Recorder(run, monitor),
+                                     evaluate, stop_at_step)  # fmt: skip
     finally:
         monitor.close()
         run.checkpointer.close()

@@ -45,7 +45,7 @@ def truncate_metrics(metrics_file: pathlib.Path, start_step: int) -> None:
 
 
 class Monitor:
-    """Writes per-step metrics (process 0 only) and shows step, loss, learning rate and images/s."""
+    """Writes the metrics of the recorded steps (process 0 only) and shows step, loss, learning rate and images/s."""
 
     def __init__(
         self,
@@ -64,6 +64,7 @@ class Monitor:
         self._writer = None
         self._tb_dir = workdir / "tensorboard"
         self._last_time = None
+        self._last_step = start_step - 1
         self._images_per_s = 0.0
         if enabled:
             truncate_metrics(self.metrics_file, start_step)
@@ -100,30 +101,14 @@ class Monitor:
         self.scalars(step, values)
 
     def step(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Records the metrics of the (0-based) step `step`, just completed."""
-        now = time.perf_counter()
+        """Records the metrics of the (0-based) step `step`, just completed; the steps since the previous record
+        count towards images/s and the progress bar."""
+        now, steps = time.perf_counter(), step - self._last_step
         if self._last_time is not None:
-            rate = self.batch_size / max(now - self._last_time, 1e-9)
+            rate = steps * self.batch_size / max(now - self._last_time, 1e-9)
             self._images_per_s = rate if self._images_per_s == 0 else 0.9 * self._images_per_s + 0.1 * rate
         self._last_time = now
         self._record(step, metrics)
-
-    def _record(self, step: int, metrics: Mapping[str, float]) -> None:
-        if not self.enabled:
-            return
-        record = {"step": step, **{k: float(v) for k, v in metrics.items()}, "images_per_s": self._images_per_s}
-        append_metrics(self.metrics_file, record)
-        self.bar.update(1)
-        if step % self.log_every == 0:
-            self.bar.set_postfix(
-                loss=f"{record['loss']:.4g}",
-                lr=f"{record.get('lr', 0.0):.3g}",
-                img_s=f"{self._images_per_s:.1f}",
-            )
-            self.scalars(
-                step,
-                {f"train/{k}": v for k, v in record.items() if k != "step"},
-            )
 
     def steps(self, start: int, records: list[Mapping[str, float]], seconds: float) -> None:
         """Records the metrics of steps `start`, `start` + 1, ... fetched together, trained in `seconds`."""
@@ -132,6 +117,21 @@ class Monitor:
         for offset, metrics in enumerate(records):
             self._record(start + offset, metrics)
 
+    def _record(self, step: int, metrics: Mapping[str, float]) -> None:
+        steps, self._last_step = step - self._last_step, step
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: float(v) for k, v in metrics.items()}, "images_per_s": self._images_per_s}
+        append_metrics(self.metrics_file, record)
+        self.bar.update(steps)
+        if step % self.log_every == 0:
+            self.bar.set_postfix(
+                loss=f"{record['loss']:.4g}",
+                lr=f"{record.get('lr', 0.0):.3g}",
+                img_s=f"{self._images_per_s:.1f}",
+            )
+            self.scalars(step, {f"train/{k}": v for k, v in record.items() if k != "step"})
+
     def close(self) -> None:
         self.bar.close()
         if self._writer is not None:
@@ -139,7 +139,8 @@ class Monitor:
 
 
 def read_metrics(workdir: str | pathlib.Path, kind: str = "train") -> list[dict[str, float]]:
-    """The records of metrics.jsonl of one kind, in step order: 'train' (one per step) or 'eval' (periodic
+    """The records of metrics.jsonl of one kind, in step order: 'train' (one per log, checkpoint, evaluation and
+    last step; `loss_mean` is the mean loss since the previous record) or 'eval' (periodic
     evaluations: kNN and few-label macro-F1, effective rank)."""
     path = pathlib.Path(workdir) / "metrics.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines() if line]

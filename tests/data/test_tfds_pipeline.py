@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import REPO, free_port, tiny_config
 
-from fetalssl_jax.data import sources, synthetic
+from fetalssl_jax.data import sources, synthetic, tfds_source
 from fetalssl_jax.data.tfds_source import RecordSampler
 
 sys.path.insert(0, str(REPO / "data_builders"))
@@ -57,6 +57,18 @@ def test_record_sampler_slices_make_the_global_batch(data_dir):
     assert len(set(epoch.tolist())) == len(epoch)  # an epoch reads every record at most once
     with pytest.raises(ValueError, match="has no 'clips' examples.*record='clips'"):
         sources.pretraining_frames(config, "clips")
+
+
+def test_records_are_read_where_tensorflow_cannot_be_imported(data_dir, monkeypatch):
+    # An accelerator image may have TFDS and array_record but no TensorFlow (TFDS reads ArrayRecord files by index
+    # without it); only the loader's "keep TensorFlow off the GPUs" step imports it, and must not need it.
+    expected = tfds.builder(NAME, data_dir=str(data_dir)).as_data_source(split="train").__getitems__([0, 3])
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # any `import tensorflow` now raises ImportError
+    with pytest.raises(ImportError):
+        import tensorflow  # noqa: F401
+    records = tfds_source.open_pretraining_records(NAME, str(data_dir), "train", "pairs", clip_length=4)
+    got = records.read(np.array([0, 3]))
+    np.testing.assert_array_equal(got, np.stack([np.stack([r["frame1"], r["frame2"]]) for r in expected]))
 
 
 def test_evaluation_reads_the_built_planes(data_dir):

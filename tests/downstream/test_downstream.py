@@ -294,11 +294,12 @@ def test_ctrl_c_stops_a_classifier_after_the_round_with_a_checkpoint_it_resumes_
     assert proc.returncode == 0, stderr
     assert out.strip() == f"preempted; run again to resume; workdir: {workdir}"
     assert "Traceback" not in stderr and stderr.count("Ctrl-C: stopping") == 1
-    rounds = [json.loads(line) for line in metrics.read_text().splitlines()]
+    rounds = read_metrics(workdir, kind="eval")
     assert f"stopped after step {rounds[-1]['step']}; checkpoint saved" in stderr
-    assert [r["epoch"] for r in rounds] == list(range(1, len(rounds) + 1))
+    steps_per_epoch = rounds[0]["step"]
+    assert [r["step"] for r in rounds] == [steps_per_epoch * (k + 1) for k in range(len(rounds))]
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == [str(rounds[-1]["step"])]
     config = classify_config(repo, arg)
     assert run_classification(config, workdir, stop_after_epochs=len(rounds) + 1) == {}  # resumed: one more round
     assert run_classification(config, tmp_path / "reference", stop_after_epochs=len(rounds) + 1) == {}
-    assert metrics.read_text() == (tmp_path / "reference" / "metrics.jsonl").read_text()
+    assert records(workdir) == records(tmp_path / "reference")

@@ -638,7 +638,7 @@ TOOL_TASKS = ("embed", "predict", "select", "gradcam", "tsne", "export")
 INPUT_TYPES = ("auto", "videos", "images")  # how `input` is read (apply/inputs.py)
 # How a frame becomes a square: data/build/readers.FITS, which run-time layers do not import (build-time code)
 FITS = ("stretch", "crop_pad", "pad")
-EXPORT_FORMATS = ("safetensors", "npz")
+EXPORT_FORMATS = ("safetensors", "npz", "onnx")
 
 
 def tool_config(task: str) -> ConfigDict:
@@ -686,7 +686,11 @@ def tool_problems(
     for key, allowed in (choices or {}).items():
         c.one_of(key, tuple(allowed))
     c.one_of("task", TOOL_TASKS)
-    for key in ("backbone", "classifier", "input"):
+    models = ("backbone", "classifier")
+    if c.get("task") == "export":
+        _export_model(c)
+        models = ()
+    for key in (*models, "input"):
         value = c.get(key)
         if value is not _MISSING and not (isinstance(value, str) and value.strip()):
             c.fail(key, value, f"must name a {'file or folder' if key == 'input' else 'model'} (it is empty)")
@@ -716,7 +720,23 @@ def tool_problems(
         c.fail("stage", stage, "must be a ResNet stage 1..4 (layer1..layer4)")
     c.one_of("format", EXPORT_FORMATS)
     c.boolean("progress_bar")
+    c.boolean("stream")
     return c.problems
+
+
+def _export_model(c: _Checks) -> None:
+    """Export: one model, a backbone or (to ONNX only) a whole classifier."""
+    given = [k for k in ("backbone", "classifier") if isinstance(c.get(k), str) and c.get(k).strip()]
+    if not given:
+        c.fail("backbone", c.get("backbone"), "must name a model, or config.classifier a classifier (it is empty)")
+    elif len(given) == 2:
+        c.fail("classifier", c.get("classifier"), f"give a backbone or a classifier, not both (config.backbone = "
+                                                  f"{c.get('backbone')!r})")  # fmt: skip
+    elif given == ["classifier"] and c.get("format") != "onnx":
+        c.fail("format", c.get("format"), "a classifier exports as 'onnx' only (config.backbone = <the run> "
+                                          "exports its fine-tuned backbone as safetensors or npz)")  # fmt: skip
+    if given == ["classifier"] and c.get("image_size") not in (_MISSING, 0):
+        c.fail("image_size", c.get("image_size"), "must be 0 with a classifier (it takes the size it was trained at)")
 
 
 def _raise_if(problems: list[str]) -> None:

@@ -513,6 +513,8 @@ def preprocess_eval(images: jax.Array, out_size: int) -> jax.Array:
     b, _, _, c = images.shape
     check_channels(c)
     x = to_float(images)
-    x = jax.image.resize(x, (b, out_size, out_size, c), method="cubic", antialias=True)
+    # At the size already the resize is the identity: skipped (which lets the ONNX export trace a symbolic batch).
+    if tuple(images.shape[1:3]) != (out_size, out_size):
+        x = jax.image.resize(x, (b, out_size, out_size, c), method="cubic", antialias=True)
     x = jnp.clip(x, 0.0, 1.0)
     return imagenet_normalise(to_rgb(x))

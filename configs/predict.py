@@ -6,6 +6,8 @@
       --config.input=/data/scans --config.smooth_window=5 --workdir runs/predict-all      # every video of a folder
   python -m fetalssl_jax.main --config configs/predict.py --config.classifier=runs/classify \
       --config.input=/data/images --workdir runs/predict-images                            # images: predictions.csv
+  python -m fetalssl_jax.main --config configs/predict.py --config.classifier=runs/export/classifier.onnx \
+      --config.input=scan.mp4 --config.stream=True --config.smooth_window=5 --workdir runs/live   # frame by frame
 
 Videos: every `frame_skip`-th frame is classified; the probabilities are averaged over `smooth_window` kept frames
 (1: none); per plane the `top_k` most probable frames at or above `threshold`, at least `min_separation` kept frames
@@ -13,7 +15,14 @@ apart, are saved as PNG (the frame at its recorded size, the probability in the 
 per video (in <workdir>/<video id>/ when the input has several): frames.csv, timeline.png, best_*.png and
 summary.json (planes found: frames and probabilities; planes not found). Images and built datasets
 (tfds:<name>): predictions.csv with every class probability. A labelled dataset whose class names are not the
-classifier's is an error.
+classifier's is an error. `classifier` is a classification run or its ONNX export (configs/export.py; run by
+onnxruntime, no JAX compilation).
+
+stream=True: one video read frame by frame as it plays, a file or a capture device (input=device:0), as at the
+scanner (fetalssl_jax/apply/stream.py): black, frozen and wrong-size frames skipped and counted; the probabilities
+averaged over the last `smooth_window` frames only (causal: offline averaging is centred); plane changes printed and
+written to stream.csv as they happen, each plane's best frame so far to best_<plane>.png; per-frame latency in
+frames.csv; summary.json at the end (or Ctrl-C).
 """
 
 from fetalssl_jax import config_lib
@@ -24,10 +33,11 @@ PRESETS = {"default": lambda c: None, "tiny": config_lib.tiny_tool_preset}
 def get_config(arg: str | None = None):
     """Predict config; `arg` names a preset (default, tiny) optionally followed by ,key=value."""
     c = config_lib.tool_config("predict")
-    c.classifier = ""  # a classification run's workdir (or its classifier/ directory)
+    c.classifier = ""  # a classification run's workdir (or its classifier/ directory), or its .onnx export
     config_lib.input_keys(c)
     c.smooth_window = 1  # kept frames averaged around each frame (centred); 1: no smoothing
     c.threshold = 0.5  # a plane is found where its (smoothed) probability reaches this
     c.top_k = 1  # best frames per plane
     c.min_separation = 5  # kept frames between two best frames of one plane
+    c.stream = False  # True: one live video (a file or device:N) frame by frame, causal smoothing (see above)
     return config_lib.apply_preset(c, arg, PRESETS)

@@ -88,7 +88,11 @@ def run_select(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
 def run_predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> str:
     """`config.classifier` on `config.input`: predictions.csv for images and datasets; for videos, per video the
     frame probabilities, best frames (PNG), a timeline plot and summary.json (in `workdir/<source_id>/` when the
-    input holds several videos)."""
+    input holds several videos). With `config.stream`, one live video frame by frame (`apply/stream.py`)."""
+    if config.get("stream", False):
+        from fetalssl_jax.apply.stream import run_stream
+
+        return run_stream(config, workdir)
     workdir, data, classifier = _start(config, workdir, lambda: load_classifier(config.classifier))
     return predict_input(classifier, data, workdir, config)
 

@@ -44,6 +44,8 @@ def load_onnx_classifier(path: str | pathlib.Path, threads: int = 0) -> OnnxClas
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
     options.intra_op_num_threads = threads
+    # no busy-waiting between runs: a stream decodes the next frame on the same cores meanwhile
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own types for a file that is not a model

@@ -1,9 +1,16 @@
-"""Export a trained backbone for PyTorch users: a state dict with torchvision ResNet names.
+"""Export a trained model: a backbone for PyTorch users (a state dict with torchvision ResNet names), or a backbone or
+a whole plane classifier as ONNX (onnxruntime at the scanner: predict reads the file as its classifier).
 
   python -m fetalssl_jax.main --config configs/export.py --config.backbone=workdirs/barlow_twins --workdir runs/export
+  python -m fetalssl_jax.main --config configs/export.py --config.classifier=runs/classify --config.format=onnx \
+      --workdir runs/export
 
-`backbone`: a pretraining workdir, an exported backbone directory, or a classification run (its fine-tuned
-backbone). Writes backbone.safetensors (or backbone.npz with --config.format=npz) into --workdir. In PyTorch::
+Give one of `backbone` (a pretraining workdir, an exported backbone directory, or a classification run: its
+fine-tuned backbone) and `classifier` (a classification run: the whole classifier, format onnx only). Writes
+backbone.safetensors (backbone.npz with --config.format=npz, backbone.onnx with onnx) or classifier.onnx into
+--workdir. The ONNX graph takes uint8 gray frames [N, S, S, 1] at the trained size S (N any) and does the
+preprocessing itself; it outputs features [N, D] or class probabilities [N, C]; its metadata_props hold the input
+size, the normalisation, the class names, the architecture and the project's version. In PyTorch::
 
     from safetensors.torch import load_file
     model = torchvision.models.resnet18()
@@ -19,6 +26,8 @@ PRESETS = {"default": lambda c: None}
 def get_config(arg: str | None = None):
     """Export config; `arg` names a preset (default) optionally followed by ,key=value."""
     c = presets.tool_config("export")
-    c.backbone = ""
-    c.format = "safetensors"  # or "npz"
+    c.backbone = ""  # what to export: a backbone ...
+    c.classifier = ""  # ... or a whole classifier (format "onnx")
+    c.format = "safetensors"  # or "npz", or "onnx"
+    c.image_size = 0  # onnx: the input size; 0: what the files record (a classifier's is fixed)
     return config_lib.apply_preset(c, arg, PRESETS)

@@ -25,18 +25,23 @@ def random_backbone(seed: int = 0, directory: pathlib.Path | None = None):
 
 
 def save_classifier_run(
-    workdir: pathlib.Path, backbone_variables: dict, head_kernel: np.ndarray, class_names: tuple[str, ...]
-) -> pathlib.Path:
+    workdir: pathlib.Path, backbone_variables: dict, head_kernel: np.ndarray, class_names: tuple[str, ...],
+    head_norm: tuple[np.ndarray, np.ndarray] | None = None,
+) -> pathlib.Path:  # fmt: skip
     """A classification run's workdir holding `classifier/` (as `_test_and_report` writes it) with the given
-    backbone and linear head (no bias: logits = features @ head_kernel)."""
+    backbone and linear head (no bias: logits = features @ head_kernel; with `head_norm` = (mean, var), logits =
+    (features - mean) / sqrt(var + 1e-5) @ head_kernel, the head's non-affine BatchNorm)."""
     from fetalssl_jax.downstream.classification import StepSpec, save_classifier
 
-    spec = StepSpec(ARCH, WIDTH, "float32", len(class_names), 0.5, False, "finetune", SIZE, 5, 5.0, 0.5, 0.5, 1e-3,
-                    1e-6)  # fmt: skip
+    spec = StepSpec(ARCH, WIDTH, "float32", len(class_names), 0.5, head_norm is not None, "finetune", SIZE, 5, 5.0,
+                    0.5, 0.5, 1e-3, 1e-6)  # fmt: skip
     variables = {
         "params": {"backbone": backbone_variables["params"], "head": {"kernel": np.asarray(head_kernel, np.float32)}},
         "batch_stats": {"backbone": backbone_variables["batch_stats"]},
     }
+    if head_norm is not None:
+        variables["batch_stats"]["head_norm"] = {"mean": np.asarray(head_norm[0], np.float32),
+                                                 "var": np.asarray(head_norm[1], np.float32)}  # fmt: skip
     save_classifier(workdir / "classifier", variables,
                     {"spec": dataclasses.asdict(spec), "classes": list(class_names)})  # fmt: skip
     return workdir

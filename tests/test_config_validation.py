@@ -192,7 +192,7 @@ TOOL_CASES = [
     ("predict", {"threshold": 2.0}, "config.threshold = 2.0: must be a probability in [0, 1]"),
     ("predict", {"smooth_window": 0}, "config.smooth_window = 0: must be a positive integer"),
     ("gradcam", {"stage": 5}, "config.stage = 5: must be a ResNet stage 1..4 (layer1..layer4)"),
-    ("export", {"format": "pt"}, "config.format = 'pt': must be one of 'safetensors', 'npz'"),
+    ("export", {"format": "pt"}, "config.format = 'pt': must be one of 'safetensors', 'npz', 'onnx'"),
     ("tsne", {"init": ""}, "config.init = '': must name 'random', a pretraining workdir, a backbone directory or a "
                            "weights file (it is empty)"),
 ]  # fmt: skip

@@ -3,8 +3,8 @@
 Backbones: a pretraining workdir (``backbone/backbone.json``), an exported backbone directory (``backbone.json``),
 a classification run (``classifier/classifier.json``: its fine-tuned backbone), a ``.safetensors`` / ``.npz`` file
 with torchvision or timm ResNet names, or ``"random"``. Classifiers: a classification run (its workdir or its
-``classifier/`` directory). A directory of another kind is an error that names the path, what it holds and the
-forms that are allowed.
+``classifier/`` directory), or its ONNX export (a ``.onnx`` file, run by onnxruntime: `apply/onnx_model.py`). A
+directory of another kind is an error that names the path, what it holds and the forms that are allowed.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from typing import Any
 
 import flax.linen as nn
 
+from fetalssl_jax.apply.onnx_model import OnnxClassifier, load_onnx_classifier
 from fetalssl_jax.downstream import classification
 from fetalssl_jax.downstream.backbones import resolve_backbone
+from fetalssl_jax.downstream.export import recorded_image_size
 from fetalssl_jax.errors import DataError
 from fetalssl_jax.models import torch_io
 from fetalssl_jax.models.resnet import create_resnet
@@ -27,7 +29,10 @@ BACKBONE_FORMS = (
     "classification run (classifier/classifier.json), a .safetensors/.npz file with torchvision/timm ResNet names, "
     "or 'random'"
 )
-CLASSIFIER_FORMS = "a classification run's workdir (classifier/classifier.json) or its classifier/ directory"
+CLASSIFIER_FORMS = (
+    "a classification run's workdir (classifier/classifier.json), its classifier/ directory, or its ONNX export "
+    "(a .onnx file of configs/export.py with classifier=)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,17 +92,6 @@ def describe_directory(path: pathlib.Path) -> str:
     return f"no model files (entries: {entries[:8]}{' ...' if len(entries) > 8 else ''})" if entries else "nothing"
 
 
-def _image_size_of(directory: pathlib.Path, description: dict[str, Any]) -> int | None:
-    """The input size a pretraining run trained at: in backbone.json, else in the run's config.json."""
-    if description.get("image_size"):
-        return int(description["image_size"])
-    for config_file in (directory / "config.json", directory.parent / "config.json"):
-        if config_file.is_file():
-            size = json.loads(config_file.read_text()).get("data", {}).get("image_size")
-            return int(size) if size else None
-    return None
-
-
 def _check_identity(source: str, found: tuple[str, int], arch: str | None, width: int | None) -> tuple[str, int]:
     if (arch and arch != found[0]) or (width and width != found[1]):
         raise DataError(
@@ -137,7 +131,7 @@ def load_backbone(
         identity = description.get("identity", {})
         found_arch, found_width = _check_identity(str(directory), (identity.get("arch"), identity.get("width")), arch,
                                                   width)  # fmt: skip
-        size = image_size or _image_size_of(directory, description)
+        size = image_size or recorded_image_size(directory, description)
         if not size:
             raise DataError(f"{directory}: backbone.json and config.json give no input size; set image_size")
         init = resolve_backbone(str(directory), found_arch, int(found_width))
@@ -152,11 +146,14 @@ def load_backbone(
     raise DataError(f"{path} holds {describe_directory(path)}; a backbone is {BACKBONE_FORMS}")
 
 
-def load_classifier(path: str | pathlib.Path) -> PlaneClassifier:
-    """The classifier of a classification run (its workdir or its ``classifier/`` directory)."""
+def load_classifier(path: str | pathlib.Path) -> PlaneClassifier | OnnxClassifier:
+    """The classifier of a classification run (its workdir or its ``classifier/`` directory), or of its ONNX
+    export (a ``.onnx`` file: an `OnnxClassifier`, which predict uses as it uses a `PlaneClassifier`)."""
     path = pathlib.Path(str(path).strip()).expanduser()
     if not path.exists():
         raise DataError(f"classifier {str(path)!r}: no such file or directory; use {CLASSIFIER_FORMS}")
+    if path.is_file() and path.suffix.lower() == ".onnx":
+        return load_onnx_classifier(path)
     if not path.is_dir() or _find(path, "classifier.json", "classifier") is None:
         if path.is_dir() and _find(path, "backbone.json", "backbone") is not None:
             holds = "a backbone (backbone.json), not a classifier"
@@ -169,7 +166,9 @@ def load_classifier(path: str | pathlib.Path) -> PlaneClassifier:
     return PlaneClassifier(spec, variables, tuple(description["classes"]), str(path))
 
 
-def check_class_names(classifier: PlaneClassifier, names: tuple[str, ...] | list[str], where: str) -> None:
+def check_class_names(
+    classifier: PlaneClassifier | OnnxClassifier, names: tuple[str, ...] | list[str], where: str
+) -> None:
     """ValueError when the data's class names (label order) are not the classifier's."""
     if tuple(names) != classifier.class_names:
         raise DataError(

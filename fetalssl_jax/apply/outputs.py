@@ -36,6 +36,7 @@ from fetalssl_jax.apply.bad_files import Skipped, SkippingInput
 from fetalssl_jax.apply.files import write_csv
 from fetalssl_jax.apply.inputs import Input
 from fetalssl_jax.apply.loading import Backbone, PlaneClassifier
+from fetalssl_jax.apply.onnx_model import OnnxClassifier
 from fetalssl_jax.data.build import readers
 from fetalssl_jax.downstream.report import write_json
 from fetalssl_jax.runtime.workdir_lock import LOCK_NAME
@@ -67,8 +68,13 @@ def weights_digest(variables: Any) -> str:
     return sha.hexdigest()[:16]
 
 
-def model_identity(model: Backbone | PlaneClassifier) -> dict[str, Any]:
-    """What a model is, whatever its path: kind, architecture, width, input size (and classes), weights digest."""
+def model_identity(model: Backbone | PlaneClassifier | OnnxClassifier) -> dict[str, Any]:
+    """What a model is, whatever its path: kind, architecture, width, input size (and classes), weights digest (of
+    an ONNX file: its bytes)."""
+    if isinstance(model, OnnxClassifier):
+        digest = hashlib.sha256(pathlib.Path(model.source).read_bytes()).hexdigest()[:16]
+        return {"kind": "onnx_classifier", "image_size": model.image_size, "classes": list(model.class_names),
+                "weights_sha256": digest}  # fmt: skip
     if isinstance(model, PlaneClassifier):
         backbone = model.backbone
         return {"kind": "classifier", "arch": backbone.arch, "width": backbone.width, "image_size": model.image_size,

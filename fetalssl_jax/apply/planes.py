@@ -14,20 +14,27 @@ from scipy.ndimage import uniform_filter1d
 
 from fetalssl_jax.apply.embedding import as_frames
 from fetalssl_jax.apply.loading import PlaneClassifier
+from fetalssl_jax.apply.onnx_model import OnnxClassifier
 from fetalssl_jax.downstream.classification import predict_probabilities
 from fetalssl_jax.downstream.report import save_figure
 
 
 def predict(
-    classifier: PlaneClassifier, frames: np.ndarray | Sequence[np.ndarray], batch_size: int = 256
+    classifier: PlaneClassifier | OnnxClassifier, frames: np.ndarray | Sequence[np.ndarray], batch_size: int = 256
 ) -> np.ndarray:
     """Class probabilities float32 [N, C] (columns: `classifier.class_names`) of uint8 frames [N, H, W(, C)] or a
-    list of images of any sizes; the evaluation's preprocessing and fixed-size batches."""
+    list of images of any sizes; the evaluation's preprocessing and fixed-size batches. An ONNX classifier takes
+    frames at its input size only."""
     return probabilities_fn(classifier, batch_size)(as_frames(frames, classifier.image_size))
 
 
-def probabilities_fn(classifier: PlaneClassifier, batch_size: int) -> Callable[[np.ndarray], np.ndarray]:
-    """Probabilities of a batch of uint8 frames (fixed-size batches of `batch_size`, one compiled program)."""
+def probabilities_fn(
+    classifier: PlaneClassifier | OnnxClassifier, batch_size: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Probabilities of a batch of uint8 frames (fixed-size batches of `batch_size`, one compiled program; an ONNX
+    classifier runs batches of any size as they come)."""
+    if isinstance(classifier, OnnxClassifier):
+        return classifier.probabilities
     params, batch_stats = classifier.variables["params"], classifier.variables["batch_stats"]
     return lambda x: predict_probabilities(classifier.spec, params, batch_stats, x, batch_size)
 

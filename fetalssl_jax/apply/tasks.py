@@ -51,6 +51,10 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
         for key in ("smooth_window", "top_k", "min_separation"):
             c.integer(key)
         c.probability("threshold")
+        c.boolean("stream")
+        if c.get("stream") is True and c.get("fit") == "crop_pad":
+            c.fail("fit", "crop_pad", "needs the whole video's content box, which a stream does not know; use "
+                   "'stretch' or 'pad' with stream=True")  # fmt: skip
     else:
         backbones.check_keys(c)
     if c.get("task") == "select":
@@ -197,7 +201,12 @@ def _choose(job: _Job, before: list[tuple[str, int]], to_add: int) -> str:
 def run_predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> str:
     """`config.classifier` on `config.input`: predictions.csv for images and datasets; for videos, per video the
     frame probabilities, best frames (PNG), a timeline plot and summary.json (in `workdir/<source_id>/` when the
-    input holds several videos)."""
+    input holds several videos). With `config.stream`, one live video frame by frame (`apply/stream.py`)."""
+    if config.stream:
+        from fetalssl_jax.apply.stream import run_stream
+
+        validate(config)
+        return run_stream(config, workdir)
     job = _open(config, workdir, lambda: load_classifier(config.classifier))
     done = job.outputs.up_to_date()
     if done:

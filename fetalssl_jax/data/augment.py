@@ -528,5 +528,8 @@ def resize_to_rgb(images: jax.Array, out_size: int) -> jax.Array:
     antialiased; aspect not preserved), clipped, grayscale replicated to 3 channels."""
     b, _, _, c = images.shape
     check_channels(c)
-    x = jax.image.resize(to_float(images), (b, out_size, out_size, c), method="cubic", antialias=True)
+    x = to_float(images)
+    # At the size already the resize is the identity: skipped (which lets the ONNX export trace a symbolic batch).
+    if tuple(images.shape[1:3]) != (out_size, out_size):
+        x = jax.image.resize(x, (b, out_size, out_size, c), method="cubic", antialias=True)
     return to_rgb(jnp.clip(x, 0.0, 1.0))

@@ -184,6 +184,11 @@ class ClassificationTask:
         return extra
 
 
+def class_probabilities(model: Classifier, image_size: int, variables: Any, images: jax.Array) -> jax.Array:
+    """Class probabilities [B, C] of uint8 images [B, H, W, C]: `preprocess_eval`, BatchNorm running statistics."""
+    return jax.nn.softmax(model.apply(variables, preprocess_eval(images, image_size), train=False), axis=-1)
+
+
 class Compiled(NamedTuple):
     """The jitted functions of one `StepSpec` over a mesh of all devices."""
 
@@ -209,8 +214,7 @@ def compiled_functions(spec: StepSpec) -> Compiled:
                           {"class_weights": class_weights}, jax.random.PRNGKey(seed))  # fmt: skip
 
     def predict(params: Any, batch_stats: Any, images: jax.Array) -> jax.Array:
-        x = preprocess_eval(images, spec.image_size)
-        return jax.nn.softmax(model.apply({"params": params, "batch_stats": batch_stats}, x, train=False), axis=-1)
+        return class_probabilities(model, spec.image_size, {"params": params, "batch_stats": batch_stats}, images)
 
     return Compiled(
         model,

@@ -8,7 +8,6 @@ outputs in eval mode (BatchNorm running statistics).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,9 +30,12 @@ from fetalssl_jax.eval.few_label import (
 KNN_TEMPERATURE = 0.07  # neighbour weight exp(cosine / T), as InstDisc / DINO / solo-learn's kNN monitor
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _features(backbone: nn.Module, image_size: int, variables: Mapping[str, Any], images: jax.Array) -> jax.Array:
+def eval_features(backbone: nn.Module, image_size: int, variables: Mapping[str, Any], images: jax.Array) -> jax.Array:
+    """Pooled features of uint8 images [B, H, W, C]: `preprocess_eval`, BatchNorm running statistics."""
     return backbone.apply(variables, preprocess_eval(images, image_size), train=False)
+
+
+_features = jax.jit(eval_features, static_argnums=(0, 1))
 
 
 def map_batches(fn: Callable[[np.ndarray], jax.Array], images: np.ndarray, batch_size: int, multiple: int = 1):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -79,5 +80,9 @@ def max_pool(
     if any(p < 0 or p >= k for pair, k in zip(padding, window, strict=True) for p in pair):
         raise ValueError(f"max_pool padding {padding} must be >= 0 and smaller than the window {window}")
     if resolve_conv_impl(conv_impl) == "native":
-        return _native_max_pool(x, window, strides, padding)
+        # the same reduce_window, written as flax's max_pool over an input padded with -inf: the form that ONNX
+        # converters (jax2onnx) map to one 2-D MaxPool (a padded 4-D reduce_window becomes a 4-D one onnxruntime
+        # refuses); values and gradients unchanged (a window never lies wholly in the padding)
+        x = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
+        return nn.max_pool(x, window_shape=window, strides=strides, padding="VALID")
     return max_pool_fast_grad(x, window, strides, padding)

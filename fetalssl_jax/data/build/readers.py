@@ -27,7 +27,7 @@ import logging
 import os
 import pathlib
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -397,21 +397,24 @@ def to_uint8(frames: np.ndarray, name: str) -> np.ndarray:
 
 
 def _read_container(path: pathlib.Path, name: str) -> np.ndarray:
+    return _stack_same_size([frame for frame, _ in decode_container(str(path), name)], name)
+
+
+def decode_container(source: str, name: str, av_format: str | None = None) -> Iterator[tuple[np.ndarray, float | None]]:
+    """The frames of a video file (or a capture device, `av_format` e.g. 'v4l2') one at a time, as PyAV decodes
+    them: (uint8 RGB [H, W, 3], its time in seconds or None without timestamps). Errors are DataErrors naming it."""
     import av
 
-    frames = []
     try:
-        with av.open(str(path)) as container:
+        with av.open(source, format=av_format) as container:
             if not container.streams.video:
                 raise DataError(f"{name}: the file has no video stream")
-            stream = container.streams.video[0]
-            for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format="rgb24"))
+            for frame in container.decode(container.streams.video[0]):
+                yield frame.to_ndarray(format="rgb24"), frame.time
     except DataError:
         raise
     except Exception as e:  # FFmpeg errors (truncated, not a video) come in many types: all name the file
         raise DataError(f"{name}: unreadable or truncated video ({type(e).__name__}: {e})") from e
-    return _stack_same_size(frames, name)
 
 
 def _stack_same_size(frames: list[np.ndarray], name: str) -> np.ndarray:

@@ -1,0 +1,108 @@
+"""ONNX export of a backbone (pooled features [N, D]) or of a whole plane classifier (class probabilities [N, C]),
+for inference without JAX: onnxruntime on the scanner's CPU (`predict` reads the file: `apply/onnx_model.py`),
+C++, C#, a browser.
+
+The graph takes what predict feeds the network, uint8 gray frames [N, S, S, 1] at the trained size S (input
+`frames`; N is dynamic), and does the evaluation's preprocessing itself (`data.augment.preprocess_eval` at its own
+size: /255, gray to RGB, ImageNet mean and std), then the ResNet in inference mode (BatchNorm running statistics),
+global average pooling and, for a classifier, the linear head and the softmax. It computes in float32 whatever the
+training dtype. The model's metadata_props (`fetalssl_jax.*`, `METADATA_KEYS`) say what a user needs: the kind, the
+input size, the normalisation (already in the graph), the class names, the architecture and the project's version.
+
+Converter: jax2onnx, which lowers the model's own jaxpr (jax2tf in this JAX writes only opaque StableHLO calls that
+tf2onnx cannot convert, and tf2onnx pins protobuf 3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import pathlib
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+INPUT_NAME = "frames"
+OPSET = 18  # onnxruntime >= 1.14 runs it; jax2onnx writes opset-18 reductions (axes as inputs)
+KIND, IMAGE_SIZE, CLASS_NAMES = "fetalssl_jax.kind", "fetalssl_jax.image_size", "fetalssl_jax.class_names"
+ARCH, WIDTH, VERSION = "fetalssl_jax.arch", "fetalssl_jax.width", "fetalssl_jax.version"
+INPUT, OUTPUT, NORMALISATION = "fetalssl_jax.input", "fetalssl_jax.output", "fetalssl_jax.normalisation"
+METADATA_KEYS = (KIND, IMAGE_SIZE, CLASS_NAMES, ARCH, WIDTH, VERSION, INPUT, OUTPUT, NORMALISATION)
+
+
+def export_backbone(backbone: str | pathlib.Path, out: pathlib.Path, image_size: int | None = None) -> pathlib.Path:
+    """The backbone of a pretraining workdir, exported backbone directory or classification run as an ONNX graph
+    frames -> features [N, D] at `out`. `image_size` None: the size the files record (an error where none does)."""
+    from fetalssl_jax.downstream.export import backbone_variables_of
+    from fetalssl_jax.eval.frozen import eval_features
+    from fetalssl_jax.models.resnet import create_resnet
+
+    variables, description = backbone_variables_of(backbone)
+    size = image_size or description.get("image_size")
+    if not size:
+        raise ValueError(f"{backbone}: its files record no input size; set image_size (e.g. 224)")
+    arch, width = description["identity"]["arch"], int(description["identity"]["width"])
+    module = create_resnet(arch, width=width, conv_impl="native")  # XLA's convolution: it converts to one Conv
+    metadata = {KIND: "backbone", ARCH: arch, WIDTH: str(width),
+                OUTPUT: f"features: float32 [N, {module.num_features}], the pooled layer4 features"}  # fmt: skip
+    return _export(lambda x: eval_features(module, size, variables, x), int(size), "features", metadata, out)
+
+
+def export_classifier(classifier: str | pathlib.Path, out: pathlib.Path) -> pathlib.Path:
+    """The classifier of a classification run (its workdir or its ``classifier/`` directory) as an ONNX graph
+    frames -> probabilities [N, C] at `out`, its class names in the metadata."""
+    from fetalssl_jax.downstream.classification import class_probabilities, load_classifier
+
+    _, variables, description, spec = load_classifier(classifier)
+    spec = dataclasses.replace(spec, conv_impl="native", dtype="float32")
+    model, names = spec.model(), list(description["classes"])
+    metadata = {KIND: "classifier", ARCH: spec.arch, WIDTH: str(spec.width), CLASS_NAMES: json.dumps(names),
+                OUTPUT: f"probabilities: float32 [N, {len(names)}], columns in the order of {CLASS_NAMES}"}  # fmt: skip
+    fn = lambda x: class_probabilities(model, spec.image_size, variables, x)  # noqa: E731
+    return _export(fn, spec.image_size, "probabilities", metadata, out)
+
+
+def _export(
+    fn: Callable[[jax.Array], jax.Array], image_size: int, output: str, metadata: dict[str, str], out: pathlib.Path
+) -> pathlib.Path:
+    """`fn` of uint8 frames [N, S, S, 1] (N symbolic) as an ONNX file at `out` with `metadata` and the common keys."""
+    import jax2onnx
+    import onnx
+
+    import fetalssl_jax
+    from fetalssl_jax.data.augment import IMAGENET_MEAN, IMAGENET_STD
+
+    frames = jax.ShapeDtypeStruct((jax.export.symbolic_shape("N")[0], image_size, image_size, 1), jnp.uint8)
+    with _quiet("onnx_ir"):  # it warns of the converter's own unnamed constants
+        model = jax2onnx.to_onnx(fn, [frames], model_name=f"fetalssl_jax_{metadata[KIND]}", opset=OPSET,
+                                 input_names=[INPUT_NAME], output_names=[output])  # fmt: skip
+    # jax2onnx keeps convolutions in NCHW between layers but stamps some of those values with NHWC shapes;
+    # onnxruntime infers the shapes itself, so the (partly wrong) annotations go
+    del model.graph.value_info[:]
+    normalisation = {"scale": "1/255", "clip": [0, 1], "gray_to_rgb": True, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+                     "applied": "inside the graph: feed raw uint8 frames"}  # fmt: skip
+    shape = f"[N, {image_size}, {image_size}, 1]"
+    common = {IMAGE_SIZE: str(image_size), VERSION: fetalssl_jax.__version__, NORMALISATION: json.dumps(normalisation),
+              INPUT: f"{INPUT_NAME}: uint8 {shape} gray frames at the trained size"}  # fmt: skip
+    onnx.helper.set_model_props(model, {**common, **metadata})
+    model.doc_string = f"fetalssl_jax {metadata[KIND]}: {common[INPUT]} -> {metadata[OUTPUT]}"
+    onnx.checker.check_model(model, full_check=True)
+    out = pathlib.Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    onnx.save(model, tmp)
+    tmp.replace(out)
+    return out
+
+
+@contextlib.contextmanager
+def _quiet(logger: str):
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)

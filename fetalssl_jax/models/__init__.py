@@ -7,11 +7,16 @@ from fetalssl_jax.models.resnet import (
     ResNet,
     create_resnet,
 )
+from fetalssl_jax.models.vit import VIT_ARCHS, ViT, ViTTokens, create_vit
 
 __all__ = [
     "RESNET_ARCHS",
+    "VIT_ARCHS",
     "BasicBlock",
     "Bottleneck",
     "ResNet",
+    "ViT",
+    "ViTTokens",
     "create_resnet",
+    "create_vit",
 ]

@@ -213,6 +213,10 @@ def test_import_errors_name_the_key():
         vit_io.from_timm_state_dict(state_dict, expected, "f.safetensors", num_heads=3)
     with pytest.raises(ValueError, match="width 48 is not one of"):
         vit_io.infer_vit(state_dict, "f.safetensors")
+    gray = ViT(**TINY, image_size=32)  # a 3-channel file is not summed into a 1-channel model (as torch_io)
+    expected = jax.eval_shape(gray.init, jax.random.key(0), np.zeros((1, 32, 32, 1), np.float32))
+    with pytest.raises(ValueError, match=r"patch_embed\.proj\.weight has shape \(8, 8, 3, 48\).* input channels"):
+        vit_io.from_timm_state_dict(state_dict, expected, "f.safetensors", num_heads=3)
     swiglu = {**state_dict, "blocks.0.mlp.w12.weight": np.zeros((8, 48), np.float32)}
     with pytest.raises(KeyError, match=r"'blocks\.0\.mlp\.w12\.weight' is not part of a timm ViT"):
         vit_io.from_timm_state_dict(swiglu, None, "f.safetensors", num_heads=3)

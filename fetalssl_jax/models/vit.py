@@ -156,16 +156,15 @@ class Block(nn.Module):
     def __call__(self, x: Array, train: bool = True) -> Array:
         # Dropout broadcast over tokens and channels == timm's DropPath (one Bernoulli per sample, scaled by 1/keep)
         drop = nn.Dropout(self.drop_path, broadcast_dims=(1, 2), deterministic=not train)
-        branches = (
-            ("norm1", "ls1", lambda y: Attention(self.num_heads, self.dtype, name="attn")(y)),
-            ("norm2", "ls2", lambda y: Mlp(self.mlp_hidden, self.dtype, name="mlp")(y)),
-        )
-        for norm, scale, branch in branches:
-            y = branch(_layer_norm(self.dtype, norm)(x))
-            if self.layer_scale_init is not None:
-                y = LayerScale(self.layer_scale_init, self.dtype, name=scale)(y)
-            x = x + drop(y)
-        return x
+        y = Attention(self.num_heads, self.dtype, name="attn")(_layer_norm(self.dtype, "norm1")(x))
+        x = x + drop(self._scale(y, "ls1"))
+        y = Mlp(self.mlp_hidden, self.dtype, name="mlp")(_layer_norm(self.dtype, "norm2")(x))
+        return x + drop(self._scale(y, "ls2"))
+
+    def _scale(self, y: Array, name: str) -> Array:
+        if self.layer_scale_init is None:
+            return y
+        return LayerScale(self.layer_scale_init, self.dtype, name=name)(y)
 
 
 class ViT(nn.Module):

@@ -12,7 +12,7 @@ Import reads any of these layouts and maps it exactly onto ours:
 
 - timm, DINO, MAE encoders: ``pos_embed`` covers class token (+ registers) + patches;
 - DINOv2 hub files: ``register_tokens`` without position embeddings (zeros there), ``mask_token`` [1, D],
-  blocks possibly in chunks (``blocks.<chunk>.<i>.``);
+  blocks possibly in chunks (``blocks.<chunk>.<i>.``); iBOT names its mask token ``masked_embed``;
 - timm ``no_embed_class=True`` (timm's DINOv2-with-registers ports): no position embedding for class/registers.
 
 A common key prefix (``module.``, ``backbone.``, ``teacher.backbone.`` ...) is found and stripped; heads, decoders
@@ -131,9 +131,14 @@ def _trunk(state_dict: Mapping[str, Any], source: str, prefix: str | None) -> tu
     trunk = {k[len(prefix) :]: np.asarray(v) for k, v in state_dict.items() if k.startswith(prefix)}
     if "register_tokens" in trunk:
         trunk["reg_token"] = trunk.pop("register_tokens")
+    if "masked_embed" in trunk:
+        trunk["mask_token"] = trunk.pop("masked_embed")  # iBOT's name
     dim = trunk["patch_embed.proj.weight"].shape[0]
-    if "mask_token" in trunk and trunk["mask_token"].size != dim:
-        del trunk["mask_token"]  # MAE: the decoder's mask token, of the decoder's width
+    if "mask_token" in trunk:
+        if trunk["mask_token"].size == dim:
+            trunk["mask_token"] = trunk["mask_token"].reshape(1, dim)
+        else:
+            del trunk["mask_token"]  # MAE: the decoder's mask token, of the decoder's width
     return prefix, trunk
 
 

@@ -154,6 +154,8 @@ def test_timm_file_with_a_prefix_loads_into_ours(tmp_path, reg_tokens, init_valu
     timm = timm_vit(img_size=32, reg_tokens=reg_tokens, init_values=init_values)
     state_dict = {f"module.backbone.{k}": v.numpy() for k, v in timm.state_dict().items()}
     state_dict["module.head.last_layer.weight"] = np.ones((5, 48), np.float32)  # a DINO head: ignored
+    state_dict["module.backbone.mask_token"] = np.ones((1, 1, 32), np.float32)  # MAE's decoder-width token: ignored
+    state_dict["module.backbone.decoder_embed.weight"] = np.ones((32, 48), np.float32)
     layout, ours, variables = load_ours(roundtrip_file(tmp_path, state_dict))
     assert (layout.embed_dim, layout.depth, layout.patch_size, layout.grid_size, layout.reg_tokens) == (
         48,
@@ -190,6 +192,9 @@ def test_dinov2_hub_layout():
     layout, ours, variables = load_ours(state_dict, use_mask_token=True)
     assert (layout.reg_tokens, layout.pos_prefix, layout.layer_scale) == (2, 1, True)
     np.testing.assert_array_equal(variables["params"]["mask_token"], mask_token)
+    ibot = {k.replace("mask_token", "masked_embed"): v for k, v in state_dict.items()}  # iBOT's name, [1, 1, D]
+    ibot["teacher.backbone.masked_embed"] = mask_token[None]
+    np.testing.assert_array_equal(load_ours(ibot, use_mask_token=True)[2]["params"]["mask_token"], mask_token)
     x = images(2, 32)
     np.testing.assert_allclose(features(ours, variables, x), timm_features(timm, x), atol=TOL)
 

@@ -1,1 +1,2 @@
-"""Backbone networks (`resnet`), heads, the decoder, the plane classifier, CPU convolution and pooling, PyTorch io."""
+"""Backbone networks (`resnet`, `vit`), heads, the decoder, the plane classifier, CPU convolution and pooling,
+PyTorch and timm weights io."""

@@ -1,0 +1,153 @@
+"""DINO, iBOT, KoLeo and MAE losses against numpy formulas written out here with explicit loops (the papers' and
+reference code's definitions), on odd shapes: 2 global + 3 local crops, batch 5, 17 prototypes."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fetalssl_jax.losses import dino_center_update, dino_loss, ibot_patch_loss, koleo_loss, mae_loss
+from fetalssl_jax.models.patches import patchify
+
+
+def softmax(row):
+    e = np.exp(row - row.max())
+    return e / e.sum()
+
+
+def log_softmax(row):
+    shifted = row - row.max()
+    return shifted - math.log(np.exp(shifted).sum())
+
+
+def cross_entropy(teacher_row, student_row, center, tt, st):
+    """-sum_k p_k log q_k for one sample."""
+    p = softmax((teacher_row - center) / tt)
+    return -float(np.dot(p, log_softmax(student_row / st)))
+
+
+def numpy_dino(student, teacher, center, st, tt):
+    """DINO: mean over (teacher crop t, student crop s != t) of the batch mean of the cross-entropy."""
+    pair_means = []
+    for t in range(len(teacher)):
+        for s in range(len(student)):
+            if s == t:
+                continue
+            per_sample = [cross_entropy(teacher[t][b], student[s][b], center, tt, st) for b in range(len(student[s]))]
+            pair_means.append(sum(per_sample) / len(per_sample))
+    return sum(pair_means) / len(pair_means)
+
+
+@pytest.mark.parametrize("student_crops, teacher_crops", [(5, 2), (2, 2), (4, 1)])
+def test_dino_loss_matches_numpy(student_crops, teacher_crops):
+    rng = np.random.default_rng(student_crops * 10 + teacher_crops)
+    student = rng.normal(size=(student_crops, 5, 17)) * 2
+    teacher = rng.normal(size=(teacher_crops, 5, 17)) * 2
+    center = rng.normal(size=17) * 0.5
+    want = numpy_dino(student, teacher, center, 0.1, 0.04)
+    got = dino_loss(jnp.asarray(student, jnp.float32), jnp.asarray(teacher, jnp.float32), center[None], 0.1, 0.04)
+    assert float(got) == pytest.approx(want, rel=1e-5)
+    # a sequence of per-crop arrays is the same input
+    as_lists = dino_loss([jnp.asarray(c, jnp.float32) for c in student], list(teacher), center, 0.1, 0.04)
+    assert float(as_lists) == pytest.approx(want, rel=1e-5)
+
+
+def test_dino_loss_teacher_gets_no_gradient_and_more_teacher_crops_is_an_error():
+    rng = np.random.default_rng(0)
+    student = jnp.asarray(rng.normal(size=(3, 4, 7)), jnp.float32)
+    teacher = jnp.asarray(rng.normal(size=(2, 4, 7)), jnp.float32)
+    grad_t = jax.grad(lambda t: dino_loss(student, t, jnp.zeros(7), 0.1, 0.04))(teacher)
+    assert not np.any(np.asarray(grad_t))
+    assert np.any(np.asarray(jax.grad(lambda s: dino_loss(s, teacher, jnp.zeros(7), 0.1, 0.04))(student)))
+    with pytest.raises(ValueError, match="3 teacher crops but only 2 student crops"):
+        dino_loss(student[:2], jnp.concatenate([teacher, teacher[:1]]), jnp.zeros(7), 0.1, 0.04)
+
+
+def test_center_update_matches_numpy():
+    rng = np.random.default_rng(1)
+    teacher = rng.normal(size=(2, 5, 17))
+    center = rng.normal(size=(1, 17))
+    mean = np.zeros(17)
+    for crop in teacher:
+        for row in crop:
+            mean += row
+    mean /= 10
+    want = 0.9 * center + 0.1 * mean
+    got = dino_center_update(jnp.asarray(center, jnp.float32), jnp.asarray(teacher, jnp.float32), 0.9)
+    assert got.shape == (1, 17)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+    # patch logits [B, N, K]: every patch of every image weighs the same
+    patches = rng.normal(size=(3, 6, 17))
+    want = 0.5 * center[0] + 0.5 * patches.reshape(-1, 17).mean(0)
+    np.testing.assert_allclose(np.asarray(dino_center_update(center[0], patches, 0.5)), want, rtol=1e-5, atol=1e-6)
+
+
+def test_ibot_patch_loss_matches_numpy():
+    rng = np.random.default_rng(2)
+    b, n, k = 5, 9, 17
+    student = rng.normal(size=(b, n, k)) * 2
+    teacher = rng.normal(size=(b, n, k)) * 2
+    center = rng.normal(size=k) * 0.3
+    mask = rng.random((b, n)) < 0.4
+    mask[1] = False  # an image without masked patches counts as 0 in the mean over images
+    mask[2, 0] = True
+    per_image = []
+    for i in range(b):
+        terms = [cross_entropy(teacher[i, j], student[i, j], center, 0.07, 0.1) for j in range(n) if mask[i, j]]
+        per_image.append(sum(terms) / max(len(terms), 1))
+    want = sum(per_image) / b
+    got = ibot_patch_loss(jnp.asarray(student), jnp.asarray(teacher), jnp.asarray(mask), center, 0.1, 0.07)
+    assert float(got) == pytest.approx(want, rel=1e-5)
+
+
+def test_koleo_loss_matches_numpy():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(11, 6)) * rng.uniform(0.5, 3, size=(11, 1))
+    x[4] = x[7]  # a duplicate: distance exactly ||eps * 1|| after normalisation
+    x[9] = x[2] * 2.5 + 1e-3  # nearly the same direction
+    eps = 1e-8
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
+    logs = []
+    for i in range(len(unit)):
+        best, nearest = -np.inf, None
+        for j in range(len(unit)):
+            if j != i and unit[i] @ unit[j] > best:
+                best, nearest = unit[i] @ unit[j], j
+        distance = np.sqrt(np.sum((unit[i] - unit[nearest] + eps) ** 2))  # torch PairwiseDistance adds eps
+        logs.append(math.log(distance + eps))
+    want = -sum(logs) / len(logs)
+    got = float(koleo_loss(jnp.asarray(x, jnp.float32)))
+    assert got == pytest.approx(want, rel=1e-4)
+    want_spread = koleo_loss(jnp.asarray(np.delete(x, 4, axis=0), jnp.float32))
+    assert float(want_spread) < got  # the duplicated direction is what the regulariser punishes
+
+
+def numpy_mae(pred, target, mask, norm_pix):
+    b, n, p = pred.shape
+    total, count = 0.0, 0
+    for i in range(b):
+        for j in range(n):
+            if not mask[i, j]:
+                continue
+            t = target[i, j]
+            if norm_pix:
+                mean = sum(t) / p
+                var = sum((v - mean) ** 2 for v in t) / (p - 1)  # unbiased, torch.var's default (MAE reference)
+                t = (t - mean) / math.sqrt(var + 1e-6)
+            total += sum((pred[i, j] - t) ** 2) / p
+            count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("norm_pix", [True, False])
+def test_mae_loss_matches_numpy(norm_pix):
+    rng = np.random.default_rng(4)
+    images = rng.uniform(size=(3, 12, 8, 3))
+    target = np.asarray(patchify(images, 4))  # [3, 6, 48]
+    pred = rng.normal(size=target.shape)
+    mask = rng.random((3, 6)) < 0.6
+    mask[0, 0] = True
+    got = mae_loss(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(mask), norm_pix)
+    assert float(got) == pytest.approx(numpy_mae(pred, target, mask, norm_pix), rel=1e-5)

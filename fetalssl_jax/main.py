@@ -106,6 +106,18 @@ def _run(argv: list[str]) -> str:
     return module.run(config, _WORKDIR.value or default_workdir(config))
 
 
+def _interrupted(error: BaseException | None) -> bool:
+    """Whether `error` is a Ctrl-C, or what a library turned one into (asyncio, inside orbax's checkpoint write,
+    raises RuntimeError from the KeyboardInterrupt)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def main(argv: list[str]) -> int:
     """Runs one experiment or tool; returns the exit status."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
@@ -119,7 +131,9 @@ def main(argv: list[str]) -> int:
     except RunStopped as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training steps
+    except BaseException as error:  # a second Ctrl-C, or one outside the training steps
+        if not _interrupted(error):
+            raise
         print("error: interrupted (Ctrl-C); what was completely written is kept: run again to resume", file=sys.stderr)
         return 130
     import jax

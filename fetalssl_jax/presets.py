@@ -36,6 +36,24 @@ def model() -> ConfigDict:
     return c
 
 
+def vit_model(arch: str = "vit_tiny", patch_size: int = 8) -> ConfigDict:
+    """A ViT backbone (`models.backbone`): timm's sizes, `patch_size` pixels square patches."""
+    c = ConfigDict()
+    c.arch = arch  # vit_tiny, vit_small, vit_base (timm's), or vit_micro (tests)
+    c.patch_size = patch_size  # 8 at 64 px (8x8 patches), 16 at 224 px (14x14)
+    c.reg_tokens = 0  # register tokens (DINOv2 with registers: 4)
+    c.layer_scale = 0.0  # LayerScale's initial value; 0: off (DINOv2: 1e-5)
+    c.drop_path_rate = 0.0  # stochastic depth of the last block (DINO ViT-S: 0.1)
+    c.dtype = "float32"  # compute dtype: "float32" or "bfloat16"; parameters stay float32
+    return c
+
+
+def tiny_vit_preset(c: ConfigDict) -> None:
+    """Seconds on a CPU, for tests and smoke runs: the tiny preset with a 4-block ViT of width 64 (patch 8, 32 px)."""
+    tiny_preset(c)
+    c.model = vit_model("vit_micro", 8)
+
+
 def pretraining_data() -> ConfigDict:
     """The unlabelled videos a pretraining run reads (`data.sources`)."""
     c = ConfigDict()

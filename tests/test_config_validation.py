@@ -88,7 +88,8 @@ PRETRAINING_CASES = [
     (BT, {"method": "barlow"}, "config.method = 'barlow': must be one of 'autoencoder', 'barlow_twins', "
                                      "'byol', 'inpainting', 'moco', 'reorder', 'simclr', 'vicreg'"),
     (BT, {"model.arch": "resnet9"}, "config.model.arch = 'resnet9': must be one of 'resnet10', 'resnet18', "
-                                          "'resnet34', 'resnet50', 'resnet101', 'resnet152'"),
+                                          "'resnet34', 'resnet50', 'resnet101', 'resnet152', "
+                                          "'vit_micro', 'vit_tiny', 'vit_small', 'vit_base'"),
     (BT, {"model.dtype": "float16"}, "config.model.dtype = 'float16': must be one of 'float32', 'bfloat16'"),
     (BT, {"model.conv_impl": "fast"}, "config.model.conv_impl = 'fast': must be one of 'auto', 'native', "
                                             "'cpu_matmul'"),
@@ -133,7 +134,7 @@ CLASSIFY_CASES = [
                                      "checkpoints)"),
     ({"augment.hflip_prob": 1.2}, "config.augment.hflip_prob = 1.2: must be a probability in [0, 1]"),
     ({"model.arch": "vit"}, "config.model.arch = 'vit': must be one of 'resnet10', 'resnet18', 'resnet34', "
-                            "'resnet50', 'resnet101', 'resnet152'"),
+                            "'resnet50', 'resnet101', 'resnet152', 'vit_micro', 'vit_tiny', 'vit_small', 'vit_base'"),
     ({"data.image_size": 24}, "config.data.image_size = 24: must be an integer >= 32 (the ResNets downsample 32x)"),
     ({"eval.num_patients": 1}, "config.eval.num_patients = 1: must be an integer >= 3 (patients are split into train, "
                                "validation and test)"),

@@ -16,7 +16,7 @@ import numpy as np
 
 from fetalssl_jax.data import sources
 from fetalssl_jax.eval.frozen import FrozenEval, evaluate_inits
-from fetalssl_jax.models.resnet import random_backbone_variables
+from fetalssl_jax.models.backbone import random_variables
 from fetalssl_jax.validation import Checks
 
 RANDOM_INIT = "random init (torchvision)"
@@ -52,11 +52,8 @@ class Evaluator:
         """The baselines' variables, made once per run."""
         if not self.config.eval.compare_random_init:
             return {}
-        model = self.config.model
-        return {
-            RANDOM_INIT: random_backbone_variables(model.arch, int(model.width), self.config.seed),
-            SSL_START: self.start_variables,
-        }
+        random = random_variables(self.config.model, self.config.data.image_size, self.config.seed)
+        return {RANDOM_INIT: random, SSL_START: self.start_variables}
 
     def __call__(self, variables: dict[str, Any], name: str, shots: tuple[int, ...] | None = None) -> FrozenEval:
         """The evaluation of `variables` (host arrays), its row named `name`, and of the baselines."""

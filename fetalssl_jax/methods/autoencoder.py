@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from fetalssl_jax.data.randaugment import rand_augment_batch
 from fetalssl_jax.methods.base import Method, apply_model, register
+from fetalssl_jax.models.backbone import is_vit
 from fetalssl_jax.models.decoder import ResNetDecoder
 
 
@@ -58,6 +59,9 @@ class AutoEncoder(Method):
 
     @classmethod
     def check_config(cls, c):
+        if is_vit(c.get("model.arch")):
+            c.fail("model.arch", c.get("model.arch"), f"{cls.name} decodes a ResNet's feature map with a mirrored "
+                   "convolutional decoder; use a ResNet (for a ViT: configs/mae.py)")  # fmt: skip
         c.integer("method_kwargs.randaugment_ops", 0)
         c.non_negative_number("method_kwargs.randaugment_magnitude")
         for key in ("hflip_prob", "vflip_prob"):

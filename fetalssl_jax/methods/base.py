@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from fetalssl_jax.data.augment import augment_batch
+from fetalssl_jax.models.backbone import create_backbone, description
 from fetalssl_jax.models.heads import TwoViewEmbedder
-from fetalssl_jax.models.resnet import create_resnet
 from fetalssl_jax.validation import Checks
 
 PyTree = Any
@@ -82,13 +82,8 @@ class Method(abc.ABC):
 
     # ---- model -------------------------------------------------------------------------------------------------
     def build_backbone(self) -> nn.Module:
-        """The ResNet named by `config.model`."""
-        return create_resnet(
-            self.config.model.arch,
-            width=self.config.model.width,
-            dtype=self.config.model.dtype,
-            conv_impl=self.config.model.get("conv_impl", "auto"),
-        )
+        """The backbone named by `config.model` (a ResNet or a ViT, `models.backbone`)."""
+        return create_backbone(self.config.model, self.config.data.image_size)
 
     @abc.abstractmethod
     def build_model(self) -> nn.Module:
@@ -152,12 +147,7 @@ class Method(abc.ABC):
     # ---- bookkeeping ---------------------------------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
         """Method and architecture, as the exported backbone describes them."""
-        return {
-            "method": self.name,
-            "arch": self.config.model.arch,
-            "width": int(self.config.model.width),
-            "method_kwargs": self.kwargs.to_dict(),
-        }
+        return {"method": self.name, **description(self.config.model), "method_kwargs": self.kwargs.to_dict()}
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -167,9 +157,13 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 
 def apply_model(
-    model: nn.Module, params: PyTree, model_state: PyTree, *args: Any, train: bool = True, **kwargs: Any
-) -> tuple[Any, PyTree]:
-    """Applies a module with BatchNorm; returns (output, updated model_state) (model_state unchanged in eval)."""
+    model: nn.Module, params: PyTree, model_state: PyTree, *args: Any, train: bool = True,
+    rng: jax.Array | None = None, **kwargs: Any,
+) -> tuple[Any, PyTree]:  # fmt: skip
+    """Applies a module with BatchNorm; returns (output, updated model_state) (model_state unchanged in eval).
+    `rng`: the 'dropout' stream (a ViT's stochastic depth) when training."""
+    if rng is not None and train:
+        kwargs["rngs"] = {**kwargs.get("rngs", {}), "dropout": rng}
     variables = {"params": params, **model_state}
     if train and model_state:
         out, updates = model.apply(variables, *args, train=True, mutable=list(model_state), **kwargs)
@@ -201,7 +195,7 @@ class TwoViewMethod(Method):
         """The loss of the two views' embeddings [N, D] of the global batch, and extra metrics to log."""
 
     def loss_fn(self, params, model_state, extra, inputs, rng, step):
-        del rng, step
-        (z1, z2), model_state = apply_model(self.build_model(), params, model_state, inputs, train=True)
+        del step
+        (z1, z2), model_state = apply_model(self.build_model(), params, model_state, inputs, train=True, rng=rng)
         loss, metrics = self.embedding_loss(z1, z2)
         return loss, (model_state, extra, metrics)

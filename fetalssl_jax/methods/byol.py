@@ -82,9 +82,8 @@ class BYOL(MomentumMethod):
         return self.two_views(rng, frames)
 
     def loss_fn(self, params, model_state, extra, inputs, rng, step):
-        del rng
         model = self.build_model()
-        (p1, p2), new_state = apply_model(model, params, model_state, inputs, train=True)
+        (p1, p2), new_state = apply_model(model, params, model_state, inputs, train=True, rng=rng)
         (z1, z2), _ = apply_model(
             model, extra["target_params"], extra["target_state"], inputs, train=True, method=BYOLNetwork.project
         )

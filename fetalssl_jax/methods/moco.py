@@ -97,9 +97,8 @@ class MoCo(MomentumMethod):
         return {**super().init_extra_state(variables), "queue": l2_normalize(queue)}
 
     def loss_fn(self, params, model_state, extra, inputs, rng, step):
-        del rng
         model = self.build_model()
-        (q1, q2), new_state = apply_model(model, params, model_state, inputs, train=True)
+        (q1, q2), new_state = apply_model(model, params, model_state, inputs, train=True, rng=rng)
         (k1, k2), _ = apply_model(model, extra["target_params"], extra["target_state"], inputs, train=True)
         k1, k2 = jax.lax.stop_gradient(k1), jax.lax.stop_gradient(k2)
         queue = extra["queue"]

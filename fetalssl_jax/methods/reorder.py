@@ -185,9 +185,9 @@ class Reorder(Method):
         return {"clips": clips.astype(self.dtype), "order": order, "transform": transform}
 
     def loss_fn(self, params, model_state, extra, inputs, rng, step):
-        del rng, step
+        del step
         (order_logits, transform_logits), model_state = apply_model(
-            self.build_model(), params, model_state, inputs["clips"], train=True
+            self.build_model(), params, model_state, inputs["clips"], train=True, rng=rng
         )
         order_loss = optax.softmax_cross_entropy_with_integer_labels(order_logits, inputs["order"]).mean()
         transform_loss = optax.softmax_cross_entropy_with_integer_labels(transform_logits, inputs["transform"]).mean()

@@ -23,7 +23,7 @@ biases; ``pos_embed`` normal std 0.02 likewise; ``cls_token`` and ``reg_token`` 
 embedding as PyTorch's Conv2d default (weight and bias uniform in +-1/sqrt(fan_in)); LayerNorm ones/zeros;
 LayerScale ``gamma`` the constant ``layer_scale_init``; ``mask_token`` zeros (DINOv2, iBOT).
 
-Stochastic depth (``drop_path_rate``, linear over depth from 0 as timm) needs the ``'dropout'`` rng when training.
+Stochastic depth (``drop_path_rate``, linear over depth from 0 as timm) acts when training with a ``'dropout'`` rng.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ LAYER_NORM_EPS = 1e-6  # timm's ViT (and DINO/DINOv2): partial(nn.LayerNorm, eps
 
 # (embed_dim, depth, num_heads) as timm's vit_tiny / vit_small / vit_base; MLP ratio 4 for all.
 ARCH_SPECS: dict[str, tuple[int, int, int]] = {
+    "vit_micro": (64, 4, 2),  # not a published size: tests and smoke runs
     "vit_tiny": (192, 12, 3),
     "vit_small": (384, 12, 6),
     "vit_base": (768, 12, 12),
@@ -155,7 +156,8 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = True) -> Array:
         # Dropout broadcast over tokens and channels == timm's DropPath (one Bernoulli per sample, scaled by 1/keep)
-        drop = nn.Dropout(self.drop_path, broadcast_dims=(1, 2), deterministic=not train)
+        # without a 'dropout' rng (an EMA teacher or target, as DINO's) the blocks are kept whole
+        drop = nn.Dropout(self.drop_path, broadcast_dims=(1, 2), deterministic=not train or not self.has_rng("dropout"))
         y = Attention(self.num_heads, self.dtype, name="attn")(_layer_norm(self.dtype, "norm1")(x))
         x = x + drop(self._scale(y, "ls1"))
         y = Mlp(self.mlp_hidden, self.dtype, name="mlp")(_layer_norm(self.dtype, "norm2")(x))

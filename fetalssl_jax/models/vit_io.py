@@ -37,7 +37,7 @@ from fetalssl_jax.models.vit import ARCH_SPECS, ViT, resample_pos_embed
 __all__ = ["HEADS_BY_WIDTH", "ViTLayout", "from_timm_state_dict", "infer_vit", "to_timm_state_dict"]
 
 # Attention heads of the published ViTs by width: timm tiny/small/base/large/huge, DINO(v2) S/B/L.
-HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
+HEADS_BY_WIDTH = {64: 2, 192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 _BLOCK_KEY = re.compile(r"^blocks\.(?:\d+\.)?(\d+)\.(.+)$")  # DINOv2 chunked blocks: blocks.<chunk>.<index>.
 _BLOCK_LEAVES = {  # timm Block key (after blocks.i.) -> Flax path under blocks_i
     f"{module}.{field}": (*module.split("."), leaf)

@@ -86,14 +86,21 @@ def check_tally(tally: Mapping[str, Any], last_checkpoint: int | None, checkpoin
 
 
 def stage_of(name: str) -> str:
-    """'stem' for the first conv/BN, 'layerN' for the blocks of stage N ('layer3_1' -> 'layer3')."""
+    """A ResNet's 'stem' (the first conv/BN) and 'layerN' (the blocks of stage N: 'layer3_1' -> 'layer3'); a ViT's
+    'embed' (patch embedding, tokens, positions) and 'blocks'."""
     match = re.match(r"(layer\d+)", name)
-    return match.group(1) if match else "stem"
+    if match:
+        return match.group(1)
+    return "blocks" if name.startswith("blocks_") else "embed" if name in _VIT_EMBEDDING else "stem"
+
+
+_VIT_EMBEDDING = ("patch_embed", "cls_token", "reg_token", "pos_embed", "mask_token")
 
 
 def relative_weight_change(params: PyTree, initial: PyTree) -> dict[str, jax.Array]:
-    """||W - W0|| / ||W0|| over the convolution kernels (ndim > 1) of each stage of a backbone's params, and
-    'all' over every kernel. BatchNorm scales and offsets are left out: they move even when the kernels do not."""
+    """||W - W0|| / ||W0|| over the kernels and embeddings (ndim > 1) of each stage of a backbone's params
+    (`stage_of`), and 'all' over every one. Norm scales and offsets are left out: they move even when the kernels
+    do not."""
     sq_diff: dict[str, jax.Array] = {}
     sq_init: dict[str, jax.Array] = {}
     for top in params:

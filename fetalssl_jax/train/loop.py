@@ -140,7 +140,7 @@ def preemption_signal() -> Iterator[Callable[[int], bool]]:
 
 def backbone_variables(state: TrainState) -> dict[str, Any]:
     """The online backbone's params and BatchNorm statistics."""
-    return {"params": state.params["backbone"], "batch_stats": state.model_state["batch_stats"]["backbone"]}
+    return backbone_lib.backbone_variables({"params": state.params, **state.model_state})
 
 
 def make_sampler(

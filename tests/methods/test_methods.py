@@ -140,3 +140,31 @@ def test_random_erasing_leaves_the_image_when_no_box_fits():
     imgs = np.random.default_rng(18).uniform(1.0, 2.0, (8, 32, 32, 3)).astype(np.float32)
     erase = jax.jit(functools.partial(random_erasing, scale=(0.99, 1.0), ratio=(1.0, 1.0)))
     np.testing.assert_array_equal(np.asarray(erase(jax.random.key(7), jnp.asarray(imgs))), imgs)
+
+
+def test_a_two_view_method_pretrains_a_vit_and_evaluates_it(tmp_path):
+    """`model.arch` selects a ViT for the joint-embedding methods: Barlow Twins trains its blocks and the frozen
+    evaluation reads its class token; the random-init baseline is timm's init of the same ViT."""
+    from fetalssl_jax import presets
+    from fetalssl_jax.models.backbone import random_variables
+
+    config = load_config(f"{REPO / 'configs' / 'barlow.py'}:tiny")
+    with config.unlocked():
+        presets.tiny_vit_preset(config)
+        config.method_kwargs.projector = (64, 64)
+    set_by_path(config, "num_steps", 3)
+    validate(config)
+    result = train(config, tmp_path)
+    assert result.status == "finished" and result.step == 3
+    last = read_metrics(tmp_path)[-1]
+    assert last["weight_change/blocks"] > 0 and last["weight_change/embed"] > 0  # the ViT's weights moved
+    random = random_variables(config.model, 32, config.seed)
+    assert set(random) == {"params"} and random["params"]["pos_embed"].shape == (1, 1 + 16, 64)  # 4x4 patches
+    assert "random init (torchvision)" in json.loads((tmp_path / "eval.json").read_text())["knn_macro_f1"]
+
+
+def test_the_autoencoders_refuse_a_vit_by_name():
+    config = load_config(f"{REPO / 'configs' / 'autoencoder.py'}:tiny")
+    set_by_path(config, "model.arch", "vit_micro")
+    with pytest.raises(ConfigError, match=r"autoencoder decodes a ResNet.s feature map"):
+        validate(config)

@@ -189,7 +189,11 @@ def _interval(values: np.ndarray) -> str:
     return f"{values.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
-def main() -> None:
+COLUMNS = ("steps", "knn", "knn_random", "knn_minus_random", "probe_minus_random", "probe_minus_ssl_start",
+           "outside_probe", "outside_random", "outside_minus_random")  # fmt: skip
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="workdirs/external_check")
     parser.add_argument("--steps", default="300,900", help="comma-separated pretraining lengths")
@@ -200,12 +204,12 @@ def main() -> None:
     parser.add_argument("--config", default=str(REPO / "configs" / "barlow.py"))
     parser.add_argument("--screen_margin", type=float, default=1 / 6, help="black band beside each mp4, x size")
     parser.add_argument("--fit", default="stretch", help="the builders' fit: stretch (default), crop_pad or pad")
-    args = parser.parse_args()
-    root = pathlib.Path(args.workdir)
+    return parser.parse_args(argv)
 
-    import tensorflow as tf
 
-    tf.config.set_visible_devices([], "GPU")
+def pretrain_and_probe(args, root: pathlib.Path, data_dir, videos_name: str, planes_name: str, steps: int) -> dict:
+    """One row: the config pretrained `steps` steps on the built videos, evaluated on the built planes, its export
+    probed by the outside code."""
     from safetensors.torch import load_file
 
     from fetalssl_jax.config_lib import load_config
@@ -213,61 +217,49 @@ def main() -> None:
     from fetalssl_jax.eval.evaluator import RANDOM_INIT, SSL_START
     from fetalssl_jax.train.loop import train
 
+    config = load_config(args.config)
+    with config.unlocked():
+        config.num_steps = steps
+        config.progress_bar = False
+        config.eval.shots = (SHOTS,)
+        config.data.source, config.data.name, config.data.data_dir = "tfds", videos_name, str(data_dir)
+        config.eval.dataset, config.eval.data_dir = planes_name, str(data_dir)
+    run = root / f"barlow_{steps}"
+    ev = train(config, run).evaluation
+    name = next(iter(ev.knn))
+    state = load_file(str(export_torch(run, root / f"barlow_{steps}.safetensors")))
+    outside = outside_probe(root / "planes", {"ssl": state, "random": torchvision_default_init(state, 0)},
+                            config.data.image_size)  # fmt: skip
+    return {
+        "steps": steps,
+        "knn": _format(ev.knn[name], False), "knn_random": _format(ev.knn[RANDOM_INIT], False),
+        "knn_minus_random": _format(ev.knn_differences[RANDOM_INIT][name]),
+        "probe_minus_random": _format(ev.few_label.differences[RANDOM_INIT][name][SHOTS]),
+        "probe_minus_ssl_start": _format(ev.few_label.differences[SSL_START][name][SHOTS]),
+        "outside_probe": f"{outside['ssl'].mean():.3f}", "outside_random": f"{outside['random'].mean():.3f}",
+        "outside_minus_random": _interval(outside["ssl"] - outside["random"]),
+    }  # fmt: skip
+
+
+def main() -> None:
+    args = parse_args()
+    root = pathlib.Path(args.workdir)
+
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")
     write_scans(root, args.seed, args.videos, args.patients, args.size, args.screen_margin)
     data_dir, videos_name, planes_name = build(root, args.fit)
     rows = []
     for steps in (int(s) for s in args.steps.split(",")):
-        config = load_config(args.config)
-        with config.unlocked():
-            config.num_steps = steps
-            config.progress_bar = False
-            config.eval.shots = (SHOTS,)
-            config.data.source = "tfds"
-            config.data.name = videos_name
-            config.data.data_dir = str(data_dir)
-            config.eval.dataset = planes_name
-            config.eval.data_dir = str(data_dir)
-        run = root / f"barlow_{steps}"
-        result = train(config, run)
-        ev = result.evaluation
-        name = next(iter(ev.knn))
-        knn_diff = ev.knn_differences[RANDOM_INIT][name]
-        probe_diff = ev.few_label.differences[RANDOM_INIT][name][SHOTS]
-        probe_vs_start = ev.few_label.differences[SSL_START][name][SHOTS]
-        exported = export_torch(run, root / f"barlow_{steps}.safetensors")
-        state = load_file(str(exported))
-        outside = outside_probe(root / "planes", {"ssl": state, "random": torchvision_default_init(state, 0)},
-                                config.data.image_size)  # fmt: skip
-        rows.append({
-            "steps": steps,
-            "knn": _format(ev.knn[name], False), "knn_random": _format(ev.knn[RANDOM_INIT], False),
-            "knn_minus_random": _format(knn_diff), "probe_minus_random": _format(probe_diff),
-            "probe_minus_ssl_start": _format(probe_vs_start),
-            "outside_probe": f"{outside['ssl'].mean():.3f}", "outside_random": f"{outside['random'].mean():.3f}",
-            "outside_minus_random": _interval(outside["ssl"] - outside["random"]),
-        })  # fmt: skip
+        rows.append(pretrain_and_probe(args, root, data_dir, videos_name, planes_name, steps))
         print(json.dumps(rows[-1]), flush=True)
-
     print(f"\nOutside patients (seed {args.seed}), mp4 + DICOM videos, PNG + CSV planes, {args.config}:\n")
     print("| steps | kNN | kNN random | kNN - random | probe 10/class - random | probe - SSL start | "
           "outside probe | outside random | outside - random (draws) |")  # fmt: skip
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        cells = [
-            r[k]
-            for k in (
-                "steps",
-                "knn",
-                "knn_random",
-                "knn_minus_random",
-                "probe_minus_random",
-                "probe_minus_ssl_start",
-                "outside_probe",
-                "outside_random",
-                "outside_minus_random",
-            )
-        ]
-        print("| " + " | ".join(map(str, cells)) + " |")  # fmt: skip
+        print("| " + " | ".join(str(r[k]) for k in COLUMNS) + " |")
 
 
 if __name__ == "__main__":

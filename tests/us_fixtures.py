@@ -62,11 +62,7 @@ def write_dicom(
     transfer syntax `syntax` (a UID) if given, no pixel data if `frames` is None. `signed`: PixelRepresentation 1
     (`frames` as signed integers); `photometric`: PhotometricInterpretation of native colour frames ('RGB',
     'YBR_FULL': `frames` already in that space); `tags`: more attributes (WindowCenter=..., RescaleSlope=...)."""
-    import io
-
-    from PIL import Image
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
     from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, UltrasoundMultiFrameImageStorage, generate_uid
 
     meta = FileMetaDataset()
@@ -82,38 +78,48 @@ def write_dicom(
     ds.InstitutionName = "St Example Hospital"
     ds.Modality = "US"
     if frames is not None:
-        ds.NumberOfFrames = len(frames)
-        ds.Rows, ds.Columns = frames.shape[1:3]
         colour = rgb or photometric is not None
-        ds.SamplesPerPixel = 3 if colour else 1
         # YBR_FULL_422: what a baseline JPEG of colour frames holds
-        ds.PhotometricInterpretation = photometric or ("YBR_FULL_422" if rgb else "MONOCHROME1" if monochrome1
-                                                       else "MONOCHROME2")  # fmt: skip
-        if colour:
-            ds.PlanarConfiguration = 0
-        ds.BitsAllocated = 8 if bits == 8 else 16
-        ds.BitsStored = bits
-        ds.HighBit = bits - 1
-        ds.PixelRepresentation = 1 if signed else 0
-        for key, value in tags.items():
-            setattr(ds, key, value)
-        if jpeg:
-            encoded = []
-            for f in frames:
-                buffer = io.BytesIO()
-                Image.fromarray(f).save(buffer, format="JPEG", quality=95)
-                encoded.append(buffer.getvalue())
-            ds.PixelData = encapsulate(encoded)
-            ds["PixelData"].VR = "OB"
-            ds.LossyImageCompression = "01"
-        else:
-            stored = frames.astype(np.dtype(f"{'i' if signed else 'u'}{1 if bits == 8 else 2}"))
-            ds.PixelData = stored.tobytes()
-            if syntax is not None:
-                ds.compress(syntax, stored)
+        photometric = photometric or ("YBR_FULL_422" if rgb else "MONOCHROME1" if monochrome1 else "MONOCHROME2")
+        _set_pixels(ds, frames, jpeg, bits, syntax, colour, signed, photometric, tags)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(str(path), enforce_file_format=True)
     return path
+
+
+def _set_pixels(ds, frames, jpeg, bits, syntax, colour, signed, photometric, tags) -> None:
+    """The image attributes and pixel data of `write_dicom`."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+
+    ds.NumberOfFrames = len(frames)
+    ds.Rows, ds.Columns = frames.shape[1:3]
+    ds.SamplesPerPixel = 3 if colour else 1
+    ds.PhotometricInterpretation = photometric
+    if colour:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated = 8 if bits == 8 else 16
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 1 if signed else 0
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    if jpeg:
+        encoded = []
+        for f in frames:
+            buffer = io.BytesIO()
+            Image.fromarray(f).save(buffer, format="JPEG", quality=95)
+            encoded.append(buffer.getvalue())
+        ds.PixelData = encapsulate(encoded)
+        ds["PixelData"].VR = "OB"
+        ds.LossyImageCompression = "01"
+    else:
+        stored = frames.astype(np.dtype(f"{'i' if signed else 'u'}{1 if bits == 8 else 2}"))
+        ds.PixelData = stored.tobytes()
+        if syntax is not None:
+            ds.compress(syntax, stored)
 
 
 def write_hdf5(path: pathlib.Path, videos: dict[str, np.ndarray]) -> pathlib.Path:

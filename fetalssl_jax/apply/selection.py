@@ -317,22 +317,26 @@ def typical_clusters(
     x, rules, start, budget = _start(
         embeddings, budget, groups, positions, min_gap, group_tolerance, labelled, normalize
     )
-    num = len(x)
-
-    count = min(len(start) + budget, num)
+    count = min(len(start) + budget, len(x))
     cluster = _cluster_labels(x, count, seed)
+    return _pick_typical(x, cluster, count, rules, start, budget, neighbours, group_tolerance)
+
+
+def _pick_typical(x, cluster, count: int, rules, start, budget: int, neighbours: int, group_tolerance: float):
+    """`typical_clusters`' picks (row indices, int64): each from the open cluster with the fewest labelled or chosen
+    rows, then the largest, then the lowest first row, its most typical eligible frame."""
+    num = len(x)
     size = np.bincount(cluster, minlength=count)
     lowest_row = np.full(count, num)
     np.minimum.at(lowest_row, cluster, np.arange(num))
     taken = np.bincount(cluster[start], minlength=count)
-    # lexsort: last key first; fewest labelled or chosen rows, then largest, then lowest first row.
-    order = np.lexsort((lowest_row, -size, taken))
     spread: dict[int, np.ndarray] = {}  # cluster -> mean distance of its rows to their nearest neighbours in it
     chosen: list[int] = []
     for _ in range(budget):
         open_clusters = np.bincount(cluster[rules.eligible], minlength=count) > 0
         if not open_clusters.any():
             raise rules.ran_out(len(chosen), budget)
+        order = np.lexsort((lowest_row, -size, taken))  # lexsort: last key first
         c = int(order[open_clusters[order]][0])
         members = np.flatnonzero(cluster == c)
         if c not in spread:
@@ -344,7 +348,6 @@ def typical_clusters(
         chosen.append(row)
         rules.take(row)
         taken[c] += 1
-        order = np.lexsort((lowest_row, -size, taken))
     return np.asarray(chosen, dtype=np.int64)
 
 

@@ -90,6 +90,7 @@ def paper(c) -> None:
                            warmup_teacher_temp_epochs=30, momentum_base=0.996)  # fmt: skip
     multi_crop_views(c)
     dino_adamw(c, lr=5e-4, warmup_epochs=10)
+    c.optim.clip_grad = 3.0  # main_dino.py --clip_grad: each parameter's gradient norm at most 3
 
 
 def dinov2(c) -> None:

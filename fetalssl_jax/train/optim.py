@@ -9,7 +9,8 @@ is built exactly as before: `optim.weight_decay_end` (the decay follows a cosine
 `weight_decay_end` at the last step), `optim.decay_biases` (False: parameters with ndim <= 1 -- biases, LayerNorm
 and LayerScale -- without decay) and `optim.frozen_params` / `optim.freeze_epochs` (parameters whose path contains
 one of these names keep their values for the first epochs: their learning rate is 0 then, as DINOv2 freezes the
-head's last layer; their Adam moments run on).
+head's last layer; their Adam moments run on) and `optim.clip_grad` (> 0: each parameter's gradient scaled down to
+at most this L2 norm, as DINO's `clip_gradients`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ from fetalssl_jax.validation import MISSING, Checks
 Schedule = Callable[[jax.Array], jax.Array]
 OPTIMIZERS = ("lars", "sgd", "adamw")
 SCHEDULES = ("warmup_cosine", "step")
-VIT_ADAMW_KEYS = ("weight_decay_end", "decay_biases", "frozen_params", "freeze_epochs")  # read only where present
+VIT_ADAMW_KEYS = (
+    "weight_decay_end",
+    "decay_biases",
+    "frozen_params",
+    "freeze_epochs",
+    "clip_grad",
+)  # read only where present
 
 
 def check_config(c: Checks) -> None:
@@ -48,6 +55,7 @@ def check_config(c: Checks) -> None:
     c.non_negative_number("optim.weight_decay_end")
     c.boolean("optim.decay_biases")
     c.non_negative_number("optim.freeze_epochs")
+    c.non_negative_number("optim.clip_grad")
     frozen = c.get("optim.frozen_params")
     if frozen is not MISSING and not (
         isinstance(frozen, Sequence) and not isinstance(frozen, str) and all(isinstance(n, str) and n for n in frozen)
@@ -123,6 +131,16 @@ def cosine_between(start: float, end: float, total_steps: int) -> Schedule:
     return schedule
 
 
+def clip_each(max_norm: float) -> optax.GradientTransformation:
+    """Each gradient leaf scaled by min(1, max_norm / (||g|| + 1e-6)): DINO's per-parameter `clip_gradients`."""
+
+    def clip(updates, params=None):
+        del params
+        return jax.tree.map(lambda g: g * jnp.minimum(1.0, max_norm / (jnp.linalg.norm(g) + 1e-6)), updates)
+
+    return optax.stateless(clip)
+
+
 def path_mask(names: Sequence[str]) -> Callable:
     """A mask function over a parameter tree: True where the leaf's path ('head/last_layer/kernel') contains one of
     `names`."""
@@ -146,7 +164,8 @@ def adamw(optim: ml_collections.ConfigDict, schedule: Schedule, steps_per_epoch:
     no_bias_decay = (
         (lambda params: jax.tree.map(lambda p: p.ndim > 1, params)) if not optim.get("decay_biases", True) else None
     )
-    parts = [optax.adamw(schedule, weight_decay=decay, mask=no_bias_decay)]
+    parts = [clip_each(optim.clip_grad)] if optim.get("clip_grad", 0.0) > 0 else []
+    parts.append(optax.adamw(schedule, weight_decay=decay, mask=no_bias_decay))
     freeze_steps = round(optim.get("freeze_epochs", 0.0) * steps_per_epoch)
     if optim.get("frozen_params", ()) and freeze_steps > 0:
         thawed = lambda step: (jnp.asarray(step) >= freeze_steps).astype(jnp.float32)  # noqa: E731

@@ -188,7 +188,13 @@ def test_paper_preset_has_the_published_vit_s16_settings():
     o = c.optim
     assert (o.name, o.lr_weights, o.lr_batch_scaling, o.warmup_epochs, c.batch_size, c.num_epochs) == (
         "adamw", 5e-4, True, 10, 1024, 100)  # fmt: skip
-    assert (o.weight_decay, o.weight_decay_end, o.decay_biases, o.freeze_epochs) == (0.04, 0.4, False, 1.0)
+    assert (o.weight_decay, o.weight_decay_end, o.decay_biases, o.freeze_epochs, o.clip_grad) == (
+        0.04,
+        0.4,
+        False,
+        1.0,
+        3.0,
+    )
     assert o.end_lr_factor * o.lr_weights * 1024 / 256 == pytest.approx(1e-6)  # main_dino.py's min_lr
     assert c.augment.view1.crop_scale == (0.32, 1.0) and c.augment.local.crop_scale == (0.05, 0.32)
     d = dino_config("dinov2").method_kwargs

@@ -198,3 +198,13 @@ def test_vit_adamw_keys_are_checked():
         p.startswith("config.optim.frozen_params = 'x': must be a sequence of parameter names") for p in c.problems
     )
     assert any(p.startswith("config.optim.name = 'lars': must be 'adamw'") for p in c.problems)
+
+
+def test_clip_grad_scales_each_parameter_to_the_norm():
+    """DINO's clip_gradients: a leaf whose gradient norm exceeds clip_grad is scaled to it, the others untouched."""
+    from fetalssl_jax.train.optim import clip_each
+
+    grads = {"big": jnp.asarray([3.0, 4.0]), "small": jnp.asarray([0.3, 0.4])}
+    clipped, _ = clip_each(1.0).update(grads, clip_each(1.0).init(grads))
+    np.testing.assert_allclose(np.asarray(clipped["big"]), np.asarray([3.0, 4.0]) / (5.0 + 1e-6), rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(clipped["small"]), np.asarray(grads["small"]))

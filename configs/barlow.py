@@ -3,8 +3,9 @@
   python -m fetalssl_jax.main --config configs/barlow.py           # CPU demo on the embedded data (minutes)
   python -m fetalssl_jax.main --config configs/barlow.py:paper     # the paper's setting (GPU/TPU)
   python -m fetalssl_jax.main --config configs/barlow.py:tiny      # seconds; what the tests run
+  python -m fetalssl_jax.main --config configs/barlow.py:vit       # a ViT on the CPU (DINO's default backbone)
 
-Presets: default, tiny, paper. Any key can be overridden: --config.batch_size=256 --config.model.arch=resnet50.
+Presets: default, tiny, paper, vit. Any key can be overridden: --config.batch_size=256 --config.model.arch=resnet50.
 """
 
 from ml_collections import ConfigDict
@@ -39,11 +40,28 @@ def paper(c) -> None:
     c.optim.warmup_epochs = 10
 
 
-PRESETS = {"default": default, "tiny": tiny, "paper": paper}
+def vit(c) -> None:
+    """CPU demo of a ViT: DINO's default backbone and input (configs/dino.py: vit_micro, patch 8, 64 px) with the
+    recipe a ViT trains with: AdamW after a linear warm-up, cosine to 1 %, weight decay 0.05 except on biases,
+    LayerNorm and LayerScale, instead of LARS (docs/design.md, "Recipes by budget")."""
+    default(c)
+    c.model = presets.vit_model("vit_micro", 8)
+    c.num_epochs = 8
+    c.optim.name = "adamw"
+    c.optim.lr_weights = 2e-3  # x batch/256
+    c.optim.lr_batch_scaling = True
+    c.optim.warmup_epochs = 1.0
+    c.optim.end_lr_factor = 0.01
+    c.optim.weight_decay = 0.05
+    c.optim.decay_biases = False
+    c.eval.every_steps = -1
+
+
+PRESETS = {"default": default, "tiny": tiny, "paper": paper, "vit": vit}
 
 
 def get_config(arg: str | None = None):
-    """Barlow Twins config; `arg` names a preset (default, tiny, paper) optionally followed by ,key=value."""
+    """Barlow Twins config; `arg` names a preset (default, tiny, paper, vit) optionally followed by ,key=value."""
     c = presets.base_config()
     c.method = "barlow_twins"
     c.method_kwargs = ConfigDict(default_kwargs())

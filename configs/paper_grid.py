@@ -33,7 +33,8 @@ def _inits(c, preset: str) -> tuple:
         f"{preset},model.arch={model.arch},model.width={model.width},eval.compare_random_init=False,progress_bar=False"
     )
     files = config_lib.method_config_files(CONFIGS)  # one row per method, named by its `method` key
-    return (*(f"{method}={file}:{args}" for method, file in files.items()), "random")
+    resnet = {m: f for m, f in files.items() if "width" in config_lib.load_config(str(f)).model}  # not ViT methods
+    return (*(f"{method}={file}:{args}" for method, file in resnet.items()), "random")
 
 
 def default(c) -> None:

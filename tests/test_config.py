@@ -24,7 +24,7 @@ def test_preset_with_inline_overrides():
 
 
 def test_unknown_preset_lists_the_presets():
-    with pytest.raises(ValueError, match=r"unknown preset 'huge'.*\['default', 'paper', 'tiny'\]"):
+    with pytest.raises(ValueError, match=r"unknown preset 'huge'.*\['default', 'paper', 'tiny', 'vit'\]"):
         load_config(f"{BARLOW}:huge")
 
 

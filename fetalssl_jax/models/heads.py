@@ -1,4 +1,4 @@
-"""Projection heads shared by the joint-embedding methods."""
+"""Projection heads: the joint-embedding methods' MLP heads and the self-distillation head (DINO, iBOT)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 
@@ -52,3 +53,51 @@ class TwoViewEmbedder(nn.Module):
     def __call__(self, views: tuple[jnp.ndarray, jnp.ndarray], train: bool = True) -> tuple[jnp.ndarray, jnp.ndarray]:
         x1, x2 = views
         return self.embed(x1, train), self.embed(x2, train)
+
+
+class WeightNormDense(nn.Module):
+    """Linear without bias whose weight is weight-normalised per output unit (torch `weight_norm(Linear)`, dim 0):
+    each output's weight vector is `kernel[:, j] / ||kernel[:, j]||`, times a learned length `scale` [1, out]
+    (initialised to 1) unless `fixed_norm`. The direction is initialised as PyTorch's Linear (uniform in
+    +-1/sqrt(in)). float32 inside."""
+
+    features: int
+    fixed_norm: bool = True
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        fan_in = x.shape[-1]
+        bound = 1.0 / fan_in**0.5
+        uniform = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)  # noqa: E731
+        kernel = self.param("kernel", uniform, (fan_in, self.features))
+        kernel = kernel / jnp.linalg.norm(kernel, axis=0, keepdims=True)
+        if not self.fixed_norm:
+            kernel = kernel * self.param("scale", nn.initializers.ones, (1, self.features))
+        return jnp.asarray(x, jnp.float32) @ kernel
+
+
+class DINOHead(nn.Module):
+    """DINO's projection head (Caron et al. 2021; DINOv2 and iBOT use the same): `layers - 1` times Linear -> exact
+    GELU to `hidden` units, a Linear to `bottleneck`, the bottleneck L2-normalised, then a weight-normalised Linear
+    without bias to `out_dim` prototypes (`last_layer`; its norm fixed to 1 with `norm_last_layer`, the reference's
+    default). MLP weights normal(0.02) and zero biases (the reference's trunc_normal(std=.02), cut at +-2: a plain
+    normal in practice). Returns float32 logits [..., out_dim]."""
+
+    out_dim: int
+    hidden: int = 2048
+    bottleneck: int = 256
+    layers: int = 3
+    norm_last_layer: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        sizes = [self.hidden] * (self.layers - 1) + [self.bottleneck]
+        x = x.astype(self.dtype)
+        for i, size in enumerate(sizes):
+            x = nn.Dense(size, dtype=self.dtype, kernel_init=nn.initializers.normal(0.02), name=f"linear{i}")(x)
+            if i < len(sizes) - 1:
+                x = nn.gelu(x, approximate=False)
+        x = x.astype(jnp.float32)
+        x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # torch F.normalize
+        return WeightNormDense(self.out_dim, self.norm_last_layer, name="last_layer")(x)

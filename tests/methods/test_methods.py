@@ -22,6 +22,7 @@ CONFIGS = {
     "autoencoder": "autoencoder.py",
     "barlow_twins": "barlow.py",
     "byol": "byol.py",
+    "dino": "dino.py",
     "inpainting": "inpainting.py",
     "moco": "moco.py",
     "reorder": "reorder.py",
@@ -30,7 +31,7 @@ CONFIGS = {
 }
 
 
-def test_registry_has_the_eight_methods_and_names_unknown_ones():
+def test_registry_has_every_method_and_names_unknown_ones():
     assert registered_methods() == sorted(CONFIGS)
     with pytest.raises(ValueError, match=r"unknown method .swav.*barlow_twins"):
         get_method("swav")
@@ -41,7 +42,8 @@ def test_config_presets_load(method):
     for preset in ("", "tiny", "paper"):
         config = load_config(f"{REPO / 'configs' / CONFIGS[method]}:{preset}")
         assert config.method == method
-    assert config.model.arch == "resnet50" and config.data.image_size == 256  # paper preset
+    paper = ("vit_small", 224) if method == "dino" else ("resnet50", 256)
+    assert (config.model.arch, config.data.image_size) == paper  # paper preset
 
 
 @pytest.mark.parametrize("method", sorted(set(CONFIGS) - {"barlow_twins"}))  # barlow: test_train.py

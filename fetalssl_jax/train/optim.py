@@ -33,6 +33,7 @@ def check_config(c: Checks) -> None:
     c.non_negative_number("optim.warmup_epochs")
     c.probability("optim.end_lr_factor")
     c.boolean("optim.lr_batch_scaling")
+    c.below_one("optim.adam_b2")
     if c.get("optim.schedule") == "step":
         c.positive_number("optim.step_decay_epochs")
         c.positive_number("optim.step_decay_factor")
@@ -118,7 +119,8 @@ def make_optimizer(
             optax.sgd(schedule, momentum=optim.momentum),
         )
     elif optim.name == "adamw":
-        tx = optax.adamw(schedule, weight_decay=optim.weight_decay)
+        # adam_b2: a config may set Adam's second-moment decay (MAE: 0.95); optax's 0.999 otherwise
+        tx = optax.adamw(schedule, b2=optim.get("adam_b2", 0.999), weight_decay=optim.weight_decay)
     else:
         raise ValueError(f"unknown optimiser {optim.name!r}; choose one of {OPTIMIZERS}")
     return Optimizer(tx, {"lr": schedule})

@@ -23,6 +23,7 @@ CONFIGS = {
     "barlow_twins": "barlow.py",
     "byol": "byol.py",
     "inpainting": "inpainting.py",
+    "mae": "mae.py",
     "moco": "moco.py",
     "reorder": "reorder.py",
     "simclr": "simclr.py",
@@ -30,7 +31,7 @@ CONFIGS = {
 }
 
 
-def test_registry_has_the_eight_methods_and_names_unknown_ones():
+def test_registry_has_every_method_and_names_unknown_ones():
     assert registered_methods() == sorted(CONFIGS)
     with pytest.raises(ValueError, match=r"unknown method .swav.*barlow_twins"):
         get_method("swav")
@@ -41,10 +42,12 @@ def test_config_presets_load(method):
     for preset in ("", "tiny", "paper"):
         config = load_config(f"{REPO / 'configs' / CONFIGS[method]}:{preset}")
         assert config.method == method
-    assert config.model.arch == "resnet50" and config.data.image_size == 256  # paper preset
+    # paper preset: the paper's ResNet-50 at 256 px; MAE: the reference's ViT-B/16 at 224 px
+    expected = ("vit_base", 224) if method == "mae" else ("resnet50", 256)
+    assert (config.model.arch, config.data.image_size) == expected
 
 
-@pytest.mark.parametrize("method", sorted(set(CONFIGS) - {"barlow_twins"}))  # barlow: test_train.py
+@pytest.mark.parametrize("method", sorted(set(CONFIGS) - {"barlow_twins", "mae"}))  # test_train.py, test_mae.py
 def test_tiny_pretraining_end_to_end(method, tmp_path):
     config = load_config(f"{REPO / 'configs' / CONFIGS[method]}:tiny")
     set_by_path(config, "num_steps", 4)

@@ -9,7 +9,8 @@
 Running it again skips pretraining runs and cells that are finished. Each pretraining method is trained once;
 seeds vary the downstream label subset, head and augmentations, identically for every init, so results.md
 compares each init with `baseline` (random init) paired by seed. The backbone architecture is shared: the
-classification config's `model` is applied to the pretraining configs too.
+classification config's `model` is applied to the pretraining configs too (a method whose config trains the other
+family, a ViT for a ResNet, is left out).
 
 A label budget is `labels_per_class` images of every class (2, 5, 10, 25 by default) or a fraction of the training
 split (`label_fractions`: the full set by default; the paper's 100 ... 1 % in `paper`). Every budget uses every
@@ -23,6 +24,7 @@ import pathlib
 from ml_collections import ConfigDict
 
 from fetalssl_jax import config_lib
+from fetalssl_jax.models.backbone import is_vit
 
 CONFIGS = pathlib.Path(__file__).resolve().parent
 
@@ -33,8 +35,10 @@ def _inits(c, preset: str) -> tuple:
         f"{preset},model.arch={model.arch},model.width={model.width},eval.compare_random_init=False,progress_bar=False"
     )
     files = config_lib.method_config_files(CONFIGS)  # one row per method, named by its `method` key
-    resnet = {m: f for m, f in files.items() if "width" in config_lib.load_config(str(f)).model}  # not ViT methods
-    return (*(f"{method}={file}:{args}" for method, file in resnet.items()), "random")
+    # one backbone for every row: a method whose config trains the other family (a ViT for a ResNet) is left out
+    vit = is_vit(model.arch)
+    files = {m: f for m, f in files.items() if is_vit(config_lib.load_config(f"{f}:{preset}").model.arch) == vit}
+    return (*(f"{method}={file}:{args}" for method, file in files.items()), "random")
 
 
 def default(c) -> None:

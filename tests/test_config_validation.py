@@ -14,7 +14,7 @@ from fetalssl_jax.validation import ConfigError
 
 CONFIGS = REPO / "configs"
 BT = "barlow"
-PRETRAINING = ("barlow", "vicreg", "simclr", "moco", "byol", "autoencoder", "inpainting", "reorder")
+PRETRAINING = ("barlow", "vicreg", "simclr", "moco", "byol", "autoencoder", "inpainting", "reorder", "mae")
 TOOLS = ("embed", "predict", "select", "gradcam", "tsne", "export")
 
 
@@ -86,7 +86,7 @@ PRETRAINING_CASES = [
     (BT, {"augment.view1.crop_scale": (0.9, 0.2)}, "config.augment.view1.crop_scale = (0.9, 0.2): must be "
                                                          "(low, high) with low <= high"),
     (BT, {"method": "barlow"}, "config.method = 'barlow': must be one of 'autoencoder', 'barlow_twins', "
-                                     "'byol', 'dino', 'inpainting', 'moco', 'reorder', 'simclr', 'vicreg'"),
+                                     "'byol', 'dino', 'inpainting', 'mae', 'moco', 'reorder', 'simclr', 'vicreg'"),
     (BT, {"model.arch": "resnet9"}, "config.model.arch = 'resnet9': must be one of 'resnet10', 'resnet18', "
                                           "'resnet34', 'resnet50', 'resnet101', 'resnet152', "
                                           "'vit_micro', 'vit_tiny', 'vit_small', 'vit_base'"),

@@ -49,6 +49,7 @@ def check_config(c: Checks) -> None:
     c.non_negative_number("optim.warmup_epochs")
     c.probability("optim.end_lr_factor")
     c.boolean("optim.lr_batch_scaling")
+    c.below_one("optim.adam_b2")
     if c.get("optim.schedule") == "step":
         c.positive_number("optim.step_decay_epochs")
         c.positive_number("optim.step_decay_factor")
@@ -158,14 +159,15 @@ def path_mask(names: Sequence[str]) -> Callable:
 def adamw(optim: ml_collections.ConfigDict, schedule: Schedule, steps_per_epoch: int, total_steps: int) -> Optimizer:
     """optax's AdamW with `schedule`; with the `VIT_ADAMW_KEYS` a cosine weight decay, no decay of ndim <= 1
     parameters and frozen parameters for the first epochs (see the module docstring)."""
+    b2 = optim.get("adam_b2", 0.999)  # Adam's second-moment decay: MAE's 0.95, optax's 0.999 by default
     if not any(key in optim for key in VIT_ADAMW_KEYS):
-        return Optimizer(optax.adamw(schedule, weight_decay=optim.weight_decay), {"lr": schedule})
+        return Optimizer(optax.adamw(schedule, b2=b2, weight_decay=optim.weight_decay), {"lr": schedule})
     decay = cosine_between(optim.weight_decay, optim.get("weight_decay_end", optim.weight_decay), total_steps)
     no_bias_decay = (
         (lambda params: jax.tree.map(lambda p: p.ndim > 1, params)) if not optim.get("decay_biases", True) else None
     )
     parts = [clip_each(optim.clip_grad)] if optim.get("clip_grad", 0.0) > 0 else []
-    parts.append(optax.adamw(schedule, weight_decay=decay, mask=no_bias_decay))
+    parts.append(optax.adamw(schedule, b2=b2, weight_decay=decay, mask=no_bias_decay))
     freeze_steps = round(optim.get("freeze_epochs", 0.0) * steps_per_epoch)
     if optim.get("frozen_params", ()) and freeze_steps > 0:
         thawed = lambda step: (jnp.asarray(step) >= freeze_steps).astype(jnp.float32)  # noqa: E731

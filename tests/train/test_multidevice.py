@@ -6,7 +6,7 @@ per-device code), so what can differ between methods is what each family adds to
 family is checked (about 3 minutes): Barlow Twins (two views; batch statistics in the loss and the projector's BN),
 MoCo (the momentum family: an EMA target and a queue in the train state), inpainting (the reconstruction family:
 a decoder's BN and a per-sample random rectangle) and reorder (clips and their permutations).
-FETALSSL_TEST_ALL_METHODS=1 checks all eight (SimCLR, VICReg, BYOL and the autoencoder too; about 6 minutes).
+FETALSSL_TEST_ALL_METHODS=1 checks all of them (SimCLR, VICReg, BYOL, the autoencoder and MAE too; about 7 minutes).
 """
 
 import json
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 FAMILIES = ["barlow_twins", "moco", "inpainting", "reorder"]
-OTHERS = ["simclr", "vicreg", "byol", "autoencoder"]
+OTHERS = ["simclr", "vicreg", "byol", "autoencoder", "mae"]
 ALL_METHODS = os.environ.get("FETALSSL_TEST_ALL_METHODS", "") == "1"
 METHODS = FAMILIES + (OTHERS if ALL_METHODS else [])
 

@@ -210,7 +210,7 @@ def main() -> None:
 
     from fetalssl_jax.config_lib import load_config
     from fetalssl_jax.downstream.export import export_torch
-    from fetalssl_jax.eval.evaluator import RANDOM_INIT, SSL_START
+    from fetalssl_jax.eval.evaluator import SSL_START, random_init_name
     from fetalssl_jax.train.loop import train
 
     write_scans(root, args.seed, args.videos, args.patients, args.size, args.screen_margin)
@@ -231,8 +231,9 @@ def main() -> None:
         result = train(config, run)
         ev = result.evaluation
         name = next(iter(ev.knn))
-        knn_diff = ev.knn_differences[RANDOM_INIT][name]
-        probe_diff = ev.few_label.differences[RANDOM_INIT][name][SHOTS]
+        random_init = random_init_name(config.model)
+        knn_diff = ev.knn_differences[random_init][name]
+        probe_diff = ev.few_label.differences[random_init][name][SHOTS]
         probe_vs_start = ev.few_label.differences[SSL_START][name][SHOTS]
         exported = export_torch(run, root / f"barlow_{steps}.safetensors")
         state = load_file(str(exported))
@@ -240,7 +241,7 @@ def main() -> None:
                                 config.data.image_size)  # fmt: skip
         rows.append({
             "steps": steps,
-            "knn": _format(ev.knn[name], False), "knn_random": _format(ev.knn[RANDOM_INIT], False),
+            "knn": _format(ev.knn[name], False), "knn_random": _format(ev.knn[random_init], False),
             "knn_minus_random": _format(knn_diff), "probe_minus_random": _format(probe_diff),
             "probe_minus_ssl_start": _format(probe_vs_start),
             "outside_probe": f"{outside['ssl'].mean():.3f}", "outside_random": f"{outside['random'].mean():.3f}",

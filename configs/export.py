@@ -1,5 +1,6 @@
-"""Export a trained model: a backbone for PyTorch users (a state dict with torchvision ResNet names), or a backbone or
-a whole plane classifier as ONNX (onnxruntime at the scanner: predict reads the file as its classifier).
+"""Export a trained model: a backbone for PyTorch users (a state dict with torchvision ResNet names, or timm
+VisionTransformer names for a ViT), or a backbone or a whole plane classifier as ONNX (onnxruntime at the scanner:
+predict reads the file as its classifier).
 
   python -m fetalssl_jax.main --config configs/export.py --config.backbone=workdirs/barlow_twins --workdir runs/export
   python -m fetalssl_jax.main --config configs/export.py --config.classifier=runs/classify --config.format=onnx \
@@ -16,6 +17,12 @@ size, the normalisation, the class names, the architecture and the project's ver
     model = torchvision.models.resnet18()
     missing, unexpected = model.load_state_dict(load_file("runs/export/backbone.safetensors"), strict=False)
     # missing == ['fc.weight', 'fc.bias']: the classifier head is not part of a backbone
+
+A ViT's line names the timm constructor that loads it strictly (also in the file's metadata, `timm_kwargs`)::
+
+    model = timm.models.vision_transformer.VisionTransformer(img_size=64, patch_size=8, in_chans=3, num_classes=0,
+        embed_dim=192, depth=12, num_heads=3, mlp_ratio=4.0, reg_tokens=0, init_values=None)
+    model.load_state_dict(load_file("runs/export/backbone.safetensors"), strict=True)
 """
 
 from fetalssl_jax import config_lib, presets

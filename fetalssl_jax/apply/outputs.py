@@ -69,17 +69,16 @@ def weights_digest(variables: Any) -> str:
 
 
 def model_identity(model: Backbone | PlaneClassifier | OnnxClassifier) -> dict[str, Any]:
-    """What a model is, whatever its path: kind, architecture, width, input size (and classes), weights digest (of
-    an ONNX file: its bytes)."""
+    """What a model is, whatever its path: kind, identity (architecture and width, or a ViT's architecture, patch
+    size, registers and LayerScale), input size (and classes), weights digest (of an ONNX file: its bytes)."""
     if isinstance(model, OnnxClassifier):
         digest = hashlib.sha256(pathlib.Path(model.source).read_bytes()).hexdigest()[:16]
         return {"kind": "onnx_classifier", "image_size": model.image_size, "classes": list(model.class_names),
                 "weights_sha256": digest}  # fmt: skip
     if isinstance(model, PlaneClassifier):
-        backbone = model.backbone
-        return {"kind": "classifier", "arch": backbone.arch, "width": backbone.width, "image_size": model.image_size,
+        return {"kind": "classifier", **model.spec.identity(), "image_size": model.image_size,
                 "classes": list(model.class_names), "weights_sha256": weights_digest(model.variables)}  # fmt: skip
-    return {"kind": model.kind, "arch": model.arch, "width": model.width, "image_size": model.image_size,
+    return {"kind": model.kind, **model.identity, "image_size": model.image_size,
             "weights_sha256": weights_digest(model.variables)}  # fmt: skip
 
 

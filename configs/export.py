@@ -6,12 +6,13 @@ predict reads the file as its classifier).
   python -m fetalssl_jax.main --config configs/export.py --config.classifier=runs/classify --config.format=onnx \
       --workdir runs/export
 
-Give one of `backbone` (a pretraining workdir, an exported backbone directory, or a classification run: its
-fine-tuned backbone) and `classifier` (a classification run: the whole classifier, format onnx only). Writes
-backbone.safetensors (backbone.npz with --config.format=npz, backbone.onnx with onnx) or classifier.onnx into
---workdir. The ONNX graph takes uint8 gray frames [N, S, S, 1] at the trained size S (N any) and does the
-preprocessing itself; it outputs features [N, D] or class probabilities [N, C]; its metadata_props hold the input
-size, the normalisation, the class names, the architecture and the project's version. In PyTorch::
+Give one of `backbone` (a pretraining workdir, an exported backbone directory, a classification run: its
+fine-tuned backbone, or a weights file: a DINOv2 file comes out in timm's layout) and `classifier` (a classification
+run: the whole classifier, format onnx only). Writes backbone.safetensors (backbone.npz with --config.format=npz,
+backbone.onnx with onnx) or classifier.onnx into --workdir. The ONNX graph takes uint8 gray frames [N, S, S, 1]
+at the trained size S (N any) and does the preprocessing itself; it outputs features [N, D] or class probabilities
+[N, C]; its metadata_props hold the input size, the normalisation, the class names, the architecture and the
+project's version. In PyTorch::
 
     from safetensors.torch import load_file
     model = torchvision.models.resnet18()

@@ -79,7 +79,7 @@ def paper(c) -> None:
 def vit(c) -> None:
     """A ViT-Tiny/8 at 64 px (configs/classify.py:vit, MAE's fine-tuning recipe) pretrained by every method's default
     preset that can (not the autoencoders); 5 and 25 labelled images per class and all of them, 3 seeds. A GPU's
-    grid: a ViT-Tiny/8 step costs about 80 times a width-16 ResNet-18's (FLOPs at 64 px)."""
+    grid (docs/running.md, "A ViT downstream": its cost on a CPU)."""
     c.classify = config_lib.load_config(f"{CONFIGS / 'classify.py'}:vit")
     c.inits = _inits(c, "default")
     c.labels_per_class = (5, 25)

@@ -1,13 +1,14 @@
 """The outputs of embed, predict and select belong to what made them, as a training run's checkpoints do.
 
 A run's fingerprint (`train.fingerprint`) is its config less the cosmetic keys and the locations (`input`,
-`backbone`, `classifier`, `data_dir`), plus `identity`: the model (kind, architecture, width, input size, class
-names, and the SHA-256 of its weights as loaded, so a moved or re-exported model is the same model and other
-weights in the same place are not) and the input (for files: the salted id, size and the SHA-256 of the first and
-last 64 KiB of every video / image listed, so a moved or copied folder is the same input and a rewritten file is
-not; for a built dataset: its name and split). `config.json` holds the config with `input`
-replaced by a salted hash of its path (`readers.salted_hash` with the input's `readers.id_salt`; `sources.csv`
-stays the only key from ids to files) and `identity`; `finished.json`, written last, marks complete outputs.
+`backbone`, `classifier`, `data_dir`), plus `identity`: the model (kind, architecture and width or a ViT's patch
+size, registers and LayerScale, input size, class names, and the SHA-256 of its weights as loaded, so a moved or
+re-exported model is the same model and other weights in the same place are not) and the input (for files: the
+salted id, size and the SHA-256 of the first and last 64 KiB of every video / image listed, so a moved or copied
+folder is the same input and a rewritten file is not; for a built dataset: its name and split). `config.json`
+holds the config with `input` replaced by a salted hash of its path (`readers.salted_hash` with the input's
+`readers.id_salt`; `sources.csv` stays the only key from ids to files) and `identity`; `finished.json`, written last,
+marks complete outputs.
 
 Against a workdir that holds outputs:
 - the same fingerprint, finished: nothing is rewritten ("up to date");

@@ -183,6 +183,14 @@ def find_backbone(spec: str | pathlib.Path) -> FoundBackbone | None:
     return stored_backbone(path)
 
 
+def own_variables(found: FoundBackbone) -> dict[str, Any]:
+    """`found`'s variables in this project's layout as its files hold them (a weights file converted at the input
+    size it records, a ResNet's at any)."""
+    if found.state_dict is None:
+        return found.variables
+    return fit_variables(found, {**found.identity, "dtype": "float32"}, found.image_size or MIN_IMAGE_SIZE)
+
+
 def fit_variables(found: FoundBackbone, model: Mapping[str, Any], image_size: int) -> dict[str, Any]:
     """`found`'s variables (numpy) for the backbone `model` at `image_size` inputs: names converted from a weights
     file, a ViT's position embeddings resampled to the input size and its training-only mask token dropped. Every
@@ -201,7 +209,7 @@ def fit_variables(found: FoundBackbone, model: Mapping[str, Any], image_size: in
         return torch_io.from_torch_state_dict(found.state_dict, expected, found.source)
     variables = found.variables
     shapes = jax.tree.map(np.shape, expected)
-    if set(variables) < set(expected) or jax.tree.map(np.shape, {k: variables[k] for k in expected}) != shapes:
+    if not set(expected) <= set(variables) or jax.tree.map(np.shape, {k: variables[k] for k in expected}) != shapes:
         raise DataError(f"{found.source}: backbone variables do not match {describe(description(model))}")
     return {k: jax.tree.map(np.asarray, variables[k]) for k in expected}
 

@@ -7,8 +7,9 @@ or timm VisionTransformer names for a ViT), or a backbone or a whole plane class
       --workdir runs/export
 
 write ``backbone.safetensors`` (``backbone.npz``, ``backbone.onnx``) or ``classifier.onnx`` into the workdir.
-`config.backbone` is a pretraining workdir, an exported backbone directory, or a classification run (its
-fine-tuned backbone); `config.classifier` a classification run. In PyTorch::
+`config.backbone` is a pretraining workdir, an exported backbone directory, a classification run (its
+fine-tuned backbone) or a weights file (a DINOv2 file, for one, comes out in timm's layout); `config.classifier` a
+classification run. In PyTorch::
 
     from safetensors.torch import load_file
     model = torchvision.models.resnet18()
@@ -26,8 +27,8 @@ import json
 import pathlib
 from typing import Any
 
-from fetalssl_jax.downstream.backbones import stored_backbone
-from fetalssl_jax.errors import DataError
+from fetalssl_jax.downstream.backbones import find_backbone, own_variables
+from fetalssl_jax.errors import DataError, UserError
 from fetalssl_jax.models import torch_io, vit_io
 from fetalssl_jax.models.backbone import is_vit
 from fetalssl_jax.runtime.workdir import make_workdir
@@ -36,13 +37,13 @@ from fetalssl_jax.validation import Checks, raise_if
 
 
 def backbone_variables_of(path: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(variables, description) of the backbone in a pretraining workdir, exported backbone or classifier run; the
-    description's `identity` is `models.backbone.description` (arch and width, or a ViT's arch, patch size,
-    registers, LayerScale) and its `image_size` the input size (None where no file says)."""
-    found = stored_backbone(path)
+    """(variables, description) of the backbone in a pretraining workdir, exported backbone, classifier run or
+    weights file; the description's `identity` is `models.backbone.description` (arch and width, or a ViT's arch,
+    patch size, registers, LayerScale) and its `image_size` the input size (None where no file says)."""
+    found = find_backbone(path)
     if found is None:
         raise DataError(f"{path} holds no backbone (backbone.json) and no classifier (classifier.json)")
-    return found.variables, {**found.description, "identity": found.identity, "image_size": found.image_size}
+    return own_variables(found), {**found.description, "identity": found.identity, "image_size": found.image_size}
 
 
 def timm_loading_line(path: pathlib.Path, kwargs: dict[str, Any]) -> str:
@@ -100,7 +101,11 @@ def run(config, workdir: str | pathlib.Path) -> str:
     validate(config)
     workdir = make_workdir(workdir)
     if config.format != "onnx":
-        path, timm_kwargs = _export_torch(config.backbone, workdir / f"backbone.{config.format}")
+        out = workdir / f"backbone.{config.format}"
+        if out.resolve() == pathlib.Path(config.backbone.strip()).expanduser().resolve():
+            raise UserError(f"config.backbone = {config.backbone!r} is the file the export would write; choose "
+                            "another --workdir")  # fmt: skip
+        path, timm_kwargs = _export_torch(config.backbone, out)
         return f"wrote {path}" + (f"; load it with {timm_loading_line(path, timm_kwargs)}" if timm_kwargs else "")
     from fetalssl_jax.downstream import onnx_export
 

@@ -9,7 +9,7 @@ map, upsampled to the image and scaled to [0, 1] per image.
 ViT: the class token's attention to the patches in the last block, averaged over the heads (the map of DINO, Caron
 et al. 2021): the class token is what the head reads, and the last block is where it gathers from the patches. The
 block's input is read through the same interceptor and its attention weights recomputed from its qkv projection;
-the patch grid is upsampled bilinearly to the image and scaled to [0, 1] per image. It is chosen over Grad-CAM on the
+the patch grid is upsampled bilinearly to the image and stretched to [0, 1] per image. It is chosen over Grad-CAM on the
 patch tokens, whose gradients through the last block's MLP flip sign from patch to patch and speckle the map. Unlike
 Grad-CAM it does not depend on the class explained: it shows what the class token looked at, whatever it decided.
 
@@ -112,7 +112,9 @@ def _attention_input(model: Classifier, variables: dict[str, Any], images: jax.A
 
 def attention_map(model: Classifier, variables: dict[str, Any], images: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The ViT classifier's last-block attention of the class token to the patches, averaged over heads, as maps
-    [B, H, W] in [0, 1] (bilinear from the patch grid), and the logits [B, C] of normalised images [B, H, W, 3]."""
+    [B, H, W] (bilinear from the patch grid, stretched to [0, 1] per image: attention is positive everywhere, and
+    scaled by its maximum alone a near-even map would read as hot everywhere), and the logits [B, C] of normalised
+    images [B, H, W, 3]."""
     vit = model.backbone
     last = f"blocks_{vit.depth - 1}"
     logits, x = _attention_input(model, variables, images, last)  # [B, T, D]
@@ -125,7 +127,8 @@ def attention_map(model: Classifier, variables: dict[str, Any], images: jax.Arra
     patches = jnp.mean(weights[:, :, vit.num_prefix_tokens :], axis=1)  # [B, N]: registers left out
     h, w = images.shape[1] // vit.patch_size, images.shape[2] // vit.patch_size
     maps = jax.image.resize(patches.reshape(b, h, w), (b, *images.shape[1:3]), method="bilinear")
-    return maps / jnp.maximum(jnp.max(maps, axis=(1, 2), keepdims=True), 1e-12), logits
+    low, high = jnp.min(maps, axis=(1, 2), keepdims=True), jnp.max(maps, axis=(1, 2), keepdims=True)
+    return (maps - low) / jnp.maximum(high - low, 1e-12), logits
 
 
 def overlay_grid(

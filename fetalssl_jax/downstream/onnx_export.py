@@ -39,13 +39,14 @@ FEATURES = {"resnet": "the pooled layer4 features", "vit": "the class token afte
 
 
 def export_backbone(backbone: str | pathlib.Path, out: pathlib.Path, image_size: int | None = None) -> pathlib.Path:
-    """The backbone of a pretraining workdir, exported backbone directory or classification run as an ONNX graph
-    frames -> features [N, D] at `out`. `image_size` None: the size the files record (an error where none does)."""
-    from fetalssl_jax.downstream.backbones import fit_variables, stored_backbone
+    """The backbone of a pretraining workdir, exported backbone directory, classification run or weights file as an
+    ONNX graph frames -> features [N, D] at `out`. `image_size` None: the size the files record (an error where
+    none does)."""
+    from fetalssl_jax.downstream.backbones import find_backbone, fit_variables
     from fetalssl_jax.eval.frozen import eval_features
     from fetalssl_jax.models.backbone import create_backbone, is_vit
 
-    found = stored_backbone(backbone)
+    found = find_backbone(backbone)
     if found is None:
         raise DataError(f"{backbone} holds no backbone (backbone.json) and no classifier (classifier.json)")
     size = int(image_size or found.image_size or 0)

@@ -86,7 +86,8 @@ def describe(identity: Mapping[str, Any]) -> str:
     if not is_vit(identity.get("arch", "")):
         return f"a {identity.get('arch')}" + (f" of width {identity['width']}" if identity.get("width") else "")
     extras = [f"{identity['patch_size']}-pixel patches"] if identity.get("patch_size") else []
-    extras += [f"{identity['reg_tokens']} registers"] if identity.get("reg_tokens") else []
+    registers = identity.get("reg_tokens") or 0
+    extras += [f"{registers} register{'s' if registers > 1 else ''}"] if registers else []
     extras += ["LayerScale"] if identity.get("layer_scale") else []
     return f"a {identity['arch']}" + (f" with {' and '.join(extras)}" if extras else "")
 

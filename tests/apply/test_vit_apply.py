@@ -73,7 +73,7 @@ def test_a_timm_file_embeds_as_timm_at_its_own_size_or_another(tmp_path):
 
 def test_a_tool_names_the_vit_it_asked_for_and_the_keys_a_random_vit_needs(forms):
     _, _, _, paths = forms
-    with pytest.raises(DataError, match=r"holds a vit_micro with 8-pixel patches and 1 registers and LayerScale; "
+    with pytest.raises(DataError, match=r"holds a vit_micro with 8-pixel patches and 1 register and LayerScale; "
                                         r"asked for a vit_micro with 16-pixel patches"):  # fmt: skip
         load_backbone(paths["exported backbone"], patch_size=16)
     with pytest.raises(DataError, match=r"image_size = 36: not a multiple of .*ViT patch size 8"):

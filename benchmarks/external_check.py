@@ -214,7 +214,7 @@ def pretrain_and_probe(args, root: pathlib.Path, data_dir, videos_name: str, pla
 
     from fetalssl_jax.config_lib import load_config
     from fetalssl_jax.downstream.export import export_torch
-    from fetalssl_jax.eval.evaluator import RANDOM_INIT, SSL_START
+    from fetalssl_jax.eval.evaluator import SSL_START, random_init_name
     from fetalssl_jax.train.loop import train
 
     config = load_config(args.config)
@@ -226,15 +226,15 @@ def pretrain_and_probe(args, root: pathlib.Path, data_dir, videos_name: str, pla
         config.eval.dataset, config.eval.data_dir = planes_name, str(data_dir)
     run = root / f"barlow_{steps}"
     ev = train(config, run).evaluation
-    name = next(iter(ev.knn))
+    name, random_init = next(iter(ev.knn)), random_init_name(config.model)
     state = load_file(str(export_torch(run, root / f"barlow_{steps}.safetensors")))
     outside = outside_probe(root / "planes", {"ssl": state, "random": torchvision_default_init(state, 0)},
                             config.data.image_size)  # fmt: skip
     return {
         "steps": steps,
-        "knn": _format(ev.knn[name], False), "knn_random": _format(ev.knn[RANDOM_INIT], False),
-        "knn_minus_random": _format(ev.knn_differences[RANDOM_INIT][name]),
-        "probe_minus_random": _format(ev.few_label.differences[RANDOM_INIT][name][SHOTS]),
+        "knn": _format(ev.knn[name], False), "knn_random": _format(ev.knn[random_init], False),
+        "knn_minus_random": _format(ev.knn_differences[random_init][name]),
+        "probe_minus_random": _format(ev.few_label.differences[random_init][name][SHOTS]),
         "probe_minus_ssl_start": _format(ev.few_label.differences[SSL_START][name][SHOTS]),
         "outside_probe": f"{outside['ssl'].mean():.3f}", "outside_random": f"{outside['random'].mean():.3f}",
         "outside_minus_random": _interval(outside["ssl"] - outside["random"]),

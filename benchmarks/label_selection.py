@@ -49,7 +49,7 @@ from fetalssl_jax.eval.few_label import (
     standardise,
 )
 from fetalssl_jax.eval.frozen import extract_features
-from fetalssl_jax.models.resnet import create_resnet
+from fetalssl_jax.models.backbone import create_backbone
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ARMS = ("typical", "k-center", "random")  # names in STRATEGIES; the differences are to the last
@@ -194,10 +194,10 @@ def main() -> None:
     test = splits["test"]
     pools = [make_pool(name, config, splits, args.min_gap) for name in args.pools.split(",")]
     num_classes = len(sources.class_names(config))
-    backbone = create_resnet(config.model.arch, width=config.model.width, dtype=config.model.dtype)
+    backbone = create_backbone(config.model, config.data.image_size)
     rows = []
     for spec in args.inits.split(","):
-        init = resolve_backbone(spec, config.model.arch, int(config.model.width), config.seed)
+        init = resolve_backbone(spec, config.model, config.data.image_size, config.seed)
         name = "random init"
         if init.kind != "random":
             name = f"{init.description.get('identity', {}).get('method')} ({pathlib.Path(spec).name})"

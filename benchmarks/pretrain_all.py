@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from fetalssl_jax.config_lib import load_config, method_config_files, parse_value, set_by_path
-from fetalssl_jax.eval.evaluator import RANDOM_INIT, SSL_START
+from fetalssl_jax.eval.evaluator import SSL_START, random_init_name
 from fetalssl_jax.train.loop import train
 from fetalssl_jax.train.monitor import read_metrics
 
@@ -59,10 +59,11 @@ def main() -> None:
         change = next(r["weight_change/all"] for r in reversed(records) if "weight_change/all" in r)
         ev = result.evaluation
         row = next(iter(ev.knn))
-        diff = ev.few_label.differences[RANDOM_INIT][row][SHOTS]
+        random_init = random_init_name(config.model)  # torchvision's init of a ResNet, timm's of a ViT
+        diff = ev.few_label.differences[random_init][row][SHOTS]
         loss = float(np.mean([r["loss"] for r in records[-10:]]))
         rows.append((config.method, loss, change, ev.knn[row], ev.few_label.scores[row][SHOTS], diff, speed))
-        for base in (RANDOM_INIT, SSL_START):
+        for base in (random_init, SSL_START):
             baselines.setdefault(base, (ev.knn[base], ev.few_label.scores[base][SHOTS]))
         print(json.dumps({"method": config.method, "wall_s": round(wall, 1), "images_per_s": round(speed, 1)}))
 

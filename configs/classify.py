@@ -6,9 +6,15 @@
   python -m fetalssl_jax.main --config configs/classify.py --config.init=resnet18_imagenet.safetensors \
       --config.model.width=64
   python -m fetalssl_jax.main --config configs/classify.py:paper --config.init=runs/bt      # the paper's setting
+  python -m fetalssl_jax.main --config configs/classify.py:vit --config.init=workdirs/dino   # a ViT-Tiny/8
+  python -m fetalssl_jax.main --config configs/classify.py:vit --config.init=dinov2_vits14.safetensors \
+      --config.model.arch=vit_small --config.model.patch_size=14 --config.data.image_size=70
 
-`init` is "random", a pretraining workdir, an exported backbone directory, or a .safetensors/.npz file with
-torchvision/timm ResNet names (e.g. ImageNet weights). Presets: default (CPU, embedded data), tiny, paper.
+`init` is "random", a pretraining workdir, an exported backbone directory, a classification run (its fine-tuned
+backbone), or a .safetensors/.npz file: torchvision/timm ResNet names (e.g. ImageNet weights) or a timm / DINO /
+DINOv2-named ViT (e.g. UltraDINO or DINOv2 weights). The file's architecture must be the config's `model`: the error
+names the overrides that fit. Presets: default (CPU, embedded data), tiny, paper, vit (a ViT-Tiny/8 at 64 px with
+the MAE fine-tuning recipe), tiny_vit.
 """
 
 from ml_collections import ConfigDict
@@ -48,11 +54,39 @@ def paper(c) -> None:
     c.batch_size = 128
 
 
-PRESETS = {"default": default, "tiny": tiny, "paper": paper}
+def vit(c) -> None:
+    """CPU: the ViT-Tiny/8 at 64 px of the ViT pretraining default, fine-tuned with MAE's recipe (He et al. 2022,
+    its FINETUNE.md) scaled to 300 steps of batch 32 (as the grid's cells), validated every 100 steps: AdamW at
+    lr 1e-3 x batch / 256, weight decay 0.05 (not on biases, norms, tokens, position embeddings), layer-wise
+    learning-rate decay 0.75, stochastic depth 0.1, 5 % linear warm-up then cosine to 0, no head dropout. Not
+    taken from it: mixup, CutMix, label smoothing and random erasing (the reference's RandAugment and flips stay)."""
+    c.model = presets.vit_model("vit_tiny", 8)
+    c.model.drop_path_rate = 0.1
+    c.num_steps, c.eval_every_steps, c.batch_size = 300, 100, 32
+    c.head.dropout = 0.0
+    c.optim.lr = 1e-3 * c.batch_size / 256
+    c.optim.weight_decay = 0.05
+    c.optim.layer_decay = 0.75
+    c.optim.schedule = "warmup_cosine"
+    c.optim.warmup_fraction = 0.05
+
+
+def tiny_vit(c) -> None:
+    """Seconds on a CPU: the vit preset with a 4-block ViT of width 64 (vit_micro, patch 8) at 32 px, for tests."""
+    tiny(c)
+    vit(c)
+    c.model = presets.vit_model("vit_micro", 8)
+    c.model.drop_path_rate = 0.1
+    c.num_steps, c.batch_size = -1, 16
+    c.optim.lr = 1e-3 * c.batch_size / 256
+
+
+PRESETS = {"default": default, "tiny": tiny, "paper": paper, "vit": vit, "tiny_vit": tiny_vit}
 
 
 def get_config(arg: str | None = None):
-    """Classification config; `arg` names a preset (default, tiny, paper) optionally followed by ,key=value."""
+    """Classification config; `arg` names a preset (default, tiny, paper, vit, tiny_vit) optionally followed by
+    ,key=value."""
     c = ConfigDict()
     c.task = "classify"
     c.method = "classify"  # names the default workdir
@@ -70,6 +104,11 @@ def get_config(arg: str | None = None):
     c.eval = presets.labelled_data()  # where the labelled images come from
     c.augment = ConfigDict({"num_ops": 5, "magnitude": 5.0, "hflip_prob": 0.5, "vflip_prob": 0.5})
     c.optim = ConfigDict({"name": "adamw", "lr": 1e-3, "weight_decay": 1e-6})
+    # a ViT's layer-wise learning-rate decay (BEiT / MAE): block i of L learns at lr x layer_decay^(L - i), the
+    # embeddings at lr x layer_decay^(L + 1), the head at lr; 1.0: off (a ResNet: must be 1.0)
+    c.optim.layer_decay = 1.0
+    c.optim.schedule = "constant"  # or "warmup_cosine": a linear warm-up, then cosine to 0 at the last step
+    c.optim.warmup_fraction = 0.0  # of the steps, with "warmup_cosine"
     c.batch_size = 128
     c.eval_batch_size = 256
     c.num_epochs = 100

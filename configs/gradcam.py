@@ -5,7 +5,8 @@
 
 Writes gradcam.png (a class-balanced random pick of the run's test images; titles: true / predicted plane, red
 when wrong) into --workdir. `stage` is the ResNet stage whose output is explained: 4 (layer4) as the paper, 3 for
-a finer map on small images.
+a finer map on small images. A ViT classifier's map is the class token's attention to the patches in its last
+block, averaged over the heads (`downstream/gradcam.py`); `stage` stays 4 then.
 """
 
 from fetalssl_jax import config_lib, presets

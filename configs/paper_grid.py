@@ -3,14 +3,17 @@
   python -m fetalssl_jax.main --config configs/paper_grid.py                  # CPU, embedded data (~4 h on 2 cores)
   python -m fetalssl_jax.main --config configs/paper_grid.py:tiny             # minutes; what the tests run
   python -m fetalssl_jax.main --config configs/paper_grid.py:paper            # the paper's grid (GPU/TPU)
+  python -m fetalssl_jax.main --config configs/paper_grid.py:vit              # a ViT-Tiny/8 grid (GPU)
   python -m fetalssl_jax.main --config configs/paper_grid.py \
       --config.inits='("bt=runs/bt","imagenet=resnet18.safetensors","random")'  # your own backbones
 
 Running it again skips pretraining runs and cells that are finished. Each pretraining method is trained once;
 seeds vary the downstream label subset, head and augmentations, identically for every init, so results.md
 compares each init with `baseline` (random init) paired by seed. The backbone architecture is shared: the
-classification config's `model` is applied to the pretraining configs too (a method whose config trains the other
-family, a ViT for a ResNet, is left out).
+grid pretrains the classification config's backbone (`model`: a ResNet's arch and width, a ViT's arch, patch size,
+registers and LayerScale) with every pretraining config among its inits. `vit`: the ViT-Tiny/8 of
+configs/classify.py:vit in every cell and every method that can pretrain it (not the autoencoders, which decode a
+ResNet's feature map); `tiny_vit` is its test size.
 
 A label budget is `labels_per_class` images of every class (2, 5, 10, 25 by default) or a fraction of the training
 split (`label_fractions`: the full set by default; the paper's 100 ... 1 % in `paper`). Every budget uses every
@@ -24,21 +27,21 @@ import pathlib
 from ml_collections import ConfigDict
 
 from fetalssl_jax import config_lib
-from fetalssl_jax.models.backbone import is_vit
 
 CONFIGS = pathlib.Path(__file__).resolve().parent
 
 
 def _inits(c, preset: str) -> tuple:
-    model = c.classify.model
-    args = (
-        f"{preset},model.arch={model.arch},model.width={model.width},eval.compare_random_init=False,progress_bar=False"
-    )
-    files = config_lib.method_config_files(CONFIGS)  # one row per method, named by its `method` key
-    # one backbone for every row: a method whose config trains the other family (a ViT for a ResNet) is left out
-    vit = is_vit(model.arch)
-    files = {m: f for m, f in files.items() if is_vit(config_lib.load_config(f"{f}:{preset}").model.arch) == vit}
-    return (*(f"{method}={file}:{args}" for method, file in files.items()), "random")
+    """Every method's config with `preset`, one row per method (named by its `method` key), and random init; a method
+    that cannot pretrain the classification config's backbone (grid.pretraining_config) is left out."""
+    from fetalssl_jax.downstream import grid
+    from fetalssl_jax.train import loop
+
+    args = f"{preset},eval.compare_random_init=False,progress_bar=False"
+    files = config_lib.method_config_files(CONFIGS)
+    inits = grid.parse_inits([f"{method}={file}:{args}" for method, file in files.items()])
+    fits = [i for i in inits if not loop.problems(grid.pretraining_config(i, c.classify.model))]
+    return (*(f"{i.name}={i.spec}" for i in fits), "random")
 
 
 def default(c) -> None:
@@ -73,11 +76,29 @@ def paper(c) -> None:
     c.label_fractions = (1.0, 0.5, 0.25, 0.1, 0.05, 0.01)
 
 
-PRESETS = {"default": default, "tiny": tiny, "paper": paper}
+def vit(c) -> None:
+    """A ViT-Tiny/8 at 64 px (configs/classify.py:vit, MAE's fine-tuning recipe) pretrained by every method's default
+    preset that can (not the autoencoders); 5 and 25 labelled images per class and all of them, 3 seeds. A GPU's
+    grid (docs/running.md, "A ViT downstream": its cost on a CPU)."""
+    c.classify = config_lib.load_config(f"{CONFIGS / 'classify.py'}:vit")
+    c.inits = _inits(c, "default")
+    c.labels_per_class = (5, 25)
+    c.seeds = (0, 1, 2)
+
+
+def tiny_vit(c) -> None:
+    """Minutes on a CPU: tiny's grid with a 4-block ViT of width 64 (classify.py:tiny_vit), Barlow Twins and random."""
+    tiny(c)
+    c.classify = config_lib.load_config(
+        f"{CONFIGS / 'classify.py'}:tiny_vit,eval.num_patients=20,num_steps=6,eval_every_steps=3"
+    )
+
+
+PRESETS = {"default": default, "tiny": tiny, "paper": paper, "vit": vit, "tiny_vit": tiny_vit}
 
 
 def get_config(arg: str | None = None):
-    """Grid config; `arg` names a preset (default, tiny, paper) optionally followed by ,key=value."""
+    """Grid config; `arg` names a preset (default, tiny, paper, vit, tiny_vit) optionally followed by ,key=value."""
     c = ConfigDict()
     c.task = "grid"
     c.method = "grid"  # names the default workdir

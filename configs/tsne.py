@@ -5,7 +5,8 @@ without labels?
   python -m fetalssl_jax.main --config configs/tsne.py --config.init=random --config.split=valid --workdir runs/tsne-r
 
 `init` takes what classification takes (configs/classify.py): random, a pretraining workdir, an exported backbone,
-a weights file; `model` must name its architecture and width. The labelled data are the classifier's (`eval.dataset`:
+a classification run, a ResNet or ViT weights file; `model` must name its architecture (a ViT: the vit preset, e.g.
+--config configs/tsne.py:vit --config.init=workdirs/dino). The labelled data are the classifier's (`eval.dataset`:
 the embedded set, or a built fetal_cardiac_planes dataset). Writes tsne_<split>.png and tsne_<split>.npz (the 2-D
 points, labels and patient ids) into --workdir.
 """
@@ -27,11 +28,16 @@ def tiny(c) -> None:
     c.eval.num_patients, c.eval.frames_per_patient = 10, 10
 
 
-PRESETS = {"default": default, "tiny": tiny}
+def vit(c) -> None:
+    """The ViT-Tiny/8 at 64 px of the ViT pretraining default."""
+    c.model = presets.vit_model("vit_tiny", 8)
+
+
+PRESETS = {"default": default, "tiny": tiny, "vit": vit}
 
 
 def get_config(arg: str | None = None):
-    """t-SNE config; `arg` names a preset (default, tiny) optionally followed by ,key=value."""
+    """t-SNE config; `arg` names a preset (default, tiny, vit) optionally followed by ,key=value."""
     c = presets.tool_config("tsne")
     c.seed = 0
     c.init = "random"

@@ -8,6 +8,7 @@ from __future__ import annotations
 from ml_collections import ConfigDict
 
 from fetalssl_jax.data.augment import default_view_config
+from fetalssl_jax.models.backbone import is_vit
 
 COMPILATION_CACHE_DIR = "~/.cache/fetalssl_jax/xla"  # JAX's persistent compilation cache of every run
 
@@ -46,6 +47,18 @@ def vit_model(arch: str = "vit_tiny", patch_size: int = 8) -> ConfigDict:
     c.drop_path_rate = 0.0  # stochastic depth of the last block (DINO ViT-S: 0.1)
     c.dtype = "float32"  # compute dtype: "float32" or "bfloat16"; parameters stay float32
     return c
+
+
+def set_backbone(c: ConfigDict, identity: dict) -> None:
+    """Makes `c`'s backbone the one `identity` names (`models.backbone.description`: arch and width, or a ViT's arch,
+    patch size, registers and LayerScale), keeping `c`'s own compute keys (dtype; a ResNet's conv_impl, a ViT's
+    stochastic depth) where the family stays; a ResNet config given a ViT gets `vit_model`'s other keys."""
+    if is_vit(identity["arch"]) != is_vit(c.model.arch):
+        dtype = c.model.dtype
+        c.model = vit_model(identity["arch"], identity["patch_size"]) if is_vit(identity["arch"]) else model()
+        c.model.dtype = dtype
+    for key, value in identity.items():
+        c.model[key] = value
 
 
 def tiny_vit_preset(c: ConfigDict) -> None:
@@ -263,7 +276,8 @@ def input_keys(c: ConfigDict) -> None:
 
 
 def backbone_keys(c: ConfigDict) -> None:
-    """Where a backbone comes from; its architecture, width and input size are read from the files when empty."""
+    """Where a backbone comes from; its architecture (a ResNet's width, a ViT's patch size) and input size are read
+    from the files when empty."""
     c.backbone = ""  # pretraining workdir, exported backbone, classification run, .safetensors/.npz, or "random"
-    c.model = ConfigDict({"arch": "", "width": 0})  # "" / 0: from the files; given: must match them
+    c.model = ConfigDict({"arch": "", "width": 0, "patch_size": 0})  # "" / 0: from the files; given: must match
     c.image_size = 0  # 0: the size the backbone was trained at (a weights file needs it)

@@ -19,7 +19,7 @@ def random_backbone(seed: int = 0, directory: pathlib.Path | None = None):
 
     if directory is None:
         return load_backbone("random", arch=ARCH, width=WIDTH, image_size=SIZE)
-    variables = resolve_backbone("random", ARCH, WIDTH, seed).variables
+    variables = resolve_backbone("random", {"arch": ARCH, "width": WIDTH}, SIZE, seed).variables
     export_backbone(directory, variables, {"identity": {"arch": ARCH, "width": WIDTH}, "image_size": SIZE})
     return load_backbone(directory)
 

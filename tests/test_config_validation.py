@@ -185,7 +185,9 @@ TOOL_CASES = [
     ("embed", {"image_size": 16}, "config.image_size = 16: must be an integer >= 32 (0: the size the backbone was "
                                   "trained at)"),
     ("embed", {"model.arch": "vit"}, "config.model.arch = 'vit': must be one of 'resnet10', 'resnet18', 'resnet34', "
-                                     "'resnet50', 'resnet101', 'resnet152'"),
+                                     "'resnet50', 'resnet101', 'resnet152', 'vit_micro', 'vit_tiny', 'vit_small', "
+                                     "'vit_base'"),
+    ("embed", {"model.patch_size": -8}, "config.model.patch_size = -8: must be an integer >= 0 (0: from the files)"),
     ("embed", {"frame_skip": 0}, "config.frame_skip = 0: must be a positive integer"),
     ("predict", {"fit": "squash"}, "config.fit = 'squash': must be one of 'stretch', 'crop_pad', 'pad'"),
     ("select", {"budget": 0}, "config.budget = 0: must be a positive integer"),

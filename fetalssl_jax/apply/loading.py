@@ -2,15 +2,16 @@
 
 Backbones: a pretraining workdir (``backbone/backbone.json``), an exported backbone directory (``backbone.json``),
 a classification run (``classifier/classifier.json``: its fine-tuned backbone), a ``.safetensors`` / ``.npz`` file
-with torchvision or timm ResNet names, or ``"random"``. Classifiers: a classification run (its workdir or its
-``classifier/`` directory), or its ONNX export (a ``.onnx`` file, run by onnxruntime: `apply/onnx_model.py`). A
-directory of another kind is an error that names the path, what it holds and the forms that are allowed.
+with torchvision or timm ResNet names or timm / DINO / DINOv2 ViT names, or ``"random"`` (`downstream/backbones.py`).
+A ResNet or a ViT: its identity (arch and width, or arch, patch size, registers, LayerScale) comes from the files.
+Classifiers: a classification run (its workdir or its ``classifier/`` directory), or its ONNX export (a ``.onnx``
+file, run by onnxruntime: `apply/onnx_model.py`). A directory of another kind is an error that names the path, what
+it holds and the forms that are allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from typing import Any
 
@@ -18,16 +19,14 @@ import flax.linen as nn
 
 from fetalssl_jax.apply.onnx_model import OnnxClassifier, load_onnx_classifier
 from fetalssl_jax.downstream import classification
-from fetalssl_jax.downstream.backbones import resolve_backbone
-from fetalssl_jax.downstream.export import recorded_image_size
+from fetalssl_jax.downstream.backbones import check_identity, find_backbone, fit_variables, resolve_backbone
 from fetalssl_jax.errors import DataError
-from fetalssl_jax.models import torch_io
-from fetalssl_jax.models.resnet import create_resnet
+from fetalssl_jax.models.backbone import backbone_variables, create_backbone, description, is_vit
 
 BACKBONE_FORMS = (
     "a pretraining workdir (backbone/backbone.json), an exported backbone directory (backbone.json), a "
-    "classification run (classifier/classifier.json), a .safetensors/.npz file with torchvision/timm ResNet names, "
-    "or 'random'"
+    "classification run (classifier/classifier.json), a .safetensors/.npz file with torchvision/timm ResNet names "
+    "or timm/DINO/DINOv2 ViT names, or 'random'"
 )
 CLASSIFIER_FORMS = (
     "a classification run's workdir (classifier/classifier.json), its classifier/ directory, or its ONNX export "
@@ -37,15 +36,24 @@ CLASSIFIER_FORMS = (
 
 @dataclasses.dataclass(frozen=True)
 class Backbone:
-    """A ResNet and its variables ({'params', 'batch_stats'}, numpy), the input size it expects, and its origin."""
+    """A ResNet or ViT and its variables (numpy: {'params'}, and {'batch_stats'} for a ResNet), what it is
+    (`identity`: `models.backbone.description`), the input size it expects, and its origin."""
 
     module: nn.Module
     variables: dict[str, Any]
-    arch: str
-    width: int
+    identity: dict[str, Any]
     image_size: int
     source: str
     kind: str  # "random", "pretrained", "weights_file" or "classifier"
+
+    @property
+    def arch(self) -> str:
+        return self.identity["arch"]
+
+    @property
+    def width(self) -> int | None:
+        """A ResNet's base width (None for a ViT)."""
+        return self.identity.get("width")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,10 +72,9 @@ class PlaneClassifier:
     @property
     def backbone(self) -> Backbone:
         """The classifier's (fine-tuned) backbone."""
-        s = self.spec
-        variables = {k: self.variables[k]["backbone"] for k in ("params", "batch_stats")}
-        module = create_resnet(s.arch, width=s.width, dtype=s.dtype, conv_impl=s.conv_impl)
-        return Backbone(module, variables, s.arch, s.width, s.image_size, self.source, "classifier")
+        module = self.spec.model().backbone
+        return Backbone(module, backbone_variables(self.variables), self.spec.identity(), self.spec.image_size,
+                        self.source, "classifier")  # fmt: skip
 
 
 def _find(path: pathlib.Path, name: str, sub: str) -> pathlib.Path | None:
@@ -92,58 +99,56 @@ def describe_directory(path: pathlib.Path) -> str:
     return f"no model files (entries: {entries[:8]}{' ...' if len(entries) > 8 else ''})" if entries else "nothing"
 
 
-def _check_identity(source: str, found: tuple[str, int], arch: str | None, width: int | None) -> tuple[str, int]:
-    if (arch and arch != found[0]) or (width and width != found[1]):
-        raise DataError(
-            f"{source} holds a {found[0]} of width {found[1]}; asked for {arch or found[0]} of width "
-            f"{width or found[1]} (leave model.arch / model.width empty to use what the files hold)"
-        )
-    return found
+def _random(arch: str | None, width: int | None, patch_size: int | None, image_size: int | None) -> Backbone:
+    """A random backbone: torchvision's init of a ResNet (arch, width), timm's of a ViT (arch, patch_size)."""
+    vit = bool(arch) and is_vit(arch)
+    if not (arch and (patch_size if vit else width) and image_size):
+        needs = "model.patch_size" if vit else "model.width"
+        raise DataError(f"a 'random' backbone needs model.arch, {needs} and image_size")
+    model = {"arch": arch, "patch_size": int(patch_size)} if vit else {"arch": arch, "width": int(width)}
+    init = resolve_backbone("random", model, int(image_size))
+    return Backbone(create_backbone(model, int(image_size)), init.variables, description(model), int(image_size),
+                    "random", "random")  # fmt: skip
 
 
 def load_backbone(
-    path: str | pathlib.Path, *, arch: str | None = None, width: int | None = None, image_size: int | None = None
-) -> Backbone:
-    """The backbone at `path` (see the module docstring). `arch`, `width`, `image_size`: None reads them from the
-    files (a weights file does not say its input size: give `image_size`); given, they must match the files.
-    'random' needs all three."""
+    path: str | pathlib.Path, *, arch: str | None = None, width: int | None = None, patch_size: int | None = None,
+    image_size: int | None = None,
+) -> Backbone:  # fmt: skip
+    """The backbone at `path` (see the module docstring). `arch`, `width` (a ResNet's), `patch_size` (a ViT's),
+    `image_size`: None reads them from the files (a ResNet weights file does not say its input size: give
+    `image_size`; a ViT's is that of its position embeddings); given, they must match the files ('random' needs
+    them)."""
     spec = str(path).strip()
     if spec == "random":
-        if not (arch and width and image_size):
-            raise DataError("a 'random' backbone needs model.arch, model.width and image_size")
-        init = resolve_backbone("random", arch, int(width))
-        return Backbone(create_resnet(arch, width=width), init.variables, arch, int(width), int(image_size),
-                        "random", "random")  # fmt: skip
+        return _random(arch, width, patch_size, image_size)
     path = pathlib.Path(spec).expanduser()
     if not path.exists():
         raise DataError(f"backbone {spec!r}: no such file or directory; use {BACKBONE_FORMS}")
-    if path.is_file():
-        state_dict = torch_io.load_state_dict_file(path)  # a .pth or another suffix: an error naming the forms
-        found_arch, found_width = _check_identity(str(path), torch_io.infer_resnet(state_dict, str(path)), arch, width)
-        if not image_size:
-            raise DataError(f"{path}: a weights file does not say its input size; set image_size (e.g. 224)")
-        init = resolve_backbone(str(path), found_arch, found_width)
-        return Backbone(create_resnet(found_arch, width=found_width), init.variables, found_arch, found_width,
-                        int(image_size), str(path), "weights_file")  # fmt: skip
-    directory = _find(path, "backbone.json", "backbone")
-    if directory is not None:
-        description = json.loads((directory / "backbone.json").read_text())
-        identity = description.get("identity", {})
-        found_arch, found_width = _check_identity(str(directory), (identity.get("arch"), identity.get("width")), arch,
-                                                  width)  # fmt: skip
-        size = image_size or recorded_image_size(directory, description)
-        if not size:
-            raise DataError(f"{directory}: backbone.json and config.json give no input size; set image_size")
-        init = resolve_backbone(str(directory), found_arch, int(found_width))
-        return Backbone(create_resnet(found_arch, width=found_width), init.variables, found_arch, int(found_width),
-                        int(size), init.source, "pretrained")  # fmt: skip
-    if _find(path, "classifier.json", "classifier") is not None:
+    classifier_run = _find(path, "backbone.json", "backbone") is None and _find(path, "classifier.json", "classifier")
+    if path.is_dir() and classifier_run:  # its backbone as the classifier computes it (its dtype)
         backbone = load_classifier(path).backbone
-        _check_identity(str(path), (backbone.arch, backbone.width), arch, width)
-        if image_size and image_size != backbone.image_size:
-            backbone = dataclasses.replace(backbone, image_size=int(image_size))
-        return backbone
-    raise DataError(f"{path} holds {describe_directory(path)}; a backbone is {BACKBONE_FORMS}")
+        check_identity(str(path), backbone.identity, _given(arch, width, patch_size), tool=True)
+        patch = backbone.identity.get("patch_size")
+        if image_size and patch and image_size % patch:
+            raise DataError(f"image_size = {image_size}: not a multiple of {path}'s ViT patch size {patch}")
+        return dataclasses.replace(backbone, image_size=int(image_size)) if image_size else backbone
+    found = find_backbone(path)  # a file that is no weights file: an error naming the formats
+    if found is None:
+        raise DataError(f"{path} holds {describe_directory(path)}; a backbone is {BACKBONE_FORMS}")
+    check_identity(found.source, found.identity, _given(arch, width, patch_size), tool=True)
+    size = image_size or found.image_size
+    if not size:
+        what = "a weights file does not say its input size" if path.is_file() else "its files give no input size"
+        raise DataError(f"{path}: {what}; set image_size (e.g. 224)")
+    model = {**found.identity, "dtype": "float32"}
+    return Backbone(create_backbone(model, int(size)), fit_variables(found, model, int(size)), found.identity,
+                    int(size), found.source, found.kind)  # fmt: skip
+
+
+def _given(arch: str | None, width: int | None, patch_size: int | None) -> dict[str, Any]:
+    """The identity keys a tool names (the others: from the files)."""
+    return {k: v for k, v in (("arch", arch), ("width", width), ("patch_size", patch_size)) if v}
 
 
 def load_classifier(path: str | pathlib.Path) -> PlaneClassifier | OnnxClassifier:

@@ -112,7 +112,9 @@ def _open(config: ml_collections.ConfigDict, workdir, load: Callable[[], Any], g
 
 
 def _backbone(config: ml_collections.ConfigDict) -> Callable[[], Backbone]:
-    return lambda: load_backbone(config.backbone, arch=config.model.arch or None, width=config.model.width or None,
+    model = config.model
+    return lambda: load_backbone(config.backbone, arch=model.arch or None, width=model.width or None,
+                                 patch_size=model.get("patch_size", 0) or None,
                                  image_size=config.image_size or None)  # fmt: skip
 
 

@@ -2,7 +2,9 @@
 
 The reference protocol: AdamW (lr 1e-3, wd 1e-6), class-weighted cross-entropy with weights from the training
 counts, RandAugment(5, 5) + horizontal and vertical flips on the device, resize only for inference, the epoch with
-the best validation balanced accuracy kept and scored on the test patients.
+the best validation balanced accuracy kept and scored on the test patients. The backbone is a ResNet or a ViT
+(`model.arch`); a ViT fine-tunes with BEiT / MAE's layer-wise learning-rate decay (`optim.layer_decay`,
+`downstream/optimizer.py`) and may warm up and decay its rate (`optim.schedule`).
 
 The labels are a stratified `label_fraction` of the training split or `labels_per_class` images of every class.
 Training runs `num_epochs` epochs, or, with `num_steps` > 0, that many optimiser steps whatever the subset size
@@ -43,12 +45,12 @@ from fetalssl_jax.data.randaugment import rand_augment_batch
 from fetalssl_jax.downstream import report
 from fetalssl_jax.downstream.backbones import BackboneInit, resolve_backbone
 from fetalssl_jax.downstream.labels import budget_name, choose_labels, class_weights
+from fetalssl_jax.downstream.optimizer import SCHEDULES, classifier_optimizer
 from fetalssl_jax.errors import DataError
 from fetalssl_jax.eval.frozen import map_batches, with_channel
 from fetalssl_jax.methods.base import apply_model
 from fetalssl_jax.models import backbone as backbone_lib
 from fetalssl_jax.models.classifier import Classifier, weighted_cross_entropy
-from fetalssl_jax.models.resnet import create_resnet
 from fetalssl_jax.runtime.sharding import batch_sharding, enable_compilation_cache, make_mesh, replicated
 from fetalssl_jax.runtime.workdir import make_workdir
 from fetalssl_jax.runtime.workdir_lock import exclusive_workdir
@@ -61,7 +63,7 @@ from fetalssl_jax.train.monitor import Monitor
 from fetalssl_jax.train.optim import Optimizer
 from fetalssl_jax.train.state import TrainState
 from fetalssl_jax.train.step import make_train_step
-from fetalssl_jax.validation import Checks, is_int, is_number, raise_if
+from fetalssl_jax.validation import MISSING, Checks, is_int, is_number, raise_if
 
 log = logging.getLogger("fetalssl_jax")
 
@@ -92,6 +94,11 @@ def problems(config: ml_collections.ConfigDict, prefix: str = "config") -> list[
     c.one_of("optim.name", ("adamw",))
     c.positive_number("optim.lr")
     c.non_negative_number("optim.weight_decay")
+    c.fraction("optim.layer_decay")
+    if c.get("optim.layer_decay") not in (1, MISSING) and not backbone_lib.is_vit(c.get("model.arch")):
+        c.fail("optim.layer_decay", c.get("optim.layer_decay"), "decays a ViT's blocks; must be 1.0 for a ResNet")
+    c.one_of("optim.schedule", SCHEDULES)
+    c.below_one("optim.warmup_fraction")
     for key in ("batch_size", "eval_batch_size", "eval_every_epochs"):
         c.integer(key)
     c.steps_and_epochs(integer_epochs=True)
@@ -108,7 +115,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class StepSpec:
-    """What the compiled functions depend on; equal specs share one compilation across grid cells."""
+    """What the compiled functions depend on; equal specs share one compilation across grid cells. The backbone is a
+    ResNet (`arch`, `width`, `conv_impl`) or a ViT (`arch`, `patch_size`, `reg_tokens`, `layer_scale`,
+    `drop_path_rate`); `layer_decay`, `schedule`, `warmup_steps` and `total_steps` shape the optimiser
+    (`downstream/optimizer.py`)."""
 
     arch: str
     width: int
@@ -125,34 +135,46 @@ class StepSpec:
     learning_rate: float
     weight_decay: float
     conv_impl: str = "auto"  # CPU convolutions as GEMMs ("auto" on the CPU backend), see models/conv.py
+    patch_size: int = 0  # a ViT's keys (0 for a ResNet)
+    reg_tokens: int = 0
+    layer_scale: float = 0.0
+    drop_path_rate: float = 0.0
+    layer_decay: float = 1.0  # a ViT's layer-wise learning-rate decay; 1: off
+    schedule: str = "constant"  # or "warmup_cosine" over total_steps
+    warmup_steps: int = 0
+    total_steps: int = 0
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, num_classes: int) -> StepSpec:
-        a = config.augment
+        a, m, o = config.augment, config.model, config.optim
+        vit = {k: m[k] for k in ("patch_size", "reg_tokens", "layer_scale", "drop_path_rate") if k in m}
         return cls(
-            config.model.arch, int(config.model.width), config.model.dtype, num_classes, float(config.head.dropout),
+            m.arch, int(m.get("width", 0)), m.dtype, num_classes, float(config.head.dropout),
             bool(config.head.batch_norm), config.mode, int(config.data.image_size), int(a.num_ops),
-            float(a.magnitude), float(a.hflip_prob), float(a.vflip_prob), float(config.optim.lr),
-            float(config.optim.weight_decay), config.model.get("conv_impl", "auto"),
+            float(a.magnitude), float(a.hflip_prob), float(a.vflip_prob), float(o.lr), float(o.weight_decay),
+            m.get("conv_impl", "auto"), **vit, layer_decay=float(o.get("layer_decay", 1.0)),
+            schedule=o.get("schedule", "constant"),
         )  # fmt: skip
 
+    def model_config(self) -> dict[str, Any]:
+        """The backbone's `model` keys (`models.backbone.create_backbone`)."""
+        if backbone_lib.is_vit(self.arch):
+            keys = ("arch", "patch_size", "reg_tokens", "layer_scale", "drop_path_rate", "dtype")
+        else:
+            keys = ("arch", "width", "dtype", "conv_impl")
+        return {k: getattr(self, k) for k in keys}
+
+    def identity(self) -> dict[str, Any]:
+        """What the backbone is (`models.backbone.description`), as backbone.json records it."""
+        return backbone_lib.description(self.model_config())
+
     def model(self) -> Classifier:
-        backbone = create_resnet(
-            self.arch, width=self.width, dtype=self.dtype, zero_init_residual=False, conv_impl=self.conv_impl
-        )
+        backbone = backbone_lib.create_backbone(self.model_config(), self.image_size, zero_init_residual=False)
         return Classifier(backbone, self.num_classes, self.dropout, self.head_batch_norm)
 
     def optimizer(self) -> optax.GradientTransformation:
-        adamw = optax.adamw(self.learning_rate, weight_decay=self.weight_decay)
-        if self.mode == "finetune":
-            return adamw
-
-        # Linear probe: the backbone is frozen (no update, no weight decay); only the head learns.
-        def labels(params):
-            return {name: jax.tree.map(lambda _, n=name: "frozen" if n == "backbone" else "train", subtree)
-                    for name, subtree in params.items()}  # fmt: skip
-
-        return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, labels)
+        return classifier_optimizer(self.arch, self.mode, self.learning_rate, self.weight_decay, self.layer_decay,
+                                    self.schedule, self.warmup_steps, self.total_steps)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,7 +313,7 @@ def load_classifier(directory: str | pathlib.Path) -> tuple[Classifier, dict[str
     description = json.loads((directory / "classifier.json").read_text())
     spec = StepSpec(**description["spec"])
     variables = ocp.StandardCheckpointer().restore(directory / "variables")
-    return spec.model(), variables, description, spec
+    return spec.model(), {"batch_stats": {}, **variables}, description, spec  # a ViT's head may have no BatchNorm
 
 
 def resolve_class_names(config: ml_collections.ConfigDict, splits: dict[str, Any]) -> tuple[str, ...]:
@@ -416,12 +438,15 @@ def _prepare(config: ml_collections.ConfigDict, workdir: pathlib.Path, splits: d
     })  # fmt: skip
     (workdir / "config.json").write_text(config_json(config, COSMETIC_KEYS))
     spec = StepSpec.from_config(config, len(class_names))
-    batch_size = _round_up(min(config.batch_size, len(labels)), compiled_functions(spec).mesh.size)
+    batch_size = _round_up(min(config.batch_size, len(labels)), jax.device_count())  # the mesh of all devices
+    steps = durations(config, -(-len(labels) // batch_size))
+    if spec.schedule != "constant":  # the schedule's length is the run's
+        warmup = round(config.optim.warmup_fraction * steps.total)
+        spec = dataclasses.replace(spec, warmup_steps=warmup, total_steps=steps.total)
     return _LabelledRun(
         config, workdir, splits, class_names, budget_name(config.label_fraction, config.labels_per_class),
-        with_channel(train_all.images[chosen]), labels, class_weights(labels, len(class_names)), spec,
-        durations(config, -(-len(labels) // batch_size)), batch_size,
-        resolve_backbone(config.init, spec.arch, spec.width, config.seed),
+        with_channel(train_all.images[chosen]), labels, class_weights(labels, len(class_names)), spec, steps,
+        batch_size, resolve_backbone(config.init, config.model, spec.image_size, config.seed),
     )  # fmt: skip
 
 
@@ -435,7 +460,9 @@ def _initial_state(run: _LabelledRun) -> TrainState:
         method=Classifier.logits_from_features,
     )  # fmt: skip
     params = {**head["params"], "backbone": init.variables["params"]}
-    batch_stats = {**head.get("batch_stats", {}), "backbone": init.variables["batch_stats"]}
+    batch_stats = dict(head.get("batch_stats", {}))  # a ViT has no BatchNorm: only the head's, if any
+    if "batch_stats" in init.variables:
+        batch_stats["backbone"] = init.variables["batch_stats"]
     log.info(
         "%s from %s (%s): %d training images (%s), %d steps (%.1f epochs), batch %d, %d validations",
         config.mode, init.source, init.kind, len(run.labels), run.budget, steps.total,

@@ -3,7 +3,8 @@
   python -m fetalssl_jax.main --config configs/tsne.py --config.init=workdirs/barlow_twins --workdir runs/tsne
 
 writes ``tsne_<split>.png`` and ``tsne_<split>.npz`` (the 2-D points, labels and patient ids) into the workdir.
-Any backbone `config.init` accepts works: random, a pretraining workdir, an exported backbone, a weights file.
+Any backbone `config.init` accepts works (`downstream/backbones.py`): random, a pretraining workdir, an exported
+backbone, a classification run, a ResNet or ViT weights file; a ViT's features are its class token.
 """
 
 from __future__ import annotations
@@ -57,12 +58,12 @@ def embed_backbone(config, out_dir: str | pathlib.Path, split: str = "test") -> 
     from fetalssl_jax.data import sources
     from fetalssl_jax.downstream.backbones import resolve_backbone
     from fetalssl_jax.eval.frozen import extract_features
-    from fetalssl_jax.models.resnet import create_resnet
+    from fetalssl_jax.models.backbone import create_backbone
 
     splits = sources.labelled_splits(config)
     data = splits[split]
-    init = resolve_backbone(config.init, config.model.arch, int(config.model.width), config.seed)
-    backbone = create_resnet(config.model.arch, width=config.model.width, dtype=config.model.dtype)
+    init = resolve_backbone(config.init, config.model, config.data.image_size, config.seed)
+    backbone = create_backbone(config.model, config.data.image_size)
     features = extract_features(backbone, init.variables, data.images, config.data.image_size, config.eval_batch_size)
     points = tsne_embedding(features, config.seed)
     out_dir = pathlib.Path(out_dir)

@@ -1,18 +1,24 @@
-"""Export a trained model: a backbone for PyTorch users (a ``.safetensors`` state dict with torchvision ResNet
-names), or a backbone or a whole plane classifier as ONNX (`downstream/onnx_export.py`).
+"""Export a trained model: a backbone for PyTorch users (a ``.safetensors`` state dict with torchvision ResNet names,
+or timm VisionTransformer names for a ViT), or a backbone or a whole plane classifier as ONNX
+(`downstream/onnx_export.py`).
 
   python -m fetalssl_jax.main --config configs/export.py --config.backbone=workdirs/barlow_twins --workdir runs/export
   python -m fetalssl_jax.main --config configs/export.py --config.classifier=runs/classify --config.format=onnx \
       --workdir runs/export
 
 write ``backbone.safetensors`` (``backbone.npz``, ``backbone.onnx``) or ``classifier.onnx`` into the workdir.
-`config.backbone` is a pretraining workdir, an exported backbone directory, or a classification run (its
-fine-tuned backbone); `config.classifier` a classification run. In PyTorch::
+`config.backbone` is a pretraining workdir, an exported backbone directory, a classification run (its
+fine-tuned backbone) or a weights file (a DINOv2 file, for one, comes out in timm's layout); `config.classifier` a
+classification run. In PyTorch::
 
     from safetensors.torch import load_file
     model = torchvision.models.resnet18()
     missing, unexpected = model.load_state_dict(load_file("runs/export/backbone.safetensors"), strict=False)
     # missing == ['fc.weight', 'fc.bias']: the classifier head is not part of a backbone
+
+A ViT loads strictly into ``timm.models.vision_transformer.VisionTransformer(**kwargs)`` (no head: num_classes=0);
+the printed line names the arguments, and ``safetensors.safe_open(path, "np").metadata()["timm_kwargs"]`` holds them
+as JSON.
 """
 
 from __future__ import annotations
@@ -21,49 +27,50 @@ import json
 import pathlib
 from typing import Any
 
-from fetalssl_jax.errors import DataError
-from fetalssl_jax.models import torch_io
+from fetalssl_jax.downstream.backbones import find_backbone, own_variables
+from fetalssl_jax.errors import DataError, UserError
+from fetalssl_jax.models import torch_io, vit_io
+from fetalssl_jax.models.backbone import is_vit
 from fetalssl_jax.runtime.workdir import make_workdir
 from fetalssl_jax.runtime.workdir_lock import exclusive_workdir
 from fetalssl_jax.validation import Checks, raise_if
 
 
-def recorded_image_size(directory: pathlib.Path, description: dict[str, Any]) -> int | None:
-    """The input size a pretraining run trained at: in backbone.json, else in the run's config.json."""
-    if description.get("image_size"):
-        return int(description["image_size"])
-    for config_file in (directory / "config.json", directory.parent / "config.json"):
-        if config_file.is_file():
-            size = json.loads(config_file.read_text()).get("data", {}).get("image_size")
-            return int(size) if size else None
-    return None
-
-
 def backbone_variables_of(path: str | pathlib.Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(variables, description) of the backbone in a pretraining workdir, exported backbone or classifier run; the
-    description's `identity` is {'arch', 'width'} and its `image_size` the input size (None where no file says)."""
-    from fetalssl_jax.train.checkpoint import load_backbone
+    """(variables, description) of the backbone in a pretraining workdir, exported backbone, classifier run or
+    weights file; the description's `identity` is `models.backbone.description` (arch and width, or a ViT's arch,
+    patch size, registers, LayerScale) and its `image_size` the input size (None where no file says)."""
+    found = find_backbone(path)
+    if found is None:
+        raise DataError(f"{path} holds no backbone (backbone.json) and no classifier (classifier.json)")
+    return own_variables(found), {**found.description, "identity": found.identity, "image_size": found.image_size}
 
-    path = pathlib.Path(path)
-    for directory in (path, path / "backbone"):
-        if (directory / "backbone.json").is_file():
-            variables, description = load_backbone(directory)
-            return variables, {**description, "image_size": recorded_image_size(directory, description)}
-    for directory in (path, path / "classifier"):
-        if (directory / "classifier.json").is_file():
-            from fetalssl_jax.downstream.classification import load_classifier
 
-            _, variables, description, spec = load_classifier(directory)
-            backbone = {k: variables[k]["backbone"] for k in ("params", "batch_stats")}
-            return backbone, {**description, "identity": {"arch": spec.arch, "width": spec.width},
-                              "image_size": spec.image_size}  # fmt: skip
-    raise DataError(f"{path} holds no backbone (backbone.json) and no classifier (classifier.json)")
+def timm_loading_line(path: pathlib.Path, kwargs: dict[str, Any]) -> str:
+    """The Python that loads a timm-named ViT export into timm (strict: every key used, none missing); a .npz file
+    is read with numpy (`np.load`) into torch tensors."""
+    arguments = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    read = f"safetensors.torch.load_file({str(path)!r})"
+    if path.suffix == ".npz":
+        read = f"{{k: torch.from_numpy(v) for k, v in numpy.load({str(path)!r}).items()}}"
+    return f"timm.models.vision_transformer.VisionTransformer({arguments}).load_state_dict({read}, strict=True)"
+
+
+def _export_torch(backbone: str | pathlib.Path, out: str | pathlib.Path) -> tuple[pathlib.Path, dict | None]:
+    """`export_torch`, and a ViT's timm constructor arguments (None for a ResNet)."""
+    variables, description = backbone_variables_of(backbone)
+    if not is_vit(description["identity"]["arch"]):
+        return torch_io.save_state_dict_file(out, torch_io.to_torch_state_dict(variables)), None
+    state_dict = vit_io.to_timm_state_dict(variables)
+    kwargs = vit_io.infer_vit(state_dict, str(backbone)).timm_kwargs()
+    return torch_io.save_state_dict_file(out, state_dict, {"timm_kwargs": json.dumps(kwargs)}), kwargs
 
 
 def export_torch(backbone: str | pathlib.Path, out: str | pathlib.Path) -> pathlib.Path:
-    """Writes the backbone of `backbone` as a torchvision-named state dict to `out` (.safetensors or .npz)."""
-    variables, _ = backbone_variables_of(backbone)
-    return torch_io.save_state_dict_file(out, torch_io.to_torch_state_dict(variables))
+    """Writes the backbone of `backbone` as a PyTorch state dict to `out` (.safetensors or .npz): torchvision's
+    ResNet names, or timm's VisionTransformer names for a ViT (`vit_io.to_timm_state_dict`), with the constructor
+    arguments that load it (`timm_loading_line`) in a .safetensors file's metadata (`timm_kwargs`)."""
+    return _export_torch(backbone, out)[0]
 
 
 FORMATS = ("safetensors", "npz", "onnx")
@@ -94,7 +101,12 @@ def run(config, workdir: str | pathlib.Path) -> str:
     validate(config)
     workdir = make_workdir(workdir)
     if config.format != "onnx":
-        return f"wrote {export_torch(config.backbone, workdir / f'backbone.{config.format}')}"
+        out = workdir / f"backbone.{config.format}"
+        if out.resolve() == pathlib.Path(config.backbone.strip()).expanduser().resolve():
+            raise UserError(f"config.backbone = {config.backbone!r} is the file the export would write; choose "
+                            "another --workdir")  # fmt: skip
+        path, timm_kwargs = _export_torch(config.backbone, out)
+        return f"wrote {path}" + (f"; load it with {timm_loading_line(path, timm_kwargs)}" if timm_kwargs else "")
     from fetalssl_jax.downstream import onnx_export
 
     if config.classifier.strip():

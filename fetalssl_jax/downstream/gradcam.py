@@ -1,9 +1,17 @@
-"""Grad-CAM (Selvaraju et al. 2017) for a trained plane classifier: where does it look?
+"""Where does a trained plane classifier look? Grad-CAM (Selvaraju et al. 2017) of a ResNet, the last block's
+attention of a ViT.
 
-The activation of a ResNet stage (the output of its last block; layer4 by default, as the paper) is read and
+ResNet: the activation of a stage (the output of its last block; layer4 by default, as the paper) is read and
 perturbed through a Flax method interceptor, so no model code changes for it: the gradient of the class score
 with respect to that activation, averaged over space, weights its channels; the ReLU of the weighted sum is the
 map, upsampled to the image and scaled to [0, 1] per image.
+
+ViT: the class token's attention to the patches in the last block, averaged over the heads (the map of DINO, Caron
+et al. 2021): the class token is what the head reads, and the last block is where it gathers from the patches. The
+block's input is read through the same interceptor and its attention weights recomputed from its qkv projection;
+the patch grid is upsampled bilinearly to the image and stretched to [0, 1] per image. It is chosen over Grad-CAM on the
+patch tokens, whose gradients through the last block's MLP flip sign from patch to patch and speckle the map. Unlike
+Grad-CAM it does not depend on the class explained: it shows what the class token looked at, whatever it decided.
 
   python -m fetalssl_jax.main --config configs/gradcam.py --config.classifier=workdirs/classify --workdir runs/cam
 
@@ -24,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fetalssl_jax.downstream.report import save_figure
-from fetalssl_jax.errors import DataError
+from fetalssl_jax.errors import DataError, UserError
+from fetalssl_jax.models.backbone import is_vit
 from fetalssl_jax.models.classifier import Classifier
 from fetalssl_jax.runtime.workdir_lock import exclusive_workdir
 from fetalssl_jax.validation import Checks, is_int, raise_if
@@ -86,6 +95,42 @@ def grad_cam(
     return cam, logits
 
 
+def _attention_input(model: Classifier, variables: dict[str, Any], images: jax.Array, block: str):
+    """(logits, the input of ViT block `block`'s attention: its normed tokens) of an eval-mode forward pass."""
+    captured = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        if context.method_name == "__call__" and module.name == "attn" and module.parent.name == block:
+            captured["input"] = args[0]
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+        logits = model.apply(variables, images, train=False)
+    return logits, captured["input"]
+
+
+def attention_map(model: Classifier, variables: dict[str, Any], images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The ViT classifier's last-block attention of the class token to the patches, averaged over heads, as maps
+    [B, H, W] (bilinear from the patch grid, stretched to [0, 1] per image: attention is positive everywhere, and
+    scaled by its maximum alone a near-even map would read as hot everywhere), and the logits [B, C] of normalised
+    images [B, H, W, 3]."""
+    vit = model.backbone
+    last = f"blocks_{vit.depth - 1}"
+    logits, x = _attention_input(model, variables, images, last)  # [B, T, D]
+    qkv = variables["params"]["backbone"][last]["attn"]["qkv"]
+    b, t, d = x.shape
+    heads = vit.num_heads
+    proj = (x.astype(jnp.float32) @ qkv["kernel"] + qkv["bias"]).reshape(b, t, 3, heads, d // heads)
+    q, k = proj[:, 0, 0], proj[:, :, 1]  # the class token's queries [B, heads, d_h]; every token's keys
+    weights = jax.nn.softmax(jnp.einsum("bhe,bthe->bht", q, k) / jnp.sqrt(d / heads), axis=-1)
+    patches = jnp.mean(weights[:, :, vit.num_prefix_tokens :], axis=1)  # [B, N]: registers left out
+    h, w = images.shape[1] // vit.patch_size, images.shape[2] // vit.patch_size
+    maps = jax.image.resize(patches.reshape(b, h, w), (b, *images.shape[1:3]), method="bilinear")
+    low, high = jnp.min(maps, axis=(1, 2), keepdims=True), jnp.max(maps, axis=(1, 2), keepdims=True)
+    return (maps - low) / jnp.maximum(high - low, 1e-12), logits
+
+
 def overlay_grid(
     images: np.ndarray,
     cams: np.ndarray,
@@ -95,6 +140,7 @@ def overlay_grid(
     path: pathlib.Path,
     columns: int = 4,
     alpha: float = 0.45,
+    title: str = "Grad-CAM: true / predicted plane",
 ) -> None:
     """A PNG grid: each image in gray with its map in 'jet' over it; titles 'true / predicted' (red if wrong)."""
     import matplotlib
@@ -115,14 +161,15 @@ def overlay_grid(
         ok = labels[i] == predictions[i]
         ax.set_title(f"{class_names[labels[i]]} / {class_names[predictions[i]]}", fontsize=8,
                      color="black" if ok else "red")  # fmt: skip
-    fig.suptitle("Grad-CAM: true / predicted plane")
+    fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)
 
 
 def gradcam_for_run(workdir: str | pathlib.Path, num_images: int = 16, stage: int = 4, out: str | None = None,
                     seed: int = 0) -> pathlib.Path:  # fmt: skip
-    """Grad-CAM overlays of `num_images` test images (a class-balanced random pick) of a classification run."""
+    """Grad-CAM overlays (a ViT: its last block's attention, `attention_map`) of `num_images` test images (a
+    class-balanced random pick) of a classification run."""
     import ml_collections
 
     from fetalssl_jax.data import sources
@@ -144,12 +191,20 @@ def gradcam_for_run(workdir: str | pathlib.Path, num_images: int = 16, stage: in
     raw = test.images[pick]
     raw = raw[..., None] if raw.ndim == 3 else raw
     x = preprocess_eval(jnp.asarray(raw), spec.image_size)
-    cams, logits = jax.jit(lambda v, x: grad_cam(model, v, x, stage))(variables, x)
+    if is_vit(spec.arch):
+        if stage != 4:
+            raise UserError(f"config.stage = {stage}: a ViT classifier's map is its last block's attention; stage "
+                            "picks a ResNet's stage (leave it 4)")  # fmt: skip
+        cams, logits = jax.jit(lambda v, x: attention_map(model, v, x))(variables, x)
+        title = "class token's attention in the last block (mean over heads): true / predicted plane"
+    else:
+        cams, logits = jax.jit(lambda v, x: grad_cam(model, v, x, stage))(variables, x)
+        title = f"Grad-CAM of layer{stage}: true / predicted plane"
     shown = np.asarray(jax.image.resize(jnp.asarray(raw[..., 0], jnp.float32), (len(pick), spec.image_size,
                                                                                 spec.image_size), "cubic"))  # fmt: skip
     path = pathlib.Path(out) if out else workdir / "gradcam.png"
     overlay_grid(np.clip(shown, 0, 255), np.asarray(cams), test.labels[pick], np.asarray(logits).argmax(1),
-                 description["classes"], path)  # fmt: skip
+                 description["classes"], path, title=title)  # fmt: skip
     return path
 
 

@@ -12,8 +12,11 @@ seeds, and the paired difference of every init to the baseline (random init) wit
 An entry of ``config.inits`` is ``"name=spec"`` (or a bare spec, named after it), where spec is
 
 - ``random``;
-- a pretraining config ``path.py[:preset[,key=value...]]``: pretrained into ``<workdir>/pretrain/<name>``;
-- a pretraining workdir, an exported backbone directory, or a ``.safetensors``/``.npz`` weights file.
+- a pretraining config ``path.py[:preset[,key=value...]]``: pretrained into ``<workdir>/pretrain/<name>``, with the
+  classification config's backbone (its identity keys: a ResNet's arch and width, a ViT's arch, patch size,
+  registers and LayerScale; `pretraining_config`), so that every cell fine-tunes what was pretrained;
+- a pretraining workdir, an exported backbone directory, a classification run, or a ``.safetensors``/``.npz``
+  weights file (a ResNet's or a ViT's, `downstream/backbones.py`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import ml_collections
 import numpy as np
 from scipy import stats
 
+from fetalssl_jax import presets
 from fetalssl_jax.config_lib import load_config
 from fetalssl_jax.data import sources
 from fetalssl_jax.downstream import classification
@@ -39,6 +43,7 @@ from fetalssl_jax.downstream.labels import budget_dirname, budget_name, choose_l
 from fetalssl_jax.downstream.report import save_figure
 from fetalssl_jax.errors import RunStopped
 from fetalssl_jax.eval.few_label import Interval
+from fetalssl_jax.models.backbone import description
 from fetalssl_jax.runtime.workdir import make_workdir
 from fetalssl_jax.runtime.workdir_lock import exclusive_workdir
 from fetalssl_jax.train import loop
@@ -90,10 +95,28 @@ def parse_inits(entries: Sequence[str]) -> list[InitSpec]:
     return inits
 
 
+def pretraining_config(init: InitSpec, model: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:
+    """The pretraining config of a config init, with the backbone of `model` (the classification config's `model`;
+    None: the init's own)."""
+    config = load_config(init.spec)
+    if model is not None:
+        with config.unlocked():
+            presets.set_backbone(config, description(model))
+    return config
+
+
 def problems(config: ml_collections.ConfigDict, prefix: str = "config") -> list[str]:
     """Every problem of a grid config (configs/paper_grid.py): its own keys, its `classify` config and the
-    pretraining configs among its inits."""
+    pretraining configs among its inits (with the classification config's backbone)."""
     c = Checks(config, prefix)
+    classify = c.get("classify")
+    model = None
+    if isinstance(classify, ml_collections.ConfigDict) and len(classify):
+        classify_problems = classification.problems(classify, f"{prefix}.classify")
+        c.problems += classify_problems
+        model = None if classify_problems else classify.model
+    else:
+        c.fail("classify", classify, "must be a configs/classify.py config")
     inits = c.get("inits")
     if not (isinstance(inits, Sequence) and not isinstance(inits, str) and len(inits)):
         c.fail("inits", inits, "must be a non-empty sequence of 'name=spec' entries")
@@ -101,7 +124,8 @@ def problems(config: ml_collections.ConfigDict, prefix: str = "config") -> list[
         try:
             for i, init in enumerate(parse_inits(inits)):
                 if init.is_pretraining_config:
-                    c.problems += loop.problems(load_config(init.spec), f"{prefix}.inits[{i}] ({init.name}): config")
+                    where = f"{prefix}.inits[{i}] ({init.name}): config"
+                    c.problems += loop.problems(pretraining_config(init, model), where)
         except ValueError as error:  # a duplicate name, a config file that does not load
             c.fail("inits", inits, str(error))
     c.integers("labels_per_class", 1, distinct=True, why="labelled images of every class")
@@ -119,11 +143,6 @@ def problems(config: ml_collections.ConfigDict, prefix: str = "config") -> list[
             and all(m in classification.MODES for m in modes) and len(set(modes)) == len(modes)):  # fmt: skip
         allowed = ", ".join(map(repr, classification.MODES))
         c.fail("modes", modes, f"must be a non-empty sequence of distinct modes from {allowed}")
-    classify = c.get("classify")
-    if isinstance(classify, ml_collections.ConfigDict) and len(classify):
-        c.problems += classification.problems(classify, f"{prefix}.classify")
-    else:
-        c.fail("classify", classify, "must be a configs/classify.py config")
     return c.problems
 
 
@@ -132,14 +151,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise_if(problems(config))
 
 
-def pretrain_if_needed(init: InitSpec, workdir: pathlib.Path) -> str:
-    """Runs (or resumes) the pretraining of a config init; returns the backbone spec for the classifiers. A finished
-    pretraining is reused only if the same config made it (or extended, with `allow_extend`, if only its length
-    changed)."""
+def pretrain_if_needed(init: InitSpec, workdir: pathlib.Path, model: ml_collections.ConfigDict | None = None) -> str:
+    """Runs (or resumes) the pretraining of a config init, with the backbone of `model` (`pretraining_config`);
+    returns the backbone spec for the classifiers. A finished pretraining is reused only if the same config made it
+    (or extended, with `allow_extend`, if only its length changed)."""
     if not init.is_pretraining_config:
         return init.spec
     run_dir = workdir / "pretrain" / init.name
-    config = load_config(init.spec)
+    config = pretraining_config(init, model)
     if (run_dir / "backbone" / "backbone.json").is_file():
         stored = stored_fingerprint(run_dir / "config.json", loop.COSMETIC_KEYS)
         wanted = fingerprint(config, loop.COSMETIC_KEYS)
@@ -207,7 +226,7 @@ def run_grid(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> 
     budgets = grid_budgets(config)
     splits = sources.labelled_splits(config.classify)  # every cell classifies the same labelled data
     _check_budgets(config, budgets, splits)
-    backbones = {init.name: pretrain_if_needed(init, workdir) for init in inits}
+    backbones = {init.name: pretrain_if_needed(init, workdir, config.classify.model) for init in inits}
 
     rows = []
     cells = [

@@ -4,8 +4,9 @@ C++, C#, a browser.
 
 The graph takes what predict feeds the network, uint8 gray frames [N, S, S, 1] at the trained size S (input
 `frames`; N is dynamic), and does the evaluation's preprocessing itself (`data.augment.preprocess_eval` at its own
-size: /255, gray to RGB, ImageNet mean and std), then the ResNet in inference mode (BatchNorm running statistics),
-global average pooling and, for a classifier, the linear head and the softmax. It computes in float32 whatever the
+size: /255, gray to RGB, ImageNet mean and std), then the backbone in inference mode: a ResNet with its BatchNorm
+running statistics and global average pooling, or a ViT's class token (position embeddings for the input size); for a
+classifier, then the linear head and the softmax. It computes in float32 whatever the
 training dtype. The model's metadata_props (`fetalssl_jax.*`, `METADATA_KEYS`) say what a user needs: the kind, the
 input size, the normalisation (already in the graph), the class names, the architecture and the project's version.
 
@@ -25,30 +26,46 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from fetalssl_jax.errors import DataError
+
 INPUT_NAME = "frames"
 OPSET = 18  # onnxruntime >= 1.14 runs it; jax2onnx writes opset-18 reductions (axes as inputs)
 KIND, IMAGE_SIZE, CLASS_NAMES = "fetalssl_jax.kind", "fetalssl_jax.image_size", "fetalssl_jax.class_names"
 ARCH, WIDTH, VERSION = "fetalssl_jax.arch", "fetalssl_jax.width", "fetalssl_jax.version"
 INPUT, OUTPUT, NORMALISATION = "fetalssl_jax.input", "fetalssl_jax.output", "fetalssl_jax.normalisation"
-METADATA_KEYS = (KIND, IMAGE_SIZE, CLASS_NAMES, ARCH, WIDTH, VERSION, INPUT, OUTPUT, NORMALISATION)
+BACKBONE = "fetalssl_jax.backbone"  # the backbone's identity as JSON (a ViT: arch, patch_size, reg_tokens, ...)
+METADATA_KEYS = (KIND, IMAGE_SIZE, CLASS_NAMES, ARCH, WIDTH, BACKBONE, VERSION, INPUT, OUTPUT, NORMALISATION)
+FEATURES = {"resnet": "the pooled layer4 features", "vit": "the class token after the final norm"}
 
 
 def export_backbone(backbone: str | pathlib.Path, out: pathlib.Path, image_size: int | None = None) -> pathlib.Path:
-    """The backbone of a pretraining workdir, exported backbone directory or classification run as an ONNX graph
-    frames -> features [N, D] at `out`. `image_size` None: the size the files record (an error where none does)."""
-    from fetalssl_jax.downstream.export import backbone_variables_of
+    """The backbone of a pretraining workdir, exported backbone directory, classification run or weights file as an
+    ONNX graph frames -> features [N, D] at `out`. `image_size` None: the size the files record (an error where
+    none does)."""
+    from fetalssl_jax.downstream.backbones import find_backbone, fit_variables
     from fetalssl_jax.eval.frozen import eval_features
-    from fetalssl_jax.models.resnet import create_resnet
+    from fetalssl_jax.models.backbone import create_backbone, is_vit
 
-    variables, description = backbone_variables_of(backbone)
-    size = image_size or description.get("image_size")
+    found = find_backbone(backbone)
+    if found is None:
+        raise DataError(f"{backbone} holds no backbone (backbone.json) and no classifier (classifier.json)")
+    size = int(image_size or found.image_size or 0)
     if not size:
-        raise ValueError(f"{backbone}: its files record no input size; set image_size (e.g. 224)")
-    arch, width = description["identity"]["arch"], int(description["identity"]["width"])
-    module = create_resnet(arch, width=width, conv_impl="native")  # XLA's convolution: it converts to one Conv
-    metadata = {KIND: "backbone", ARCH: arch, WIDTH: str(width),
-                OUTPUT: f"features: float32 [N, {module.num_features}], the pooled layer4 features"}  # fmt: skip
-    return _export(lambda x: eval_features(module, size, variables, x), int(size), "features", metadata, out)
+        raise DataError(f"{backbone}: its files record no input size; set image_size (e.g. 224)")
+    # XLA's convolution (it converts to one Conv), float32
+    model = {**found.identity, "conv_impl": "native", "dtype": "float32"}
+    module = create_backbone(model, size)
+    variables = fit_variables(found, model, size)  # a ViT's position embeddings for `size`
+    features = FEATURES["vit" if is_vit(model["arch"]) else "resnet"]
+    metadata = {KIND: "backbone", **_identity_metadata(found.identity),
+                OUTPUT: f"features: float32 [N, {module.num_features}], {features}"}  # fmt: skip
+    return _export(lambda x: eval_features(module, size, variables, x), size, "features", metadata, out)
+
+
+def _identity_metadata(identity: dict) -> dict[str, str]:
+    """The metadata of a backbone's identity: its arch, a ResNet's width, and the whole identity as JSON."""
+    width = {WIDTH: str(identity["width"])} if "width" in identity else {}
+    return {ARCH: identity["arch"], **width, BACKBONE: json.dumps(identity)}
 
 
 def export_classifier(classifier: str | pathlib.Path, out: pathlib.Path) -> pathlib.Path:
@@ -59,7 +76,7 @@ def export_classifier(classifier: str | pathlib.Path, out: pathlib.Path) -> path
     _, variables, description, spec = load_classifier(classifier)
     spec = dataclasses.replace(spec, conv_impl="native", dtype="float32")
     model, names = spec.model(), list(description["classes"])
-    metadata = {KIND: "classifier", ARCH: spec.arch, WIDTH: str(spec.width), CLASS_NAMES: json.dumps(names),
+    metadata = {KIND: "classifier", **_identity_metadata(spec.identity()), CLASS_NAMES: json.dumps(names),
                 OUTPUT: f"probabilities: float32 [N, {len(names)}], columns in the order of {CLASS_NAMES}"}  # fmt: skip
     fn = lambda x: class_probabilities(model, spec.image_size, variables, x)  # noqa: E731
     return _export(fn, spec.image_size, "probabilities", metadata, out)

@@ -1,13 +1,15 @@
 """The frozen-backbone evaluation of a pretraining run, always beside its two baselines.
 
-kNN and few-label probes on the labelled splits, beside torchvision's default random init and the method's own
-untrained start (zero-initialised residual BatchNorm), so that an effect of the initialisation is never mistaken for
-learning. The baselines' features are extracted once per run.
+kNN and few-label probes on the labelled splits, beside the random init of the backbone's family (torchvision's
+default init of a ResNet, timm's of a ViT: the row says which) and the method's own untrained start (a ResNet's with
+zero-initialised residual BatchNorm), so that an effect of the initialisation is never mistaken for learning. The
+baselines' features are extracted once per run.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -16,11 +18,17 @@ import numpy as np
 
 from fetalssl_jax.data import sources
 from fetalssl_jax.eval.frozen import FrozenEval, evaluate_inits
-from fetalssl_jax.models.backbone import random_variables
+from fetalssl_jax.models.backbone import is_vit, random_variables
 from fetalssl_jax.validation import Checks
 
-RANDOM_INIT = "random init (torchvision)"
+RANDOM_INIT = "random init (torchvision)"  # the random-init row of a ResNet ...
+RANDOM_INIT_VIT = "random init (timm)"  # ... and of a ViT: `random_init_name`
 SSL_START = "untrained SSL start"
+
+
+def random_init_name(model: Mapping[str, Any]) -> str:
+    """The name of the random-init row for the backbone `model` (a config's `model` keys): whose init it is."""
+    return RANDOM_INIT_VIT if is_vit(model["arch"]) else RANDOM_INIT
 
 
 def check_config(c: Checks) -> None:
@@ -53,7 +61,12 @@ class Evaluator:
         if not self.config.eval.compare_random_init:
             return {}
         random = random_variables(self.config.model, self.config.data.image_size, self.config.seed)
-        return {RANDOM_INIT: random, SSL_START: self.start_variables}
+        return {self.random_init: random, SSL_START: self.start_variables}
+
+    @property
+    def random_init(self) -> str:
+        """The name of the random-init row (`random_init_name`)."""
+        return random_init_name(self.config.model)
 
     def __call__(self, variables: dict[str, Any], name: str, shots: tuple[int, ...] | None = None) -> FrozenEval:
         """The evaluation of `variables` (host arrays), its row named `name`, and of the baselines."""
@@ -61,10 +74,10 @@ class Evaluator:
         inits = {name: variables, **self.baselines}
         result = evaluate_inits(
             self.backbone, inits, self.splits, self.config.data.image_size, len(sources.class_names(self.config)),
-            baselines=tuple(n for n in (RANDOM_INIT, SSL_START) if n in inits), knn_k=e.knn_k,
+            baselines=tuple(n for n in (self.random_init, SSL_START) if n in inits), knn_k=e.knn_k,
             batch_size=e.batch_size, shots=tuple(shots or e.shots), draws=e.draws, seed=self.config.seed,
             probe_max_iter=e.probe_max_iter, features=self._baseline_features,
         )  # fmt: skip
         if not self._baseline_features and len(inits) > 1:
-            self._baseline_features = {n: f for n, f in result.features.items() if n in (RANDOM_INIT, SSL_START)}
+            self._baseline_features = {n: f for n, f in result.features.items() if n in self.baselines}
         return result

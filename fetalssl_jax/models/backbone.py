@@ -17,7 +17,13 @@ import jax
 import numpy as np
 
 from fetalssl_jax.models.conv import CONV_IMPLS
-from fetalssl_jax.models.resnet import RESNET_ARCHS, create_resnet, init_key, random_backbone_variables
+from fetalssl_jax.models.resnet import (
+    RESNET_ARCHS,
+    backbone_initializer,
+    create_resnet,
+    init_key,
+    random_backbone_variables,
+)
 from fetalssl_jax.models.vit import VIT_ARCHS, create_vit
 from fetalssl_jax.validation import MISSING, Checks, is_int
 
@@ -58,14 +64,27 @@ def _vit_initializer(arch: str, patch_size: int, image_size: int, reg_tokens: in
     return jax.jit(lambda key: module.init(key, example))
 
 
+def _initializer(model: Mapping[str, Any], image_size: int):
+    """key -> a backbone's initial variables, jitted once per architecture: a ResNet's torchvision init, a ViT's
+    timm init."""
+    if is_vit(model["arch"]):
+        return _vit_initializer(model["arch"], int(model["patch_size"]), int(image_size),
+                                int(model.get("reg_tokens", 0)), float(model.get("layer_scale", 0.0)))  # fmt: skip
+    return backbone_initializer(model["arch"], int(model["width"]))
+
+
 def random_variables(model: Mapping[str, Any], image_size: int, seed: int) -> dict[str, Any]:
     """The random-init baseline of a backbone, as numpy: torchvision's default init of a ResNet (no
     zero-initialised residual BatchNorm), timm's of a ViT."""
     if is_vit(model["arch"]):
-        init = _vit_initializer(model["arch"], int(model["patch_size"]), int(image_size),
-                                int(model.get("reg_tokens", 0)), float(model.get("layer_scale", 0.0)))  # fmt: skip
-        return jax.device_get(init(init_key(seed)))
+        return jax.device_get(_initializer(model, image_size)(init_key(seed)))
     return random_backbone_variables(model["arch"], int(model["width"]), seed)
+
+
+def variable_shapes(model: Mapping[str, Any], image_size: int) -> dict[str, Any]:
+    """The shapes and dtypes (`jax.ShapeDtypeStruct`) of a backbone's variables, computing nothing: what weights
+    loaded into it must fit (a ViT's position embeddings depend on `image_size`, a ResNet's do not)."""
+    return jax.eval_shape(_initializer(model, image_size), init_key(0))
 
 
 def backbone_variables(variables: Mapping[str, Any], name: str = "backbone") -> dict[str, Any]:

@@ -12,10 +12,10 @@ Array = Any
 
 
 class Classifier(nn.Module):
-    """A ResNet backbone and a linear head on its pooled features.
+    """A backbone and a linear head on its pooled features (a ResNet's pooled map, a ViT's class token).
 
     Attributes:
-        backbone: the ResNet (its variables live under ``backbone``, as in pretraining).
+        backbone: the ResNet or ViT (its variables live under ``backbone``, as in pretraining).
         num_classes: output logits.
         dropout: dropout rate on the pooled features (the reference: 0.5).
         head_batch_norm: a BatchNorm without scale and bias before the dropout (the reference's option).
@@ -43,8 +43,8 @@ class Classifier(nn.Module):
     def __call__(self, images: Array, train: bool = True, backbone_train: bool | None = None) -> Array:
         """Logits of normalised images [B, H, W, 3].
 
-        ``backbone_train=False`` with ``train=True`` is the linear probe: the backbone runs with its BatchNorm
-        running statistics and gets no gradient; only the head trains.
+        ``backbone_train=False`` with ``train=True`` is the linear probe: the backbone runs in eval mode (a
+        ResNet's BatchNorm running statistics, no stochastic depth) and gets no gradient; only the head trains.
         """
         backbone_train = train if backbone_train is None else backbone_train
         pooled = self.backbone(images, train=backbone_train)

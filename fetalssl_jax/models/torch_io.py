@@ -208,15 +208,18 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
     )
 
 
-def save_state_dict_file(path: str | os.PathLike, state_dict: Mapping[str, np.ndarray]) -> pathlib.Path:
-    """Writes ``.safetensors`` or ``.npz`` atomically (a temporary file renamed into place)."""
+def save_state_dict_file(
+    path: str | os.PathLike, state_dict: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
+) -> pathlib.Path:
+    """Writes ``.safetensors`` or ``.npz`` atomically (a temporary file renamed into place); `metadata` (text) goes
+    into a .safetensors file's header (a .npz file has none)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     if path.suffix == ".safetensors":
         from safetensors.numpy import save_file
 
-        save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, str(tmp))
+        save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, str(tmp), metadata=metadata)
     elif path.suffix == ".npz":
         with open(tmp, "wb") as f:
             np.savez(f, **state_dict)

@@ -18,7 +18,7 @@ CLASSES = ("3VV/3VT", "4CH", "LVOT", "RVOT", "non-heart")
 
 @pytest.fixture(scope="module")
 def variables():
-    return resolve_backbone("random", ARCH, WIDTH, seed=3).variables
+    return resolve_backbone("random", {"arch": ARCH, "width": WIDTH}, SIZE, seed=3).variables
 
 
 def _same(a, b) -> bool:
@@ -53,7 +53,7 @@ def test_wrong_forms_are_errors_that_name_the_path_and_what_is_allowed(tmp_path,
     weights = torch_io.save_state_dict_file(tmp_path / "r.npz", torch_io.to_torch_state_dict(variables))
     with pytest.raises(ValueError, match=r"r\.npz: a weights file does not say its input size; set image_size"):
         load_backbone(weights)
-    with pytest.raises(ValueError, match=r"holds a resnet10 of width 8; asked for resnet18 of width 8"):
+    with pytest.raises(ValueError, match=r"holds a resnet10 of width 8; asked for a resnet18 of width 8 \(leave"):
         load_backbone(weights, arch="resnet18", image_size=32)
     with pytest.raises(ValueError, match=r"'.*nowhere': no such file or directory; use a pretraining workdir"):
         load_backbone(tmp_path / "nowhere")

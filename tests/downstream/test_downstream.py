@@ -123,7 +123,7 @@ def _flat(tree):
 
 
 def test_linear_probe_freezes_the_backbone_and_fine_tuning_does_not(repo, finetune_run, linear_run):
-    start = resolve_backbone("random", "resnet10", 8, seed=0).variables
+    start = resolve_backbone("random", {"arch": "resnet10", "width": 8}, 32, seed=0).variables
     for (workdir, _), frozen in ((linear_run, True), (finetune_run, False)):
         _, variables, description, _ = load_classifier(workdir)
         backbone = {k: variables[k]["backbone"] for k in ("params", "batch_stats")}

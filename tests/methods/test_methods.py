@@ -164,7 +164,7 @@ def test_a_two_view_method_pretrains_a_vit_and_evaluates_it(tmp_path):
     assert last["weight_change/blocks"] > 0 and last["weight_change/embed"] > 0  # the ViT's weights moved
     random = random_variables(config.model, 32, config.seed)
     assert set(random) == {"params"} and random["params"]["pos_embed"].shape == (1, 1 + 16, 64)  # 4x4 patches
-    assert "random init (torchvision)" in json.loads((tmp_path / "eval.json").read_text())["knn_macro_f1"]
+    assert "random init (timm)" in json.loads((tmp_path / "eval.json").read_text())["knn_macro_f1"]
 
 
 def test_the_autoencoders_refuse_a_vit_by_name():

@@ -125,14 +125,15 @@ def _flat(tree, prefix=()):
 def test_resolve_backbone_from_weights_file_checks_the_architecture(tmp_path):
     sd = torchvision_state_dict((1, 1, 1, 1), 8, bottleneck=False)
     path = torch_io.save_state_dict_file(tmp_path / "imagenet.safetensors", sd)
-    init = resolve_backbone(str(path), "resnet10", 8)
+    init = resolve_backbone(str(path), {"arch": "resnet10", "width": 8}, 32)
     assert init.kind == "weights_file"
     np.testing.assert_array_equal(init.variables["params"]["layer1_0"]["conv1"]["kernel"][1, 1, 2, 3],
                                   sd["layer1.0.conv1.weight"][3, 2, 1, 1])  # fmt: skip
-    with pytest.raises(DataError, match=r"resnet10 of width 8.*asks for resnet10 of width 16"):
-        resolve_backbone(str(path), "resnet10", 16)
+    with pytest.raises(DataError, match=r"resnet10 of width 8.*asks for a resnet10 of width 16 \(set "
+                                        r"--config.model.width=8\)"):  # fmt: skip
+        resolve_backbone(str(path), {"arch": "resnet10", "width": 16}, 32)
     with pytest.raises(DataError, match="resnet18"):
-        resolve_backbone(str(path), "resnet18", 8)
+        resolve_backbone(str(path), {"arch": "resnet18", "width": 8}, 32)
 
 
 def test_bad_weights_are_named(tmp_path):
@@ -153,4 +154,4 @@ def test_bad_weights_are_named(tmp_path):
     with pytest.raises(DataError, match="broken.safetensors"):
         torch_io.load_state_dict_file(tmp_path / "broken.safetensors")
     with pytest.raises(DataError, match="nowhere"):
-        resolve_backbone(str(tmp_path / "nowhere"), "resnet10", 8)
+        resolve_backbone(str(tmp_path / "nowhere"), {"arch": "resnet10", "width": 8}, 32)

@@ -23,6 +23,7 @@ import pathlib
 from ml_collections import ConfigDict
 
 from fetalssl_jax import config_lib
+from fetalssl_jax.methods import get_method
 
 CONFIGS = pathlib.Path(__file__).resolve().parent
 
@@ -33,7 +34,8 @@ def _inits(c, preset: str) -> tuple:
         f"{preset},model.arch={model.arch},model.width={model.width},eval.compare_random_init=False,progress_bar=False"
     )
     files = config_lib.method_config_files(CONFIGS)  # one row per method, named by its `method` key
-    return (*(f"{method}={file}:{args}" for method, file in files.items()), "random")
+    rows = [f"{method}={file}:{args}" for method, file in files.items() if get_method(method).from_scratch]
+    return (*rows, "random")
 
 
 def default(c) -> None:

@@ -148,6 +148,12 @@ def test_settings_are_checked_with_one_line_each(teacher, tmp_path):
         validate(distill_config(missing))
     (line,) = error.value.problems
     assert line.startswith("config.method_kwargs.teacher = ") and str(missing) in line and "\n" not in line
+    unreadable = tmp_path / "teacher.safetensors"
+    unreadable.write_bytes(b"not a weights file")
+    with pytest.raises(ConfigError) as error:
+        validate(distill_config(unreadable))
+    (line,) = error.value.problems
+    assert line.startswith(f"config.method_kwargs.teacher = '{unreadable}': cannot be read") and "\n" not in line
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=r"method_kwargs.teacher = .*empty.*holds"):
         validate(distill_config(tmp_path / "empty"))

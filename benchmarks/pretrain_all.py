@@ -23,6 +23,7 @@ import numpy as np
 
 from fetalssl_jax.config_lib import load_config, method_config_files, parse_value, set_by_path
 from fetalssl_jax.eval.evaluator import SSL_START, random_init_name
+from fetalssl_jax.methods import get_method
 from fetalssl_jax.train.loop import train
 from fetalssl_jax.train.monitor import read_metrics
 
@@ -35,7 +36,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=480)
     parser.add_argument("--preset", default="default")
     parser.add_argument("--workdir", default="workdirs/pretrain_all")
-    configs = method_config_files(REPO / "configs")  # found by each config's `method` key
+    # found by each config's `method` key; a method that learns from another trained model (distillation) is no row
+    configs = {m: file for m, file in method_config_files(REPO / "configs").items() if get_method(m).from_scratch}
     parser.add_argument("--methods", default=",".join(configs), help=f"comma-separated, of {sorted(configs)}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     args = parser.parse_args()

@@ -27,19 +27,21 @@ import pathlib
 from ml_collections import ConfigDict
 
 from fetalssl_jax import config_lib
+from fetalssl_jax.methods import get_method
 
 CONFIGS = pathlib.Path(__file__).resolve().parent
 
 
 def _inits(c, preset: str) -> tuple:
     """Every method's config with `preset`, one row per method (named by its `method` key), and random init; a method
-    that cannot pretrain the classification config's backbone (grid.pretraining_config) is left out."""
+    that cannot pretrain the classification config's backbone (grid.pretraining_config) or needs a trained model
+    first (distillation's teacher) is left out."""
     from fetalssl_jax.downstream import grid
     from fetalssl_jax.train import loop
 
     args = f"{preset},eval.compare_random_init=False,progress_bar=False"
     files = config_lib.method_config_files(CONFIGS)
-    inits = grid.parse_inits([f"{method}={file}:{args}" for method, file in files.items()])
+    inits = grid.parse_inits([f"{m}={file}:{args}" for m, file in files.items() if get_method(m).from_scratch])
     fits = [i for i in inits if not loop.problems(grid.pretraining_config(i, c.classify.model))]
     return (*(f"{i.name}={i.spec}" for i in fits), "random")
 

@@ -59,6 +59,9 @@ class Method(abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    # False: the method learns from another trained model (distillation), which must exist first; it is then no row
+    # of the comparisons that pretrain every method from the data alone (the paper's grid, pretrain_all)
+    from_scratch: ClassVar[bool] = True
 
     def __init__(self, config: ml_collections.ConfigDict, total_steps: int = 1):
         self.config = config
@@ -79,6 +82,13 @@ class Method(abc.ABC):
         of a video up to `data.max_gap` apart) or 'clips' (`data.clip_length` frames). Default: pairs if
         `data.max_gap` > 0, else single frames."""
         return "pairs" if config.data.max_gap > 0 else "frames"
+
+    @classmethod
+    def external_inputs(cls, config: ml_collections.ConfigDict) -> dict[str, Any]:
+        """What a run reads beyond its config and its data (a distillation teacher's weights), as {dotted key: JSON
+        value}: part of the run's fingerprint, so that a resume with other inputs is refused. Default: nothing."""
+        del config
+        return {}
 
     # ---- model -------------------------------------------------------------------------------------------------
     def build_backbone(self) -> nn.Module:

@@ -185,7 +185,8 @@ def _open_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> _Run:
     validate(config)
     make_workdir(workdir)
     method_cls = get_method(config.method)
-    checkpointer = Checkpointer(workdir, fingerprint(config, COSMETIC_KEYS), keep=config.keep_checkpoints,
+    wanted = {**fingerprint(config, COSMETIC_KEYS), **method_cls.external_inputs(config)}
+    checkpointer = Checkpointer(workdir, wanted, keep=config.keep_checkpoints,
                                 allow_extend=bool(config.allow_extend))  # fmt: skip
     checkpointer.check_resumable()
     enable_compilation_cache(config.compilation_cache_dir)

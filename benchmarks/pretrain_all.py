@@ -65,8 +65,8 @@ def main() -> None:
         diff = ev.few_label.differences[random_init][row][SHOTS]
         loss = float(np.mean([r["loss"] for r in records[-10:]]))
         rows.append((config.method, loss, change, ev.knn[row], ev.few_label.scores[row][SHOTS], diff, speed))
-        for base in (random_init, SSL_START):
-            baselines.setdefault(base, (ev.knn[base], ev.few_label.scores[base][SHOTS]))
+        for base in (random_init, SSL_START):  # per architecture: ViT methods train other backbones than ResNet ones
+            baselines.setdefault(f"{base}, {config.model.arch}", (ev.knn[base], ev.few_label.scores[base][SHOTS]))
         print(json.dumps({"method": config.method, "wall_s": round(wall, 1), "images_per_s": round(speed, 1)}))
 
     settings = " ".join([f"preset {args.preset!r}", *args.set])

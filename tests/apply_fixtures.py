@@ -26,11 +26,13 @@ def random_backbone(seed: int = 0, directory: pathlib.Path | None = None):
 
 def save_classifier_run(
     workdir: pathlib.Path, backbone_variables: dict, head_kernel: np.ndarray, class_names: tuple[str, ...],
-    head_norm: tuple[np.ndarray, np.ndarray] | None = None,
+    head_norm: tuple[np.ndarray, np.ndarray] | None = None, trust=None,
 ) -> pathlib.Path:  # fmt: skip
     """A classification run's workdir holding `classifier/` (as `_test_and_report` writes it) with the given
     backbone and linear head (no bias: logits = features @ head_kernel; with `head_norm` = (mean, var), logits =
-    (features - mean) / sqrt(var + 1e-5) @ head_kernel, the head's non-affine BatchNorm)."""
+    (features - mean) / sqrt(var + 1e-5) @ head_kernel, the head's non-affine BatchNorm), and with a `trust`
+    (`downstream.trust.Trust`: a temperature and a known-frame rule) where given; without one, as a classifier
+    saved before they existed."""
     from fetalssl_jax.downstream.classification import StepSpec, save_classifier
 
     spec = StepSpec(ARCH, WIDTH, "float32", len(class_names), 0.5, head_norm is not None, "finetune", SIZE, 5, 5.0,
@@ -42,6 +44,9 @@ def save_classifier_run(
     if head_norm is not None:
         variables["batch_stats"]["head_norm"] = {"mean": np.asarray(head_norm[0], np.float32),
                                                  "var": np.asarray(head_norm[1], np.float32)}  # fmt: skip
-    save_classifier(workdir / "classifier", variables,
-                    {"spec": dataclasses.asdict(spec), "classes": list(class_names)})  # fmt: skip
+    description = {"spec": dataclasses.asdict(spec), "classes": list(class_names)}
+    if trust is not None:
+        trust.save(workdir / "classifier")
+        description.update(trust.description())
+    save_classifier(workdir / "classifier", variables, description)
     return workdir

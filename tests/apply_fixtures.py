@@ -50,3 +50,24 @@ def save_classifier_run(
         description.update(trust.description())
     save_classifier(workdir / "classifier", variables, description)
     return workdir
+
+
+def map_statistics(module, variables: dict, frames: np.ndarray, image_size: int) -> np.ndarray:
+    """float64 [N, D], by numpy: for each stage of a ResNet (its last block's output, taken out by Flax's
+    capture_intermediates), the mean and the standard deviation over positions of every channel, L2-normalised per
+    stage, concatenated: the features of the known-frame score, of uint8 frames [N, H, W] (the evaluation's
+    preprocessing)."""
+    from fetalssl_jax.data.augment import preprocess_eval
+
+    x = preprocess_eval(np.asarray(frames)[..., None], image_size)
+    _, state = module.apply(variables, x, train=False, capture_intermediates=True, mutable=["intermediates"])
+    blocks = state["intermediates"]
+    stages = sorted({name.split("_")[0] for name in blocks if name.startswith("layer")})
+    out = []
+    for stage in stages:
+        last = max((name for name in blocks if name.startswith(stage + "_")), key=lambda n: int(n.split("_")[1]))
+        positions = np.asarray(blocks[last]["__call__"][0], np.float64).reshape(len(frames), -1, blocks[last][
+            "__call__"][0].shape[-1])  # fmt: skip
+        statistics = np.concatenate([positions.mean(1), positions.std(1)], axis=1)
+        out.append(statistics / np.linalg.norm(statistics, axis=1, keepdims=True))
+    return np.concatenate(out, axis=1)

@@ -330,6 +330,7 @@ def run_stream(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
     s = stream_planes(classifier, itertools.chain([first], frames), workdir, config, source_id)
     skipped = ", ".join(f"{v} {k}" for k, v in s["frames_skipped"].items())
     total = s["latency_ms"]["total"] or {"mean": float("nan"), "p95": float("nan")}
+    unknown = f" ({s['frames_not_known']} frames not a known plane)" if s.get("frames_not_known") else ""
     return (f"{s['frames']} of {s['frames_decoded']} frames classified ({skipped} skipped; {s['stopped']}); "
             f"{total['mean']:.1f} ms per frame (p95 {total['p95']:.1f}); planes found: "
-            f"{sorted(s['planes_found']) or 'none'}; reports in {workdir}")  # fmt: skip
+            f"{sorted(s['planes_found']) or 'none'}{unknown}; reports in {workdir}")  # fmt: skip

@@ -202,7 +202,8 @@ def _choose(job: _Job, before: list[tuple[str, int]], to_add: int) -> str:
 def run_predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> str:
     """`config.classifier` on `config.input`: predictions.csv for images and datasets; for videos, per video the
     frame probabilities, best frames (PNG), a timeline plot and summary.json (in `workdir/<source_id>/` when the
-    input holds several videos). With `config.stream`, one live video frame by frame (`apply/stream.py`)."""
+    input holds several videos); with the classifier's known-frame rule, every frame's score and whether it is a
+    known plane (`apply/planes.py`). With `config.stream`, one live video frame by frame (`apply/stream.py`)."""
     if config.stream:
         from fetalssl_jax.apply.stream import run_stream
 

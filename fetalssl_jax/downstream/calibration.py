@@ -45,22 +45,30 @@ def calibrated(logits: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(np.asarray(logits, np.float64) / temperature, axis=1).astype(np.float32)
 
 
-def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict[str, np.ndarray]:
-    """Per equal-width confidence bin (i/B, (i+1)/B]: `count`, `accuracy` and mean `confidence` (NaN when empty)."""
+def reliability_bins(
+    probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS, weights: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Per equal-width confidence bin (i/B, (i+1)/B]: `count` (the sum of the frames' `weights`, default 1),
+    `accuracy` and mean `confidence` (NaN when empty)."""
     probabilities = np.asarray(probabilities, np.float64)
     confidence = probabilities.max(axis=1)
     correct = probabilities.argmax(axis=1) == np.asarray(labels)
+    w = np.ones(len(confidence)) if weights is None else np.asarray(weights, np.float64)
     which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
-    count = np.bincount(which, minlength=bins)
+    count = np.bincount(which, w, minlength=bins)
     with np.errstate(invalid="ignore", divide="ignore"):
-        accuracy = np.bincount(which, correct, minlength=bins) / count
-        mean_confidence = np.bincount(which, confidence, minlength=bins) / count
-    return {"count": count, "accuracy": accuracy, "confidence": mean_confidence}
+        accuracy = np.bincount(which, w * correct, minlength=bins) / count
+        mean_confidence = np.bincount(which, w * confidence, minlength=bins) / count
+    return {"count": count if weights is not None else count.astype(int), "accuracy": accuracy,
+            "confidence": mean_confidence}  # fmt: skip
 
 
-def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
-    """sum over bins of (frames in the bin / N) * |accuracy - mean confidence| (`reliability_bins`)."""
-    b = reliability_bins(probabilities, labels, bins)
+def expected_calibration_error(
+    probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS, weights: np.ndarray | None = None
+) -> float:
+    """sum over bins of (frames in the bin / N) * |accuracy - mean confidence| (`reliability_bins`; with `weights`,
+    frame counts weighted, e.g. a bootstrap's resampling counts)."""
+    b = reliability_bins(probabilities, labels, bins, weights)
     used = b["count"] > 0
     return float(np.sum(b["count"][used] / b["count"].sum() * np.abs(b["accuracy"][used] - b["confidence"][used])))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,9 +26,11 @@ import numpy as np
 
 from fetalssl_jax.data.augment import preprocess_eval
 from fetalssl_jax.downstream import calibration
-from fetalssl_jax.downstream.ood import KnownRule, knn_distance, reference_rows
+from fetalssl_jax.downstream.ood import KnownRule, knn_distance, normalised, reference_rows
 from fetalssl_jax.errors import DataError
+from fetalssl_jax.eval.few_label import Resamples, interval
 from fetalssl_jax.eval.frozen import map_batches, with_channel
+from fetalssl_jax.models.vit import ViT
 
 RELIABILITY_PNG = "reliability_diagram.png"
 
@@ -72,15 +75,42 @@ def load_trust(path: str | pathlib.Path) -> Trust:
     return Trust(float(description.get("temperature", 1.0)), rule)
 
 
-def _logits_and_features(module, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    pooled = module.backbone(images, train=False)
-    return module.logits_from_features(pooled, train=False), pooled.astype(jnp.float32)
+_BLOCK = re.compile(r"(layer(\d+)_(\d+)|blocks_(\d+))$")  # a ResNet block (stage, index) or a ViT block (index)
+
+
+def _is_block(module, method: str) -> bool:
+    return method == "__call__" and module.name is not None and bool(_BLOCK.match(module.name))
+
+
+def _stage_tokens(backbone, blocks: Mapping[str, Any]) -> list[jax.Array]:
+    """The outputs [B, positions, C] of a ResNet's stages (the last block of each), or of a ViT's blocks at a
+    quarter, half, three quarters and all of its depth (its patch tokens)."""
+    found = {name: _BLOCK.match(name) for name in blocks}
+    found = {name: match for name, match in found.items() if match}  # not what else is sown (a ResNet's stem)
+    if isinstance(backbone, ViT):
+        depth = len(found)
+        chosen = sorted({max(round(depth * q) - 1, 0) for q in (0.25, 0.5, 0.75, 1.0)})
+        return [blocks[f"blocks_{i}"]["__call__"][0][:, backbone.num_prefix_tokens :] for i in chosen]
+    last = {}
+    for match in found.values():
+        stage, index = int(match.group(2)), int(match.group(3))
+        last[stage] = max(last.get(stage, -1), index)
+    maps = [blocks[f"layer{stage}_{index}"]["__call__"][0] for stage, index in sorted(last.items())]
+    return [m.reshape(m.shape[0], -1, m.shape[-1]) for m in maps]
 
 
 def logits_and_features(model, image_size: int, variables: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Logits [B, C] and pooled backbone features [B, F] of uint8 images [B, H, W, C]: `preprocess_eval`, BatchNorm
-    running statistics (as `classification.class_probabilities`)."""
-    return model.apply(variables, preprocess_eval(images, image_size), method=_logits_and_features)
+    """Logits [B, C] and the features of the known-frame score of uint8 images [B, H, W, C]: for each stage of the
+    backbone (`_stage_tokens`), the mean and the standard deviation over positions of every channel, L2-normalised
+    per stage, concatenated. `preprocess_eval`, BatchNorm running statistics (as
+    `classification.class_probabilities`)."""
+    logits, state = model.apply(variables, preprocess_eval(images, image_size), train=False,
+                                capture_intermediates=_is_block, mutable=["intermediates"])  # fmt: skip
+    stages = []
+    for tokens in _stage_tokens(model.backbone, state["intermediates"]["backbone"]):
+        tokens = tokens.astype(jnp.float32)
+        stages.append(normalised(jnp.concatenate([jnp.mean(tokens, axis=1), jnp.std(tokens, axis=1)], axis=-1)))
+    return logits, jnp.concatenate(stages, axis=-1)
 
 
 def trusted_outputs(
@@ -88,7 +118,7 @@ def trusted_outputs(
     images: jax.Array,
 ) -> tuple[jax.Array, ...]:  # fmt: skip
     """(probabilities [B, C] = softmax(logits / temperature),) and, with a `reference` (L2-normalised training
-    features [M, F]), the score [B] (`ood.knn_distance` to its `k`-th row)."""
+    features of `logits_and_features`), the score [B] (`ood.knn_distance` to its `k`-th row)."""
     logits, features = logits_and_features(model, image_size, variables, images)
     probabilities = jax.nn.softmax(logits / temperature, axis=-1)
     if reference is None:
@@ -123,6 +153,21 @@ def _outputs_of(model, image_size, variables, images, batch_size) -> tuple[np.nd
                                                   axis=1), with_channel(images), batch_size)  # fmt: skip
     num_classes = model.num_classes
     return joined[:, :num_classes], joined[:, num_classes:]
+
+
+def _ece_intervals(
+    probabilities: Mapping[str, np.ndarray], labels: np.ndarray, patients: np.ndarray, seed: int, replicates: int = 1000
+) -> dict[str, dict[str, float]]:  # fmt: skip
+    """{'<name>_interval': the ECE's 95 % percentile interval over test patients resampled with replacement (a
+    patient's frames together; `eval.few_label.Resamples`, the same resamples for every name)}."""
+    _, patient = np.unique(np.asarray(patients).astype(str), return_inverse=True)
+    weights = Resamples.make(1, int(patient.max()) + 1, replicates, seed).patient_weights[:, patient]
+    out = {}
+    for name, p in probabilities.items():
+        replicated = [calibration.expected_calibration_error(p, labels, weights=w) for w in weights]
+        i = interval(calibration.expected_calibration_error(p, labels), np.asarray(replicated))
+        out[f"{name}_interval"] = [i.low, i.high]
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +206,7 @@ def fit_trust(
     _, train_features = _outputs_of(model, image_size, variables,
                                     train.images[reference_rows(len(train.labels), seed)], batch_size)  # fmt: skip
     temperature = calibration.fit_temperature(valid_logits, valid.labels)
-    rule = KnownRule.fit(train_features, lambda reference, k: knn_distance(valid_features, reference, k))
+    rule = KnownRule.fit(train_features, lambda reference, k: knn_distance(valid_features, reference, k), seed=seed)
     test_logits, test_features = _outputs_of(model, image_size, variables, test.images, batch_size)
     before, after = calibration.calibrated(test_logits, 1.0), calibration.calibrated(test_logits, temperature)
     scores = rule.scores(test_features)
@@ -174,7 +219,8 @@ def fit_trust(
                       "after": calibration.nll(valid_logits, valid.labels, temperature)},
         "test_nll": {"before": calibration.nll(test_logits, test.labels),
                      "after": calibration.nll(test_logits, test.labels, temperature)},
-        "test_ece": {"before": ece(before, test.labels), "after": ece(after, test.labels)},
+        "test_ece": {"before": ece(before, test.labels), "after": ece(after, test.labels),
+                     **_ece_intervals({"before": before, "after": after}, test.labels, test.patient_ids, seed)},
     }  # fmt: skip
     ood = {
         **rule.description(), "valid_known_fraction": float(np.mean(rule.known(rule.scores(valid_features)))),

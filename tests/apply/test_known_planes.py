@@ -1,5 +1,6 @@
 """predict with a classifier saved with a temperature and a known-frame rule: its probabilities are softmax(logits /
-T) and its scores the distance to the k-th nearest reference feature, as numpy and scikit-learn compute them, through
+T) and its scores the distance to the k-th nearest reference (the layer4 map's channel means and standard
+deviations), as numpy and scikit-learn compute them, through
 JAX and through the ONNX export; frames above the threshold and colour-Doppler frames are "not a known plane" and
 never a best frame; a stream scores its frames as offline predict does; the temperature and the rule are part of
 predict's fingerprint."""
@@ -11,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from apply_fixtures import SIZE, random_backbone, save_classifier_run
+from apply_fixtures import SIZE, map_statistics, random_backbone, save_classifier_run
 from conftest import REPO
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
@@ -62,21 +63,24 @@ def trusted(tmp_path_factory):
     def features(frames):
         return extract_features(backbone.module, backbone.variables, frames, SIZE).astype(np.float64)
 
-    train, valid = features(splits["train"].images), features(splits["valid"].images)
+    def statistics(frames):
+        return map_statistics(backbone.module, backbone.variables, frames, SIZE)
+
+    train = features(splits["train"].images)
     head = LogisticRegression(fit_intercept=False, max_iter=5000).fit(train, splits["train"].labels).coef_.T
-    neighbours = NearestNeighbors(n_neighbors=K).fit(_unit(train))
-    threshold = float(np.quantile(neighbours.kneighbors(_unit(valid))[0][:, -1], 0.95))
-    rule = KnownRule(_unit(train).astype(np.float32), K, threshold)
+    reference = _unit(statistics(splits["train"].images))
+    neighbours = NearestNeighbors(n_neighbors=K).fit(reference)
+    threshold = float(np.quantile(neighbours.kneighbors(_unit(statistics(splits["valid"].images)))[0][:, -1], 0.95))
+    rule = KnownRule(reference.astype(np.float32), K, threshold)
     run = save_classifier_run(root / "run", backbone.variables, head.astype(np.float32), PLANES,
                               trust=Trust(TEMPERATURE, rule))  # fmt: skip
     run_export(_config("export.py", classifier=str(run), format="onnx"), root / "export")
 
     def expected(frames):
         """(probabilities, scores) of uint8 frames [N, S, S] by numpy and scikit-learn."""
-        f = features(frames)
-        z = f @ head.astype(np.float32).astype(np.float64) / TEMPERATURE
+        z = features(frames) @ head.astype(np.float32).astype(np.float64) / TEMPERATURE
         p = np.exp(z - z.max(1, keepdims=True))
-        return p / p.sum(1, keepdims=True), neighbours.kneighbors(_unit(f))[0][:, -1]
+        return p / p.sum(1, keepdims=True), neighbours.kneighbors(_unit(statistics(frames)))[0][:, -1]
 
     return root, run, root / "export" / "classifier.onnx", splits, threshold, expected
 

@@ -75,3 +75,28 @@ def test_the_known_rule_thresholds_at_the_validation_quantile_and_round_trips(tm
     np.testing.assert_array_equal(reference_rows(100, 0), np.arange(100))
     big = reference_rows(10_000, 0)
     assert len(big) == 4096 and len(np.unique(big)) == 4096 and np.array_equal(big, reference_rows(10_000, 0))
+    assert len(reference_rows(10_000, 0, dim=7680)) == (1 << 24) // 7680  # a ResNet-50's features: 64 MiB
+
+
+def test_the_score_features_of_a_vit_are_its_patch_tokens_at_four_depths():
+    import jax
+
+    from fetalssl_jax.data.augment import preprocess_eval
+    from fetalssl_jax.downstream.trust import logits_and_features
+    from fetalssl_jax.models.classifier import Classifier
+    from fetalssl_jax.models.vit import create_vit
+
+    model = Classifier(create_vit("vit_micro", patch_size=8, image_size=32, reg_tokens=2), 5)
+    images = np.random.default_rng(3).integers(0, 256, (3, 32, 32, 1), dtype=np.uint8)
+    x = preprocess_eval(images, 32)
+    variables = model.init(jax.random.key(0), x, train=False)
+    logits, features = logits_and_features(model, 32, variables, images)
+    np.testing.assert_allclose(logits, model.apply(variables, x, train=False), atol=1e-5)
+    _, state = model.backbone.apply({k: v["backbone"] for k, v in variables.items()}, x, train=False,
+                                    capture_intermediates=True, mutable=["intermediates"])  # fmt: skip
+    expected = []
+    for block in range(4):  # vit_micro: 4 blocks, each a quarter; the class token and 2 registers left out
+        tokens = np.asarray(state["intermediates"][f"blocks_{block}"]["__call__"][0], np.float64)[:, 3:]
+        s = np.concatenate([tokens.mean(1), tokens.std(1)], axis=1)
+        expected.append(s / np.linalg.norm(s, axis=1, keepdims=True))
+    np.testing.assert_allclose(features, np.concatenate(expected, axis=1), atol=1e-5)

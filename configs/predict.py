@@ -14,7 +14,10 @@ Videos: every `frame_skip`-th frame is classified; the probabilities are average
 apart, are saved as PNG (the frame at its recorded size, the probability in the name and the PNG's text); written
 per video (in <workdir>/<video id>/ when the input has several): frames.csv, timeline.png, best_*.png and
 summary.json (planes found: frames and probabilities; planes not found). Images and built datasets
-(tfds:<name>): predictions.csv with every class probability. A labelled dataset whose class names are not the
+(tfds:<name>): predictions.csv with every class probability. The probabilities are calibrated with the
+classifier's temperature; a classifier with a known-frame rule adds the columns `ood_score` and `known` (false: not a
+known plane, e.g. a black, colour-Doppler or non-ultrasound frame), and best frames are chosen among known frames
+only (docs/apply.md, "Predictions that know their limits"). A labelled dataset whose class names are not the
 classifier's is an error. Also written: sources.csv (id -> path: the only key from the ids to your files; keep it
 local), skipped.csv, config.json (with a salted hash of the input path, never the path) and finished.json.
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from fetalssl_jax.data.build import readers
+from fetalssl_jax.data.build import readers, sector
 from fetalssl_jax.errors import DataError
 from fetalssl_jax.validation import Checks
 
@@ -53,7 +53,8 @@ class FrameBlock:
     frames: uint8 [n, S, S, 1]; source_ids: [n] salted ids of the video / image / record; frame_index: int32 [n]
     (the frame's number in the decoded video, 0 for an image); labels: int32 [n] (NO_LABEL without one); originals:
     the gray frames before resizing (uint8 [H, W] each), for the PNGs a user looks at; video: the video's name
-    relative to the input ("" for a chunk of images or records).
+    relative to the input ("" for a chunk of images or records); doppler: bool [n], the frames that were colour
+    Doppler before they became gray (`sector.colour_doppler`; None: none can be, e.g. built records).
     """
 
     frames: np.ndarray
@@ -62,6 +63,7 @@ class FrameBlock:
     labels: np.ndarray
     originals: Sequence[np.ndarray]
     video: str = ""
+    doppler: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -134,11 +136,14 @@ class Input:
         return readers.salted_hash(self._relative(path), self.salt)
 
     def _image_block(self, paths: Sequence[pathlib.Path], image_size: int) -> FrameBlock:
-        originals = [readers.read_image_file(p, self._relative(p), deidentify=self.deidentify) for p in paths]
+        stored = [readers.read_image_file(p, self._relative(p), grayscale=False, deidentify=self.deidentify)
+                  for p in paths]  # fmt: skip
+        doppler = np.array([bool(sector.colour_doppler(image[None])[0]) for image in stored], bool)
+        originals = [readers.to_grayscale(image[None])[0] for image in stored]
         n = len(paths)
         return FrameBlock(
             resize_images(originals, image_size, self.fit), np.array([self._image_id(p) for p in paths]),
-            np.zeros(n, np.int32), np.full(n, NO_LABEL, np.int32), originals,
+            np.zeros(n, np.int32), np.full(n, NO_LABEL, np.int32), originals, doppler=doppler,
         )  # fmt: skip
 
     def _record_blocks(self, chunk: int) -> Iterator[FrameBlock]:
@@ -162,11 +167,13 @@ class Input:
 def video_block(
     raw: np.ndarray, name: str, source_id: str, image_size: int, frame_skip: int, fit: str = "stretch"
 ) -> FrameBlock:
-    """The FrameBlock of one decoded video: `readers.prepare_video` frames and the kept frames in gray."""
+    """The FrameBlock of one decoded video: `readers.prepare_video` frames, the kept frames in gray, and which of
+    them were colour Doppler."""
     frames, kept = readers.prepare_video(raw, name, image_size, frame_skip, fit)
     n = len(kept)
-    originals = readers.to_grayscale(readers.check_frames(raw, name)[kept])
-    return FrameBlock(frames, np.full(n, source_id), kept, np.full(n, NO_LABEL, np.int32), list(originals), name)
+    stored = readers.check_frames(raw, name)[kept]
+    return FrameBlock(frames, np.full(n, source_id), kept, np.full(n, NO_LABEL, np.int32),
+                      list(readers.to_grayscale(stored)), name, sector.colour_doppler(stored))  # fmt: skip
 
 
 def resize_images(images: Sequence[np.ndarray], image_size: int, fit: str = "stretch") -> np.ndarray:

@@ -20,6 +20,7 @@ import flax.linen as nn
 from fetalssl_jax.apply.onnx_model import OnnxClassifier, load_onnx_classifier
 from fetalssl_jax.downstream import classification
 from fetalssl_jax.downstream.backbones import check_identity, find_backbone, fit_variables, resolve_backbone
+from fetalssl_jax.downstream.trust import Trust, load_trust
 from fetalssl_jax.errors import DataError
 from fetalssl_jax.models.backbone import backbone_variables, create_backbone, description, is_vit
 
@@ -58,16 +59,23 @@ class Backbone:
 
 @dataclasses.dataclass(frozen=True)
 class PlaneClassifier:
-    """A trained plane classifier (backbone + linear head) of a classification run, and its class names."""
+    """A trained plane classifier (backbone + linear head) of a classification run, its class names, and its
+    temperature and known-frame rule (`downstream/trust.py`)."""
 
     spec: classification.StepSpec
     variables: dict[str, Any]
     class_names: tuple[str, ...]
     source: str
+    trust: Trust = Trust()
 
     @property
     def image_size(self) -> int:
         return self.spec.image_size
+
+    @property
+    def ood_threshold(self) -> float | None:
+        """The score above which a frame is not a known plane; None for a classifier saved without the rule."""
+        return None if self.trust.rule is None else self.trust.rule.threshold
 
     @property
     def backbone(self) -> Backbone:
@@ -168,7 +176,7 @@ def load_classifier(path: str | pathlib.Path) -> PlaneClassifier | OnnxClassifie
             holds, hint = ("a file" if path.is_file() else describe_directory(path)), ""
         raise DataError(f"{path} holds {holds}; a classifier is {CLASSIFIER_FORMS}{hint}")
     _, variables, description, spec = classification.load_classifier(path)
-    return PlaneClassifier(spec, variables, tuple(description["classes"]), str(path))
+    return PlaneClassifier(spec, variables, tuple(description["classes"]), str(path), load_trust(path))
 
 
 def check_class_names(

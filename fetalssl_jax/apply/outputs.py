@@ -2,13 +2,13 @@
 
 A run's fingerprint (`train.fingerprint`) is its config less the cosmetic keys and the locations (`input`,
 `backbone`, `classifier`, `data_dir`), plus `identity`: the model (kind, architecture and width or a ViT's patch
-size, registers and LayerScale, input size, class names, and the SHA-256 of its weights as loaded, so a moved or
-re-exported model is the same model and other weights in the same place are not) and the input (for files: the
-salted id, size and the SHA-256 of the first and last 64 KiB of every video / image listed, so a moved or copied
-folder is the same input and a rewritten file is not; for a built dataset: its name and split). `config.json`
-holds the config with `input` replaced by a salted hash of its path (`readers.salted_hash` with the input's
-`readers.id_salt`; `sources.csv` stays the only key from ids to files) and `identity`; `finished.json`, written last,
-marks complete outputs.
+size, registers and LayerScale, input size, class names, the SHA-256 of its weights as loaded, so a moved or
+re-exported model is the same model and other weights in the same place are not, and a classifier's temperature and
+known-frame rule where it has them) and the input (for files: the salted id, size and the SHA-256 of the first and
+last 64 KiB of every video / image listed, so a moved or copied folder is the same input and a rewritten file is
+not; for a built dataset: its name and split). `config.json` holds the config with `input` replaced by a salted
+hash of its path (`readers.salted_hash` with the input's `readers.id_salt`; `sources.csv` stays the only key from
+ids to files) and `identity`; `finished.json`, written last, marks complete outputs.
 
 Against a workdir that holds outputs:
 - the same fingerprint, finished: nothing is rewritten ("up to date");
@@ -78,7 +78,8 @@ def model_identity(model: Backbone | PlaneClassifier | OnnxClassifier) -> dict[s
                 "weights_sha256": digest}  # fmt: skip
     if isinstance(model, PlaneClassifier):
         return {"kind": "classifier", **model.spec.identity(), "image_size": model.image_size,
-                "classes": list(model.class_names), "weights_sha256": weights_digest(model.variables)}  # fmt: skip
+                "classes": list(model.class_names), "weights_sha256": weights_digest(model.variables),
+                **model.trust.identity()}  # fmt: skip
     return {"kind": model.kind, **model.identity, "image_size": model.image_size,
             "weights_sha256": weights_digest(model.variables)}  # fmt: skip
 

@@ -14,6 +14,10 @@ Causal smoothing: a stream knows only the past, so a frame's smoothed probabilit
 centres the window on the frame. The causal mean lags the centred one by (smooth_window - 1) / 2 frames: a plane
 is reported that much later, and a plane's best frame tends to be that much after the offline one.
 
+A classifier with a known-frame rule (`apply/planes.py`) scores every classified frame as offline predict does: a
+frame that is not a known plane (score above the threshold, or colour Doppler) makes the current plane none and is
+never a best frame; frames.csv gets its score and `known`, summary.json the count of frames not known.
+
 The current plane is the class of highest smoothed probability where it reaches `threshold`, else none. Written
 into the workdir as it goes: stream.csv, the events (`plane`: the current plane changed, to "none" when no class
 reaches the threshold; `best`: a frame became a plane's best so far, its highest smoothed probability at or above
@@ -45,7 +49,7 @@ from fetalssl_jax.apply.inputs import open_input
 from fetalssl_jax.apply.loading import PlaneClassifier, load_classifier
 from fetalssl_jax.apply.onnx_model import OnnxClassifier
 from fetalssl_jax.apply.outputs import COSMETIC_KEYS
-from fetalssl_jax.data.build import readers
+from fetalssl_jax.data.build import readers, sector
 from fetalssl_jax.downstream.report import write_json
 from fetalssl_jax.runtime.sharding import enable_compilation_cache
 from fetalssl_jax.runtime.workdir import make_workdir
@@ -161,15 +165,16 @@ class PlaneTracker:
         self.best: list[planes.PlaneFrame | None] = [None] * len(class_names)
         self.events = LiveCsv(out / "stream.csv", ["event", "frame_index", "time_s", "plane", "probability"])
 
-    def update(self, row: int, frame: Frame, time_s: str, gray: np.ndarray, smoothed: np.ndarray) -> None:
+    def update(self, row: int, frame: Frame, time_s: str, gray: np.ndarray, smoothed: np.ndarray, known: bool) -> None:
+        """The events of one classified frame (a frame that is not a known plane: no plane, never a best frame)."""
         top = int(np.argmax(smoothed))
-        plane = top if smoothed[top] >= self.threshold else None
+        plane = top if smoothed[top] >= self.threshold and known else None
         if plane != self.current:
             self.current = plane
             name = "none" if plane is None else self.class_names[plane]
             self.events.write(["plane", frame.index, time_s, name, f"{smoothed[top]:.6f}"])
             log.info("frame %d (%s s): %s (%.2f)", frame.index, time_s or "?", name, smoothed[top])
-        for c in np.flatnonzero(smoothed >= self.threshold):
+        for c in np.flatnonzero(smoothed >= self.threshold) if known else ():
             if self.best[c] is None or smoothed[c] > self.best[c].probability:
                 self.best[c] = planes.PlaneFrame(row, frame.index, float(smoothed[c]))
                 save_png(self.out / self.png(c), gray, {"plane": self.class_names[c], "frame": str(frame.index),
@@ -196,18 +201,21 @@ class StreamRun:
 
     def __post_init__(self) -> None:
         names = self.classifier.class_names
-        self.model = planes.probabilities_fn(self.classifier, 1)
+        self.model = planes.outputs_fn(self.classifier, 1)
         self.check, self.smoother = FrameCheck(), CausalSmoother(self.config.smooth_window)
         self.tracker = PlaneTracker(names, self.config.threshold, self.out)
+        self.has_rule = self.classifier.ood_threshold is not None
         self.rows = LiveCsv(self.out / "frames.csv", ["frame_index", "time_s", *(f"p_{n}" for n in names),
                                                       *(f"smoothed_{n}" for n in names),
-                                                      *(f"{s}_ms" for s in STAGES)])  # fmt: skip
+                                                      *(f"{s}_ms" for s in STAGES),
+                                                      *(("ood_score", "known") if self.has_rule else ())])  # fmt: skip
         self.skipped = dict.fromkeys(BAD_FRAMES, 0)
         self.decoded = self.kept = 0
         self.first_time: float | None = None
         self.latency: list[list[float]] = []
         self.smoothed: list[np.ndarray] = []
         self.frame_index: list[int] = []
+        self.known: list[bool] = []
         self.started = time.perf_counter()
 
     def step(self, frame: Frame) -> None:
@@ -218,25 +226,30 @@ class StreamRun:
         if frame.index % self.config.frame_skip:
             return
         self.kept += 1
-        gray = readers.to_grayscale(readers.check_frames(frame.pixels[None], self.source_id))[0]
+        stored = readers.check_frames(frame.pixels[None], self.source_id)
+        gray = readers.to_grayscale(stored)[0]
         bad = self.check(gray)
         if bad:
             self.skipped[bad] += 1
             return
         prepared, _ = readers.prepare_video(gray[None], self.source_id, self.classifier.image_size, 1, self.config.fit)
         prepared_at = time.perf_counter()
-        probabilities = np.asarray(self.model(prepared))[0]
+        out = np.asarray(self.model(prepared))[0]
         modelled_at = time.perf_counter()
+        probabilities, score = out[:-1], out[-1:]
+        known = planes.known_frames(self.classifier, score, sector.colour_doppler(stored))
         smoothed = self.smoother(probabilities)
         time_s = "" if frame.time is None or self.first_time is None else f"{frame.time - self.first_time:.3f}"
-        self.tracker.update(len(self.smoothed), frame, time_s, gray, smoothed)
+        self.tracker.update(len(self.smoothed), frame, time_s, gray, smoothed, known is None or bool(known[0]))
         self.smoothed.append(smoothed)
         self.frame_index.append(frame.index)
+        self.known.append(known is None or bool(known[0]))
         ms = [1e3 * frame.decode_seconds, 1e3 * (prepared_at - start), 1e3 * (modelled_at - prepared_at),
               1e3 * (frame.decode_seconds + time.perf_counter() - start)]  # fmt: skip
         self.latency.append(ms)
+        rule = [f"{score[0]:.6f}", str(self.known[-1]).lower()] if self.has_rule else []
         self.rows.write([frame.index, time_s, *(f"{x:.6f}" for x in probabilities),
-                         *(f"{x:.6f}" for x in smoothed), *(f"{x:.3f}" for x in ms)])  # fmt: skip
+                         *(f"{x:.6f}" for x in smoothed), *(f"{x:.3f}" for x in ms), *rule])  # fmt: skip
 
     def finish(self, stopped: str) -> dict[str, Any]:
         """Closes the CSVs, writes timeline.png (when a frame was classified) and summary.json; the summary."""
@@ -248,7 +261,7 @@ class StreamRun:
         if self.smoothed:
             title = f"{self.source_id}: plane probabilities (causal smoothing over {c.smooth_window} frames)"
             planes.plot_timeline(np.stack(self.smoothed), np.asarray(self.frame_index), names, found, c.threshold,
-                                 self.out / "timeline.png", title)  # fmt: skip
+                                 self.out / "timeline.png", title, np.asarray(self.known))  # fmt: skip
         settings = {
             "source_id": self.source_id, "stream": True, "stopped": stopped, "frames_decoded": self.decoded,
             "frames_kept": self.kept, "frames": len(self.smoothed), "frames_skipped": self.skipped,
@@ -257,6 +270,8 @@ class StreamRun:
             "decoded_per_second": round(self.decoded / max(seconds, 1e-9), 2),
             "latency_ms": latency_summary(np.asarray(self.latency).reshape(-1, len(STAGES))),
         }  # fmt: skip
+        if self.has_rule:
+            settings["frames_not_known"] = len(self.known) - sum(self.known)
         summary = planes.summarise(names, found, files, settings)
         write_json(self.out / "summary.json", summary)
         return summary
@@ -303,7 +318,7 @@ def run_stream(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
                               "run again: give another --workdir")  # fmt: skip
     enable_compilation_cache(config.compilation_cache_dir)
     size = classifier.image_size
-    planes.probabilities_fn(classifier, 1)(np.zeros((1, size, size, 1), np.uint8))  # compiled before the first frame
+    planes.outputs_fn(classifier, 1)(np.zeros((1, size, size, 1), np.uint8))  # compiled before the first frame
     first = next(frames, None)  # a source that cannot be read stops here, before anything is written
     if first is None:
         raise readers.DataError(f"{name}: the video has zero frames")
@@ -315,6 +330,7 @@ def run_stream(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -
     s = stream_planes(classifier, itertools.chain([first], frames), workdir, config, source_id)
     skipped = ", ".join(f"{v} {k}" for k, v in s["frames_skipped"].items())
     total = s["latency_ms"]["total"] or {"mean": float("nan"), "p95": float("nan")}
+    unknown = f" ({s['frames_not_known']} frames not a known plane)" if s.get("frames_not_known") else ""
     return (f"{s['frames']} of {s['frames_decoded']} frames classified ({skipped} skipped; {s['stopped']}); "
             f"{total['mean']:.1f} ms per frame (p95 {total['p95']:.1f}); planes found: "
-            f"{sorted(s['planes_found']) or 'none'}; reports in {workdir}")  # fmt: skip
+            f"{sorted(s['planes_found']) or 'none'}{unknown}; reports in {workdir}")  # fmt: skip

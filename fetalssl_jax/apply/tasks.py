@@ -37,6 +37,7 @@ from fetalssl_jax.runtime.workdir_lock import exclusive_workdir
 from fetalssl_jax.validation import Checks, raise_if
 
 SELECT_GROWS = ("budget", "input")  # a select run may differ from the workdir's in these: it adds frames
+KNOWN_COLUMNS = ("ood_score", "known")  # predict's columns for a classifier with a known-frame rule (`apply/planes.py`)
 
 
 def problems(config: ml_collections.ConfigDict) -> list[str]:
@@ -203,7 +204,8 @@ def _choose(job: _Job, before: list[tuple[str, int]], to_add: int) -> str:
 def run_predict(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> str:
     """`config.classifier` on `config.input`: predictions.csv for images and datasets; for videos, per video the
     frame probabilities, best frames (PNG), a timeline plot and summary.json (in `workdir/<source_id>/` when the
-    input holds several videos). With `config.stream`, one live video frame by frame (`apply/stream.py`)."""
+    input holds several videos); with the classifier's known-frame rule, every frame's score and whether it is a
+    known plane (`apply/planes.py`). With `config.stream`, one live video frame by frame (`apply/stream.py`)."""
     if config.stream:
         from fetalssl_jax.apply.stream import run_stream
 
@@ -226,43 +228,60 @@ def predict_input(
     """The reports of `run_predict` for a loaded classifier; `config` holds the predict config's keys."""
     if data.class_names:
         check_class_names(classifier, data.class_names, data.description)
-    probabilities = planes.probabilities_fn(classifier, config.batch_size)
-    blocks = map_blocks(probabilities, data.blocks(classifier.image_size, config.frame_skip, config.batch_size),
+    outputs = planes.outputs_fn(classifier, config.batch_size)
+    blocks = map_blocks(outputs, data.blocks(classifier.image_size, config.frame_skip, config.batch_size),
                         config.batch_size, config.progress_bar)  # fmt: skip
+    blocks = ((block, out[:, :-1], out[:, -1], planes.known_frames(classifier, out[:, -1], block.doppler))
+              for block, out in blocks)  # fmt: skip
     if not data.is_video:
         return _image_predictions(blocks, classifier.class_names, workdir / "predictions.csv")
     summaries = []
-    for block, probs in blocks:
+    for block, probs, scores, known in blocks:
         out = workdir / block.source_ids[0] if len(data.videos) > 1 else workdir
-        summaries.append(_video_report(config, classifier.class_names, block, probs, out))
+        summaries.append(_video_report(config, classifier.class_names, block, probs, out, scores, known))
     found = sorted({name for s in summaries for name in s["planes_found"]})
     if len(data.videos) > 1:
         write_json(workdir / "summary.json", {"videos": summaries})
-    return f"{len(summaries)} video(s); planes found: {found or 'none'}; reports in {workdir}"
+    not_known = sum(s.get("frames_not_known", 0) for s in summaries)
+    unknown = f" ({not_known} frames not a known plane)" if not_known else ""
+    return f"{len(summaries)} video(s); planes found: {found or 'none'}{unknown}; reports in {workdir}"
+
+
+def _known_columns(scores: np.ndarray, known: np.ndarray | None, i: int) -> list[str]:
+    """The `ood_score` and `known` cells of row `i` (none for a classifier without a known-frame rule)."""
+    return [] if known is None else [f"{scores[i]:.6f}", str(bool(known[i])).lower()]
 
 
 def _image_predictions(blocks, class_names: tuple[str, ...], path: pathlib.Path) -> str:
-    rows, correct, labelled = [], 0, 0
-    for block, probs in blocks:
+    rows, correct, labelled, not_known, has_rule = [], 0, 0, 0, False
+    for block, probs, scores, known in blocks:
+        has_rule = known is not None
+        not_known += 0 if known is None else int(np.sum(~known))
         for i, p in enumerate(probs):
             label = int(block.labels[i])
             prediction = int(np.argmax(p))
             labelled += label != NO_LABEL
             correct += label == prediction
             rows.append([block.source_ids[i], class_names[label] if label != NO_LABEL else "",
-                         class_names[prediction], *(f"{x:.6f}" for x in p)])  # fmt: skip
-    write_csv(path, ["source_id", "label", "prediction", *(f"p_{n}" for n in class_names)], rows)
+                         class_names[prediction], *(f"{x:.6f}" for x in p),
+                         *_known_columns(scores, known, i)])  # fmt: skip
+    write_csv(path, ["source_id", "label", "prediction", *(f"p_{n}" for n in class_names),
+                     *(KNOWN_COLUMNS if has_rule else ())], rows)  # fmt: skip
     accuracy = f"; accuracy {correct / labelled:.3f} on {labelled} labelled images" if labelled else ""
-    return f"{len(rows)} images{accuracy}: {path}"
+    unknown = f"; {not_known} not a known plane (known = false)" if has_rule else ""
+    return f"{len(rows)} images{accuracy}{unknown}: {path}"
 
 
 def _video_report(
-    config: ml_collections.ConfigDict, class_names: tuple[str, ...], block, probs: np.ndarray, out: pathlib.Path
-) -> dict[str, Any]:
-    """frames.csv, best-frame PNGs, timeline.png and summary.json of one video in `out`; the summary."""
+    config: ml_collections.ConfigDict, class_names: tuple[str, ...], block, probs: np.ndarray, out: pathlib.Path,
+    scores: np.ndarray, known: np.ndarray | None,
+) -> dict[str, Any]:  # fmt: skip
+    """frames.csv, best-frame PNGs (known frames only), timeline.png and summary.json of one video in `out`; the
+    summary."""
     out.mkdir(parents=True, exist_ok=True)
     smoothed = planes.smooth(probs, config.smooth_window)
-    found = planes.best_frames(smoothed, block.frame_index, config.threshold, config.top_k, config.min_separation)
+    found = planes.best_frames(smoothed, block.frame_index, config.threshold, config.top_k, config.min_separation,
+                               known)  # fmt: skip
     files = []
     for name, frames in zip(class_names, found, strict=True):
         files.append([])
@@ -272,14 +291,18 @@ def _video_report(
                                                           "frame": str(f.frame)})  # fmt: skip
             files[-1].append(file)
     write_csv(out / "frames.csv", ["frame_index", *(f"p_{n}" for n in class_names),
-                                   *(f"smoothed_{n}" for n in class_names)],
-              [[int(i), *(f"{x:.6f}" for x in p), *(f"{x:.6f}" for x in s)]
-               for i, p, s in zip(block.frame_index, probs, smoothed, strict=True)])  # fmt: skip
+                                   *(f"smoothed_{n}" for n in class_names),
+                                   *(KNOWN_COLUMNS if known is not None else ())],
+              [[int(i), *(f"{x:.6f}" for x in p), *(f"{x:.6f}" for x in s), *_known_columns(scores, known, row)]
+               for row, (i, p, s) in enumerate(zip(block.frame_index, probs, smoothed, strict=True))])  # fmt: skip
     title = f"{block.source_ids[0]}: plane probabilities (smoothing {config.smooth_window} frames)"
-    planes.plot_timeline(smoothed, block.frame_index, class_names, found, config.threshold, out / "timeline.png", title)
+    planes.plot_timeline(smoothed, block.frame_index, class_names, found, config.threshold, out / "timeline.png", title,
+                         known)  # fmt: skip
     settings = {"source_id": str(block.source_ids[0]), "frames": len(block), "frame_skip": config.frame_skip,
                 "smooth_window": config.smooth_window, "threshold": config.threshold,
                 "top_k": config.top_k}  # fmt: skip
+    if known is not None:
+        settings["frames_not_known"] = int(np.sum(~known))
     summary = planes.summarise(class_names, found, files, settings)
     write_json(out / "summary.json", summary)
     return summary

@@ -30,17 +30,20 @@ __all__ = [
     "BOX_UNIFORMS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "acquisition_shift",
     "adjust_brightness",
     "augment_batch",
     "augment_view",
     "blur_kernel_size",
     "check_channels",
+    "crop_and_resize",
     "crop_box",
     "default_view_config",
     "imagenet_normalise",
     "preprocess_eval",
     "random_box",
     "resize_to_rgb",
+    "rotate",
     "to_float",
     "to_rgb",
 ]
@@ -291,10 +294,11 @@ def crop_box(
     return top, left, h_out, w_out
 
 
-def _crop_and_resize(
+def crop_and_resize(
     x: jax.Array, top: jax.Array, left: jax.Array, h: jax.Array, w: jax.Array, out_size: int
 ) -> jax.Array:
-    """Resample box ``[top:top+h, left:left+w]`` of float [H, W, C] to [out, out, C] (bicubic, antialias)."""
+    """Resample box ``[top:top+h, left:left+w]`` of float [H, W, C] to [out, out, C] (bicubic, antialias); the part
+    of a box outside the image is black."""
     top, left, h, w = (jnp.asarray(v, jnp.float32) for v in (top, left, h, w))
     sy = out_size / h
     sx = out_size / w
@@ -408,7 +412,24 @@ def _ultrasound(u: jax.Array, key: jax.Array, x: jax.Array, cfg: Mapping) -> jax
     return jnp.clip(jnp.log1p(c * amplitude) / big_l, 0.0, 1.0)
 
 
-def _rotate(x: jax.Array, degrees: jax.Array) -> jax.Array:
+def acquisition_shift(
+    x: jax.Array, gain_db: float = 0.0, tgc_db: float = 0.0, speckle: float = 0.0, key: jax.Array | None = None,
+    dynamic_range_db: float = 50.0,
+) -> jax.Array:  # fmt: skip
+    """The ultrasound nuisances of `_ultrasound` at given strengths, on a gray float image [H, W, 1] in [0, 1]: an
+    overall gain of `gain_db`, a TGC slope of `tgc_db` from the top to the bottom (0 dB at the middle row), and
+    fresh speckle of strength `speckle` in [0, 1] (drawn with `key`), on the echo amplitude behind the log
+    compression."""
+    cfg = {"gain_db": abs(gain_db), "tgc_db": abs(tgc_db), "speckle": float(speckle),
+           "dynamic_range_db": dynamic_range_db}  # fmt: skip
+    # the draws that put `_ultrasound`'s uniform ranges [-g, g], [-t, t] and [0, s] at exactly g, t and s
+    u = jnp.asarray([1.0, float(gain_db >= 0), float(tgc_db >= 0), 1.0], jnp.float32)
+    if speckle > 0 and key is None:
+        raise ValueError("speckle needs a key")
+    return _ultrasound(u, key, x, cfg)
+
+
+def rotate(x: jax.Array, degrees: jax.Array) -> jax.Array:
     """Rotates float [H, W, C] by `degrees` about its centre (clockwise as displayed); bilinear, 0 outside."""
     height, width = x.shape[0], x.shape[1]
     theta = jnp.deg2rad(degrees)
@@ -471,10 +492,10 @@ def augment_view(key: jax.Array, image: jax.Array, cfg: Mapping, out_size: int) 
     u = jax.random.uniform(key, (_NUM_UNIFORMS,), jnp.float32)
 
     top, left, h, w = crop_box(u[_U_CROP], height, width, cfg["crop_scale"], cfg["crop_ratio"])
-    x = _crop_and_resize(to_float(image), top, left, h, w, out_size)
+    x = crop_and_resize(to_float(image), top, left, h, w, out_size)
     u_rot = u[_U_ROTATE]
     angle = _affine(u_rot[1], -cfg["rotation_deg"], cfg["rotation_deg"])
-    x = _maybe(u_rot[0], cfg["rotation_prob"], lambda y: _rotate(y, angle), x)
+    x = _maybe(u_rot[0], cfg["rotation_prob"], lambda y: rotate(y, angle), x)
     if c == 1:
         u_us = u[_U_US]
         x = _maybe(u_us[0], cfg["ultrasound_prob"], lambda y: _ultrasound(u_us, speckle_key, y, cfg), x)

@@ -13,10 +13,12 @@ the end (`train.durations`).
 
 A run writes into its workdir: ``config.json``, ``label_indices.json`` (the chosen training images),
 ``metrics.jsonl`` and ``tensorboard/`` (the loss of every step, and a record of kind 'eval' per validation, as
-pretraining writes them), ``classifier/`` (the selected weights + ``classifier.json``),
-``results.json`` (validation and test metrics, per-class report, confusion matrix), ``confusion_matrix.{png,json}``
-and ``predictions.csv``. ``results.json`` is written last: a workdir that has it is finished and is not rerun; its
-results are reused if the same config (up to cosmetic keys) made them, otherwise the run is refused.
+pretraining writes them), ``classifier/`` (the selected weights + ``classifier.json``, with the temperature and the
+known-frame rule fitted on validation: `downstream/trust.py`), ``results.json`` (validation and test metrics,
+per-class report, confusion matrix, calibration and known frames), ``confusion_matrix.{png,json}``,
+``reliability_diagram.png`` and ``predictions.csv`` (calibrated probabilities, score, known). ``results.json`` is
+written last: a workdir that has it is finished and is not rerun; its results are reused if the same config (up to
+cosmetic keys) made them, otherwise the run is refused.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from fetalssl_jax.downstream import report
 from fetalssl_jax.downstream.backbones import BackboneInit, resolve_backbone
 from fetalssl_jax.downstream.labels import budget_name, choose_labels, class_weights
 from fetalssl_jax.downstream.optimizer import SCHEDULES, classifier_optimizer
+from fetalssl_jax.downstream.trust import RELIABILITY_PNG, fit_trust
 from fetalssl_jax.errors import DataError
 from fetalssl_jax.eval.frozen import map_batches, with_channel
 from fetalssl_jax.methods.base import apply_model
@@ -543,11 +546,12 @@ def _test_and_report(run: _LabelledRun, best: dict[str, Any], best_variables: di
         "labels_per_class": config.labels_per_class, "seed": config.seed, "best_epoch": best.get("epoch"),
         "best_step": best["step"],
     }  # fmt: skip
-    save_classifier(workdir / "classifier", best_variables, description)
+    fit = fit_trust(run.spec.model(), run.spec.image_size, best_variables, run.splits, config.seed,
+                    config.eval_batch_size)  # fmt: skip
+    fit.trust.save(workdir / "classifier")
+    save_classifier(workdir / "classifier", best_variables, {**description, **fit.trust.description()})
     test = run.splits["test"]
-    test_probs = predict_probabilities(
-        run.spec, best_variables["params"], best_variables["batch_stats"], test.images, config.eval_batch_size
-    )
+    test_probs = fit.test_probabilities  # calibrated: softmax(logits / temperature)
     test_report = report.full_report(test.labels, test_probs.argmax(1), run.class_names)
     report.write_json(workdir / "confusion_matrix.json",
                       {"class_names": list(run.class_names), "matrix": test_report["confusion_matrix"]})  # fmt: skip
@@ -555,12 +559,15 @@ def _test_and_report(run: _LabelledRun, best: dict[str, Any], best_variables: di
         np.asarray(test_report["confusion_matrix"]), run.class_names, workdir / "confusion_matrix.png",
         f"{config.mode}, {run.budget} labels: macro-F1 {test_report['macro_f1']:.3f}",
     )  # fmt: skip
-    report.write_predictions(workdir / "predictions.csv", test.labels, test_probs, run.class_names, test.patient_ids)
+    report.write_predictions(workdir / "predictions.csv", test.labels, test_probs, run.class_names, test.patient_ids,
+                             fit.columns())  # fmt: skip
+    fit.plot(workdir / RELIABILITY_PNG, test.labels, f"{config.mode}, {run.budget} labels: test split")
     results = {
         "init": init.source, "init_kind": init.kind, "mode": config.mode, "label_fraction": config.label_fraction,
         "labels_per_class": config.labels_per_class, "seed": config.seed, "num_train_images": int(len(run.labels)),
         "num_steps": run.steps.total, "best_epoch": best.get("epoch"), "best_step": best["step"],
-        "valid": best, "test": test_report, "seconds": round(time.time() - started, 1),
+        "valid": best, "test": test_report, "calibration": fit.calibration, "ood": fit.ood,
+        "seconds": round(time.time() - started, 1),
     }  # fmt: skip
     report.write_json(workdir / "results.json", results)
     # The run is complete: its checkpoint is no longer needed (a grid keeps hundreds of these workdirs).

@@ -5,10 +5,14 @@ C++, C#, a browser.
 The graph takes what predict feeds the network, uint8 gray frames [N, S, S, 1] at the trained size S (input
 `frames`; N is dynamic), and does the evaluation's preprocessing itself (`data.augment.preprocess_eval` at its own
 size: /255, gray to RGB, ImageNet mean and std), then the backbone in inference mode: a ResNet with its BatchNorm
-running statistics and global average pooling, or a ViT's class token (position embeddings for the input size); for a
-classifier, then the linear head and the softmax. It computes in float32 whatever the
-training dtype. The model's metadata_props (`fetalssl_jax.*`, `METADATA_KEYS`) say what a user needs: the kind, the
-input size, the normalisation (already in the graph), the class names, the architecture and the project's version.
+running statistics and global average pooling, or a ViT's class token (position embeddings for the input size); for
+a classifier, then the linear head and the softmax of the logits divided by the classifier's temperature
+(`downstream/trust.py`); a classifier with a known-frame rule gets a second output, `ood_score` [N] (the distance to
+the k-th nearest training image's features, its reference a constant of the graph): a frame is a known plane where
+it is at most the metadata's `fetalssl_jax.ood_threshold`. It computes in float32 whatever the training dtype. The
+model's metadata_props (`fetalssl_jax.*`, `METADATA_KEYS`) say what a user needs: the kind, the input size, the
+normalisation (already in the graph), the class names, the temperature (already in the graph), the threshold, the
+architecture and the project's version.
 
 Converter: jax2onnx, which lowers the model's own jaxpr (jax2tf in this JAX writes only opaque StableHLO calls that
 tf2onnx cannot convert, and tf2onnx pins protobuf 3).
@@ -34,8 +38,11 @@ KIND, IMAGE_SIZE, CLASS_NAMES = "fetalssl_jax.kind", "fetalssl_jax.image_size", 
 ARCH, WIDTH, VERSION = "fetalssl_jax.arch", "fetalssl_jax.width", "fetalssl_jax.version"
 INPUT, OUTPUT, NORMALISATION = "fetalssl_jax.input", "fetalssl_jax.output", "fetalssl_jax.normalisation"
 BACKBONE = "fetalssl_jax.backbone"  # the backbone's identity as JSON (a ViT: arch, patch_size, reg_tokens, ...)
-METADATA_KEYS = (KIND, IMAGE_SIZE, CLASS_NAMES, ARCH, WIDTH, BACKBONE, VERSION, INPUT, OUTPUT, NORMALISATION)
+TEMPERATURE, OOD_THRESHOLD, OOD_K = "fetalssl_jax.temperature", "fetalssl_jax.ood_threshold", "fetalssl_jax.ood_k"
+METADATA_KEYS = (KIND, IMAGE_SIZE, CLASS_NAMES, ARCH, WIDTH, BACKBONE, VERSION, INPUT, OUTPUT, NORMALISATION,
+                 TEMPERATURE, OOD_THRESHOLD, OOD_K)  # fmt: skip
 FEATURES = {"resnet": "the pooled layer4 features", "vit": "the class token after the final norm"}
+SCORE_NAME = "ood_score"
 
 
 def export_backbone(backbone: str | pathlib.Path, out: pathlib.Path, image_size: int | None = None) -> pathlib.Path:
@@ -70,22 +77,35 @@ def _identity_metadata(identity: dict) -> dict[str, str]:
 
 def export_classifier(classifier: str | pathlib.Path, out: pathlib.Path) -> pathlib.Path:
     """The classifier of a classification run (its workdir or its ``classifier/`` directory) as an ONNX graph
-    frames -> probabilities [N, C] at `out`, its class names in the metadata."""
-    from fetalssl_jax.downstream.classification import class_probabilities, load_classifier
+    frames -> calibrated probabilities [N, C] (and, with a known-frame rule, ood_score [N]) at `out`, its class
+    names, temperature and threshold in the metadata."""
+    from fetalssl_jax.downstream.classification import load_classifier
+    from fetalssl_jax.downstream.trust import load_trust, trusted_outputs
 
     _, variables, description, spec = load_classifier(classifier)
+    trust = load_trust(classifier)
     spec = dataclasses.replace(spec, conv_impl="native", dtype="float32")
-    model, names = spec.model(), list(description["classes"])
+    model, names, rule = spec.model(), list(description["classes"]), trust.rule
     metadata = {KIND: "classifier", **_identity_metadata(spec.identity()), CLASS_NAMES: json.dumps(names),
-                OUTPUT: f"probabilities: float32 [N, {len(names)}], columns in the order of {CLASS_NAMES}"}  # fmt: skip
-    fn = lambda x: class_probabilities(model, spec.image_size, variables, x)  # noqa: E731
-    return _export(fn, spec.image_size, "probabilities", metadata, out)
+                TEMPERATURE: repr(trust.temperature),
+                OUTPUT: f"probabilities: float32 [N, {len(names)}], columns in the order of {CLASS_NAMES}, "
+                        f"softmax(logits / {TEMPERATURE})"}  # fmt: skip
+    if rule is not None:
+        metadata[OUTPUT] += (f"; {SCORE_NAME}: float32 [N], distance to the k-th nearest training image (k = {rule.k}"
+                             f"), a known plane where <= {OOD_THRESHOLD}")  # fmt: skip
+        metadata.update({OOD_THRESHOLD: repr(rule.threshold), OOD_K: str(rule.k)})
+    reference, k = (None, 0) if rule is None else (jnp.asarray(rule.reference), rule.k)
+    fn = lambda x: trusted_outputs(model, spec.image_size, variables, trust.temperature, reference, k, x)  # noqa: E731
+    outputs = ("probabilities",) if rule is None else ("probabilities", SCORE_NAME)
+    return _export(fn, spec.image_size, outputs, metadata, out)
 
 
 def _export(
-    fn: Callable[[jax.Array], jax.Array], image_size: int, output: str, metadata: dict[str, str], out: pathlib.Path
-) -> pathlib.Path:
-    """`fn` of uint8 frames [N, S, S, 1] (N symbolic) as an ONNX file at `out` with `metadata` and the common keys."""
+    fn: Callable[[jax.Array], jax.Array | tuple[jax.Array, ...]], image_size: int, outputs: str | tuple[str, ...],
+    metadata: dict[str, str], out: pathlib.Path,
+) -> pathlib.Path:  # fmt: skip
+    """`fn` of uint8 frames [N, S, S, 1] (N symbolic) as an ONNX file at `out` with `metadata` and the common keys;
+    `outputs` names its output (or outputs)."""
     import jax2onnx
     import onnx
 
@@ -95,7 +115,8 @@ def _export(
     frames = jax.ShapeDtypeStruct((jax.export.symbolic_shape("N")[0], image_size, image_size, 1), jnp.uint8)
     with _quiet("onnx_ir"):  # it warns of the converter's own unnamed constants
         model = jax2onnx.to_onnx(fn, [frames], model_name=f"fetalssl_jax_{metadata[KIND]}", opset=OPSET,
-                                 input_names=[INPUT_NAME], output_names=[output])  # fmt: skip
+                                 input_names=[INPUT_NAME],
+                                 output_names=[outputs] if isinstance(outputs, str) else list(outputs))  # fmt: skip
     # jax2onnx keeps convolutions in NCHW between layers but stamps some of those values with NHWC shapes;
     # onnxruntime infers the shapes itself, so the (partly wrong) annotations go
     del model.graph.value_info[:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -90,14 +90,19 @@ def write_predictions(
     probabilities: np.ndarray,
     class_names: Sequence[str],
     patient_ids: Sequence[str] | None = None,
+    extra: Mapping[str, Sequence[str]] | None = None,
 ) -> None:
-    """One row per test image: index, patient, true and predicted class, and every class probability."""
+    """One row per test image: index, patient, true and predicted class, every class probability, and the columns
+    of `extra` (name -> one value per image)."""
     predictions = probabilities.argmax(axis=1)
+    extra = dict(extra or {})
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["index", "patient_id", "label", "prediction", *[f"p_{name}" for name in class_names]])
+        writer.writerow(["index", "patient_id", "label", "prediction", *[f"p_{name}" for name in class_names],
+                         *extra])  # fmt: skip
         for i, (label, prediction, probs) in enumerate(zip(labels, predictions, probabilities, strict=True)):
             patient = "" if patient_ids is None else str(patient_ids[i])
-            writer.writerow([i, patient, class_names[label], class_names[prediction], *[f"{p:.6f}" for p in probs]])
+            writer.writerow([i, patient, class_names[label], class_names[prediction], *[f"{p:.6f}" for p in probs],
+                             *(values[i] for values in extra.values())])  # fmt: skip
     tmp.replace(path)

@@ -373,9 +373,9 @@ def test_ultrasound_keys_are_validated(key, value):
 
 def test_rotation_by_90_degrees_is_rot90_and_keys_validate():
     x = jnp.asarray(np.random.default_rng(0).random((7, 7, 1)), jnp.float32)
-    np.testing.assert_allclose(aug._rotate(x, jnp.float32(90.0)), np.rot90(np.asarray(x), -1), atol=1e-5)  # clockwise
-    np.testing.assert_allclose(aug._rotate(x, jnp.float32(0.0)), x, atol=1e-6)
-    corners = aug._rotate(jnp.ones((8, 8, 1)), jnp.float32(45.0))
+    np.testing.assert_allclose(aug.rotate(x, jnp.float32(90.0)), np.rot90(np.asarray(x), -1), atol=1e-5)  # clockwise
+    np.testing.assert_allclose(aug.rotate(x, jnp.float32(0.0)), x, atol=1e-6)
+    corners = aug.rotate(jnp.ones((8, 8, 1)), jnp.float32(45.0))
     assert float(corners[0, 0, 0]) == 0.0 and float(corners[4, 4, 0]) == 1.0  # zeros rotate in at the corners
     with pytest.raises(ValueError, match="rotation_deg"):
         aug.default_view_config(rotation_deg=-5.0)

@@ -1,0 +1,106 @@
+"""Calibrated class probabilities: temperature scaling (Guo et al. 2017), the expected calibration error and the
+reliability diagram.
+
+One scalar T > 0 divides the logits before the softmax; it is the T that minimises the negative log-likelihood of
+the selected classifier's validation logits. Dividing by T keeps every prediction (the argmax) and changes only how
+sure the probabilities are. The NLL is convex in 1/T, so a bounded scalar search (scipy's) finds the one minimum.
+
+The expected calibration error (ECE) bins the confidence (the highest probability of a frame) into `ECE_BINS`
+equal-width bins (i/B, (i+1)/B] and sums, over the bins, the share of frames in the bin times the gap between the
+bin's accuracy and its mean confidence.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, softmax
+
+ECE_BINS = 15
+TEMPERATURE_RANGE = (0.01, 100.0)  # the search's bounds; a T at either bound means the logits carry no signal
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of `labels` [N] under softmax(logits [N, C] / temperature)."""
+    log_p = log_softmax(np.asarray(logits, np.float64) / temperature, axis=1)
+    return float(-np.mean(log_p[np.arange(len(labels)), labels]))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T in `TEMPERATURE_RANGE` that minimises `nll(logits, labels, T)` (searched over log T)."""
+    if len(labels) == 0:
+        raise ValueError("fitting a temperature needs at least one labelled frame")
+    logits = np.asarray(logits, np.float64)
+    lo, hi = (math.log(t) for t in TEMPERATURE_RANGE)
+    found = minimize_scalar(lambda log_t: nll(logits, labels, math.exp(log_t)), bounds=(lo, hi), method="bounded",
+                            options={"xatol": 1e-7})  # fmt: skip
+    return float(math.exp(found.x))
+
+
+def calibrated(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(logits / temperature) as float32 [N, C]."""
+    return softmax(np.asarray(logits, np.float64) / temperature, axis=1).astype(np.float32)
+
+
+def reliability_bins(
+    probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS, weights: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Per equal-width confidence bin (i/B, (i+1)/B]: `count` (the sum of the frames' `weights`, default 1),
+    `accuracy` and mean `confidence` (NaN when empty)."""
+    probabilities = np.asarray(probabilities, np.float64)
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == np.asarray(labels)
+    w = np.ones(len(confidence)) if weights is None else np.asarray(weights, np.float64)
+    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)
+    count = np.bincount(which, w, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = np.bincount(which, w * correct, minlength=bins) / count
+        mean_confidence = np.bincount(which, w * confidence, minlength=bins) / count
+    return {"count": count if weights is not None else count.astype(int), "accuracy": accuracy,
+            "confidence": mean_confidence}  # fmt: skip
+
+
+def expected_calibration_error(
+    probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS, weights: np.ndarray | None = None
+) -> float:
+    """sum over bins of (frames in the bin / N) * |accuracy - mean confidence| (`reliability_bins`; with `weights`,
+    frame counts weighted, e.g. a bootstrap's resampling counts)."""
+    b = reliability_bins(probabilities, labels, bins, weights)
+    used = b["count"] > 0
+    return float(np.sum(b["count"][used] / b["count"].sum() * np.abs(b["accuracy"][used] - b["confidence"][used])))
+
+
+def plot_reliability(
+    curves: dict[str, np.ndarray], labels: np.ndarray, path: pathlib.Path, title: str = "", bins: int = ECE_BINS
+) -> None:
+    """Reliability diagram: accuracy against mean confidence per bin for each set of probabilities in `curves`
+    (name -> [N, C]), with its ECE in the legend; below, the frames per bin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fetalssl_jax.downstream.report import save_figure
+
+    fig, (ax, counts) = plt.subplots(2, 1, figsize=(5, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="gray", label="calibrated")
+    centres = (np.arange(bins) + 0.5) / bins
+    for k, (name, probabilities) in enumerate(curves.items()):
+        b = reliability_bins(probabilities, labels, bins)
+        used = b["count"] > 0
+        ece = expected_calibration_error(probabilities, labels, bins)
+        ax.plot(b["confidence"][used], b["accuracy"][used], "o-", ms=4, label=f"{name}: ECE {ece:.3f}")
+        width = 0.8 / bins / len(curves)
+        counts.bar(centres + (k - (len(curves) - 1) / 2) * width, b["count"], width=width, label=name)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(title or f"reliability ({bins} equal-width confidence bins)", fontsize=9)
+    counts.set_xlabel("confidence (highest class probability)")
+    counts.set_ylabel("frames")
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -1,0 +1,231 @@
+"""What a classifier knows of its limits, fitted at the end of its classification run and applied wherever it
+predicts: the temperature of its calibrated probabilities (`calibration`) and its known-frame rule (`ood`).
+
+Both are fitted on the validation split (the temperature on the selected classifier's logits, the rule's threshold
+on the validation frames' scores, its reference the training images' features) and reported on the test split
+(results.json: ECE before and after scaling, the share of test frames known; reliability_diagram.png). They are
+stored with the classifier: `temperature` and `ood` in classifier.json, the rule's reference in
+``ood_reference.npy`` beside it. A classifier saved without them predicts with temperature 1 and no rule.
+
+`trusted_outputs` is the one function of a batch of frames that gives both, the calibrated probabilities and the
+score: the JAX path of predict and the ONNX export run it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fetalssl_jax.data.augment import preprocess_eval
+from fetalssl_jax.downstream import calibration
+from fetalssl_jax.downstream.ood import KnownRule, knn_distance, normalised, reference_rows
+from fetalssl_jax.errors import DataError
+from fetalssl_jax.eval.few_label import Resamples, interval
+from fetalssl_jax.eval.frozen import map_batches, with_channel
+from fetalssl_jax.models.vit import ViT
+
+RELIABILITY_PNG = "reliability_diagram.png"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Trust:
+    """A classifier's temperature and its known-frame rule (None: every frame counts as known, no score)."""
+
+    temperature: float = 1.0
+    rule: KnownRule | None = None
+
+    def description(self) -> dict[str, Any]:
+        """The entries of classifier.json."""
+        return {"temperature": self.temperature, **({"ood": self.rule.description()} if self.rule else {})}
+
+    def identity(self) -> dict[str, Any]:
+        """What predict's fingerprint records of it (empty for a classifier saved without them)."""
+        if self.temperature == 1.0 and self.rule is None:
+            return {}
+        return {"temperature": self.temperature, "ood_sha256": self.rule.digest() if self.rule else None}
+
+    def save(self, directory: pathlib.Path) -> None:
+        """The rule's reference into the classifier's directory (classifier.json holds the rest)."""
+        if self.rule is not None:
+            self.rule.save(directory)
+
+
+def classifier_directory(path: str | pathlib.Path) -> pathlib.Path:
+    """The directory holding classifier.json: `path` or `path`/classifier."""
+    path = pathlib.Path(path)
+    for directory in (path, path / "classifier"):
+        if (directory / "classifier.json").is_file():
+            return directory
+    raise DataError(f"{path} holds no trained classifier (classifier.json)")
+
+
+def load_trust(path: str | pathlib.Path) -> Trust:
+    """The Trust stored with the classifier at `path` (a classification run or its ``classifier/`` directory)."""
+    directory = classifier_directory(path)
+    description = json.loads((directory / "classifier.json").read_text())
+    rule = KnownRule.load(directory, description["ood"]) if "ood" in description else None
+    return Trust(float(description.get("temperature", 1.0)), rule)
+
+
+_BLOCK = re.compile(r"(layer(\d+)_(\d+)|blocks_(\d+))$")  # a ResNet block (stage, index) or a ViT block (index)
+
+
+def _is_block(module, method: str) -> bool:
+    return method == "__call__" and module.name is not None and bool(_BLOCK.match(module.name))
+
+
+def _stage_tokens(backbone, blocks: Mapping[str, Any]) -> list[jax.Array]:
+    """The outputs [B, positions, C] of a ResNet's stages (the last block of each), or of a ViT's blocks at a
+    quarter, half, three quarters and all of its depth (its patch tokens)."""
+    found = {name: _BLOCK.match(name) for name in blocks}
+    found = {name: match for name, match in found.items() if match}  # not what else is sown (a ResNet's stem)
+    if isinstance(backbone, ViT):
+        depth = len(found)
+        chosen = sorted({max(round(depth * q) - 1, 0) for q in (0.25, 0.5, 0.75, 1.0)})
+        return [blocks[f"blocks_{i}"]["__call__"][0][:, backbone.num_prefix_tokens :] for i in chosen]
+    last = {}
+    for match in found.values():
+        stage, index = int(match.group(2)), int(match.group(3))
+        last[stage] = max(last.get(stage, -1), index)
+    maps = [blocks[f"layer{stage}_{index}"]["__call__"][0] for stage, index in sorted(last.items())]
+    return [m.reshape(m.shape[0], -1, m.shape[-1]) for m in maps]
+
+
+def logits_and_features(model, image_size: int, variables: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Logits [B, C] and the features of the known-frame score of uint8 images [B, H, W, C]: for each stage of the
+    backbone (`_stage_tokens`), the mean and the standard deviation over positions of every channel, L2-normalised
+    per stage, concatenated. `preprocess_eval`, BatchNorm running statistics (as
+    `classification.class_probabilities`)."""
+    logits, state = model.apply(variables, preprocess_eval(images, image_size), train=False,
+                                capture_intermediates=_is_block, mutable=["intermediates"])  # fmt: skip
+    stages = []
+    for tokens in _stage_tokens(model.backbone, state["intermediates"]["backbone"]):
+        tokens = tokens.astype(jnp.float32)
+        stages.append(normalised(jnp.concatenate([jnp.mean(tokens, axis=1), jnp.std(tokens, axis=1)], axis=-1)))
+    return logits, jnp.concatenate(stages, axis=-1)
+
+
+def trusted_outputs(
+    model, image_size: int, variables: Any, temperature: jax.Array | float, reference: jax.Array | None, k: int,
+    images: jax.Array,
+) -> tuple[jax.Array, ...]:  # fmt: skip
+    """(probabilities [B, C] = softmax(logits / temperature),) and, with a `reference` (L2-normalised training
+    features of `logits_and_features`), the score [B] (`ood.knn_distance` to its `k`-th row)."""
+    logits, features = logits_and_features(model, image_size, variables, images)
+    probabilities = jax.nn.softmax(logits / temperature, axis=-1)
+    if reference is None:
+        return (probabilities,)
+    return probabilities, knn_distance(features, reference, k)
+
+
+_trusted = jax.jit(trusted_outputs, static_argnums=(0, 1, 5))
+_outputs = jax.jit(logits_and_features, static_argnums=(0, 1))
+
+
+def predict_trusted(
+    model, image_size: int, variables: Any, trust: Trust, images: np.ndarray, batch_size: int
+) -> np.ndarray:
+    """float32 [N, C + 1] of uint8 images [N, H, W(, 1)] in fixed-size batches: the calibrated probabilities and,
+    in the last column, the score (NaN without a rule)."""
+    rule = trust.rule
+    reference, k = (None, 0) if rule is None else (jnp.asarray(rule.reference), rule.k)
+    temperature = jnp.float32(trust.temperature)
+
+    def batch(x: np.ndarray) -> np.ndarray:
+        out = _trusted(model, image_size, variables, temperature, reference, k, x)
+        score = out[1] if len(out) > 1 else jnp.full(len(x), jnp.nan)
+        return np.concatenate([np.asarray(out[0]), np.asarray(score, np.float32)[:, None]], axis=1)
+
+    return map_batches(batch, with_channel(images), batch_size)
+
+
+def _outputs_of(model, image_size, variables, images, batch_size) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, features) of uint8 images in fixed-size batches."""
+    joined = map_batches(lambda x: np.concatenate([np.asarray(a) for a in _outputs(model, image_size, variables, x)],
+                                                  axis=1), with_channel(images), batch_size)  # fmt: skip
+    num_classes = model.num_classes
+    return joined[:, :num_classes], joined[:, num_classes:]
+
+
+def _ece_intervals(
+    probabilities: Mapping[str, np.ndarray], labels: np.ndarray, patients: np.ndarray, seed: int, replicates: int = 1000
+) -> dict[str, dict[str, float]]:  # fmt: skip
+    """{'<name>_interval': the ECE's 95 % percentile interval over test patients resampled with replacement (a
+    patient's frames together; `eval.few_label.Resamples`, the same resamples for every name)}."""
+    _, patient = np.unique(np.asarray(patients).astype(str), return_inverse=True)
+    weights = Resamples.make(1, int(patient.max()) + 1, replicates, seed).patient_weights[:, patient]
+    out = {}
+    for name, p in probabilities.items():
+        replicated = [calibration.expected_calibration_error(p, labels, weights=w) for w in weights]
+        i = interval(calibration.expected_calibration_error(p, labels), np.asarray(replicated))
+        out[f"{name}_interval"] = [i.low, i.high]
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class TrustFit:
+    """The fitted Trust, the test split's calibrated probabilities, scores and known frames, and what results.json
+    reports of them (`calibration`, `ood`)."""
+
+    trust: Trust
+    test_probabilities: np.ndarray
+    test_scores: np.ndarray
+    test_known: np.ndarray
+    test_uncalibrated: np.ndarray
+    calibration: dict[str, Any]
+    ood: dict[str, Any]
+
+    def columns(self) -> dict[str, list[str]]:
+        """The extra columns of the run's predictions.csv."""
+        return {"ood_score": [f"{s:.6f}" for s in self.test_scores],
+                "known": [str(bool(k)).lower() for k in self.test_known]}  # fmt: skip
+
+    def plot(self, path: pathlib.Path, labels: np.ndarray, title: str = "") -> None:
+        """The test split's reliability diagram before and after scaling."""
+        calibration.plot_reliability({"before (T = 1)": self.test_uncalibrated,
+                                      f"after (T = {self.trust.temperature:.2f})": self.test_probabilities},
+                                     labels, path, title)  # fmt: skip
+
+
+def fit_trust(
+    model, image_size: int, variables: Any, splits: Mapping[str, Any], seed: int, batch_size: int
+) -> TrustFit:
+    """The temperature (validation NLL) and the known-frame rule (reference: the training split's features,
+    `ood.reference_rows`; threshold: the validation scores' quantile) of a trained classifier, scored on the test
+    split."""
+    train, valid, test = splits["train"], splits["valid"], splits["test"]
+    valid_logits, valid_features = _outputs_of(model, image_size, variables, valid.images, batch_size)
+    _, train_features = _outputs_of(model, image_size, variables,
+                                    train.images[reference_rows(len(train.labels), seed)], batch_size)  # fmt: skip
+    temperature = calibration.fit_temperature(valid_logits, valid.labels)
+    rule = KnownRule.fit(train_features, lambda reference, k: knn_distance(valid_features, reference, k), seed=seed)
+    test_logits, test_features = _outputs_of(model, image_size, variables, test.images, batch_size)
+    before, after = calibration.calibrated(test_logits, 1.0), calibration.calibrated(test_logits, temperature)
+    scores = rule.scores(test_features)
+    known = rule.known(scores)
+    correct = before.argmax(1) == test.labels
+    ece = calibration.expected_calibration_error
+    cal = {
+        "temperature": temperature, "fitted_on": "valid", "bins": calibration.ECE_BINS,
+        "valid_nll": {"before": calibration.nll(valid_logits, valid.labels),
+                      "after": calibration.nll(valid_logits, valid.labels, temperature)},
+        "test_nll": {"before": calibration.nll(test_logits, test.labels),
+                     "after": calibration.nll(test_logits, test.labels, temperature)},
+        "test_ece": {"before": ece(before, test.labels), "after": ece(after, test.labels),
+                     **_ece_intervals({"before": before, "after": after}, test.labels, test.patient_ids, seed)},
+    }  # fmt: skip
+    ood = {
+        **rule.description(), "valid_known_fraction": float(np.mean(rule.known(rule.scores(valid_features)))),
+        "test_known_fraction": float(np.mean(known)),
+        "test_accuracy_known": float(np.mean(correct[known])) if known.any() else None,
+        "test_accuracy_not_known": float(np.mean(correct[~known])) if (~known).any() else None,
+    }  # fmt: skip
+    return TrustFit(Trust(temperature, rule), after, scores, known, before, cal, ood)

@@ -1,0 +1,102 @@
+"""Temperature scaling against a brute-force search of the NLL, the ECE against a hand-worked example, and the
+known-frame score against scikit-learn's nearest neighbours."""
+
+import numpy as np
+import pytest
+from sklearn.neighbors import NearestNeighbors
+
+from fetalssl_jax.downstream import calibration
+from fetalssl_jax.downstream.ood import KnownRule, knn_distance, reference_rows
+
+
+def _nll(logits, labels, t):
+    """Mean -log softmax(logits / t)[label], written out with numpy."""
+    z = logits / t
+    z = z - z.max(1, keepdims=True)
+    return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(labels)), labels]))
+
+
+@pytest.mark.parametrize("true_temperature", [0.4, 3.0])
+def test_temperature_is_the_minimum_of_a_brute_force_search_of_the_nll(true_temperature):
+    rng = np.random.default_rng(0)
+    # labels drawn from softmax(base), the logits shown are base * true_temperature: over- (3) or under- (0.4)
+    # confident, so the best T is near true_temperature
+    base = rng.normal(0, 2.0, (2000, 5))
+    p = np.exp(base) / np.exp(base).sum(1, keepdims=True)
+    labels = np.array([rng.choice(5, p=row) for row in p])
+    logits = base * true_temperature
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 20001))
+    brute = grid[np.argmin([_nll(logits, labels, t) for t in grid])]
+    fitted = calibration.fit_temperature(logits, labels)
+    assert fitted == pytest.approx(brute, rel=1e-3)  # the grid's spacing is 3e-4 in log T
+    assert fitted == pytest.approx(true_temperature, rel=0.1)
+    assert calibration.nll(logits, labels, fitted) == pytest.approx(_nll(logits, labels, fitted), rel=1e-9)
+    np.testing.assert_allclose(calibration.calibrated(logits, fitted).argmax(1), logits.argmax(1))  # argmax kept
+
+
+def test_ece_of_a_hand_worked_example():
+    probabilities = np.array([[0.9, 0.1], [0.92, 0.08], [0.42, 0.58], [0.7, 0.3]])
+    labels = np.array([0, 1, 1, 1])
+    # 15 bins of width 1/15: 0.9 and 0.92 share (13/15, 14/15]: accuracy 1/2, confidence 0.91; 0.58 alone in
+    # (8/15, 9/15], right; 0.7 alone in (10/15, 11/15], wrong
+    expected = 2 / 4 * abs(0.5 - 0.91) + 1 / 4 * abs(1 - 0.58) + 1 / 4 * abs(0 - 0.7)
+    assert calibration.expected_calibration_error(probabilities, labels) == pytest.approx(expected)  # 0.485
+    bins = calibration.reliability_bins(probabilities, labels)
+    assert bins["count"].tolist() == [0] * 8 + [1, 0, 1, 0, 0, 2, 0]
+    # calibrated within its bin: 3 of 4 right at confidence 0.75
+    assert calibration.expected_calibration_error(np.tile([0.75, 0.25], (4, 1)), np.array([0, 0, 0, 1])) == 0.0
+    one_bin = calibration.expected_calibration_error(probabilities, labels, bins=1)  # one bin: |mean acc - mean conf|
+    assert one_bin == pytest.approx(abs(0.5 - np.mean([0.9, 0.92, 0.58, 0.7])))
+
+
+def test_the_score_is_the_distance_to_the_kth_nearest_training_image():
+    rng = np.random.default_rng(1)
+    train, frames = rng.normal(size=(50, 8)), rng.normal(size=(7, 8))
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    for k in (1, 5):
+        distances, _ = NearestNeighbors(n_neighbors=k).fit(unit(train)).kneighbors(unit(frames))
+        got = np.asarray(knn_distance(frames, unit(train).astype(np.float32), k))
+        np.testing.assert_allclose(got, distances[:, k - 1], atol=1e-5)
+
+
+def test_the_known_rule_thresholds_at_the_validation_quantile_and_round_trips(tmp_path):
+    rng = np.random.default_rng(2)
+    train, valid = rng.normal(size=(40, 6)), rng.normal(size=(30, 6))
+    rule = KnownRule.fit(train, lambda reference, k: knn_distance(valid, reference, k))
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    distances, _ = NearestNeighbors(n_neighbors=10).fit(unit(train)).kneighbors(unit(valid))
+    assert rule.k == 10 and rule.threshold == pytest.approx(np.quantile(distances[:, 9], 0.95), abs=1e-5)
+    assert rule.known(rule.scores(valid)).sum() == 28  # at or below the 95th percentile, between the 28th and 29th
+    assert KnownRule.fit(train[:4], lambda r, k: knn_distance(valid, r, k)).k == 4  # fewer images than K: all
+    rule.save(tmp_path)
+    loaded = KnownRule.load(tmp_path, rule.description())
+    np.testing.assert_array_equal(loaded.reference, rule.reference)
+    assert (loaded.k, loaded.threshold, loaded.digest()) == (rule.k, rule.threshold, rule.digest())
+    np.testing.assert_array_equal(reference_rows(100, 0), np.arange(100))
+    big = reference_rows(10_000, 0)
+    assert len(big) == 4096 and len(np.unique(big)) == 4096 and np.array_equal(big, reference_rows(10_000, 0))
+    assert len(reference_rows(10_000, 0, dim=7680)) == (1 << 24) // 7680  # a ResNet-50's features: 64 MiB
+
+
+def test_the_score_features_of_a_vit_are_its_patch_tokens_at_four_depths():
+    import jax
+
+    from fetalssl_jax.data.augment import preprocess_eval
+    from fetalssl_jax.downstream.trust import logits_and_features
+    from fetalssl_jax.models.classifier import Classifier
+    from fetalssl_jax.models.vit import create_vit
+
+    model = Classifier(create_vit("vit_micro", patch_size=8, image_size=32, reg_tokens=2), 5)
+    images = np.random.default_rng(3).integers(0, 256, (3, 32, 32, 1), dtype=np.uint8)
+    x = preprocess_eval(images, 32)
+    variables = model.init(jax.random.key(0), x, train=False)
+    logits, features = logits_and_features(model, 32, variables, images)
+    np.testing.assert_allclose(logits, model.apply(variables, x, train=False), atol=1e-5)
+    _, state = model.backbone.apply({k: v["backbone"] for k, v in variables.items()}, x, train=False,
+                                    capture_intermediates=True, mutable=["intermediates"])  # fmt: skip
+    expected = []
+    for block in range(4):  # vit_micro: 4 blocks, each a quarter; the class token and 2 registers left out
+        tokens = np.asarray(state["intermediates"][f"blocks_{block}"]["__call__"][0], np.float64)[:, 3:]
+        s = np.concatenate([tokens.mean(1), tokens.std(1)], axis=1)
+        expected.append(s / np.linalg.norm(s, axis=1, keepdims=True))
+    np.testing.assert_allclose(features, np.concatenate(expected, axis=1), atol=1e-5)

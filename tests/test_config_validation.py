@@ -85,8 +85,8 @@ PRETRAINING_CASES = [
                                                  "[0, 1]"),
     (BT, {"augment.view1.crop_scale": (0.9, 0.2)}, "config.augment.view1.crop_scale = (0.9, 0.2): must be "
                                                          "(low, high) with low <= high"),
-    (BT, {"method": "barlow"}, "config.method = 'barlow': must be one of 'autoencoder', 'barlow_twins', "
-                                     "'byol', 'dino', 'inpainting', 'mae', 'moco', 'reorder', 'simclr', 'vicreg'"),
+    (BT, {"method": "barlow"}, "config.method = 'barlow': must be one of 'autoencoder', 'barlow_twins', 'byol', "
+                                     "'dino', 'distill', 'inpainting', 'mae', 'moco', 'reorder', 'simclr', 'vicreg'"),
     (BT, {"model.arch": "resnet9"}, "config.model.arch = 'resnet9': must be one of 'resnet10', 'resnet18', "
                                           "'resnet34', 'resnet50', 'resnet101', 'resnet152', "
                                           "'vit_micro', 'vit_tiny', 'vit_small', 'vit_base'"),

@@ -170,7 +170,7 @@ def test_tiny_dino_with_ibot_and_koleo_trains_resumes_and_evaluates(tmp_path):
     assert all(np.isfinite(losses(straight))) and len(losses(straight)) == 3
     assert losses(resumed) == losses(straight)  # deterministic to the bit
     evaluation = json.loads((straight / "eval.json").read_text())["knn_macro_f1"]
-    assert list(evaluation)[:2] == ["dino (step 3)", "random init (torchvision)"]
+    assert list(evaluation)[:2] == ["dino (step 3)", "random init (timm)"]
 
 
 # ---- presets and config errors -----------------------------------------------------------------------------------

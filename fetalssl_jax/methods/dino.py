@@ -89,12 +89,12 @@ class DINONetwork(nn.Module):
             tokens = self.backbone(inputs["global"], train=train, mask=mask, return_tokens=True)
             out["cls"] = tokens.cls
             patches = jnp.take_along_axis(tokens.patches, inputs["patch_index"][..., None], axis=1)
-            out["patches"] = (self.patch_head or self.head)(patches)
+            out["patches"] = (self.patch_head or self.head)(patches, train=train)
         else:
             out["cls"] = self.backbone(inputs["global"], train=train)
-        out["global"] = self.head(out["cls"])
+        out["global"] = self.head(out["cls"], train=train)
         if student and "local" in inputs:
-            out["local"] = self.head(self.backbone(inputs["local"], train=train))
+            out["local"] = self.head(self.backbone(inputs["local"], train=train), train=train)
         return out
 
 
@@ -116,7 +116,7 @@ class DINO(MomentumMethod):
         for key in ("warmup_teacher_temp_epochs", "koleo_weight", "ibot_weight"):
             c.non_negative_number(f"method_kwargs.{key}")
         c.below_one("method_kwargs.center_momentum")
-        for key in ("norm_last_layer", "ibot_separate_head"):
+        for key in ("norm_last_layer", "ibot_separate_head", "use_bn_in_head"):
             c.boolean(f"method_kwargs.{key}")
         c.probability("method_kwargs.mask_probability")
         c.one_of("method_kwargs.mask_mode", MASK_MODES)
@@ -171,8 +171,8 @@ class DINO(MomentumMethod):
 
     def _head(self, name: str) -> DINOHead:
         k = self.kwargs
-        return DINOHead(k.out_dim, k.head_hidden, k.head_bottleneck, k.head_layers, k.norm_last_layer, self.dtype,
-                        name=name)  # fmt: skip
+        return DINOHead(k.out_dim, k.head_hidden, k.head_bottleneck, k.head_layers, k.norm_last_layer,
+                        k.use_bn_in_head, self.dtype, name=name)  # fmt: skip
 
     def build_model(self) -> nn.Module:
         model = {**self.config.model.to_dict(), "mask_token": self.uses_ibot}
@@ -250,6 +250,7 @@ def default_kwargs(
     head_bottleneck: int = 256,
     head_layers: int = 3,
     norm_last_layer: bool = True,
+    use_bn_in_head: bool = False,
     student_temp: float = 0.1,
     teacher_temp: float = 0.04,
     warmup_teacher_temp: float = 0.04,
@@ -269,7 +270,8 @@ def default_kwargs(
     with its mask settings (mask_probability 0.5, mask_ratio (0.1, 0.5))."""
     return {
         "out_dim": out_dim, "head_hidden": head_hidden, "head_bottleneck": head_bottleneck,
-        "head_layers": head_layers, "norm_last_layer": norm_last_layer, "student_temp": student_temp,
+        "head_layers": head_layers, "norm_last_layer": norm_last_layer, "use_bn_in_head": use_bn_in_head,
+        "student_temp": student_temp,
         "teacher_temp": teacher_temp, "warmup_teacher_temp": warmup_teacher_temp,
         "warmup_teacher_temp_epochs": warmup_teacher_temp_epochs, "center_momentum": center_momentum,
         "momentum_base": momentum_base, "local_crops": local_crops, "local_crop_size": local_crop_size,

@@ -81,22 +81,27 @@ class DINOHead(nn.Module):
     GELU to `hidden` units, a Linear to `bottleneck`, the bottleneck L2-normalised, then a weight-normalised Linear
     without bias to `out_dim` prototypes (`last_layer`; its norm fixed to 1 with `norm_last_layer`, the reference's
     default). MLP weights normal(0.02) and zero biases (the reference's trunc_normal(std=.02), cut at +-2: a plain
-    normal in practice). Returns float32 logits [..., out_dim]."""
+    normal in practice); with `use_bn` a BatchNorm after each hidden Linear (the reference's use_bn_in_head, PyTorch's
+    momentum and epsilon). Returns float32 logits [..., out_dim]."""
 
     out_dim: int
     hidden: int = 2048
     bottleneck: int = 256
     layers: int = 3
     norm_last_layer: bool = True
+    use_bn: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, train: bool = True) -> jnp.ndarray:
         sizes = [self.hidden] * (self.layers - 1) + [self.bottleneck]
         x = x.astype(self.dtype)
         for i, size in enumerate(sizes):
             x = nn.Dense(size, dtype=self.dtype, kernel_init=nn.initializers.normal(0.02), name=f"linear{i}")(x)
             if i < len(sizes) - 1:
+                if self.use_bn:
+                    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+                                     name=f"bn{i}")(x)  # fmt: skip
                 x = nn.gelu(x, approximate=False)
         x = x.astype(jnp.float32)
         x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # torch F.normalize

@@ -83,6 +83,24 @@ def test_dino_head_against_numpy():
     assert free["params"]["last_layer"]["scale"].shape == (1, 7)
 
 
+def test_dino_head_with_batch_norm_standardises_each_hidden_unit_over_the_batch():
+    head = DINOHead(out_dim=7, hidden=6, bottleneck=5, layers=2, use_bn=True)
+    x = np.random.default_rng(3).normal(size=(8, 3)).astype(np.float32)
+    variables = head.init(jax.random.key(1), jnp.asarray(x))
+    p = jax.tree.map(np.asarray, variables["params"])
+    gelu = lambda v: 0.5 * v * (1 + np.vectorize(__import__("math").erf)(v / np.sqrt(2)))  # noqa: E731
+    h = x @ p["linear0"]["kernel"] + p["linear0"]["bias"]
+    h = (h - h.mean(0)) / np.sqrt(h.var(0) + 1e-5) * p["bn0"]["scale"] + p["bn0"]["bias"]  # biased variance, as torch
+    h = gelu(h) @ p["linear1"]["kernel"] + p["linear1"]["bias"]
+    h = h / np.linalg.norm(h, axis=1, keepdims=True)
+    v = p["last_layer"]["kernel"]
+    want = h @ (v / np.linalg.norm(v, axis=0, keepdims=True))
+    got, state = head.apply(variables, jnp.asarray(x), mutable=["batch_stats"])
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+    mean = 0.1 * (x @ p["linear0"]["kernel"] + p["linear0"]["bias"]).mean(0)  # running mean, momentum 0.9 from 0
+    np.testing.assert_allclose(np.asarray(state["batch_stats"]["bn0"]["mean"]), mean, rtol=1e-4, atol=1e-6)
+
+
 def test_teacher_temperature_warms_up_linearly():
     config = dino_config(**{"num_epochs": 10, "method_kwargs.warmup_teacher_temp_epochs": 4,
                             "method_kwargs.warmup_teacher_temp": 0.04, "method_kwargs.teacher_temp": 0.07})  # fmt: skip

@@ -7,10 +7,13 @@
   python benchmarks/compare_torch.py --torch-python /tmp/torch213/bin/python,$(which python)  # ... a newer one
 
 Cases (float32, equal in both frameworks): ResNet-18 / 64 px / batch 64 / projector 2048x3 and ResNet-50 / 224 px /
-batch 16 / projector 8192x3. One step = two pre-made views [B, 3, S, S] -> shared ResNet + projector (Linear-BN-ReLU
-x2, Linear, no biases) -> Barlow Twins loss -> backward -> LARS update (the reference recipe: weight decay and trust
-ratio on weights, momentum). The augmentations are left out of both: the reference makes them in its data loader,
-fetalssl_jax in its jitted step; benchmarks/train_step.py measures the fetalssl_jax step with them.
+batch 16 / projector 8192x3 (`rn18`, `rn50`). One step = two pre-made views [B, 3, S, S] -> shared ResNet + projector
+(Linear-BN-ReLU x2, Linear, no biases) -> Barlow Twins loss -> backward -> LARS update (the reference recipe: weight
+decay and trust ratio on weights, momentum). `vits16`: ViT-S/16 / 224 px / batch 16 / projector 2048x3, the torch side
+timm's `vit_small_patch16_224` (class token) and torch's AdamW with weight decay 0.05 on ndim > 1 parameters only, the
+JAX side `configs/barlow.py:vit` at that size (the same AdamW; its torch interpreter needs timm). The augmentations
+are left out of both: the reference makes them in its data loader, fetalssl_jax in its jitted step;
+benchmarks/train_step.py measures the fetalssl_jax step with them.
 
 Every measurement runs in its own subprocess (torch, torch with huge pages, JAX, torch, ...) so that peak resident
 memory is attributable and neither framework's thread pool competes with the other's. torch runs twice per
@@ -46,7 +49,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 CASES = {
     "rn18": dict(arch="resnet18", image_size=64, batch=64, projector=2048, steps=5),
     "rn50": dict(arch="resnet50", image_size=224, batch=16, projector=8192, steps=2),
+    "vits16": dict(arch="vit_small", patch_size=16, image_size=224, batch=16, projector=2048, steps=2),
 }
+VIT_LR, VIT_WEIGHT_DECAY = 2e-3, 0.05  # configs/barlow.py:vit's AdamW (its lr x batch/256)
 
 
 def _peak_rss_gb() -> float:
@@ -71,8 +76,14 @@ def run_torch(case: dict) -> dict:
 
     torch.set_num_threads(os.cpu_count())
     torch.manual_seed(0)
-    model = BarlowTwins(case["arch"], (case["projector"],) * 3)
-    opt = LARS(model.parameters(), lr=0.2 * case["batch"] / 256)
+    model = BarlowTwins(case["arch"], (case["projector"],) * 3, case.get("patch_size", 16), case["image_size"])
+    if "patch_size" in case:  # ViT: AdamW, no decay of biases and norms (as the JAX config's decay_biases=False)
+        decay = [p for p in model.parameters() if p.ndim > 1]
+        rest = [p for p in model.parameters() if p.ndim <= 1]
+        groups = [{"params": decay, "weight_decay": VIT_WEIGHT_DECAY}, {"params": rest, "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=VIT_LR * case["batch"] / 256)
+    else:
+        opt = LARS(model.parameters(), lr=0.2 * case["batch"] / 256)
     y1, y2 = (torch.from_numpy(v) for v in _random_views(case["batch"], case["image_size"], channels_last=False))
 
     def step() -> float:
@@ -115,10 +126,12 @@ def run_jax(case: dict, cache_dir: str) -> dict:
     from fetalssl_jax.train.step import init_state, make_train_step
 
     enable_compilation_cache(cache_dir)
-    proj = case["projector"]
+    proj, size = case["projector"], case["image_size"]
+    model = (f"vit,model.patch_size={case['patch_size']},data.stored_size={size}" if "patch_size" in case
+             else "default,model.width=64")  # fmt: skip
     config = config_lib.load_config(
-        f"{REPO / 'configs' / 'barlow.py'}:default,model.arch={case['arch']},model.width=64,model.dtype=float32,"
-        f"data.image_size={case['image_size']},batch_size={case['batch']}"
+        f"{REPO / 'configs' / 'barlow.py'}:{model},model.arch={case['arch']},model.dtype=float32,"
+        f"data.image_size={size},batch_size={case['batch']}"
     )
     with config.unlocked():
         config.method_kwargs.projector = (proj, proj, proj)
@@ -156,7 +169,7 @@ def run_jax(case: dict, cache_dir: str) -> dict:
         "framework": "jax",
         "jax": jax.__version__,
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-        "conv_impl": config.model.conv_impl,
+        "conv_impl": config.model.get("conv_impl", "-"),
         "step_s": statistics.median(times),
         "time_to_first_step_s": first_step_s,
         "compile_s": compile_s,
@@ -223,7 +236,8 @@ def compare(case_name: str, alternations: int, steps: int | None, jax_hugepages:
     torches = [_torch_summary(runs.get(f"torch{i}_default_malloc"), runs.get(f"torch{i}_hugepages"), jax_runs)
                for i in range(len(torch_pythons))]  # fmt: skip
     return {
-        "case": f"{case['arch']} / {case['image_size']} px / batch {case['batch']} / projector {case['projector']}",
+        "case": f"{case['arch']}{case.get('patch_size', '')} / {case['image_size']} px / batch {case['batch']} / "
+        f"projector {case['projector']}",
         "cpu": cpu_model(), "jax": jax_runs[0]["jax"], "jax_devices": jax_runs[0]["devices"],
         "conv_impl": jax_runs[0]["conv_impl"], "jax_hugepages": jax_hugepages,
         "jax_views_per_s": round(statistics.median(r["views_per_s"] for r in jax_runs), 2),

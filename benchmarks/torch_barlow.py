@@ -1,6 +1,6 @@
 """The Barlow Twins step of benchmarks/compare_torch.py in plain PyTorch: torchvision's ResNet topology (zero-init
-residual BatchNorm, as fetalssl_jax), the reference's projector and loss, and its LARS. Imported only by the torch
-worker subprocess."""
+residual BatchNorm, as fetalssl_jax) or timm's ViT, the reference's projector and loss, and its LARS. Imported only
+by the torch worker subprocess."""
 
 import torch
 from torch import nn
@@ -74,9 +74,15 @@ ARCHS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet50": (Bottleneck, (3, 4,
 
 
 class BarlowTwins(nn.Module):
-    def __init__(self, arch, sizes, lambd=0.0051):
+    def __init__(self, arch, sizes, patch_size=16, image_size=224, lambd=0.0051):
         super().__init__()
-        self.backbone = ResNet(*ARCHS[arch])
+        if arch.startswith("vit"):  # timm's ViT, its class token after the final norm (as fetalssl_jax reads it)
+            import timm
+
+            name = f"{arch}_patch{patch_size}_{image_size}"
+            self.backbone = timm.create_model(name, pretrained=False, num_classes=0, global_pool="token")
+        else:
+            self.backbone = ResNet(*ARCHS[arch])
         dims = [self.backbone.num_features, *sizes]
         head = []
         for i in range(len(dims) - 2):

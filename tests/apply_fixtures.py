@@ -7,6 +7,9 @@ import dataclasses
 import pathlib
 
 import numpy as np
+from conftest import REPO
+
+from fetalssl_jax.config_lib import load_config, set_by_path
 
 ARCH, WIDTH, SIZE = "resnet10", 8, 32
 
@@ -71,3 +74,11 @@ def map_statistics(module, variables: dict, frames: np.ndarray, image_size: int)
         statistics = np.concatenate([positions.mean(1), positions.std(1)], axis=1)
         out.append(statistics / np.linalg.norm(statistics, axis=1, keepdims=True))
     return np.concatenate(out, axis=1)
+
+
+def tool_config(name: str, **overrides):
+    """configs/<name> (a file name with an optional :preset) with `overrides` set by their dotted paths."""
+    config = load_config(f"{REPO / 'configs' / name}")
+    for key, value in overrides.items():
+        set_by_path(config, key, value)
+    return config

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from apply_fixtures import SIZE, map_statistics, random_backbone, save_classifier_run
+from apply_fixtures import SIZE, map_statistics, random_backbone, save_classifier_run, tool_config
 from conftest import REPO
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
@@ -21,7 +21,6 @@ from us_fixtures import write_video
 
 from fetalssl_jax.apply import load_classifier, predict
 from fetalssl_jax.apply.tasks import run_predict
-from fetalssl_jax.config_lib import load_config, set_by_path
 from fetalssl_jax.data.synthetic import PLANES, generate_labelled_frames
 from fetalssl_jax.downstream.export import run as run_export
 from fetalssl_jax.downstream.ood import KnownRule
@@ -33,13 +32,6 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from ood_frames import checkerboard, colour_doppler  # noqa: E402
 
 TEMPERATURE, K = 2.5, 5
-
-
-def _config(name, **overrides):
-    config = load_config(f"{REPO / 'configs' / name}")
-    for key, value in overrides.items():
-        set_by_path(config, key, value)
-    return config
 
 
 def _unit(x):
@@ -74,7 +66,7 @@ def trusted(tmp_path_factory):
     rule = KnownRule(reference.astype(np.float32), K, threshold)
     run = save_classifier_run(root / "run", backbone.variables, head.astype(np.float32), PLANES,
                               trust=Trust(TEMPERATURE, rule))  # fmt: skip
-    run_export(_config("export.py", classifier=str(run), format="onnx"), root / "export")
+    run_export(tool_config("export.py", classifier=str(run), format="onnx"), root / "export")
 
     def expected(frames):
         """(probabilities, scores) of uint8 frames [N, S, S] by numpy and scikit-learn."""
@@ -99,7 +91,7 @@ def test_images_get_calibrated_probabilities_scores_and_known_through_jax_and_on
     probabilities, scores = expected(np.stack(list(gray.values())))
     assert np.any(scores <= threshold) and np.any(scores > threshold)  # both kinds among the gray frames
     for name, model in (("jax", run), ("onnx", onnx_file)):
-        line = run_predict(_config("predict.py:tiny", classifier=str(model), input=str(folder),
+        line = run_predict(tool_config("predict.py:tiny", classifier=str(model), input=str(folder),
                                    deidentify_pixels=False), tmp_path / name)  # fmt: skip
         rows = _csv(tmp_path / name / "predictions.csv")
         path_of = {r["source_id"]: r["path"] for r in _csv(tmp_path / name / "sources.csv")}
@@ -132,7 +124,7 @@ def test_a_video_reports_best_frames_among_known_frames_only(trusted, tmp_path):
     frames = np.concatenate([splits["test"].images[:16], np.stack([checkerboard(SIZE, rng) for _ in range(3)]),
                              np.zeros((2, SIZE, SIZE), np.uint8), splits["test"].images[16:24]])  # fmt: skip
     np.save(tmp_path / "scan.npy", frames)
-    config = _config("predict.py:tiny", classifier=str(run), input=str(tmp_path / "scan.npy"), frame_skip=1,
+    config = tool_config("predict.py:tiny", classifier=str(run), input=str(tmp_path / "scan.npy"), frame_skip=1,
                      threshold=0.2, deidentify_pixels=False)  # fmt: skip
     line = run_predict(config, tmp_path / "out")
     rows = _csv(tmp_path / "out" / "frames.csv")
@@ -155,10 +147,10 @@ def test_a_stream_scores_its_frames_as_offline_predict_does(trusted, tmp_path):
     frames = np.repeat(np.repeat(frames, 2, axis=1), 2, axis=2)  # 64 px: the codec keeps the scans closer
     write_video(tmp_path / "scan.mp4", frames)
     settings = {"input": str(tmp_path / "scan.mp4"), "frame_skip": 1, "smooth_window": 1}
-    run_predict(_config("predict.py:tiny", classifier=str(run), **settings), tmp_path / "offline")
+    run_predict(tool_config("predict.py:tiny", classifier=str(run), **settings), tmp_path / "offline")
     offline = {int(r["frame_index"]): r for r in _csv(tmp_path / "offline" / "frames.csv")}
     for name, model in (("jax", run), ("onnx", onnx_file)):
-        run_predict(_config("predict.py:tiny", classifier=str(model), stream=True, **settings), tmp_path / name)
+        run_predict(tool_config("predict.py:tiny", classifier=str(model), stream=True, **settings), tmp_path / name)
         rows = _csv(tmp_path / name / "frames.csv")
         assert len(rows) >= 20
         for r in rows:
@@ -176,7 +168,7 @@ def test_another_temperature_is_another_model_for_predicts_outputs(trusted, tmp_
     folder.mkdir()
     for i, image in enumerate(splits["test"].images[:3]):
         Image.fromarray(image).save(folder / f"{i}.png")
-    config = _config("predict.py:tiny", classifier=str(run), input=str(folder))
+    config = tool_config("predict.py:tiny", classifier=str(run), input=str(folder))
     run_predict(config, tmp_path / "out")
     assert run_predict(config, tmp_path / "out").startswith("up to date")
     other = tmp_path / "other_run"
@@ -185,7 +177,7 @@ def test_another_temperature_is_another_model_for_predicts_outputs(trusted, tmp_
     description = json.loads((other / "classifier" / "classifier.json").read_text())
     (other / "classifier" / "classifier.json").write_text(json.dumps({**description, "temperature": 1.5}))
     with pytest.raises(WorkdirMismatchError, match=r"identity\.model\.temperature"):
-        run_predict(_config("predict.py:tiny", classifier=str(other), input=str(folder)), tmp_path / "out")
+        run_predict(tool_config("predict.py:tiny", classifier=str(other), input=str(folder)), tmp_path / "out")
 
 
 def test_best_frames_skip_frames_that_are_not_known_by_hand():

@@ -7,25 +7,16 @@ import json
 
 import numpy as np
 import pytest
-from apply_fixtures import random_backbone, save_classifier_run
-from conftest import REPO
+from apply_fixtures import random_backbone, save_classifier_run, tool_config
 from PIL import Image
 from us_fixtures import moving_frames
 
 from fetalssl_jax.apply import load_classifier, predict
 from fetalssl_jax.apply.onnx_model import OnnxClassifier
 from fetalssl_jax.apply.tasks import run_predict
-from fetalssl_jax.config_lib import load_config, set_by_path
 from fetalssl_jax.downstream.export import run as run_export
 
 CLASSES = ("a", "b", "c", "d")
-
-
-def _config(name, **overrides):
-    config = load_config(f"{REPO / 'configs' / name}")
-    for key, value in overrides.items():
-        set_by_path(config, key, value)
-    return config
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +26,8 @@ def models(tmp_path_factory):
     backbone = random_backbone(0)
     head = 0.4 * np.random.default_rng(3).standard_normal((backbone.module.num_features, len(CLASSES)))
     run = save_classifier_run(root / "run", backbone.variables, head.astype(np.float32), CLASSES)
-    run_export(_config("export.py", classifier=str(run), format="onnx"), root / "export")
-    run_export(_config("export.py", backbone=str(run), format="onnx"), root / "export")
+    run_export(tool_config("export.py", classifier=str(run), format="onnx"), root / "export")
+    run_export(tool_config("export.py", backbone=str(run), format="onnx"), root / "export")
     frames = moving_frames(40, 48, 64, seed=2)
     (root / "scans").mkdir()
     np.save(root / "scans" / "scan.npy", frames)
@@ -65,7 +56,7 @@ def test_the_onnx_classifier_loads_with_its_class_names_and_size(models):
 def test_a_video_gives_the_same_reports_through_onnx_as_through_jax(models, tmp_path):
     root, run, onnx_file, _ = models
     for name, model in (("jax", run), ("onnx", onnx_file)):
-        config = _config("predict.py:tiny", classifier=str(model), input=str(root / "scans" / "scan.npy"),
+        config = tool_config("predict.py:tiny", classifier=str(model), input=str(root / "scans" / "scan.npy"),
                          frame_skip=2, smooth_window=3, threshold=0.4)  # fmt: skip
         run_predict(config, tmp_path / name)
     jax_rows, onnx_rows = _csv(tmp_path / "jax" / "frames.csv"), _csv(tmp_path / "onnx" / "frames.csv")
@@ -85,7 +76,7 @@ def test_a_video_gives_the_same_reports_through_onnx_as_through_jax(models, tmp_
 def test_images_give_the_same_predictions_through_onnx(models, tmp_path):
     root, run, onnx_file, _ = models
     for name, model in (("jax", run), ("onnx", onnx_file)):
-        run_predict(_config("predict.py:tiny", classifier=str(model), input=str(root / "images")), tmp_path / name)
+        run_predict(tool_config("predict.py:tiny", classifier=str(model), input=str(root / "images")), tmp_path / name)
     jax_rows, onnx_rows = _csv(tmp_path / "jax" / "predictions.csv"), _csv(tmp_path / "onnx" / "predictions.csv")
     assert [r["prediction"] for r in onnx_rows] == [r["prediction"] for r in jax_rows] and len(jax_rows) == 10
     for a, b in zip(jax_rows, onnx_rows, strict=True):
@@ -97,7 +88,7 @@ def test_images_give_the_same_predictions_through_onnx(models, tmp_path):
 def test_an_onnx_file_that_is_not_a_classifier_is_refused(models, tmp_path):
     root, *_ = models
     backbone_file = root / "export" / "backbone.onnx"
-    config = _config("predict.py:tiny", classifier=str(backbone_file), input=str(root / "scans" / "scan.npy"))
+    config = tool_config("predict.py:tiny", classifier=str(backbone_file), input=str(root / "scans" / "scan.npy"))
     with pytest.raises(ValueError, match=f"{backbone_file} holds an exported backbone; a classifier file is written"):
         run_predict(config, tmp_path / "out")
     (tmp_path / "junk.onnx").write_bytes(b"not a model")

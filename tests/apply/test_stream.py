@@ -10,8 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from apply_fixtures import SIZE, random_backbone, save_classifier_run
-from conftest import REPO
+from apply_fixtures import SIZE, random_backbone, save_classifier_run, tool_config
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from us_fixtures import moving_frames, write_video
@@ -19,7 +18,7 @@ from us_fixtures import moving_frames, write_video
 from fetalssl_jax.apply.loading import load_classifier
 from fetalssl_jax.apply.stream import stream_planes, timed_frames
 from fetalssl_jax.apply.tasks import run_predict
-from fetalssl_jax.config_lib import load_config, set_by_path
+from fetalssl_jax.config_lib import set_by_path
 from fetalssl_jax.data.build import readers
 from fetalssl_jax.downstream.export import run as run_export
 from fetalssl_jax.eval.frozen import extract_features
@@ -28,13 +27,6 @@ from fetalssl_jax.validation import ConfigError
 CLASSES = ("a", "b", "c", "d")
 BLACK, FROZEN = (6, 7), (15, 16)  # frames 15 and 16 repeat frame 14
 THRESHOLD, WINDOW = 0.3, 3
-
-
-def _config(name, **overrides):
-    config = load_config(f"{REPO / 'configs' / name}")
-    for key, value in overrides.items():
-        set_by_path(config, key, value)
-    return config
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +45,8 @@ def scan(tmp_path_factory):
     features = extract_features(backbone.module, backbone.variables, prepared, SIZE)
     fit = LogisticRegression(fit_intercept=False, max_iter=5000).fit(features, np.arange(40) // 10)
     run = save_classifier_run(root / "run", backbone.variables, fit.coef_.T.astype(np.float32), CLASSES)
-    run_export(_config("export.py", classifier=str(run), format="onnx"), root / "export")
-    run_predict(_config("predict.py:tiny", classifier=str(run), input=str(root / "scans" / "scan.mp4"),
+    run_export(tool_config("export.py", classifier=str(run), format="onnx"), root / "export")
+    run_predict(tool_config("predict.py:tiny", classifier=str(run), input=str(root / "scans" / "scan.mp4"),
                         frame_skip=1), root / "offline")  # fmt: skip
     offline = {int(r["frame_index"]): [float(r[f"p_{c}"]) for c in CLASSES] for r in _csv(root / "offline/frames.csv")}
     return root, run, root / "export" / "classifier.onnx", offline
@@ -66,7 +58,7 @@ def _csv(path):
 
 
 def _stream(root, classifier, out, **overrides):
-    config = _config("predict.py:tiny", classifier=str(classifier), input=str(root / "scans" / "scan.mp4"),
+    config = tool_config("predict.py:tiny", classifier=str(classifier), input=str(root / "scans" / "scan.mp4"),
                      stream=True, frame_skip=1, smooth_window=WINDOW, threshold=THRESHOLD)  # fmt: skip
     for key, value in overrides.items():
         set_by_path(config, key, value)
@@ -146,7 +138,7 @@ def test_frames_of_another_size_and_a_decoding_error_do_not_stop_a_stream(scan, 
                 yield f, 0.5  # frozen
         raise readers.DataError("scan.mp4: unreadable or truncated video (EOFError: end of data)")
 
-    config = _config("predict.py:tiny", stream=True, frame_skip=1, smooth_window=2)
+    config = tool_config("predict.py:tiny", stream=True, frame_skip=1, smooth_window=2)
     (tmp_path / "out").mkdir()
     summary = stream_planes(load_classifier(onnx_file), timed_frames(decoded()), tmp_path / "out", config, "id")
     assert summary["frames_skipped"] == {"black": 1, "frozen": 1, "wrong_size": 1}

@@ -7,7 +7,8 @@ sure the probabilities are. The NLL is convex in 1/T, so a bounded scalar search
 
 The expected calibration error (ECE) bins the confidence (the highest probability of a frame) into `ECE_BINS`
 equal-width bins (i/B, (i+1)/B] and sums, over the bins, the share of frames in the bin times the gap between the
-bin's accuracy and its mean confidence.
+bin's accuracy and its mean confidence. On a finite test split even a perfectly calibrated classifier shows an ECE
+above 0 (each bin's accuracy is a sample): `ece_if_calibrated` is that floor for the split's own confidences.
 """
 
 from __future__ import annotations
@@ -71,6 +72,21 @@ def expected_calibration_error(
     b = reliability_bins(probabilities, labels, bins, weights)
     used = b["count"] > 0
     return float(np.sum(b["count"][used] / b["count"].sum() * np.abs(b["accuracy"][used] - b["confidence"][used])))
+
+
+def ece_if_calibrated(
+    probabilities: np.ndarray, bins: int = ECE_BINS, replicates: int = 1000, seed: int = 0
+) -> np.ndarray:
+    """ECEs [replicates] of a perfectly calibrated classifier with these probabilities [N, C]: each replicate draws
+    every frame's label from its own probabilities and scores them with `expected_calibration_error`."""
+    probabilities = np.asarray(probabilities, np.float64)
+    cumulative = np.cumsum(probabilities / probabilities.sum(axis=1, keepdims=True), axis=1)
+    rng = np.random.default_rng(seed)
+    ece = np.empty(replicates)
+    for r in range(replicates):
+        labels = np.minimum((rng.random((len(cumulative), 1)) > cumulative).sum(axis=1), cumulative.shape[1] - 1)
+        ece[r] = expected_calibration_error(probabilities, labels, bins)
+    return ece
 
 
 def plot_reliability(

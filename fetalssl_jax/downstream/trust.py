@@ -170,6 +170,13 @@ def _ece_intervals(
     return out
 
 
+def _floor(probabilities: np.ndarray, seed: int) -> dict[str, Any]:
+    """The ECE a perfectly calibrated classifier with these probabilities would show on this many frames
+    (`calibration.ece_if_calibrated`): mean and 95 % range, the reference for reading the measured ECE."""
+    replicates = calibration.ece_if_calibrated(probabilities, seed=seed)
+    return {"mean": float(replicates.mean()), "range": [float(v) for v in np.percentile(replicates, [2.5, 97.5])]}
+
+
 @dataclasses.dataclass(frozen=True)
 class TrustFit:
     """The fitted Trust, the test split's calibrated probabilities, scores and known frames, and what results.json
@@ -192,7 +199,8 @@ class TrustFit:
         """The test split's reliability diagram before and after scaling."""
         calibration.plot_reliability({"before (T = 1)": self.test_uncalibrated,
                                       f"after (T = {self.trust.temperature:.2f})": self.test_probabilities},
-                                     labels, path, title)  # fmt: skip
+                                     labels, path, f"{title}\nECE of a calibrated classifier on {len(labels)} frames: "
+                                     f"{self.calibration['test_ece']['after_if_calibrated']['mean']:.3f}")  # fmt: skip
 
 
 def fit_trust(
@@ -220,7 +228,8 @@ def fit_trust(
         "test_nll": {"before": calibration.nll(test_logits, test.labels),
                      "after": calibration.nll(test_logits, test.labels, temperature)},
         "test_ece": {"before": ece(before, test.labels), "after": ece(after, test.labels),
-                     **_ece_intervals({"before": before, "after": after}, test.labels, test.patient_ids, seed)},
+                     **_ece_intervals({"before": before, "after": after}, test.labels, test.patient_ids, seed),
+                     "after_if_calibrated": _floor(after, seed)},
     }  # fmt: skip
     ood = {
         **rule.description(), "valid_known_fraction": float(np.mean(rule.known(rule.scores(valid_features)))),

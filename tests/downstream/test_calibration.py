@@ -1,8 +1,9 @@
-"""Temperature scaling against a brute-force search of the NLL, the ECE against a hand-worked example, and the
-known-frame score against scikit-learn's nearest neighbours."""
+"""Temperature scaling against a brute-force search of the NLL, the ECE against a hand-worked example, its floor
+against the binomial distribution, and the known-frame score against scikit-learn's nearest neighbours."""
 
 import numpy as np
 import pytest
+from scipy.stats import binom
 from sklearn.neighbors import NearestNeighbors
 
 from fetalssl_jax.downstream import calibration
@@ -47,6 +48,20 @@ def test_ece_of_a_hand_worked_example():
     assert calibration.expected_calibration_error(np.tile([0.75, 0.25], (4, 1)), np.array([0, 0, 0, 1])) == 0.0
     one_bin = calibration.expected_calibration_error(probabilities, labels, bins=1)  # one bin: |mean acc - mean conf|
     assert one_bin == pytest.approx(abs(0.5 - np.mean([0.9, 0.92, 0.58, 0.7])))
+
+
+def test_the_ece_of_a_calibrated_classifier_follows_the_binomial_distribution():
+    # n frames at probabilities (0.7, 0.3): one bin, prediction class 0, labels class 0 with probability 0.7, so the
+    # ECE is |K / n - 0.7| with K ~ Binomial(n, 0.7); its mean from the binomial pmf
+    n = 40
+    k = np.arange(n + 1)
+    expected_mean = float(np.sum(binom.pmf(k, n, 0.7) * np.abs(k / n - 0.7)))  # 0.0582
+    eces = calibration.ece_if_calibrated(np.tile([0.7, 0.3], (n, 1)), replicates=4000, seed=3)
+    assert eces.mean() == pytest.approx(expected_mean, abs=0.003)  # Monte Carlo standard error 0.0007
+    assert set(np.round(eces * n, 6)) <= set(np.abs(k - 0.7 * n).round(6))  # each replicate a possible |K - 28| / n
+    assert np.all(calibration.ece_if_calibrated(np.tile([1.0, 0.0], (n, 1)), replicates=50) == 0.0)  # sure and right
+    assert np.array_equal(calibration.ece_if_calibrated(np.tile([0.7, 0.3], (n, 1)), replicates=20, seed=3),
+                          eces[:20])  # seeded  # fmt: skip
 
 
 def test_the_score_is_the_distance_to_the_kth_nearest_training_image():

@@ -89,6 +89,13 @@ def test_results_report_the_test_ece_before_and_after_and_predictions_are_calibr
     assert ece["before"] == pytest.approx(_ece(before, test.labels), abs=1e-5)
     assert ece["after"] == pytest.approx(_ece(calibrated, test.labels), abs=1e-4)  # the CSV's 6 decimals
     assert (workdir / "reliability_diagram.png").stat().st_size > 5000
+    # the floor: the mean ECE when every frame's label is drawn from its own calibrated probabilities
+    rng = np.random.default_rng(0)
+    drawn = [_ece(calibrated, np.array([rng.choice(len(names), p=q / q.sum()) for q in calibrated]))
+             for _ in range(400)]  # fmt: skip
+    floor = ece["after_if_calibrated"]
+    assert floor["mean"] == pytest.approx(np.mean(drawn), abs=0.006)  # Monte Carlo error about 0.002
+    assert floor["range"][0] < floor["mean"] < floor["range"][1]
 
 
 def test_the_rule_is_the_training_features_and_the_validation_quantile(run):

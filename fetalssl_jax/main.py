@@ -62,14 +62,27 @@ def validate(config) -> None:
     task_module(config).validate(config)
 
 
+def _config_argument(argv: list[str]) -> str | None:
+    """The value of --config (path.py[:preset]) on the command line, if any."""
+    config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if config_path is None and "--config" in argv[:-1]:
+        config_path = argv[argv.index("--config") + 1]
+    return config_path
+
+
 def _parse_flags(argv: list[str]) -> None:
-    """Parses flags, turning ml_collections' bare KeyError/AttributeError on a typo into a message naming the key."""
+    """Parses flags, turning ml_collections' bare KeyError/AttributeError on a typo into a message naming the key
+    and its IOError on a missing config file into one line."""
+    config_path = _config_argument(argv)
+    file = config_path.split(":", 1)[0] if config_path else None
+    if file and not os.path.isfile(file):
+        found = sorted(os.listdir("configs")) if os.path.isdir("configs") else []
+        hint = f"config files in configs/: {', '.join(f for f in found if f.endswith('.py'))}" if found else (
+            "give the path of a config file, e.g. configs/barlow.py from the repository")  # fmt: skip
+        raise UsageError(f"--config {config_path}: no such file {file!r}; {hint}")
     try:
         flags.FLAGS(argv)
     except (AttributeError, KeyError, flags.Error) as error:
-        config_path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-        if config_path is None and "--config" in argv[:-1]:
-            config_path = argv[argv.index("--config") + 1]
         messages = []
         if config_path:
             from fetalssl_jax.config_lib import load_config, unknown_override_keys

@@ -138,11 +138,26 @@ def test_unknown_config_key_is_named(repo, python):
     assert "unknown config key 'optim.lrr'" in proc.stderr and "lr_weights" in proc.stderr
 
 
-def test_unknown_preset_is_named(repo, python):
+def test_unknown_preset_is_one_line_naming_the_presets(repo, python):
     cmd = [python, "-m", "fetalssl_jax.main", "--config", f"{repo}/configs/barlow.py:huge"]
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0
-    assert "unknown preset 'huge'" in proc.stderr + proc.stdout
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: unknown preset 'huge' for 'barlow_twins'; choose one of ['default', 'paper', 'tiny', 'vit']"
+    ]
+
+
+@pytest.mark.parametrize("argument", ["configs/barlowtwins.py", "--config=configs/nope.py:tiny"])
+def test_a_missing_config_file_is_one_line_naming_the_configs(repo, python, argument):
+    # ml_collections reports a missing file as two chained tracebacks (exit 1)
+    args = [argument] if argument.startswith("--") else ["--config", argument]
+    proc = subprocess.run([python, "-m", "fetalssl_jax.main", *args], cwd=repo, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    missing = argument.removeprefix("--config=").split(":")[0]
+    assert lines[0].startswith(f"error: --config {argument.removeprefix('--config=')}: no such file {missing!r}")
+    assert "barlow.py" in lines[0] and "classify.py" in lines[0]
 
 
 def test_a_backbone_that_barely_moves_is_reported(tmp_path, caplog):

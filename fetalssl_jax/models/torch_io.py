@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from fetalssl_jax.errors import DataError
+from fetalssl_jax.models.state_dicts import check_fits
 
 __all__ = [
     "from_torch_state_dict",
@@ -100,8 +101,8 @@ def from_torch_state_dict(
     """Flax variables ``{'params': ..., 'batch_stats': ...}`` from a torchvision/timm-named ResNet state dict.
 
     With ``expected`` (Flax variables of the target model, e.g. from ``model.init``), every leaf must be present
-    with the same shape; a missing, unexpected or mis-shaped trunk entry raises ``KeyError``/``ValueError``
-    naming the key and ``source``.
+    with the same shape; a missing, unexpected or mis-shaped trunk entry raises ``DataError`` naming the key and
+    ``source`` (`state_dicts.check_fits`).
     """
     prefix = _trunk_prefix(state_dict, source)
     variables: dict[str, dict] = {"params": {}, "batch_stats": {}}
@@ -155,20 +156,8 @@ def _torch_key(path: tuple[str, ...]) -> str:
 def _check_against(found: Mapping, expected: Mapping, prefix: str, source: str) -> None:
     found_flat = _flat(found)
     expected_flat = {k: v for k, v in _flat(expected).items() if k[0] in ("params", "batch_stats")}
-    missing = sorted(prefix + _torch_key(k) for k in expected_flat.keys() - found_flat.keys())
-    unexpected = sorted(prefix + _torch_key(k) for k in found_flat.keys() - expected_flat.keys())
-    if missing or unexpected:
-        raise DataError(
-            f"{source} does not fit the configured ResNet: missing {missing[:6]}{' ...' if len(missing) > 6 else ''}"
-            f"; unexpected {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}"
-            " (check config.model.arch and config.model.width)"
-        )
-    for path, value in expected_flat.items():
-        if tuple(np.shape(value)) != found_flat[path].shape:
-            raise DataError(
-                f"{source}: {prefix + _torch_key(path)} has shape {found_flat[path].shape} in Flax layout, the "
-                f"configured model needs {tuple(np.shape(value))} (check config.model.arch and config.model.width)"
-            )
+    check_fits(found_flat, expected_flat, lambda path: prefix + _torch_key(path), source, "ResNet",
+               "config.model.arch and config.model.width", "config.model.arch and config.model.width")  # fmt: skip
 
 
 def to_torch_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+from fetalssl_jax.models.state_dicts import check_fits
 from fetalssl_jax.models.vit import ARCH_SPECS, ViT, resample_pos_embed
 
 __all__ = ["HEADS_BY_WIDTH", "ViTLayout", "from_timm_state_dict", "infer_vit", "to_timm_state_dict"]
@@ -264,21 +265,8 @@ def _fit_to(params: dict, expected: Mapping[tuple[str, ...], Any], layout: ViTLa
         params[("mask_token",)] = np.zeros(expected[("mask_token",)].shape, np.float32)
     if ("mask_token",) not in expected:
         params.pop(("mask_token",), None)
-    names = {path: prefix + _timm_key(path) for path in params.keys() | expected.keys()}
-    missing = sorted(names[k] for k in expected.keys() - params.keys())
-    unexpected = sorted(names[k] for k in params.keys() - expected.keys())
-    if missing or unexpected:
-        raise KeyError(
-            f"{source} does not fit the configured ViT: missing {missing[:6]}{' ...' if len(missing) > 6 else ''}; "
-            f"unexpected {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''} (check the ViT arch, registers and "
-            "LayerScale)"
-        )
-    for path, value in expected.items():
-        if tuple(np.shape(value)) != params[path].shape:
-            raise ValueError(
-                f"{source}: {names[path]} has shape {params[path].shape} in Flax layout, the configured ViT needs "
-                f"{tuple(np.shape(value))} (check the ViT arch, patch size and input channels)"
-            )
+    check_fits(params, expected, lambda path: prefix + _timm_key(path), source, "ViT",
+               "the ViT arch, registers and LayerScale", "the ViT arch, patch size and input channels")  # fmt: skip
 
 
 def _timm_key(path: tuple[str, ...]) -> str:

@@ -10,6 +10,7 @@ import timm as timm_lib
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+from fetalssl_jax.errors import DataError
 from fetalssl_jax.models import torch_io, vit_io
 from fetalssl_jax.models.vit import VIT_ARCHS, ViT, create_vit
 
@@ -214,7 +215,7 @@ def test_import_errors_name_the_key():
     state_dict = {k: v.numpy() for k, v in timm_vit(img_size=32).state_dict().items()}
     deeper = ViT(**{**TINY, "depth": 3}, image_size=32)
     expected = jax.eval_shape(deeper.init, jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
-    with pytest.raises(KeyError, match=r"f\.safetensors does not fit .*missing \['blocks\.2\.attn\.proj\.bias'"):
+    with pytest.raises(DataError, match=r"f\.safetensors does not fit .*missing \['blocks\.2\.attn\.proj\.bias'"):
         vit_io.from_timm_state_dict(state_dict, expected, "f.safetensors", num_heads=3)
     with pytest.raises(ValueError, match="width 48 is not one of"):
         vit_io.infer_vit(state_dict, "f.safetensors")

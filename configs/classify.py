@@ -97,6 +97,10 @@ def get_config(arg: str | None = None):
     # > 0: exactly this many labelled training images of every class instead (label_fraction must then stay 1)
     c.labels_per_class = 0
     c.classes = ()  # class names in label order; empty: the labelled data's own (the embedded set: PLANES)
+    # fitted on the validation split after training (downstream/calibration.py): "temperature_and_bias" also
+    # corrects a classifier that favours some classes (it can change predictions; with fewer than 50 validation
+    # frames of a class, the temperature alone); "temperature" keeps every prediction of the trained classifier
+    c.calibration = "temperature_and_bias"
     c.model = presets.model()
     c.head = ConfigDict({"dropout": 0.5, "batch_norm": False})
     # the images: the network's input size; the embedded set's rendering size and generator seed

@@ -46,23 +46,25 @@ def _inits(c, preset: str) -> tuple:
     return (*(f"{i.name}={i.spec}" for i in fits), "random")
 
 
+def _classify(args: str) -> ConfigDict:
+    """configs/classify.py:`args` for every cell, calibrated by the temperature alone: a cell's predictions come from
+    its labelled budget only (`temperature_and_bias` would fit class biases on the whole validation split)."""
+    return config_lib.load_config(f"{CONFIGS / 'classify.py'}:{args},calibration=temperature")
+
+
 def default(c) -> None:
     """CPU: width-16 ResNet-18 at 64 px, every method's default pretraining (480 steps); 2, 5, 10, 25 labelled images
     per class and all 3600 labelled training images of the evaluator's set (300 patients: 180 train, 60
     validation, 60 test), 5 seeds; 300 classifier steps of batch 32 per cell (or the subset, if smaller),
     validated every 100 steps."""
     # batch 32: docs/design.md, "Budgets per class and a fixed number of steps"
-    c.classify = config_lib.load_config(
-        f"{CONFIGS / 'classify.py'}:default,batch_size=32,num_steps=300,eval_every_steps=100"
-    )
+    c.classify = _classify("default,batch_size=32,num_steps=300,eval_every_steps=100")
     c.inits = _inits(c, "default")
 
 
 def tiny(c) -> None:
     """Minutes on a CPU: two inits, tiny models, 2 budgets (5 per class and all 120 images), 6 steps, 2 seeds."""
-    c.classify = config_lib.load_config(
-        f"{CONFIGS / 'classify.py'}:tiny,eval.num_patients=20,num_steps=6,eval_every_steps=3"
-    )
+    c.classify = _classify("tiny,eval.num_patients=20,num_steps=6,eval_every_steps=3")
     c.inits = (f"barlow_twins={CONFIGS / 'barlow.py'}:tiny,num_steps=4,progress_bar=False", "random")
     c.labels_per_class = (5,)
     c.label_fractions = (1.0,)
@@ -72,7 +74,7 @@ def tiny(c) -> None:
 def paper(c) -> None:
     """The paper: ResNet-50, 256 px, the methods' paper presets, fractions 100 ... 1 % and 100 epochs per cell
     (the classify paper preset), 5 seeds (GPU/TPU)."""
-    c.classify = config_lib.load_config(f"{CONFIGS / 'classify.py'}:paper")
+    c.classify = _classify("paper")
     c.inits = _inits(c, "paper")
     c.labels_per_class = ()
     c.label_fractions = (1.0, 0.5, 0.25, 0.1, 0.05, 0.01)
@@ -82,7 +84,7 @@ def vit(c) -> None:
     """A ViT-Tiny/8 at 64 px (configs/classify.py:vit, MAE's fine-tuning recipe) pretrained by every method's default
     preset that can (not the autoencoders); 5 and 25 labelled images per class and all of them, 3 seeds. A GPU's
     grid (docs/running.md, "A ViT downstream": its cost on a CPU)."""
-    c.classify = config_lib.load_config(f"{CONFIGS / 'classify.py'}:vit")
+    c.classify = _classify("vit")
     c.inits = _inits(c, "default")
     c.labels_per_class = (5, 25)
     c.seeds = (0, 1, 2)
@@ -91,9 +93,7 @@ def vit(c) -> None:
 def tiny_vit(c) -> None:
     """Minutes on a CPU: tiny's grid with a 4-block ViT of width 64 (classify.py:tiny_vit), Barlow Twins and random."""
     tiny(c)
-    c.classify = config_lib.load_config(
-        f"{CONFIGS / 'classify.py'}:tiny_vit,eval.num_patients=20,num_steps=6,eval_every_steps=3"
-    )
+    c.classify = _classify("tiny_vit,eval.num_patients=20,num_steps=6,eval_every_steps=3")
 
 
 PRESETS = {"default": default, "tiny": tiny, "paper": paper, "vit": vit, "tiny_vit": tiny_vit}

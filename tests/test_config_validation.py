@@ -141,6 +141,7 @@ CLASSIFY_CASES = [
     ({"head.dropout": 1.0}, "config.head.dropout = 1.0: must be a number in [0, 1)"),
     ({"optim.lr": -1e-3}, "config.optim.lr = -0.001: must be a positive number"),
     ({"optim.weight_decay": -1.0}, "config.optim.weight_decay = -1.0: must be a number >= 0"),
+    ({"calibration": "platt"}, "config.calibration = 'platt': must be one of 'temperature', 'temperature_and_bias'"),
 ]  # fmt: skip
 
 

@@ -1,9 +1,13 @@
-"""Calibrated class probabilities: temperature scaling (Guo et al. 2017), the expected calibration error and the
-reliability diagram.
+"""Calibrated class probabilities: temperature scaling (Guo et al. 2017) or bias-corrected temperature scaling
+(Alexandari et al. 2020), the expected calibration error and the reliability diagram.
 
-One scalar T > 0 divides the logits before the softmax; it is the T that minimises the negative log-likelihood of
-the selected classifier's validation logits. Dividing by T keeps every prediction (the argmax) and changes only how
-sure the probabilities are. The NLL is convex in 1/T, so a bounded scalar search (scipy's) finds the one minimum.
+`temperature`: one scalar T > 0 divides the logits before the softmax; it is the T that minimises the negative
+log-likelihood of the selected classifier's validation logits. Dividing by T keeps every prediction (the argmax) and
+changes only how sure the probabilities are. The NLL is convex in 1/T, so a bounded scalar search (scipy's) finds
+the one minimum. `temperature_and_bias`: softmax(logits / T + b) with a bias b per class (b[0] = 0: the softmax
+ignores a common shift), T and b minimising the same NLL; it also corrects a classifier that favours some classes,
+so it can change predictions, and its C parameters need a validation split with many frames of every class
+(`MIN_FRAMES_FOR_BIAS`; with fewer, the classification run fits the temperature only and says so).
 
 The expected calibration error (ECE) bins the confidence (the highest probability of a frame) into `ECE_BINS`
 equal-width bins (i/B, (i+1)/B] and sums, over the bins, the share of frames in the bin times the gap between the
@@ -17,16 +21,26 @@ import math
 import pathlib
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax, softmax
 
 ECE_BINS = 15
 TEMPERATURE_RANGE = (0.01, 100.0)  # the search's bounds; a T at either bound means the logits carry no signal
 
 
-def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
-    """Mean negative log-likelihood of `labels` [N] under softmax(logits [N, C] / temperature)."""
-    log_p = log_softmax(np.asarray(logits, np.float64) / temperature, axis=1)
+CALIBRATIONS = ("temperature", "temperature_and_bias")
+MIN_FRAMES_FOR_BIAS = 50  # validation frames of every class below which class biases are not fitted (C - 1 more
+# parameters than the temperature; a class without frames has no finite best bias)
+
+
+def _scaled(logits: np.ndarray, temperature: float, bias: np.ndarray | None) -> np.ndarray:
+    z = np.asarray(logits, np.float64) / temperature
+    return z if bias is None or not len(bias) else z + np.asarray(bias, np.float64)
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0, bias: np.ndarray | None = None) -> float:
+    """Mean negative log-likelihood of `labels` [N] under softmax(logits [N, C] / temperature + bias [C])."""
+    log_p = log_softmax(_scaled(logits, temperature, bias), axis=1)
     return float(-np.mean(log_p[np.arange(len(labels)), labels]))
 
 
@@ -41,9 +55,22 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(math.exp(found.x))
 
 
-def calibrated(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(logits / temperature) as float32 [N, C]."""
-    return softmax(np.asarray(logits, np.float64) / temperature, axis=1).astype(np.float32)
+def fit_temperature_and_bias(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """(T, bias [C], bias[0] = 0) minimising `nll(logits, labels, T, bias)`: L-BFGS over (log T, bias[1:]) from
+    (`fit_temperature`, 0), log T within `TEMPERATURE_RANGE`."""
+    temperature = fit_temperature(logits, labels)
+    logits = np.asarray(logits, np.float64)
+    classes = logits.shape[1]
+    bounds = [tuple(math.log(t) for t in TEMPERATURE_RANGE)] + [(None, None)] * (classes - 1)
+    found = minimize(lambda x: nll(logits, labels, math.exp(x[0]), np.r_[0.0, x[1:]]),
+                     np.r_[math.log(temperature), np.zeros(classes - 1)], method="L-BFGS-B", bounds=bounds,
+                     options={"ftol": 1e-12, "gtol": 1e-8})  # fmt: skip
+    return float(math.exp(found.x[0])), np.r_[0.0, found.x[1:]]
+
+
+def calibrated(logits: np.ndarray, temperature: float, bias: np.ndarray | None = None) -> np.ndarray:
+    """softmax(logits / temperature + bias) as float32 [N, C]."""
+    return softmax(_scaled(logits, temperature, bias), axis=1).astype(np.float32)
 
 
 def reliability_bins(

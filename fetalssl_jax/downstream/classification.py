@@ -44,7 +44,7 @@ from fetalssl_jax.data import sources
 from fetalssl_jax.data.augment import preprocess_eval
 from fetalssl_jax.data.pipeline import epoch_permutation
 from fetalssl_jax.data.randaugment import rand_augment_batch
-from fetalssl_jax.downstream import report
+from fetalssl_jax.downstream import calibration, report
 from fetalssl_jax.downstream.backbones import BackboneInit, resolve_backbone
 from fetalssl_jax.downstream.labels import budget_name, choose_labels, class_weights
 from fetalssl_jax.downstream.optimizer import SCHEDULES, classifier_optimizer
@@ -82,6 +82,7 @@ def problems(config: ml_collections.ConfigDict, prefix: str = "config") -> list[
     c.integer("seed", 0)
     c.text("init", "'random', a pretraining workdir, a backbone directory or a weights file")
     c.one_of("mode", MODES)
+    c.one_of("calibration", calibration.CALIBRATIONS)
     c.fraction("label_fraction")
     c.integer("labels_per_class", 0, "0: use label_fraction")
     per_class, fraction = c.get("labels_per_class"), c.get("label_fraction")
@@ -547,11 +548,11 @@ def _test_and_report(run: _LabelledRun, best: dict[str, Any], best_variables: di
         "best_step": best["step"],
     }  # fmt: skip
     fit = fit_trust(run.spec.model(), run.spec.image_size, best_variables, run.splits, config.seed,
-                    config.eval_batch_size)  # fmt: skip
+                    config.eval_batch_size, config.calibration)  # fmt: skip
     fit.trust.save(workdir / "classifier")
     save_classifier(workdir / "classifier", best_variables, {**description, **fit.trust.description()})
     test = run.splits["test"]
-    test_probs = fit.test_probabilities  # calibrated: softmax(logits / temperature)
+    test_probs = fit.test_probabilities  # calibrated: softmax(logits / temperature + class biases)
     test_report = report.full_report(test.labels, test_probs.argmax(1), run.class_names)
     report.write_json(workdir / "confusion_matrix.json",
                       {"class_names": list(run.class_names), "matrix": test_report["confusion_matrix"]})  # fmt: skip

@@ -6,13 +6,13 @@ The graph takes what predict feeds the network, uint8 gray frames [N, S, S, 1] a
 `frames`; N is dynamic), and does the evaluation's preprocessing itself (`data.augment.preprocess_eval` at its own
 size: /255, gray to RGB, ImageNet mean and std), then the backbone in inference mode: a ResNet with its BatchNorm
 running statistics and global average pooling, or a ViT's class token (position embeddings for the input size); for
-a classifier, then the linear head and the softmax of the logits divided by the classifier's temperature
-(`downstream/trust.py`); a classifier with a known-frame rule gets a second output, `ood_score` [N] (the distance to
-the k-th nearest training image's features, its reference a constant of the graph): a frame is a known plane where
-it is at most the metadata's `fetalssl_jax.ood_threshold`. It computes in float32 whatever the training dtype. The
-model's metadata_props (`fetalssl_jax.*`, `METADATA_KEYS`) say what a user needs: the kind, the input size, the
-normalisation (already in the graph), the class names, the temperature (already in the graph), the threshold, the
-architecture and the project's version.
+a classifier, then the linear head and the softmax of the logits divided by the classifier's temperature, plus its
+class biases if it has them (`downstream/trust.py`); a classifier with a known-frame rule gets a second output,
+`ood_score` [N] (the distance to the k-th nearest training image's features, its reference a constant of the graph):
+a frame is a known plane where it is at most the metadata's `fetalssl_jax.ood_threshold`. It computes in float32
+whatever the training dtype. The model's metadata_props (`fetalssl_jax.*`, `METADATA_KEYS`) say what a user needs:
+the kind, the input size, the normalisation (already in the graph), the class names, the temperature and class
+biases (already in the graph), the threshold, the architecture and the project's version.
 
 Converter: jax2onnx, which lowers the model's own jaxpr (jax2tf in this JAX writes only opaque StableHLO calls that
 tf2onnx cannot convert, and tf2onnx pins protobuf 3).
@@ -39,8 +39,9 @@ ARCH, WIDTH, VERSION = "fetalssl_jax.arch", "fetalssl_jax.width", "fetalssl_jax.
 INPUT, OUTPUT, NORMALISATION = "fetalssl_jax.input", "fetalssl_jax.output", "fetalssl_jax.normalisation"
 BACKBONE = "fetalssl_jax.backbone"  # the backbone's identity as JSON (a ViT: arch, patch_size, reg_tokens, ...)
 TEMPERATURE, OOD_THRESHOLD, OOD_K = "fetalssl_jax.temperature", "fetalssl_jax.ood_threshold", "fetalssl_jax.ood_k"
+CLASS_BIAS = "fetalssl_jax.class_bias"
 METADATA_KEYS = (KIND, IMAGE_SIZE, CLASS_NAMES, ARCH, WIDTH, BACKBONE, VERSION, INPUT, OUTPUT, NORMALISATION,
-                 TEMPERATURE, OOD_THRESHOLD, OOD_K)  # fmt: skip
+                 TEMPERATURE, CLASS_BIAS, OOD_THRESHOLD, OOD_K)  # fmt: skip
 FEATURES = {"resnet": "the pooled layer4 features", "vit": "the class token after the final norm"}
 SCORE_NAME = "ood_score"
 
@@ -78,7 +79,7 @@ def _identity_metadata(identity: dict) -> dict[str, str]:
 def export_classifier(classifier: str | pathlib.Path, out: pathlib.Path) -> pathlib.Path:
     """The classifier of a classification run (its workdir or its ``classifier/`` directory) as an ONNX graph
     frames -> calibrated probabilities [N, C] (and, with a known-frame rule, ood_score [N]) at `out`, its class
-    names, temperature and threshold in the metadata."""
+    names, temperature, class biases and threshold in the metadata."""
     from fetalssl_jax.downstream.classification import load_classifier
     from fetalssl_jax.downstream.trust import load_trust, trusted_outputs
 
@@ -89,13 +90,16 @@ def export_classifier(classifier: str | pathlib.Path, out: pathlib.Path) -> path
     metadata = {KIND: "classifier", **_identity_metadata(spec.identity()), CLASS_NAMES: json.dumps(names),
                 TEMPERATURE: repr(trust.temperature),
                 OUTPUT: f"probabilities: float32 [N, {len(names)}], columns in the order of {CLASS_NAMES}, "
-                        f"softmax(logits / {TEMPERATURE})"}  # fmt: skip
+                        f"softmax(logits / {TEMPERATURE}" + (f" + {CLASS_BIAS})" if trust.bias else ")")}  # fmt: skip
+    if trust.bias:
+        metadata[CLASS_BIAS] = json.dumps(list(trust.bias))
     if rule is not None:
         metadata[OUTPUT] += (f"; {SCORE_NAME}: float32 [N], distance to the k-th nearest training image (k = {rule.k}"
                              f"), a known plane where <= {OOD_THRESHOLD}")  # fmt: skip
         metadata.update({OOD_THRESHOLD: repr(rule.threshold), OOD_K: str(rule.k)})
     reference, k = (None, 0) if rule is None else (jnp.asarray(rule.reference), rule.k)
-    fn = lambda x: trusted_outputs(model, spec.image_size, variables, trust.temperature, reference, k, x)  # noqa: E731
+    bias = trust.bias_vector(len(names))
+    fn = lambda x: trusted_outputs(model, spec.image_size, variables, trust.temperature, bias, reference, k, x)  # noqa: E731
     outputs = ("probabilities",) if rule is None else ("probabilities", SCORE_NAME)
     return _export(fn, spec.image_size, outputs, metadata, out)
 

@@ -1,10 +1,11 @@
 """What a classifier knows of its limits, fitted at the end of its classification run and applied wherever it
-predicts: the temperature of its calibrated probabilities (`calibration`) and its known-frame rule (`ood`).
+predicts: the temperature (and, with `calibration = "temperature_and_bias"`, the class biases) of its calibrated
+probabilities (`calibration`) and its known-frame rule (`ood`).
 
 Both are fitted on the validation split (the temperature on the selected classifier's logits, the rule's threshold
 on the validation frames' scores, its reference the training images' features) and reported on the test split
 (results.json: ECE before and after scaling, the share of test frames known; reliability_diagram.png). They are
-stored with the classifier: `temperature` and `ood` in classifier.json, the rule's reference in
+stored with the classifier: `temperature`, `class_bias` and `ood` in classifier.json, the rule's reference in
 ``ood_reference.npy`` beside it. A classifier saved without them predicts with temperature 1 and no rule.
 
 `trusted_outputs` is the one function of a batch of frames that gives both, the calibrated probabilities and the
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import pathlib
 import re
 from collections.abc import Mapping
@@ -23,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from sklearn.metrics import f1_score
 
 from fetalssl_jax.data.augment import preprocess_eval
 from fetalssl_jax.downstream import calibration
@@ -34,23 +37,33 @@ from fetalssl_jax.models.vit import ViT
 
 RELIABILITY_PNG = "reliability_diagram.png"
 
+log = logging.getLogger("fetalssl_jax")
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Trust:
-    """A classifier's temperature and its known-frame rule (None: every frame counts as known, no score)."""
+    """A classifier's temperature, its class biases (empty: none) and its known-frame rule (None: every frame counts
+    as known, no score): probabilities = softmax(logits / temperature + bias)."""
 
     temperature: float = 1.0
     rule: KnownRule | None = None
+    bias: tuple[float, ...] = ()
 
     def description(self) -> dict[str, Any]:
         """The entries of classifier.json."""
-        return {"temperature": self.temperature, **({"ood": self.rule.description()} if self.rule else {})}
+        return {"temperature": self.temperature, **({"class_bias": list(self.bias)} if self.bias else {}),
+                **({"ood": self.rule.description()} if self.rule else {})}  # fmt: skip
 
     def identity(self) -> dict[str, Any]:
         """What predict's fingerprint records of it (empty for a classifier saved without them)."""
-        if self.temperature == 1.0 and self.rule is None:
+        if self.temperature == 1.0 and self.rule is None and not self.bias:
             return {}
-        return {"temperature": self.temperature, "ood_sha256": self.rule.digest() if self.rule else None}
+        return {"temperature": self.temperature, **({"class_bias": list(self.bias)} if self.bias else {}),
+                "ood_sha256": self.rule.digest() if self.rule else None}  # fmt: skip
+
+    def bias_vector(self, num_classes: int) -> jax.Array:
+        """The class biases as float32 [num_classes] (zeros without them)."""
+        return jnp.asarray(self.bias if self.bias else np.zeros(num_classes), jnp.float32)
 
     def save(self, directory: pathlib.Path) -> None:
         """The rule's reference into the classifier's directory (classifier.json holds the rest)."""
@@ -72,7 +85,7 @@ def load_trust(path: str | pathlib.Path) -> Trust:
     directory = classifier_directory(path)
     description = json.loads((directory / "classifier.json").read_text())
     rule = KnownRule.load(directory, description["ood"]) if "ood" in description else None
-    return Trust(float(description.get("temperature", 1.0)), rule)
+    return Trust(float(description.get("temperature", 1.0)), rule, tuple(map(float, description.get("class_bias", ()))))
 
 
 _BLOCK = re.compile(r"(layer(\d+)_(\d+)|blocks_(\d+))$")  # a ResNet block (stage, index) or a ViT block (index)
@@ -114,19 +127,19 @@ def logits_and_features(model, image_size: int, variables: Any, images: jax.Arra
 
 
 def trusted_outputs(
-    model, image_size: int, variables: Any, temperature: jax.Array | float, reference: jax.Array | None, k: int,
-    images: jax.Array,
+    model, image_size: int, variables: Any, temperature: jax.Array | float, bias: jax.Array,
+    reference: jax.Array | None, k: int, images: jax.Array,
 ) -> tuple[jax.Array, ...]:  # fmt: skip
-    """(probabilities [B, C] = softmax(logits / temperature),) and, with a `reference` (L2-normalised training
-    features of `logits_and_features`), the score [B] (`ood.knn_distance` to its `k`-th row)."""
+    """(probabilities [B, C] = softmax(logits / temperature + bias [C]),) and, with a `reference` (L2-normalised
+    training features of `logits_and_features`), the score [B] (`ood.knn_distance` to its `k`-th row)."""
     logits, features = logits_and_features(model, image_size, variables, images)
-    probabilities = jax.nn.softmax(logits / temperature, axis=-1)
+    probabilities = jax.nn.softmax(logits / temperature + bias, axis=-1)
     if reference is None:
         return (probabilities,)
     return probabilities, knn_distance(features, reference, k)
 
 
-_trusted = jax.jit(trusted_outputs, static_argnums=(0, 1, 5))
+_trusted = jax.jit(trusted_outputs, static_argnums=(0, 1, 6))
 _outputs = jax.jit(logits_and_features, static_argnums=(0, 1))
 
 
@@ -137,10 +150,10 @@ def predict_trusted(
     in the last column, the score (NaN without a rule)."""
     rule = trust.rule
     reference, k = (None, 0) if rule is None else (jnp.asarray(rule.reference), rule.k)
-    temperature = jnp.float32(trust.temperature)
+    temperature, bias = jnp.float32(trust.temperature), trust.bias_vector(model.num_classes)
 
     def batch(x: np.ndarray) -> np.ndarray:
-        out = _trusted(model, image_size, variables, temperature, reference, k, x)
+        out = _trusted(model, image_size, variables, temperature, bias, reference, k, x)
         score = out[1] if len(out) > 1 else jnp.full(len(x), jnp.nan)
         return np.concatenate([np.asarray(out[0]), np.asarray(score, np.float32)[:, None]], axis=1)
 
@@ -203,38 +216,71 @@ class TrustFit:
                                      f"{self.calibration['test_ece']['after_if_calibrated']['mean']:.3f}")  # fmt: skip
 
 
+def _fit_calibration(logits: np.ndarray, labels: np.ndarray, method: str) -> tuple[float, tuple[float, ...], str]:
+    """(temperature, class biases, the method used) of `method` (`calibration.CALIBRATIONS`) on validation logits
+    and labels: the biases only where every class has `calibration.MIN_FRAMES_FOR_BIAS` validation frames (a
+    warning says so otherwise; a class without frames would push its bias to minus infinity)."""
+    if method == "temperature_and_bias":
+        counts = np.bincount(labels, minlength=logits.shape[1])
+        if counts.min() >= calibration.MIN_FRAMES_FOR_BIAS:
+            temperature, bias = calibration.fit_temperature_and_bias(logits, labels)
+            return temperature, tuple(float(b) for b in bias), method
+        log.warning(
+            "calibration: class %d has %d validation frames (class biases need %d of every class); fitting "
+            "the temperature only",
+            int(counts.argmin()),
+            int(counts.min()),
+            calibration.MIN_FRAMES_FOR_BIAS,
+        )
+    return calibration.fit_temperature(logits, labels), (), "temperature"
+
+
+def _calibration_report(trust: Trust, valid_logits, valid, test_logits, test, seed: int, method: str):
+    """results.json's `calibration`: what was fitted, NLL, ECE (interval, floor) and test macro-F1 before and
+    after; and the test split's (uncalibrated, calibrated) probabilities."""
+    t, b = trust.temperature, np.asarray(trust.bias) if trust.bias else None
+    before, after = calibration.calibrated(test_logits, 1.0), calibration.calibrated(test_logits, t, b)
+    ece = calibration.expected_calibration_error
+    f1 = lambda p: float(f1_score(test.labels, p.argmax(1), average="macro"))  # noqa: E731
+    report = {
+        "method": method, "temperature": t, **({"class_bias": list(trust.bias)} if trust.bias else {}),
+        "fitted_on": "valid", "bins": calibration.ECE_BINS,
+        "valid_nll": {"before": calibration.nll(valid_logits, valid.labels),
+                      "after": calibration.nll(valid_logits, valid.labels, t, b)},
+        "test_nll": {"before": calibration.nll(test_logits, test.labels),
+                     "after": calibration.nll(test_logits, test.labels, t, b)},
+        "test_ece": {"before": ece(before, test.labels), "after": ece(after, test.labels),
+                     **_ece_intervals({"before": before, "after": after}, test.labels, test.patient_ids, seed),
+                     "after_if_calibrated": _floor(after, seed)},
+        "test_macro_f1": {"before": f1(before), "after": f1(after)},
+    }  # fmt: skip
+    return report, before, after
+
+
 def fit_trust(
-    model, image_size: int, variables: Any, splits: Mapping[str, Any], seed: int, batch_size: int
-) -> TrustFit:
-    """The temperature (validation NLL) and the known-frame rule (reference: the training split's features,
-    `ood.reference_rows`; threshold: the validation scores' quantile) of a trained classifier, scored on the test
-    split."""
+    model, image_size: int, variables: Any, splits: Mapping[str, Any], seed: int, batch_size: int,
+    method: str = "temperature",
+) -> TrustFit:  # fmt: skip
+    """The calibration (`method`, on the validation logits) and the known-frame rule (reference: the training
+    split's features, `ood.reference_rows`; threshold: the validation scores' quantile) of a trained classifier,
+    scored on the test split."""
     train, valid, test = splits["train"], splits["valid"], splits["test"]
     valid_logits, valid_features = _outputs_of(model, image_size, variables, valid.images, batch_size)
     _, train_features = _outputs_of(model, image_size, variables,
                                     train.images[reference_rows(len(train.labels), seed)], batch_size)  # fmt: skip
-    temperature = calibration.fit_temperature(valid_logits, valid.labels)
     rule = KnownRule.fit(train_features, lambda reference, k: knn_distance(valid_features, reference, k), seed=seed)
+    temperature, bias, used = _fit_calibration(valid_logits, valid.labels, method)
+    trust = Trust(temperature, rule, bias)
     test_logits, test_features = _outputs_of(model, image_size, variables, test.images, batch_size)
-    before, after = calibration.calibrated(test_logits, 1.0), calibration.calibrated(test_logits, temperature)
+    cal, before, after = _calibration_report(trust, valid_logits, valid, test_logits, test, seed, used)
+    cal["requested"] = method
     scores = rule.scores(test_features)
     known = rule.known(scores)
-    correct = before.argmax(1) == test.labels
-    ece = calibration.expected_calibration_error
-    cal = {
-        "temperature": temperature, "fitted_on": "valid", "bins": calibration.ECE_BINS,
-        "valid_nll": {"before": calibration.nll(valid_logits, valid.labels),
-                      "after": calibration.nll(valid_logits, valid.labels, temperature)},
-        "test_nll": {"before": calibration.nll(test_logits, test.labels),
-                     "after": calibration.nll(test_logits, test.labels, temperature)},
-        "test_ece": {"before": ece(before, test.labels), "after": ece(after, test.labels),
-                     **_ece_intervals({"before": before, "after": after}, test.labels, test.patient_ids, seed),
-                     "after_if_calibrated": _floor(after, seed)},
-    }  # fmt: skip
+    correct = after.argmax(1) == test.labels  # the predictions the classifier makes
     ood = {
         **rule.description(), "valid_known_fraction": float(np.mean(rule.known(rule.scores(valid_features)))),
         "test_known_fraction": float(np.mean(known)),
         "test_accuracy_known": float(np.mean(correct[known])) if known.any() else None,
         "test_accuracy_not_known": float(np.mean(correct[~known])) if (~known).any() else None,
     }  # fmt: skip
-    return TrustFit(Trust(temperature, rule), after, scores, known, before, cal, ood)
+    return TrustFit(trust, after, scores, known, before, cal, ood)

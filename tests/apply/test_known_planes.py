@@ -1,9 +1,8 @@
-"""predict with a classifier saved with a temperature and a known-frame rule: its probabilities are softmax(logits /
-T) and its scores the distance to the k-th nearest reference (the layer4 map's channel means and standard
-deviations), as numpy and scikit-learn compute them, through
-JAX and through the ONNX export; frames above the threshold and colour-Doppler frames are "not a known plane" and
-never a best frame; a stream scores its frames as offline predict does; the temperature and the rule are part of
-predict's fingerprint."""
+"""predict with a classifier saved with a temperature, class biases and a known-frame rule: its probabilities are
+softmax(logits / T + b) and its scores the distance to the k-th nearest reference (the layer4 map's channel means
+and standard deviations), as numpy and scikit-learn compute them, through JAX and through the ONNX export; frames
+above the threshold and colour-Doppler frames are "not a known plane" and never a best frame; a stream scores its
+frames as offline predict does; the temperature, the biases and the rule are part of predict's fingerprint."""
 
 import csv
 import json
@@ -32,6 +31,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from ood_frames import checkerboard, colour_doppler  # noqa: E402
 
 TEMPERATURE, K = 2.5, 5
+BIAS = (0.0, 0.6, -0.4, 0.2, -0.9)  # one per plane
 
 
 def _unit(x):
@@ -46,8 +46,8 @@ def _csv(path):
 @pytest.fixture(scope="module")
 def trusted(tmp_path_factory):
     """A classifier on a random backbone: a logistic-regression head fitted on generated training scans, temperature
-    2.5, its rule's reference the training scans' features and its threshold the validation scores' 95th percentile
-    (computed here with scikit-learn); its ONNX export; and numpy's answer for any frames."""
+    2.5 and class biases `BIAS`, its rule's reference the training scans' features and its threshold the validation
+    scores' 95th percentile (computed here with scikit-learn); its ONNX export; and numpy's answer for any frames."""
     root = tmp_path_factory.mktemp("known")
     splits = generate_labelled_frames(12, 10, SIZE, seed=3)
     backbone = random_backbone(0)
@@ -65,12 +65,12 @@ def trusted(tmp_path_factory):
     threshold = float(np.quantile(neighbours.kneighbors(_unit(statistics(splits["valid"].images)))[0][:, -1], 0.95))
     rule = KnownRule(reference.astype(np.float32), K, threshold)
     run = save_classifier_run(root / "run", backbone.variables, head.astype(np.float32), PLANES,
-                              trust=Trust(TEMPERATURE, rule))  # fmt: skip
+                              trust=Trust(TEMPERATURE, rule, BIAS))  # fmt: skip
     run_export(tool_config("export.py", classifier=str(run), format="onnx"), root / "export")
 
     def expected(frames):
         """(probabilities, scores) of uint8 frames [N, S, S] by numpy and scikit-learn."""
-        z = features(frames) @ head.astype(np.float32).astype(np.float64) / TEMPERATURE
+        z = features(frames) @ head.astype(np.float32).astype(np.float64) / TEMPERATURE + np.array(BIAS)
         p = np.exp(z - z.max(1, keepdims=True))
         return p / p.sum(1, keepdims=True), neighbours.kneighbors(_unit(statistics(frames)))[0][:, -1]
 
@@ -112,6 +112,7 @@ def test_the_temperature_and_the_threshold_travel_in_the_onnx_file(trusted):
     onnx = load_classifier(onnx_file)
     meta = onnx.session.get_modelmeta().custom_metadata_map
     assert float(meta["fetalssl_jax.temperature"]) == TEMPERATURE and onnx.ood_threshold == pytest.approx(threshold)
+    assert json.loads(meta["fetalssl_jax.class_bias"]) == list(BIAS)
     assert [o.name for o in onnx.session.get_outputs()] == ["probabilities", "ood_score"]
     frames = splits["valid"].images[:6]
     np.testing.assert_allclose(predict(onnx, frames), expected(frames)[0], atol=1e-4)
@@ -162,7 +163,7 @@ def test_a_stream_scores_its_frames_as_offline_predict_does(trusted, tmp_path):
         assert summary["frames_not_known"] >= 1  # the flat gray frames
 
 
-def test_another_temperature_is_another_model_for_predicts_outputs(trusted, tmp_path):
+def test_another_temperature_or_bias_is_another_model_for_predicts_outputs(trusted, tmp_path):
     _, run, _, splits, _, _ = trusted
     folder = tmp_path / "images"
     folder.mkdir()
@@ -177,6 +178,9 @@ def test_another_temperature_is_another_model_for_predicts_outputs(trusted, tmp_
     description = json.loads((other / "classifier" / "classifier.json").read_text())
     (other / "classifier" / "classifier.json").write_text(json.dumps({**description, "temperature": 1.5}))
     with pytest.raises(WorkdirMismatchError, match=r"identity\.model\.temperature"):
+        run_predict(tool_config("predict.py:tiny", classifier=str(other), input=str(folder)), tmp_path / "out")
+    (other / "classifier" / "classifier.json").write_text(json.dumps({**description, "class_bias": [0.0] * 5}))
+    with pytest.raises(WorkdirMismatchError, match=r"identity\.model\.class_bias"):
         run_predict(tool_config("predict.py:tiny", classifier=str(other), input=str(folder)), tmp_path / "out")
 
 

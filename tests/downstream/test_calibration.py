@@ -35,6 +35,34 @@ def test_temperature_is_the_minimum_of_a_brute_force_search_of_the_nll(true_temp
     np.testing.assert_allclose(calibration.calibrated(logits, fitted).argmax(1), logits.argmax(1))  # argmax kept
 
 
+def test_temperature_and_bias_recover_a_classifier_that_favours_some_classes():
+    rng = np.random.default_rng(4)
+    # labels drawn from softmax(base + true_bias); the logits shown are base * 2 (over-confident, biased): the fit
+    # should find T = 2 and the biases relative to class 0, and no small step from it lowers the numpy NLL
+    true_bias = np.array([0.0, 0.8, -0.5, 0.3, -1.0])
+    base = rng.normal(0, 2.0, (6000, 5))
+    p = np.exp(base + true_bias)
+    labels = (rng.random((len(p), 1)) > np.cumsum(p / p.sum(1, keepdims=True), 1)).sum(1)
+    logits = base * 2.0
+    temperature, bias = calibration.fit_temperature_and_bias(logits, labels)
+    assert temperature == pytest.approx(2.0, rel=0.05) and bias[0] == 0.0
+    np.testing.assert_allclose(bias, true_bias, atol=0.12)
+
+    def numpy_nll(t, b):
+        return _nll(logits / t + b, labels, 1.0)
+
+    best = numpy_nll(temperature, bias)
+    assert best == pytest.approx(calibration.nll(logits, labels, temperature, bias), rel=1e-9)
+    for step in (-1e-3, 1e-3):  # T and each bias but the fixed first one, both ways
+        assert numpy_nll(temperature + step, bias) >= best - 1e-9
+        for i in range(1, 5):
+            assert numpy_nll(temperature, bias + step * (np.arange(5) == i)) >= best - 1e-9
+    assert best < numpy_nll(calibration.fit_temperature(logits, labels), np.zeros(5))  # the biases help here
+    np.testing.assert_allclose(calibration.calibrated(logits, temperature, bias),
+                               np.exp(logits / temperature + bias) / np.exp(logits / temperature + bias).sum(1,
+                               keepdims=True), atol=1e-6)  # fmt: skip
+
+
 def test_ece_of_a_hand_worked_example():
     probabilities = np.array([[0.9, 0.1], [0.92, 0.08], [0.42, 0.58], [0.7, 0.3]])
     labels = np.array([0, 1, 1, 1])

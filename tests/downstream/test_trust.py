@@ -5,6 +5,7 @@ scores' 95th percentile (scikit-learn's neighbours), predict gives the run's pro
 reports at most 5 % of a folder of black, colour-Doppler and non-ultrasound frames as a plane."""
 
 import csv
+import logging
 import sys
 
 import numpy as np
@@ -14,7 +15,7 @@ from conftest import REPO
 from PIL import Image
 from sklearn.neighbors import NearestNeighbors
 
-from fetalssl_jax.apply import load_classifier
+from fetalssl_jax.apply import load_classifier, predict
 from fetalssl_jax.apply.tasks import run_predict
 from fetalssl_jax.config_lib import load_config, set_by_path
 from fetalssl_jax.data import sources
@@ -51,7 +52,7 @@ def run(repo, tmp_path_factory):
     patients), its config's labelled splits, and its uncalibrated probabilities."""
     config = load_config(f"{repo / 'configs' / 'classify.py'}:tiny,num_epochs=5")
     for key, value in {"data.image_size": 64, "data.stored_size": 64, "eval.num_patients": 30,
-                       "eval.frames_per_patient": 20}.items():  # fmt: skip
+                       "eval.frames_per_patient": 20, "calibration": "temperature"}.items():  # fmt: skip
         set_by_path(config, key, value)
     workdir = tmp_path_factory.mktemp("trust")
     results = run_classification(config, workdir)
@@ -62,6 +63,48 @@ def run(repo, tmp_path_factory):
         return predict_probabilities(spec, variables["params"], variables["batch_stats"], images, 64)
 
     return workdir, results, description, splits, uncalibrated
+
+
+def test_temperature_and_bias_minimise_the_validation_nll_and_predict_applies_them(repo, tmp_path, caplog):
+    tiny = f"{repo / 'configs' / 'classify.py'}:tiny,num_epochs=3,calibration=temperature_and_bias"
+    with caplog.at_level(logging.WARNING, logger="fetalssl_jax"):  # 2 validation patients: too few for biases
+        few = run_classification(load_config(tiny), tmp_path / "few")
+    assert (few["calibration"]["method"], few["calibration"]["requested"]) == ("temperature", "temperature_and_bias")
+    assert "class_bias" not in few["calibration"] and "fitting the temperature only" in caplog.text
+    config = load_config(f"{tiny},eval.num_patients=60,eval.frames_per_patient=30")
+    splits = sources.labelled_splits(config)
+    assert np.bincount(splits["valid"].labels).min() >= 50  # enough of every class
+    results = run_classification(config, tmp_path / "run")
+    _, variables, description, spec = load_run(tmp_path / "run")
+    t, bias = description["temperature"], np.array(description["class_bias"])
+    assert results["calibration"]["method"] == "temperature_and_bias" and bias[0] == 0.0 and len(bias) == 5
+
+    def logits(split):  # softmax's logits up to a per-frame constant, which no calibration sees
+        uncalibrated = predict_probabilities(spec, variables["params"], variables["batch_stats"], split.images, 32)
+        return np.log(uncalibrated.astype(np.float64))
+
+    valid = logits(splits["valid"])
+    rows = np.arange(len(splits["valid"].labels))
+
+    def nll(temperature, b):
+        z = valid / temperature + b
+        z = z - z.max(1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(1)) - z[rows, splits["valid"].labels]))
+
+    best = nll(t, bias)
+    assert best == pytest.approx(results["calibration"]["valid_nll"]["after"], rel=1e-5)
+    for step in (-1e-3, 1e-3):  # no small step of T or of a free bias lowers numpy's validation NLL
+        assert nll(t + step, bias) >= best - 1e-7
+        assert all(nll(t, bias + step * (np.arange(5) == i)) >= best - 1e-7 for i in range(1, 5))
+    z = logits(splits["test"]) / t + bias
+    expected = np.exp(z - z.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    rows = _csv(tmp_path / "run" / "predictions.csv")
+    got = np.array([[float(r[f"p_{n}"]) for n in results["test"]["class_names"]] for r in rows])
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+    np.testing.assert_allclose(predict(load_classifier(tmp_path / "run"), splits["test"].images[:8]), expected[:8],
+                               atol=1e-4)  # fmt: skip
+    assert results["calibration"]["test_macro_f1"]["after"] == pytest.approx(results["test"]["macro_f1"])
 
 
 def test_the_temperature_minimises_the_validation_nll_of_the_selected_classifier(run):

@@ -19,7 +19,8 @@ A label budget is `labels_per_class` images of every class (2, 5, 10, 25 by defa
 split (`label_fractions`: the full set by default; the paper's 100 ... 1 % in `paper`). Every budget uses every
 seed in `seeds` (5: an interval over 3 seeds is too wide to tell methods apart). Cells train a fixed number of
 optimiser steps (`classify.num_steps`) in `default`, so a 10-image budget is trained as long as the full set;
-`paper` keeps the paper's epochs.
+`paper` keeps the paper's epochs. Cells are calibrated by the temperature alone (`_classify`), which changes no
+prediction.
 """
 
 import pathlib

@@ -210,8 +210,8 @@ class TrustFit:
 
     def plot(self, path: pathlib.Path, labels: np.ndarray, title: str = "") -> None:
         """The test split's reliability diagram before and after scaling."""
-        calibration.plot_reliability({"before (T = 1)": self.test_uncalibrated,
-                                      f"after (T = {self.trust.temperature:.2f})": self.test_probabilities},
+        after = f"after (T = {self.trust.temperature:.2f}{', class biases' if self.trust.bias else ''})"
+        calibration.plot_reliability({"before (T = 1)": self.test_uncalibrated, after: self.test_probabilities},
                                      labels, path, f"{title}\nECE of a calibrated classifier on {len(labels)} frames: "
                                      f"{self.calibration['test_ece']['after_if_calibrated']['mean']:.3f}")  # fmt: skip
 

@@ -162,10 +162,13 @@ def run() -> None:
 
     reexec_with_hugepages()  # once, before any work: XLA's CPU buffers on huge pages (runtime/hugepages.py)
     status = main(sys.argv)
-    if status in (1, 130):
-        # A run that failed has written what it keeps (checkpoints, metrics) before main returned. After a failed
-        # checkpoint write, orbax / tensorstore threads can abort the interpreter's shutdown (SIGABRT, "exception
-        # not rethrown", seen in CI), turning a clear error into a crash: leave without that shutdown.
+    loop = sys.modules.get("fetalssl_jax.train.loop")
+    if status in (1, 130) or (loop is not None and loop.stopped_by_signal()):
+        # A run that failed or stopped on SIGTERM / Ctrl-C has written what it keeps (checkpoints, metrics) before
+        # main returned. After a failed or signal-stopped checkpoint write, orbax / tensorstore threads can abort the
+        # interpreter's shutdown (SIGABRT, "exception not rethrown", seen in CI and in a SIGTERM test), turning a
+        # clear result into a crash: leave without that shutdown. (Several processes: JAX's pre-emption service
+        # catches SIGTERM, not this process's handlers, so they keep jax.distributed's orderly shutdown.)
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -102,6 +102,12 @@ class RunResult:
 
 
 INTERRUPTED = b"Ctrl-C: stopping after this step and its checkpoint; press Ctrl-C again to abort at once\n"
+_SIGNALLED = threading.Event()  # this process's own handlers caught SIGTERM or Ctrl-C (`stopped_by_signal`)
+
+
+def stopped_by_signal() -> bool:
+    """Whether a run of this process stopped early on its own SIGTERM / Ctrl-C handler (`preemption_signal`)."""
+    return _SIGNALLED.is_set()
 
 
 @contextlib.contextmanager
@@ -126,11 +132,16 @@ def preemption_signal() -> Iterator[Callable[[int], bool]]:
         if several:
             os.kill(os.getpid(), signal.SIGTERM)
         else:
+            _SIGNALLED.set()
             event.set()
+
+    def terminated(signum, frame):
+        _SIGNALLED.set()
+        event.set()
 
     previous = {signal.SIGINT: signal.signal(signal.SIGINT, interrupted)}
     if not several:
-        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, lambda signum, frame: event.set())
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, terminated)
     try:
         yield preempted
     finally:

@@ -49,17 +49,19 @@ class Trust:
     rule: KnownRule | None = None
     bias: tuple[float, ...] = ()
 
+    def calibration(self) -> dict[str, Any]:
+        """{'temperature', and 'class_bias' where it has biases}: as classifier.json and results.json write them."""
+        return {"temperature": self.temperature, **({"class_bias": list(self.bias)} if self.bias else {})}
+
     def description(self) -> dict[str, Any]:
         """The entries of classifier.json."""
-        return {"temperature": self.temperature, **({"class_bias": list(self.bias)} if self.bias else {}),
-                **({"ood": self.rule.description()} if self.rule else {})}  # fmt: skip
+        return {**self.calibration(), **({"ood": self.rule.description()} if self.rule else {})}
 
     def identity(self) -> dict[str, Any]:
         """What predict's fingerprint records of it (empty for a classifier saved without them)."""
         if self.temperature == 1.0 and self.rule is None and not self.bias:
             return {}
-        return {"temperature": self.temperature, **({"class_bias": list(self.bias)} if self.bias else {}),
-                "ood_sha256": self.rule.digest() if self.rule else None}  # fmt: skip
+        return {**self.calibration(), "ood_sha256": self.rule.digest() if self.rule else None}
 
     def bias_vector(self, num_classes: int) -> jax.Array:
         """The class biases as float32 [num_classes] (zeros without them)."""
@@ -235,15 +237,15 @@ def _fit_calibration(logits: np.ndarray, labels: np.ndarray, method: str) -> tup
     return calibration.fit_temperature(logits, labels), (), "temperature"
 
 
-def _calibration_report(trust: Trust, valid_logits, valid, test_logits, test, seed: int, method: str):
-    """results.json's `calibration`: what was fitted, NLL, ECE (interval, floor) and test macro-F1 before and
-    after; and the test split's (uncalibrated, calibrated) probabilities."""
+def _calibration_report(trust: Trust, valid_logits, valid, test_logits, test, seed: int, used: str, requested: str):
+    """results.json's `calibration`: the method used (and requested), what was fitted, NLL, ECE (interval, floor)
+    and test macro-F1 before and after; and the test split's (uncalibrated, calibrated) probabilities."""
     t, b = trust.temperature, np.asarray(trust.bias) if trust.bias else None
     before, after = calibration.calibrated(test_logits, 1.0), calibration.calibrated(test_logits, t, b)
     ece = calibration.expected_calibration_error
     f1 = lambda p: float(f1_score(test.labels, p.argmax(1), average="macro"))  # noqa: E731
     report = {
-        "method": method, "temperature": t, **({"class_bias": list(trust.bias)} if trust.bias else {}),
+        "method": used, "requested": requested, **trust.calibration(),
         "fitted_on": "valid", "bins": calibration.ECE_BINS,
         "valid_nll": {"before": calibration.nll(valid_logits, valid.labels),
                       "after": calibration.nll(valid_logits, valid.labels, t, b)},
@@ -272,8 +274,7 @@ def fit_trust(
     temperature, bias, used = _fit_calibration(valid_logits, valid.labels, method)
     trust = Trust(temperature, rule, bias)
     test_logits, test_features = _outputs_of(model, image_size, variables, test.images, batch_size)
-    cal, before, after = _calibration_report(trust, valid_logits, valid, test_logits, test, seed, used)
-    cal["requested"] = method
+    cal, before, after = _calibration_report(trust, valid_logits, valid, test_logits, test, seed, used, method)
     scores = rule.scores(test_features)
     known = rule.known(scores)
     correct = after.argmax(1) == test.labels  # the predictions the classifier makes

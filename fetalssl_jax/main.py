@@ -131,6 +131,9 @@ def _interrupted(error: BaseException | None) -> bool:
     return False
 
 
+_CUT_SHORT: list[BaseException] = []  # see main()
+
+
 def main(argv: list[str]) -> int:
     """Runs one experiment or tool; returns the exit status."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
@@ -147,6 +150,10 @@ def main(argv: list[str]) -> int:
     except BaseException as error:  # a second Ctrl-C, or one outside the training steps
         if not _interrupted(error):
             raise
+        # Its frames hold what the Ctrl-C cut short (an asyncio loop inside orbax's checkpoint write): freed here,
+        # their finalizers print a traceback or an "un-awaited coroutine" warning after the one line below. Kept
+        # until run() leaves with os._exit.
+        _CUT_SHORT.append(error)
         print("error: interrupted (Ctrl-C); what was completely written is kept: run again to resume", file=sys.stderr)
         return 130
     import jax

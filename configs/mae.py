@@ -24,7 +24,8 @@ def reference_view() -> ConfigDict:
 
 def default(c) -> None:
     """CPU demo: ViT-Tiny in 8 px patches at 64 px (64 patches, 16 seen), a 2-block decoder of width 128, a few
-    minutes on two cores, then the evaluation table."""
+    minutes on two cores, then the evaluation table. Its frozen features need longer: --config.num_epochs=60 (about
+    24 minutes) is where they pass random init (docs/results.md)."""
     presets.cpu_demo_preset(c)
     c.model = presets.vit_model("vit_tiny", 8)
     c.method_kwargs.update(decoder_width=128, decoder_depth=2, decoder_heads=4)

@@ -33,7 +33,7 @@ MIN_FRAMES_FOR_BIAS = 50  # validation frames of every class below which class b
 # parameters than the temperature; a class without frames has no finite best bias)
 
 
-def _scaled(logits: np.ndarray, temperature: float, bias: np.ndarray | None) -> np.ndarray:
+def _scaled(logits: np.ndarray, temperature: float, bias: np.ndarray | tuple | None) -> np.ndarray:
     z = np.asarray(logits, np.float64) / temperature
     return z if bias is None or not len(bias) else z + np.asarray(bias, np.float64)
 

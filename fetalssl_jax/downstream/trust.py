@@ -240,7 +240,7 @@ def _fit_calibration(logits: np.ndarray, labels: np.ndarray, method: str) -> tup
 def _calibration_report(trust: Trust, valid_logits, valid, test_logits, test, seed: int, used: str, requested: str):
     """results.json's `calibration`: the method used (and requested), what was fitted, NLL, ECE (interval, floor)
     and test macro-F1 before and after; and the test split's (uncalibrated, calibrated) probabilities."""
-    t, b = trust.temperature, np.asarray(trust.bias) if trust.bias else None
+    t, b = trust.temperature, trust.bias  # empty: none, as `calibration` reads it
     before, after = calibration.calibrated(test_logits, 1.0), calibration.calibrated(test_logits, t, b)
     ece = calibration.expected_calibration_error
     f1 = lambda p: float(f1_score(test.labels, p.argmax(1), average="macro"))  # noqa: E731

@@ -95,13 +95,14 @@ def paper(c) -> None:
 
 
 def dinov2(c) -> None:
-    """`paper` with DINOv2's additions (ssl_default_config.yaml): the iBOT masked-patch loss (weight 1, half of
-    the global crops masked, 10-50 % of their patches, a head shared with DINO's), KoLeo (weight 0.1), LayerScale
-    1e-5 and teacher momentum from 0.992."""
+    """`paper` with DINOv2's additions (ssl_default_config.yaml and its train/vitl14.yaml recipe): the iBOT
+    masked-patch loss (weight 1, half of the global crops masked, 10-50 % of their patches) through its own head,
+    Sinkhorn-Knopp centering of both teachers' outputs, KoLeo (weight 0.1), LayerScale 1e-5 and teacher momentum
+    from 0.992."""
     paper(c)
     c.model.layer_scale = 1e-5
-    c.method_kwargs.update(ibot_weight=1.0, koleo_weight=0.1, mask_probability=0.5, mask_ratio=(0.1, 0.5),
-                           momentum_base=0.992)  # fmt: skip
+    c.method_kwargs.update(ibot_weight=1.0, ibot_separate_head=True, centering="sinkhorn_knopp", koleo_weight=0.1,
+                           mask_probability=0.5, mask_ratio=(0.1, 0.5), momentum_base=0.992)  # fmt: skip
 
 
 PRESETS = {"default": default, "tiny": tiny, "paper": paper, "dinov2": dinov2}

@@ -8,9 +8,10 @@ crops at `data.image_size` (`augment.view1`, `augment.view2`) and `local_crops` 
 cross-entropy between the teacher's centred and sharpened softmax, softmax((t - centre) / teacher_temp), and the
 student's softmax(s / student_temp), averaged over every (teacher crop, other student crop) pair (`dino_loss`).
 The centre is an EMA (`center_momentum`) of the teacher's logits, kept in the train state's `extra` beside the
-teacher. The teacher temperature rises linearly from `warmup_teacher_temp` to `teacher_temp` over the first
-`warmup_teacher_temp_epochs`; epochs of this method are `num_epochs`' share of the run's steps (with `num_steps`,
-the same share of them).
+teacher; `centering` 'sinkhorn_knopp' (DINOv2's recipes) replaces the centred softmax by three Sinkhorn-Knopp
+iterations over the batch of both global crops (`sinkhorn_knopp`), and the centre then stays unused. The teacher
+temperature rises linearly from `warmup_teacher_temp` to `teacher_temp` over the first `warmup_teacher_temp_epochs`;
+epochs of this method are `num_epochs`' share of the run's steps (with `num_steps`, the same share of them).
 
 DINOv2's options: with `ibot_weight` > 0 a random `mask_probability` share of the student's global crops has a
 `mask_ratio` share of its patches replaced by the ViT's mask token (`mask_mode`: 'block', blobs of neighbouring
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 
 from fetalssl_jax.data.augment import augment_batch, check_view
 from fetalssl_jax.methods.base import apply_model, register
-from fetalssl_jax.methods.dino_losses import dino_center_update, dino_loss, ibot_patch_loss, koleo_loss
+from fetalssl_jax.methods.dino_losses import CENTERINGS, dino_center_update, dino_loss, ibot_patch_loss, koleo_loss
 from fetalssl_jax.methods.momentum import MomentumMethod
 from fetalssl_jax.models.backbone import MIN_IMAGE_SIZE, create_backbone, is_vit
 from fetalssl_jax.models.heads import DINOHead
@@ -120,6 +121,7 @@ class DINO(MomentumMethod):
             c.boolean(f"method_kwargs.{key}")
         c.probability("method_kwargs.mask_probability")
         c.one_of("method_kwargs.mask_mode", MASK_MODES)
+        c.one_of("method_kwargs.centering", CENTERINGS)
         ratio = c.get("method_kwargs.mask_ratio")
         if ratio is not MISSING and not (
             isinstance(ratio, (tuple, list)) and len(ratio) == 2 and all(is_number(r) for r in ratio)
@@ -219,9 +221,10 @@ class DINO(MomentumMethod):
         if "local" in student:
             student_logits = jnp.concatenate([student_logits, crops(student["local"])])
         teacher_logits = crops(teacher["global"])
-        loss = dino_loss(student_logits, teacher_logits, extra["center"], k.student_temp, temp)
+        loss = dino_loss(student_logits, teacher_logits, extra["center"], k.student_temp, temp, k.centering)
         metrics = {"momentum": self.momentum(step), "teacher_temp": temp, "loss_dino": loss}
-        extra = {**extra, "center": dino_center_update(extra["center"], teacher_logits, k.center_momentum)}
+        if k.centering == "centering":
+            extra = {**extra, "center": dino_center_update(extra["center"], teacher_logits, k.center_momentum)}
         if self.uses_ibot:
             ibot, extra["patch_center"] = self._ibot(student, teacher, inputs, extra["patch_center"], temp)
             loss = loss + k.ibot_weight * ibot
@@ -236,7 +239,10 @@ class DINO(MomentumMethod):
         """iBOT's loss on the masked patches and the patch centre's update with the teacher's logits there."""
         k = self.kwargs
         selected = inputs["patch_selected"]
-        loss = ibot_patch_loss(student["patches"], teacher["patches"], selected, center, k.student_temp, temp)
+        loss = ibot_patch_loss(student["patches"], teacher["patches"], selected, center, k.student_temp, temp,
+                               k.centering)  # fmt: skip
+        if k.centering != "centering":
+            return loss, center
         weight = selected.astype(jnp.float32)[..., None]
         count = jnp.sum(weight)
         batch_center = jnp.sum(teacher["patches"] * weight, axis=(0, 1)) / jnp.maximum(count, 1.0)
@@ -256,6 +262,7 @@ def default_kwargs(
     warmup_teacher_temp: float = 0.04,
     warmup_teacher_temp_epochs: float = 0.0,
     center_momentum: float = 0.9,
+    centering: str = "centering",
     momentum_base: float = 0.996,
     local_crops: int = 8,
     local_crop_size: int = 96,
@@ -274,6 +281,7 @@ def default_kwargs(
         "student_temp": student_temp,
         "teacher_temp": teacher_temp, "warmup_teacher_temp": warmup_teacher_temp,
         "warmup_teacher_temp_epochs": warmup_teacher_temp_epochs, "center_momentum": center_momentum,
+        "centering": centering,
         "momentum_base": momentum_base, "local_crops": local_crops, "local_crop_size": local_crop_size,
         "koleo_weight": koleo_weight, "ibot_weight": ibot_weight, "ibot_separate_head": ibot_separate_head,
         "mask_probability": mask_probability, "mask_ratio": tuple(mask_ratio), "mask_mode": mask_mode,

@@ -110,8 +110,8 @@ def test_teacher_temperature_warms_up_linearly():
 
 
 # ---- one train step --------------------------------------------------------------------------------------------
-def two_steps(config):
-    """(method, state after step 0, state after step 1, metrics of step 1, frames)."""
+def start(config):
+    """(method, initial train state, train step, the first batch's frames) of `config`."""
     enable_compilation_cache(config.compilation_cache_dir)
     method = get_method(config.method)(config, NUM_STEPS)
     sampler = make_sampler(config, method, sources.pretraining_frames(config))
@@ -119,8 +119,13 @@ def two_steps(config):
     mesh = make_mesh()
     frames = jax.make_array_from_process_local_data(batch_sharding(mesh), sampler.batch(0)["frames"])
     state = init_state(method, optimizer, config.seed, frames, mesh)
+    return method, state, make_train_step(method, optimizer, mesh), frames
+
+
+def two_steps(config):
+    """(method, state after step 0, state after step 1, metrics of step 1, frames)."""
+    method, state, step, frames = start(config)
     initial = jax.device_get(state)
-    step = make_train_step(method, optimizer, mesh)
     state, _ = step(state, {"frames": frames})
     old = jax.device_get(state)
     new, metrics = step(state, {"frames": frames})
@@ -174,6 +179,22 @@ def test_step_moves_teacher_by_ema_updates_centres_and_keeps_the_last_layer():
     )
 
 
+def test_sinkhorn_knopp_centering_is_used_and_leaves_both_centres():
+    """DINOv2's centering: the centres stay as initialised (zeros) through two steps with iBOT, and the step's DINO
+    loss differs from the centred softmax's on the same initial state and views (where the centre is still zero)."""
+    options = {"num_steps": NUM_STEPS, "method_kwargs.ibot_weight": 1.0, "method_kwargs.ibot_separate_head": True}
+    _, initial, _, new, metrics, _ = two_steps(dino_config(**options, **{"method_kwargs.centering": "sinkhorn_knopp"}))
+    for key in ("center", "patch_center"):
+        np.testing.assert_array_equal(new.extra[key], initial.extra[key])
+        assert not np.any(new.extra[key])
+    first_loss = {}
+    for centering in ("sinkhorn_knopp", "centering"):
+        _, state, step, frames = start(dino_config(**options, **{"method_kwargs.centering": centering}))
+        first_loss[centering] = float(jax.device_get(step(state, {"frames": frames})[1])["loss_dino"])
+    assert np.isfinite(metrics["loss_dino"]) and np.isfinite(first_loss["sinkhorn_knopp"])
+    assert abs(first_loss["sinkhorn_knopp"] - first_loss["centering"]) > 1e-3
+
+
 # ---- end to end ------------------------------------------------------------------------------------------------
 def test_tiny_dino_with_ibot_and_koleo_trains_resumes_and_evaluates(tmp_path):
     """Three steps with every option on, the same losses when stopped after one step and resumed (the teacher and
@@ -217,6 +238,7 @@ def test_paper_preset_has_the_published_vit_s16_settings():
     assert c.augment.view1.crop_scale == (0.32, 1.0) and c.augment.local.crop_scale == (0.05, 0.32)
     d = dino_config("dinov2").method_kwargs
     assert (d.ibot_weight, d.koleo_weight, d.mask_ratio) == (1.0, 0.1, (0.1, 0.5))
+    assert (d.centering, d.ibot_separate_head) == ("sinkhorn_knopp", True)  # train/vitl14.yaml, vitg14.yaml
     validate(dino_config("paper"))
     validate(dino_config("default"))
 
@@ -244,6 +266,7 @@ def test_plain_dino_runs_on_a_resnet_but_ibot_needs_a_vit():
         ("method_kwargs.out_dim", 0, "must be a positive integer"),
         ("method_kwargs.mask_ratio", (0.5, 0.1), "must be \\(low, high\\) with 0 < low <= high <= 1"),
         ("method_kwargs.mask_mode", "grid", "must be one of 'block', 'random'"),
+        ("method_kwargs.centering", "softmax", "must be one of 'centering', 'sinkhorn_knopp'"),
         ("method_kwargs.center_momentum", 1.0, "must be a number in \\[0, 1\\)"),
         ("augment.local.crop_scale", (0.5, 0.1), "must be \\(low, high\\) with low <= high"),
     ],

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fetalssl_jax.losses import dino_center_update, dino_loss, ibot_patch_loss, koleo_loss, mae_loss
+from fetalssl_jax.losses import dino_center_update, dino_loss, ibot_patch_loss, koleo_loss, mae_loss, sinkhorn_knopp
 from fetalssl_jax.models.patches import patchify
 
 
@@ -100,6 +100,61 @@ def test_ibot_patch_loss_matches_numpy():
     want = sum(per_image) / b
     got = ibot_patch_loss(jnp.asarray(student), jnp.asarray(teacher), jnp.asarray(mask), center, 0.1, 0.07)
     assert float(got) == pytest.approx(want, rel=1e-5)
+
+
+def numpy_sinkhorn(logits, tt, iterations=3):
+    """DINOv2's sinkhorn_knopp_teacher written out: Q = exp(logits / tt) as [K, N]; Q /= sum; `iterations` times
+    each prototype's row to 1/K, then each sample's column to 1/N; times N, returned as [N, K]."""
+    q = [[math.exp(logits[n][k] / tt) for n in range(len(logits))] for k in range(len(logits[0]))]
+    num_k, num_n = len(q), len(q[0])
+    total = sum(sum(row) for row in q)
+    q = [[v / total for v in row] for row in q]
+    for _ in range(iterations):
+        q = [[v / sum(row) / num_k for v in row] for row in q]
+        columns = [sum(q[k][n] for k in range(num_k)) for n in range(num_n)]
+        q = [[q[k][n] / columns[n] / num_n for n in range(num_n)] for k in range(num_k)]
+    return np.array([[q[k][n] * num_n for k in range(num_k)] for n in range(num_n)])
+
+
+def test_sinkhorn_knopp_matches_numpy_and_leaves_invalid_rows_out():
+    rng = np.random.default_rng(4)
+    logits = rng.uniform(-1, 1, size=(13, 17))  # cosines, as a weight-normalised last layer gives
+    got = np.asarray(sinkhorn_knopp(jnp.asarray(logits, jnp.float32), 0.05))
+    np.testing.assert_allclose(got, numpy_sinkhorn(logits, 0.05), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-5)  # each sample a distribution
+    valid = rng.random(13) < 0.6
+    valid[0] = False
+    got = np.asarray(sinkhorn_knopp(jnp.asarray(logits, jnp.float32), 0.05, jnp.asarray(valid)))
+    np.testing.assert_allclose(got[valid], numpy_sinkhorn(logits[valid], 0.05), rtol=1e-4, atol=1e-6)
+    assert not np.any(got[~valid])
+
+
+def test_dino_and_ibot_losses_with_sinkhorn_knopp_match_numpy():
+    rng = np.random.default_rng(5)
+    student = rng.normal(size=(4, 6, 11)) * 2
+    teacher = rng.uniform(-1, 1, size=(2, 6, 11))
+    probs = numpy_sinkhorn(teacher.reshape(12, 11), 0.04).reshape(2, 6, 11)  # both global crops' batches together
+    want = np.mean([
+        np.mean([-np.dot(probs[t, b], log_softmax(student[s, b] / 0.1)) for b in range(6)])
+        for t in range(2) for s in range(4) if s != t
+    ])  # fmt: skip
+    center = rng.normal(size=11)  # not used by Sinkhorn-Knopp
+    got = dino_loss(jnp.asarray(student, jnp.float32), jnp.asarray(teacher, jnp.float32), center, 0.1, 0.04,
+                    "sinkhorn_knopp")  # fmt: skip
+    assert float(got) == pytest.approx(want, rel=1e-4)
+    patches_s, patches_t = rng.normal(size=(3, 5, 11)) * 2, rng.uniform(-1, 1, size=(3, 5, 11))
+    mask = rng.random((3, 5)) < 0.5
+    mask[0] = False
+    mask[1, 2] = True
+    probs = numpy_sinkhorn(patches_t[mask], 0.07)  # the masked patches of all images together
+    per_patch = [-np.dot(p, log_softmax(s / 0.1)) for p, s in zip(probs, patches_s[mask], strict=True)]
+    rows = np.cumsum([0, *mask.sum(1)])
+    want = np.mean([np.mean(per_patch[rows[i] : rows[i + 1]]) if mask[i].any() else 0.0 for i in range(3)])
+    got = ibot_patch_loss(jnp.asarray(patches_s), jnp.asarray(patches_t), jnp.asarray(mask), center, 0.1, 0.07,
+                          "sinkhorn_knopp")  # fmt: skip
+    assert float(got) == pytest.approx(want, rel=1e-4)
+    with pytest.raises(ValueError, match="centering 'softmax' is not one of"):
+        dino_loss(jnp.asarray(student), jnp.asarray(teacher), center, 0.1, 0.04, "softmax")
 
 
 def test_koleo_loss_matches_numpy():

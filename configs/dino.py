@@ -2,7 +2,7 @@
 
   python -m fetalssl_jax.main --config configs/dino.py            # CPU demo on the embedded data (< 10 minutes)
   python -m fetalssl_jax.main --config configs/dino.py:paper      # DINO's ViT-S/16 at 224 px (GPUs)
-  python -m fetalssl_jax.main --config configs/dino.py:dinov2     # the same with DINOv2's iBOT and KoLeo losses
+  python -m fetalssl_jax.main --config configs/dino.py:dinov2     # the same with DINOv2's iBOT, KoLeo, Sinkhorn-Knopp
   python -m fetalssl_jax.main --config configs/dino.py:tiny       # seconds; what the tests run
 
 Presets: default, tiny, paper, dinov2. Any key can be overridden: --config.method_kwargs.ibot_weight=1.0.

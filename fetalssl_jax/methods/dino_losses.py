@@ -39,8 +39,10 @@ def sinkhorn_knopp(
     bool (default all) leaves rows out, as DINOv2 passes only the masked patches; no gradient."""
     x = jnp.asarray(teacher_logits, jnp.float32) / teacher_temp
     weight = jnp.ones(x.shape[0], jnp.float32) if valid is None else jnp.asarray(valid, jnp.float32)
-    x = x - jnp.max(jnp.where(weight[:, None] > 0, x, -jnp.inf))  # one constant: the result is unchanged
-    q = jnp.exp(x) * weight[:, None]
+    seen = weight[:, None] > 0
+    top = jnp.max(jnp.where(seen, x, -jnp.inf))
+    x = x - jnp.where(jnp.isfinite(top), top, 0.0)  # one constant: the result is unchanged
+    q = jnp.where(seen, jnp.exp(jnp.where(seen, x, 0.0)), 0.0)
     rows, prototypes = jnp.sum(weight), x.shape[1]
     tiny = jnp.finfo(jnp.float32).tiny
     q = q / jnp.maximum(jnp.sum(q), tiny)

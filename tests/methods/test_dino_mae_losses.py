@@ -127,6 +127,8 @@ def test_sinkhorn_knopp_matches_numpy_and_leaves_invalid_rows_out():
     got = np.asarray(sinkhorn_knopp(jnp.asarray(logits, jnp.float32), 0.05, jnp.asarray(valid)))
     np.testing.assert_allclose(got[valid], numpy_sinkhorn(logits[valid], 0.05), rtol=1e-4, atol=1e-6)
     assert not np.any(got[~valid])
+    nothing = np.asarray(sinkhorn_knopp(jnp.asarray(logits, jnp.float32), 0.05, jnp.zeros(13, bool)))
+    assert np.all(nothing == 0)  # no row to normalise (an iBOT step without masked patches): zeros, not NaN
 
 
 def test_dino_and_ibot_losses_with_sinkhorn_knopp_match_numpy():

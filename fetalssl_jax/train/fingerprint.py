@@ -21,6 +21,11 @@ import ml_collections
 from fetalssl_jax.errors import UserError
 
 LENGTH_KEYS = ("num_steps", "num_epochs")  # the only keys `allow_extend` lets differ
+# Keys added to a config after runs were written without them, with the value that computes what those runs did: a
+# stored run that lacks such a key matches a config holding this value (so an upgrade does not strand a run).
+ADDED_KEYS: dict[str, Any] = {
+    "method_kwargs.centering": "centering",  # DINO's EMA centre, the only centering before Sinkhorn-Knopp (aad9635)
+}
 DIGEST_KEY = "fingerprint_sha256"  # written into config.json beside the config; never part of a fingerprint
 _ABSENT = "<no such key>"
 
@@ -74,9 +79,11 @@ def stored_fingerprint(
 def differences(
     old: Mapping[str, Any], new: Mapping[str, Any], ignore: Sequence[str] = ()
 ) -> list[tuple[str, Any, Any]]:
-    """(dotted key, old value, new value) of every key whose value differs, sorted; `ignore`d keys left out."""
+    """(dotted key, old value, new value) of every key whose value differs, sorted; `ignore`d keys left out. A key
+    of `ADDED_KEYS` missing from `old` does not differ from its listed value in `new`."""
     keys = sorted(k for k in set(old) | set(new) if not _matches(k, ignore))
-    return [(k, old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in keys if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
+    found = [(k, old.get(k, _ABSENT), new.get(k, _ABSENT)) for k in keys]
+    return [(k, a, b) for k, a, b in found if a != b and not (a is _ABSENT and k in ADDED_KEYS and b == ADDED_KEYS[k])]
 
 
 def format_differences(found: Sequence[tuple[str, Any, Any]], old_name: str = "checkpoint") -> str:

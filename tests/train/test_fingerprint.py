@@ -64,3 +64,19 @@ def test_ensure_resumable_allows_only_a_new_length_and_only_when_asked():
     ensure_resumable(stored, longer, allow_extend=True, what="run A")
     with pytest.raises(WorkdirMismatchError, match="  seed: checkpoint has 0, config has 1"):
         ensure_resumable(stored, {"seed": 1, "num_steps": 8}, allow_extend=True, what="run A")
+
+
+def test_a_run_written_before_a_key_was_added_matches_only_that_keys_old_behaviour():
+    """A DINO checkpoint from before `method_kwargs.centering` existed resumes under the EMA centre it was trained
+    with, and is refused, naming the key, under Sinkhorn-Knopp; a stored value is compared as any other."""
+    before = {"method": "dino", "method_kwargs.teacher_temp": 0.04, "seed": 0}
+    ensure_resumable(before, {**before, "method_kwargs.centering": "centering"}, what="run")
+    with pytest.raises(WorkdirMismatchError, match="  method_kwargs.centering: checkpoint has <no such key>, config"):
+        ensure_resumable(before, {**before, "method_kwargs.centering": "sinkhorn_knopp"}, what="run")
+    stored = {**before, "method_kwargs.centering": "sinkhorn_knopp"}
+    assert differences(stored, {**before, "method_kwargs.centering": "centering"}) == [
+        ("method_kwargs.centering", "sinkhorn_knopp", "centering")
+    ]
+    assert differences({**before, "method_kwargs.centering": "centering"}, before) == [
+        ("method_kwargs.centering", "centering", "<no such key>")
+    ]

@@ -38,12 +38,12 @@ def sinkhorn_knopp(
     each row (sample) to 1/N; returned times N, so every valid row sums to 1 (invalid rows are 0). ``valid`` [N]
     bool (default all) leaves rows out, as DINOv2 passes only the masked patches; no gradient."""
     x = jnp.asarray(teacher_logits, jnp.float32) / teacher_temp
-    weight = jnp.ones(x.shape[0], jnp.float32) if valid is None else jnp.asarray(valid, jnp.float32)
-    seen = weight[:, None] > 0
+    valid = jnp.ones(x.shape[0], bool) if valid is None else jnp.asarray(valid, bool)
+    seen = valid[:, None]
     top = jnp.max(jnp.where(seen, x, -jnp.inf))
     x = x - jnp.where(jnp.isfinite(top), top, 0.0)  # one constant: the result is unchanged
     q = jnp.where(seen, jnp.exp(jnp.where(seen, x, 0.0)), 0.0)
-    rows, prototypes = jnp.sum(weight), x.shape[1]
+    rows, prototypes = jnp.sum(valid).astype(jnp.float32), x.shape[1]
     tiny = jnp.finfo(jnp.float32).tiny
     q = q / jnp.maximum(jnp.sum(q), tiny)
     for _ in range(iterations):

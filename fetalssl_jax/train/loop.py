@@ -110,6 +110,12 @@ def stopped_by_signal() -> bool:
     return _SIGNALLED.is_set()
 
 
+def _abort(signum, frame):
+    """A second Ctrl-C: KeyboardInterrupt at once. Not `signal.default_int_handler`: asyncio.run (orbax's checkpoint
+    write calls it) replaces that one with its own, which cancels the write's task and leaves a CancelledError."""
+    raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def preemption_signal() -> Iterator[Callable[[int], bool]]:
     """`preempted(step)`: whether to stop after `step` because of a pre-emption notice (SIGTERM; pre-emptible TPUs
@@ -127,7 +133,7 @@ def preemption_signal() -> Iterator[Callable[[int], bool]]:
         return
 
     def interrupted(signum, frame):
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, _abort)
         os.write(2, INTERRUPTED)  # not print: the handler may run inside a write to stderr (the progress bar)
         if several:
             os.kill(os.getpid(), signal.SIGTERM)

@@ -3,8 +3,11 @@ trials); Ctrl-C during a checkpoint write finishes it and stops cleanly, a secon
 stale temporary checkpoint is removed on resume; a workdir that cannot take a checkpoint is a clear error that
 keeps the last good one."""
 
+import asyncio
+import os
 import random
 import shutil
+import signal
 import subprocess
 
 import pytest
@@ -12,6 +15,7 @@ from conftest import tiny_config
 from crash_check import OVERRIDES, REPO, checkpoint_entries, cli_command, cli_env, interrupt_trial, kill_trial
 
 from fetalssl_jax.train.checkpoint import Checkpointer
+from fetalssl_jax.train import loop
 from fetalssl_jax.train.loop import train
 from fetalssl_jax.train.monitor import read_metrics
 
@@ -121,3 +125,25 @@ def test_an_unwritable_workdir_is_a_clear_error(tmp_path, cache_dir):
                              text=True, timeout=300)  # fmt: skip
     assert process.returncode == 2
     assert process.stderr.strip().splitlines() == [f"error: cannot make the workdir {blocker / 'run'}: Not a directory"]
+
+
+def test_a_second_ctrl_c_inside_asyncio_run_raises_keyboard_interrupt():
+    """orbax writes a checkpoint inside asyncio.run, which replaces Python's default SIGINT handler with one that
+    cancels its task (a CancelledError, not a Ctrl-C, reaches main); the handler left by a first Ctrl-C must stay."""
+    caught = []
+
+    async def second_press():
+        caught.append(signal.getsignal(signal.SIGINT))
+        os.kill(os.getpid(), signal.SIGINT)
+        await asyncio.sleep(5)
+
+    try:
+        with loop.preemption_signal() as preempted:
+            os.kill(os.getpid(), signal.SIGINT)  # the first press: stop after this step
+            assert preempted(0)
+            after_first = signal.getsignal(signal.SIGINT)
+            with pytest.raises(KeyboardInterrupt):
+                asyncio.run(second_press())
+    finally:
+        loop._SIGNALLED.clear()  # this process runs other tests
+    assert caught == [after_first]

@@ -14,8 +14,8 @@ import pytest
 from conftest import tiny_config
 from crash_check import OVERRIDES, REPO, checkpoint_entries, cli_command, cli_env, interrupt_trial, kill_trial
 
-from fetalssl_jax.train.checkpoint import Checkpointer
 from fetalssl_jax.train import loop
+from fetalssl_jax.train.checkpoint import Checkpointer
 from fetalssl_jax.train.loop import train
 from fetalssl_jax.train.monitor import read_metrics
 

@@ -3,7 +3,7 @@
   python -m fetalssl_jax.main --config configs/paper_grid.py                  # CPU, embedded data (~4 h on 2 cores)
   python -m fetalssl_jax.main --config configs/paper_grid.py:tiny             # minutes; what the tests run
   python -m fetalssl_jax.main --config configs/paper_grid.py:paper            # the paper's grid (GPU/TPU)
-  python -m fetalssl_jax.main --config configs/paper_grid.py:vit              # a ViT-Tiny/8 grid (GPU)
+  python -m fetalssl_jax.main --config configs/paper_grid.py:vit              # a ViT grid (vit_micro/8)
   python -m fetalssl_jax.main --config configs/paper_grid.py \
       --config.inits='("bt=runs/bt","imagenet=resnet18.safetensors","random")'  # your own backbones
 
@@ -11,7 +11,7 @@ Running it again skips pretraining runs and cells that are finished. Each pretra
 seeds vary the downstream label subset, head and augmentations, identically for every init, so results.md
 compares each init with `baseline` (random init) paired by seed. The backbone architecture is shared: the
 grid pretrains the classification config's backbone (`model`: a ResNet's arch and width, a ViT's arch, patch size,
-registers and LayerScale) with every pretraining config among its inits. `vit`: the ViT-Tiny/8 of
+registers and LayerScale) with every pretraining config among its inits. `vit`: the vit_micro/8 of
 configs/classify.py:vit in every cell and every method that can pretrain it (not the autoencoders, which decode a
 ResNet's feature map); `tiny_vit` is its test size.
 
@@ -82,9 +82,9 @@ def paper(c) -> None:
 
 
 def vit(c) -> None:
-    """A ViT-Tiny/8 at 64 px (configs/classify.py:vit, MAE's fine-tuning recipe) pretrained by every method's default
-    preset that can (not the autoencoders); 5 and 25 labelled images per class and all of them, 3 seeds. A GPU's
-    grid (docs/running.md, "A ViT downstream": its cost on a CPU)."""
+    """The vit_micro/8 at 64 px of configs/classify.py:vit (MAE's fine-tuning recipe in 300 steps), pretrained by
+    every method's default preset that can (not the autoencoders); 5 and 25 labelled images per class and all of
+    them, 3 seeds (docs/running.md, "A ViT downstream": its cost on a CPU)."""
     c.classify = _classify("vit")
     c.inits = _inits(c, "default")
     c.labels_per_class = (5, 25)

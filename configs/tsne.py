@@ -29,8 +29,8 @@ def tiny(c) -> None:
 
 
 def vit(c) -> None:
-    """The ViT-Tiny/8 at 64 px of the ViT pretraining default."""
-    c.model = presets.vit_model("vit_tiny", 8)
+    """The vit_micro/8 at 64 px that configs/dino.py pretrains (MAE's: --config.model.arch=vit_tiny)."""
+    c.model = presets.vit_model("vit_micro", 8)
 
 
 PRESETS = {"default": default, "tiny": tiny, "vit": vit}

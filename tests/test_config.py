@@ -56,3 +56,15 @@ def test_a_method_is_found_by_its_configs_method_key_one_file_each(tmp_path):
         (tmp_path / name).write_text(f"from importlib import util\nexec(open({BARLOW!r}).read())\n")
     with pytest.raises(ValueError, match=r"a\.py and .*b\.py both configure method 'barlow_twins'"):
         method_config_files(tmp_path)
+
+
+@pytest.mark.parametrize("tool", ["classify.py:vit", "tsne.py:vit"])
+@pytest.mark.parametrize("pretraining", ["dino.py", "barlow.py:vit"])
+def test_the_vit_tools_take_the_vit_the_cpu_demos_pretrain(tool, pretraining):
+    """`classify.py:vit --config.init=workdirs/dino` (the README's line) needs no architecture override."""
+    from fetalssl_jax.models.backbone import description
+
+    tool, pretrained = load_config(str(REPO / "configs" / tool)), load_config(str(REPO / "configs" / pretraining))
+    assert description(tool.model) == description(pretrained.model) == {
+        "arch": "vit_micro", "patch_size": 8, "reg_tokens": 0, "layer_scale": 0.0}  # fmt: skip
+    assert tool.data.image_size == pretrained.data.image_size == 64

@@ -55,8 +55,8 @@ def paper(c) -> None:
 
 
 def vit(c) -> None:
-    """CPU: the vit_micro/8 at 64 px that configs/dino.py and configs/barlow.py:vit pretrain (MAE's CPU default is a
-    vit_tiny/8: add --config.model.arch=vit_tiny), fine-tuned with MAE's recipe (He et al. 2022, its FINETUNE.md)
+    """CPU: the vit_micro/8 at 64 px that configs/dino.py, configs/mae.py and configs/barlow.py:vit pretrain,
+    fine-tuned with MAE's recipe (He et al. 2022, its FINETUNE.md)
     in 300 steps of batch 32 (as the grid's cells), validated every 100 steps: AdamW, weight decay 0.05 (not on
     biases, norms, tokens, position embeddings), layer-wise learning-rate decay 0.75, stochastic depth 0.1, 5 %
     linear warm-up then cosine to 0, no head dropout. Two changes for the 300-step budget (docs/results.md, "A ViT

@@ -29,7 +29,7 @@ def tiny(c) -> None:
 
 
 def vit(c) -> None:
-    """The vit_micro/8 at 64 px that configs/dino.py pretrains (MAE's: --config.model.arch=vit_tiny)."""
+    """The vit_micro/8 at 64 px that configs/dino.py and configs/mae.py pretrain."""
     c.model = presets.vit_model("vit_micro", 8)
 
 

@@ -59,9 +59,10 @@ def test_a_method_is_found_by_its_configs_method_key_one_file_each(tmp_path):
 
 
 @pytest.mark.parametrize("tool", ["classify.py:vit", "tsne.py:vit"])
-@pytest.mark.parametrize("pretraining", ["dino.py", "barlow.py:vit"])
+@pytest.mark.parametrize("pretraining", ["dino.py", "mae.py", "barlow.py:vit"])
 def test_the_vit_tools_take_the_vit_the_cpu_demos_pretrain(tool, pretraining):
-    """`classify.py:vit --config.init=workdirs/dino` (the README's line) needs no architecture override."""
+    """`classify.py:vit --config.init=workdirs/dino` (the README's line; workdirs/mae likewise) needs no architecture
+    override."""
     from fetalssl_jax.models.backbone import description
 
     tool, pretrained = load_config(str(REPO / "configs" / tool)), load_config(str(REPO / "configs" / pretraining))

@@ -25,6 +25,7 @@ from fetalssl_jax.methods.mae_loss import mae_loss
 from fetalssl_jax.models.backbone import ARCHS, is_vit
 from fetalssl_jax.models.mae_decoder import MAEDecoder
 from fetalssl_jax.models.patches import patchify
+from fetalssl_jax.models.vit import VIT_ARCHS
 from fetalssl_jax.validation import is_int, is_number
 
 
@@ -81,8 +82,8 @@ class MAE(Method):
     def check_config(cls, c):
         arch = c.get("model.arch")
         if arch in ARCHS and not is_vit(arch):
-            c.fail("model.arch", arch, f"{cls.name} hides a ViT's patches from its encoder; use a ViT (vit_tiny, "
-                   "vit_small, vit_base; configs/mae.py's presets); for a ResNet: configs/autoencoder.py or "
+            c.fail("model.arch", arch, f"{cls.name} hides a ViT's patches from its encoder; use a ViT ("
+                   f"{', '.join(VIT_ARCHS)}; configs/mae.py's presets); for a ResNet: configs/autoencoder.py or "
                    "configs/inpainting.py")  # fmt: skip
         ratio = c.get("method_kwargs.mask_ratio")
         if not (is_number(ratio) and 0 < ratio < 1):

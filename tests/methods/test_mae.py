@@ -154,8 +154,8 @@ def test_tiny_pretraining_trains_the_encoder_and_exports_it_alone(tmp_path):
 
 CONFIG_CASES = [
     ({"model.arch": "resnet18"}, "config.model.arch = 'resnet18': mae hides a ViT's patches from its encoder; use a "
-     "ViT (vit_tiny, vit_small, vit_base; configs/mae.py's presets); for a ResNet: configs/autoencoder.py or "
-     "configs/inpainting.py"),
+     "ViT (vit_micro, vit_tiny, vit_small, vit_base; configs/mae.py's presets); for a ResNet: "
+     "configs/autoencoder.py or configs/inpainting.py"),
     ({"method_kwargs.mask_ratio": 1.0}, "config.method_kwargs.mask_ratio = 1.0: must be a fraction in (0, 1) of the "
      "patches to hide"),
     ({"method_kwargs.mask_ratio": 0.95}, "config.method_kwargs.mask_ratio = 0.95: leaves 0 of the 16 patches of a 32 "

@@ -40,7 +40,7 @@ def model() -> ConfigDict:
 def vit_model(arch: str = "vit_tiny", patch_size: int = 8) -> ConfigDict:
     """A ViT backbone (`models.backbone`): timm's sizes, `patch_size` pixels square patches."""
     c = ConfigDict()
-    c.arch = arch  # vit_tiny, vit_small, vit_base (timm's), or vit_micro (tests)
+    c.arch = arch  # vit_tiny, vit_small, vit_base (timm's), or vit_micro (the CPU demos, tests)
     c.patch_size = patch_size  # 8 at 64 px (8x8 patches), 16 at 224 px (14x14)
     c.reg_tokens = 0  # register tokens (DINOv2 with registers: 4)
     c.layer_scale = 0.0  # LayerScale's initial value; 0: off (DINOv2: 1e-5)

@@ -52,7 +52,7 @@ LAYER_NORM_EPS = 1e-6  # timm's ViT (and DINO/DINOv2): partial(nn.LayerNorm, eps
 
 # (embed_dim, depth, num_heads) as timm's vit_tiny / vit_small / vit_base; MLP ratio 4 for all.
 ARCH_SPECS: dict[str, tuple[int, int, int]] = {
-    "vit_micro": (64, 4, 2),  # not a published size: the CPU demos (configs/dino.py) and tests
+    "vit_micro": (64, 4, 2),  # not a published size: the CPU demos (dino.py, mae.py, barlow.py:vit) and tests
     "vit_tiny": (192, 12, 3),
     "vit_small": (384, 12, 6),
     "vit_base": (768, 12, 12),

@@ -14,7 +14,7 @@
 backbone), or a .safetensors/.npz file: torchvision/timm ResNet names (e.g. ImageNet weights) or a timm / DINO /
 DINOv2-named ViT (e.g. UltraDINO or DINOv2 weights). The file's architecture must be the config's `model`: the error
 names the overrides that fit. Presets: default (CPU, embedded data), tiny, paper, vit (the vit_micro/8 at 64 px of
-configs/dino.py, MAE's fine-tuning recipe for 300 steps), tiny_vit.
+configs/dino.py and configs/mae.py, MAE's fine-tuning recipe for 300 steps), tiny_vit.
 """
 
 from ml_collections import ConfigDict
@@ -55,15 +55,14 @@ def paper(c) -> None:
 
 
 def vit(c) -> None:
-    """CPU: the vit_micro/8 at 64 px that configs/dino.py, configs/mae.py and configs/barlow.py:vit pretrain,
-    fine-tuned with MAE's recipe (He et al. 2022, its FINETUNE.md)
-    in 300 steps of batch 32 (as the grid's cells), validated every 100 steps: AdamW, weight decay 0.05 (not on
-    biases, norms, tokens, position embeddings), layer-wise learning-rate decay 0.75, stochastic depth 0.1, 5 %
-    linear warm-up then cosine to 0, no head dropout. Two changes for the 300-step budget (docs/results.md, "A ViT
-    classifier in 300 steps"): the rate is the ResNet classifier's 1e-3, not MAE's 1e-3 x batch / 256 (made for
-    100 ImageNet epochs; at 300 steps the head hardly moves), and the head's BatchNorm without scale and bias (MAE's
-    linear-probe head) standardises the class token. Not taken from MAE: mixup, CutMix, label smoothing and random
-    erasing (the reference's RandAugment and flips stay)."""
+    """CPU: the vit_micro/8 at 64 px that configs/dino.py, configs/mae.py and configs/barlow.py:vit pretrain, fine-tuned
+    with MAE's recipe (He et al. 2022, its FINETUNE.md) in 300 steps of batch 32 (as the grid's cells), validated every
+    100 steps: AdamW, weight decay 0.05 (not on biases, norms, tokens, position embeddings), layer-wise learning-rate
+    decay 0.75, stochastic depth 0.1, 5 % linear warm-up then cosine to 0, no head dropout. Two changes for the 300-step
+    budget (docs/results.md, "A ViT classifier in 300 steps"): the rate is the ResNet classifier's 1e-3, not MAE's 1e-3
+    x batch / 256 (made for 100 ImageNet epochs; at 300 steps the head hardly moves), and the head's BatchNorm without
+    scale and bias (MAE's linear-probe head) standardises the class token. Not taken from MAE: mixup, CutMix, label
+    smoothing and random erasing (the reference's RandAugment and flips stay)."""
     c.model = presets.vit_model("vit_micro", 8)
     c.model.drop_path_rate = 0.1
     c.num_steps, c.eval_every_steps, c.batch_size = 300, 100, 32

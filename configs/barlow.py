@@ -45,7 +45,7 @@ def vit(c) -> None:
     recipe a ViT trains with: AdamW after a linear warm-up, cosine to 1 %, weight decay 0.05 except on biases,
     LayerNorm and LayerScale, instead of LARS (docs/design.md, "Recipes by budget")."""
     default(c)
-    c.model = presets.vit_model("vit_micro", 8)
+    c.model = presets.demo_vit()
     c.num_epochs = 8
     c.optim.name = "adamw"
     c.optim.lr_weights = 2e-3  # x batch/256

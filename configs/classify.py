@@ -63,7 +63,7 @@ def vit(c) -> None:
     x batch / 256 (made for 100 ImageNet epochs; at 300 steps the head hardly moves), and the head's BatchNorm without
     scale and bias (MAE's linear-probe head) standardises the class token. Not taken from MAE: mixup, CutMix, label
     smoothing and random erasing (the reference's RandAugment and flips stay)."""
-    c.model = presets.vit_model("vit_micro", 8)
+    c.model = presets.demo_vit()
     c.model.drop_path_rate = 0.1
     c.num_steps, c.eval_every_steps, c.batch_size = 300, 100, 32
     c.head.dropout = 0.0

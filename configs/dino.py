@@ -57,7 +57,7 @@ def default(c) -> None:
     halve the steps a budget buys and add nothing at equal steps: `local_crops=4` gives them at 32 px); measured in
     docs/results.md ("DINO, MAE and Barlow Twins on a ViT")."""
     presets.cpu_demo_preset(c)
-    c.model = presets.vit_model("vit_micro", 8)
+    c.model = presets.demo_vit()
     c.batch_size = 64
     c.num_epochs = 30
     c.method_kwargs.update(out_dim=2048, head_hidden=512, head_bottleneck=128, local_crops=0, local_crop_size=32,

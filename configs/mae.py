@@ -28,7 +28,7 @@ def default(c) -> None:
     epochs of 24 steps in about 9 minutes on two cores, then the evaluation table; measured in docs/results.md
     ("MAE on the demos' small ViT")."""
     presets.cpu_demo_preset(c)
-    c.model = presets.vit_model("vit_micro", 8)
+    c.model = presets.demo_vit()
     c.num_epochs = 60
     c.method_kwargs.update(decoder_width=128, decoder_depth=2, decoder_heads=4)
     c.optim.lr_weights = 3e-3  # x batch / 256

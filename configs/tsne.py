@@ -30,7 +30,7 @@ def tiny(c) -> None:
 
 def vit(c) -> None:
     """The vit_micro/8 at 64 px that configs/dino.py and configs/mae.py pretrain."""
-    c.model = presets.vit_model("vit_micro", 8)
+    c.model = presets.demo_vit()
 
 
 PRESETS = {"default": default, "tiny": tiny, "vit": vit}

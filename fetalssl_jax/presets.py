@@ -61,10 +61,15 @@ def set_backbone(c: ConfigDict, identity: dict) -> None:
         c.model[key] = value
 
 
+def demo_vit() -> ConfigDict:
+    """The CPU demos' ViT, which every ViT demo pretrains and the ViT tools read: vit_micro in 8 px patches."""
+    return vit_model("vit_micro", 8)
+
+
 def tiny_vit_preset(c: ConfigDict) -> None:
     """Seconds on a CPU, for tests and smoke runs: the tiny preset with a 4-block ViT of width 64 (patch 8, 32 px)."""
     tiny_preset(c)
-    c.model = vit_model("vit_micro", 8)
+    c.model = demo_vit()
 
 
 def pretraining_data() -> ConfigDict:

@@ -38,7 +38,8 @@ def ultrasound_multi_crop(c, global_scale, local_scale) -> None:
 
 def dino_adamw(c, lr: float, warmup_epochs: float, min_lr: float = 1e-6) -> None:
     """DINO's optimiser: AdamW at lr x batch/256 after a linear warm-up, cosine to `min_lr`; weight decay cosine
-    from 0.04 to 0.4, none on biases, LayerNorm and LayerScale; the heads' last layer fixed in the first epoch."""
+    from 0.04 to 0.4, none on biases, LayerNorm and LayerScale; the heads' last layer fixed in the first epoch;
+    gradients not clipped (`paper`: 3.0; the key is in every preset, so any run can set it)."""
     c.optim.name = "adamw"
     c.optim.lr_weights = lr
     c.optim.lr_batch_scaling = True
@@ -49,6 +50,7 @@ def dino_adamw(c, lr: float, warmup_epochs: float, min_lr: float = 1e-6) -> None
     c.optim.decay_biases = False
     c.optim.frozen_params = ("head/last_layer", "patch_head/last_layer")
     c.optim.freeze_epochs = 1.0
+    c.optim.clip_grad = 0.0
 
 
 def default(c) -> None:

@@ -25,6 +25,7 @@ LENGTH_KEYS = ("num_steps", "num_epochs")  # the only keys `allow_extend` lets d
 # stored run that lacks such a key matches a config holding this value (so an upgrade does not strand a run).
 ADDED_KEYS: dict[str, Any] = {
     "method_kwargs.centering": "centering",  # DINO's EMA centre, the only centering before Sinkhorn-Knopp (aad9635)
+    "optim.clip_grad": 0.0,  # DINO's presets other than paper / dinov2 did not clip before the key was theirs
 }
 DIGEST_KEY = "fingerprint_sha256"  # written into config.json beside the config; never part of a fingerprint
 _ABSENT = "<no such key>"

@@ -248,6 +248,16 @@ def test_paper_preset_has_the_published_vit_s16_settings():
     validate(dino_config("default"))
 
 
+@pytest.mark.parametrize("preset, clip", [("default", 0.0), ("tiny", 0.0), ("paper", 3.0), ("dinov2", 3.0)])
+def test_every_preset_can_set_gradient_clipping_from_its_arguments(preset, clip):
+    """`optim.clip_grad` is in every DINO preset (main_dino.py clips at 3.0 in `paper`), so `preset,optim.clip_grad=x`
+    and `--config.optim.clip_grad=x` are accepted on any of them, not refused as an unknown key."""
+    assert dino_config(preset).optim.clip_grad == clip
+    config = load_config(f"{REPO / 'configs' / 'dino.py'}:{preset},optim.clip_grad=1.5")
+    assert config.optim.clip_grad == 1.5
+    validate(config)
+
+
 def test_plain_dino_runs_on_a_resnet_but_ibot_needs_a_vit():
     from fetalssl_jax import presets
 

@@ -80,3 +80,7 @@ def test_a_run_written_before_a_key_was_added_matches_only_that_keys_old_behavio
     assert differences({**before, "method_kwargs.centering": "centering"}, before) == [
         ("method_kwargs.centering", "centering", "<no such key>")
     ]
+    # the CPU default's run from before `optim.clip_grad` was a key of every DINO preset: it did not clip
+    ensure_resumable(before, {**before, "optim.clip_grad": 0.0}, what="run")
+    with pytest.raises(WorkdirMismatchError, match="  optim.clip_grad: checkpoint has <no such key>, config has 3.0"):
+        ensure_resumable(before, {**before, "optim.clip_grad": 3.0}, what="run")
